@@ -1,0 +1,372 @@
+"""Figures for the behavioural analyses (4-6 of PAPER.md): accuracy, McNemar p-values, LMC, CKA.
+
+Every public function takes tidy DataFrames (the outputs of :mod:`lossgeom.stats`,
+:mod:`lossgeom.cka`, or an LMC table) and an output path ending in ``.png``; it writes that PNG
+and a PDF of the same figure beside it (same stem, ``.pdf``), and returns both paths.
+
+Implementation notes
+--------------------
+* Figures are built as :class:`matplotlib.figure.Figure` objects attached to an explicit Agg
+  canvas, never through ``pyplot``: no global figure registry, no GUI backend, nothing to
+  close, safe to call from workers. Seaborn styles are applied through context managers so the
+  caller's rcParams are left untouched.
+* Files are written to a temporary file in the destination directory and moved into place with
+  :func:`os.replace`, so a crashed or killed job never leaves a truncated figure that a workflow
+  manager would take as finished. Volatile metadata (PDF creation date, software tag) is dropped
+  so identical inputs give identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_accuracy",
+    "plot_pairwise_pvalues",
+    "plot_lmc",
+    "plot_cka_profiles",
+    "plot_cka_heatmap",
+]
+
+_STYLE = "whitegrid"
+_CONTEXT = "paper"
+_DPI = 200
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy and significance (analysis 6)
+# --------------------------------------------------------------------------------------------
+def plot_accuracy(
+    table: pd.DataFrame,
+    out_path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    ylabel: str = "pass@1 accuracy (%)",
+    ci_label: str = "95% percentile-bootstrap CI",
+) -> tuple[Path, Path]:
+    """Bar chart of accuracy per model with asymmetric confidence-interval error bars.
+
+    Parameters
+    ----------
+    table : DataFrame as returned by :func:`lossgeom.stats.accuracy_table`: one row per model
+        (model name in the index, or in a ``model`` column), columns ``accuracy``, ``ci_low``,
+        ``ci_high`` as fractions in [0, 1]; an optional ``n`` column (items) goes in the title.
+        Bars keep the row order.
+    out_path : path ending in ``.png``; a ``.pdf`` is written beside it.
+    title : figure title; default ``"n = <items> items; error bars: <ci_label>"``.
+    ylabel : y-axis label; values are plotted in percent.
+    ci_label : what the error bars are (goes into the default title); match the ``confidence``
+        the table was made with.
+    """
+    _require_columns(table, ["accuracy", "ci_low", "ci_high"], "accuracy table")
+    t = table.reset_index() if "model" not in table.columns else table
+    if "model" not in t.columns:  # index had another name
+        t = t.rename(columns={t.columns[0]: "model"})
+    models = t["model"].astype(str).tolist()
+    acc = 100.0 * t["accuracy"].to_numpy(dtype=float)
+    low = 100.0 * t["ci_low"].to_numpy(dtype=float)
+    high = 100.0 * t["ci_high"].to_numpy(dtype=float)
+    if np.any(low > acc + 1e-9) or np.any(high < acc - 1e-9):
+        raise ValueError("accuracy table: every CI must contain its accuracy")
+    if title is None:
+        title = f"error bars: {ci_label}"
+        if "n" in t.columns and t["n"].nunique() == 1:
+            title = f"n = {int(t['n'].iloc[0])} items; {title}"
+
+    with _style():
+        fig, ax = _figure(width=max(3.5, 0.75 * len(models) + 1.5), height=3.2)
+        colors = sns.color_palette("colorblind", len(models))
+        x = np.arange(len(models))
+        ax.bar(x, acc, color=colors, edgecolor="black", linewidth=0.5)
+        ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none",
+                    ecolor="black", capsize=3, linewidth=1)
+        for xi, a, h in zip(x, acc, high):
+            ax.annotate(f"{a:.1f}", (xi, h), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, models, rotation=30 if len(models) > 4 else 0,
+                      ha="right" if len(models) > 4 else "center")
+        ax.set_xlabel("model")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, min(100.0, float(np.max(high)) * 1.12 + 1.0))
+        if title:
+            ax.set_title(title)
+        return _save(fig, out_path)
+
+
+def plot_pairwise_pvalues(
+    pairwise: pd.DataFrame,
+    out_path: str | os.PathLike,
+    *,
+    column: str = "p_holm",
+    alpha: float = 0.05,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Symmetric model x model heatmap of (by default Holm-adjusted) McNemar p-values.
+
+    Parameters
+    ----------
+    pairwise : DataFrame as returned by :func:`lossgeom.stats.pairwise_tests` (columns
+        ``model_a``, ``model_b`` and ``column``); each unordered pair once. Models keep their order
+        of first appearance. Pairs absent from the frame and the diagonal are left blank.
+    column : which p-value column to show (``"p_holm"`` or ``"p"``).
+    alpha : cells with p < alpha are starred in their annotation.
+
+    Colour is on a log scale (p = 1e-12 .. 1); each cell is annotated with its p-value.
+    """
+    _require_columns(pairwise, ["model_a", "model_b", column], "pairwise table")
+    if pairwise.empty:
+        raise ValueError("pairwise table has no pairs to plot")
+    models = _ordered_models(pairwise)
+    mat = _symmetric_matrix(pairwise, models, column, diagonal=np.nan)
+    floor = 1e-12  # colour floor so p = 0 or astronomically small values stay plottable
+    shown = np.clip(mat.to_numpy(dtype=float), floor, 1.0)
+    annot = np.full(mat.shape, "", dtype=object)
+    for (i, j), p in np.ndenumerate(mat.to_numpy(dtype=float)):
+        if np.isfinite(p):
+            annot[i, j] = f"{p:.2g}" + ("*" if p < alpha else "")
+    label = ("Holm-adjusted " if column == "p_holm" else "") + "McNemar p (log scale)"
+
+    with _style():
+        k = len(models)
+        fig, ax = _figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
+        sns.heatmap(
+            pd.DataFrame(shown, index=models, columns=models), mask=~np.isfinite(mat.to_numpy(dtype=float)),
+            annot=annot, fmt="", annot_kws={"fontsize": 7}, cmap="mako",
+            norm=LogNorm(vmin=floor, vmax=1.0), square=True, linewidths=0.5,
+            cbar_kws={"label": label}, ax=ax,
+        )
+        ax.grid(False)  # the style's grid would show through masked cells
+        ax.set_xlabel("model")
+        ax.set_ylabel("model")
+        ax.set_title(title if title is not None else f"pairwise exact McNemar (* p < {alpha:g})")
+        return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------------------------
+# linear mode connectivity (analysis 4)
+# --------------------------------------------------------------------------------------------
+def plot_lmc(
+    curves: pd.DataFrame,
+    out_path: str | os.PathLike,
+    *,
+    ylabels: Mapping[str, str] | None = None,
+    xlabel: str = "interpolation weight α  (ΔW = α·ΔW_a + (1−α)·ΔW_b; unitless)",
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Linear-mode-connectivity curves: one panel per metric, one line per model pair.
+
+    Parameters
+    ----------
+    curves : long DataFrame with columns ``pair`` (label, e.g. ``"SFT→GRPO"``), ``alpha``
+        (float in [0, 1]; by the convention of PAPER.md alpha = 1 is model a, alpha = 0 model b),
+        ``metric`` (name) and ``value``. Rows repeated for the same (pair, alpha, metric) are
+        averaged. Panels follow the metrics' order of first appearance; pairs keep one colour
+        across panels.
+    ylabels : metric name -> y-axis label *with units*, e.g.
+        ``{"answer_ce": "answer cross-entropy (nats/token)"}``; unmapped metrics use their name.
+    """
+    _require_columns(curves, ["pair", "alpha", "metric", "value"], "LMC table")
+    if curves.empty:
+        raise ValueError("LMC table is empty")
+    a = curves["alpha"].to_numpy(dtype=float)
+    if np.any(~np.isfinite(a)) or np.any(a < 0) or np.any(a > 1):
+        raise ValueError("LMC table: alpha must lie in [0, 1]")
+    ylabels = dict(ylabels or {})
+    metrics = list(dict.fromkeys(curves["metric"]))
+    pairs = list(dict.fromkeys(curves["pair"].astype(str)))
+    data = curves.assign(pair=curves["pair"].astype(str))
+    palette = dict(zip(pairs, sns.color_palette("colorblind", len(pairs))))
+
+    with _style():
+        fig, axes = _figure(width=3.3 * len(metrics) + 1.6, height=3.0, ncols=len(metrics))
+        for ax, metric in zip(axes, metrics):
+            sub = data[data["metric"] == metric]
+            sns.lineplot(data=sub, x="alpha", y="value", hue="pair", hue_order=pairs,
+                         palette=palette, estimator="mean", errorbar=None, marker="o",
+                         markersize=4, ax=ax, legend=False)
+            ax.set_xlim(0.0, 1.0)
+            ax.set_xlabel(xlabel, fontsize=7)
+            ax.set_ylabel(ylabels.get(metric, str(metric)))
+            ax.set_title(str(metric))
+        _pair_legend(fig, pairs, palette, title="pair (a→b)")
+        if title:
+            fig.suptitle(title)
+        return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------------------------
+# CKA (analysis 5)
+# --------------------------------------------------------------------------------------------
+def plot_cka_profiles(
+    cka: pd.DataFrame,
+    reference: str,
+    out_path: str | os.PathLike,
+    *,
+    column: str = "cka",
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Per-layer CKA between ``reference`` and every other model: one line per other model.
+
+    Parameters
+    ----------
+    cka : long DataFrame from :func:`lossgeom.cka.cka_matrix` (columns ``model_a``, ``model_b``,
+        ``layer`` and ``column``). Rows with ``reference`` on either side (self pair excluded)
+        are used; the other model's name labels the line.
+    reference : the model every line is compared against (e.g. ``"SFT"``).
+    column : ``"cka"`` or ``"cka_debiased"``.
+    """
+    _require_columns(cka, ["model_a", "model_b", "layer", column], "CKA table")
+    sel = cka[((cka["model_a"] == reference) | (cka["model_b"] == reference))
+              & (cka["model_a"] != cka["model_b"])]
+    if sel.empty:
+        raise ValueError(f"CKA table has no pair involving reference model {reference!r}")
+    other = np.where(sel["model_a"] == reference, sel["model_b"], sel["model_a"])
+    data = pd.DataFrame({"model": pd.Series(other).astype(str).to_numpy(),
+                         "layer": sel["layer"].to_numpy(), "value": sel[column].to_numpy(dtype=float)})
+    models = list(dict.fromkeys(data["model"]))
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
+
+    with _style():
+        fig, ax = _figure(width=5.5, height=3.2)
+        sns.lineplot(data=data, x="layer", y="value", hue="model", hue_order=models,
+                     palette=palette, estimator="mean", errorbar=None, marker="o",
+                     markersize=3, ax=ax, legend=False)
+        ax.set_xlabel("layer index")
+        ax.set_ylabel(f"{what} with {reference} (unitless)")
+        vmin = float(np.nanmin(data["value"])) if np.isfinite(data["value"]).any() else 0.0
+        ax.set_ylim(min(0.0, vmin - 0.02), 1.02)
+        _pair_legend(fig, models, palette, title=f"model vs {reference}")
+        ax.set_title(title if title is not None else f"{what} per layer vs {reference}")
+        return _save(fig, out_path)
+
+
+def plot_cka_heatmap(
+    cka: pd.DataFrame,
+    layer: int,
+    out_path: str | os.PathLike,
+    *,
+    column: str = "cka",
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Symmetric model x model heatmap of CKA at one layer.
+
+    Parameters
+    ----------
+    cka : long DataFrame from :func:`lossgeom.cka.cka_matrix`; rows with ``layer == layer`` are
+        used. Self pairs (present in ``cka_matrix`` output) fill the diagonal; a missing self pair
+        is drawn as 1 for ``"cka"`` and left blank otherwise. Missing cross pairs are blank.
+    layer : layer index (the ``layer`` column value).
+    column : ``"cka"`` or ``"cka_debiased"``.
+    """
+    _require_columns(cka, ["model_a", "model_b", "layer", column], "CKA table")
+    sel = cka[cka["layer"] == layer]
+    if sel.empty:
+        raise ValueError(f"CKA table has no rows for layer {layer!r}")
+    models = _ordered_models(sel)
+    mat = _symmetric_matrix(sel, models, column, diagonal=1.0 if column == "cka" else np.nan,
+                            overwrite_diagonal=False)
+    values = mat.to_numpy(dtype=float)
+    what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
+    vmin = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
+
+    with _style():
+        k = len(models)
+        fig, ax = _figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
+        sns.heatmap(mat, mask=~np.isfinite(values), annot=True, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cmap="rocket", vmin=vmin, vmax=1.0, square=True,
+                    linewidths=0.5, cbar_kws={"label": f"{what} (unitless)"}, ax=ax)
+        ax.grid(False)  # the style's grid would show through masked cells
+        ax.set_xlabel("model")
+        ax.set_ylabel("model")
+        ax.set_title(title if title is not None else f"{what} at layer {layer}")
+        return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _style():
+    """Seaborn style + context as one context manager (rcParams restored on exit)."""
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    stack.enter_context(sns.axes_style(_STYLE))
+    stack.enter_context(sns.plotting_context(_CONTEXT))
+    return stack
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # explicit Agg canvas; no pyplot, no GUI backend
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return (fig, axes[0]) if ncols == 1 else (fig, list(axes))
+
+
+def _pair_legend(fig: Figure, labels: Iterable[str], palette: Mapping[str, object], title: str):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette[lab], marker="o", markersize=4, label=lab)
+               for lab in labels]
+    fig.legend(handles=handles, title=title, loc="outside right center", fontsize=7,
+               title_fontsize=7, frameon=False)
+
+
+def _save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out_path`` (.png) and its .pdf sibling atomically (temp file + os.replace)."""
+    png = Path(out_path)
+    if png.suffix.lower() != ".png":
+        raise ValueError(f"output path must end in .png, got {str(png)!r}")
+    pdf = png.with_suffix(".pdf")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt, metadata in (
+        (png, "png", {"Software": None}),
+        (pdf, "pdf", {"CreationDate": None, "Creator": None, "Producer": None}),
+    ):
+        # a unique sibling name (not mkstemp, whose 0600 mode would survive os.replace), so the
+        # final file gets the usual umask permissions and the rename stays on one filesystem
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return png, pdf
+
+
+def _require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
+
+
+def _ordered_models(df: pd.DataFrame) -> list[str]:
+    """Model labels in order of first appearance, reading model_a then model_b row by row."""
+    seq = np.column_stack([df["model_a"].astype(str), df["model_b"].astype(str)]).ravel()
+    return list(dict.fromkeys(seq))
+
+
+def _symmetric_matrix(df: pd.DataFrame, models: list[str], column: str, diagonal: float,
+                      overwrite_diagonal: bool = True) -> pd.DataFrame:
+    """k x k frame with ``df[column]`` at (a, b) and (b, a); unset cells NaN."""
+    mat = pd.DataFrame(np.nan, index=models, columns=models, dtype=float)
+    for a, b, v in zip(df["model_a"].astype(str), df["model_b"].astype(str), df[column]):
+        mat.loc[a, b] = mat.loc[b, a] = float(v)
+    for m in models:
+        if overwrite_diagonal or not np.isfinite(mat.loc[m, m]):
+            mat.loc[m, m] = diagonal
+    return mat

@@ -1,0 +1,77 @@
+"""Each figure writer produces non-empty .png and .pdf files, atomically, from small frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lossgeom.cka import cka_matrix
+from lossgeom.figures.behaviour import (
+    plot_accuracy,
+    plot_cka_heatmap,
+    plot_cka_profiles,
+    plot_lmc,
+    plot_pairwise_pvalues,
+)
+from lossgeom.stats import accuracy_table, pairwise_tests
+
+MODELS = ["SFT", "RFT", "DFT", "DPO"]
+
+
+@pytest.fixture(scope="module")
+def correct():
+    rng = np.random.default_rng(0)
+    acc = [0.87, 0.88, 0.87, 0.935]
+    return pd.DataFrame((rng.uniform(size=(300, 4)) < acc).astype(int), columns=MODELS)
+
+
+@pytest.fixture(scope="module")
+def cka_df():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(4, 12, 6))
+    acts = {m: base + s * rng.normal(size=base.shape) for m, s in zip(MODELS, [0, 0.1, 0.5, 2.0])}
+    return cka_matrix(acts)
+
+
+def _check(paths, tmp_path):
+    png, pdf = paths
+    assert png.suffix == ".png" and pdf == png.with_suffix(".pdf")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    # no temporary files left behind
+    assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_accuracy_and_pvalues(tmp_path, correct):
+    _check(plot_accuracy(accuracy_table(correct, n_boot=200), tmp_path / "acc.png"), tmp_path)
+    _check(plot_pairwise_pvalues(pairwise_tests(correct), tmp_path / "sub" / "p.png"), tmp_path)
+
+
+def test_lmc(tmp_path):
+    alphas = np.linspace(0, 1, 6)
+    rows = [
+        {"pair": pair, "alpha": a, "metric": metric, "value": v0 + (v1 - v0) * a + bump * a * (1 - a)}
+        for pair, v0, v1, bump in [("RIFT→DPO", 3.8, 8.6, 10.0), ("SFT→GRPO", 2.1, 4.9, 0.0)]
+        for metric in ["answer_ce", "answer_ce_per_token"]
+        for a in alphas
+    ]
+    out = plot_lmc(pd.DataFrame(rows), tmp_path / "lmc.png",
+                   ylabels={"answer_ce": "answer CE (nats)"})
+    _check(out, tmp_path)
+    bad = pd.DataFrame(rows).assign(alpha=lambda d: d.alpha * 2)
+    with pytest.raises(ValueError, match="alpha"):
+        plot_lmc(bad, tmp_path / "bad.png")
+
+
+def test_cka_figures(tmp_path, cka_df):
+    _check(plot_cka_profiles(cka_df, "SFT", tmp_path / "prof.png"), tmp_path)
+    _check(plot_cka_heatmap(cka_df, 2, tmp_path / "heat.png", column="cka_debiased"), tmp_path)
+    with pytest.raises(ValueError):
+        plot_cka_profiles(cka_df, "nobody", tmp_path / "x.png")
+
+
+def test_rejects_non_png_path(tmp_path, cka_df):
+    with pytest.raises(ValueError, match=".png"):
+        plot_cka_heatmap(cka_df, 0, tmp_path / "heat.pdf")
