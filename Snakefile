@@ -1,0 +1,25 @@
+# lossgeom: do offline reasoning-training losses move a model's weights the same way?
+#
+# The rules only wire files to subcommands of the `lossgeom` CLI (src/lossgeom/cli.py); every bit of
+# logic lives in the package. Run `snakemake --cores 2` for the toy study (config/config.yaml) or
+# `snakemake --configfile config/paper.yaml --profile profiles/slurm` for the paper's protocol.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/toy.smk"
+include: "workflow/rules/rollouts.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/geometry.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,194 @@
+"""The ``lossgeom`` command-line tool: one subcommand per workflow stage.
+
+Every Snakemake rule calls exactly one of these, and a user can run any stage by hand with the same
+arguments. Structured arguments (a method's spec, a problem source) are passed as JSON strings: the
+rules pass narrow slices of the config, so a change to one slice reruns only the jobs that read it.
+Errors in the input end the command with one line on stderr (``lossgeom: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("lossgeom")
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text[:80]!r}") from None
+
+
+def _labelled(text: str) -> tuple[str, Path]:
+    """``label=path`` (or a bare path, labelled by its directory name)."""
+    if "=" in text:
+        label, path = text.split("=", 1)
+        return label, Path(path)
+    return Path(text).name, Path(text)
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+
+
+def cmd_toy_world(a):
+    from .toy.world import build_world
+
+    log.info("toy world: %s", build_world(a.spec, a.out))
+
+
+def cmd_toy_model(a):
+    from .modeling import load_tokenizer
+    from .toy.pretrain import pretrain
+    from .toy.world import read_split
+
+    tokenizer = load_tokenizer(a.world / "tokenizer")
+    info = pretrain(a.spec, tokenizer, read_split(a.world, "train"), a.template, a.out, a.seed, a.threads)
+    log.info("toy model %s: %s", a.out, info)
+
+
+def cmd_rollouts(a):
+    import torch
+
+    from .fsutil import write_table
+    from .modeling import load_model, load_tokenizer
+    from .problemsets import load_problems
+    from .rollouts import sample_rollouts, summarize
+
+    torch.set_num_threads(a.threads)
+    problems = load_problems(a.problems, a.toy_dir)
+    spec = a.spec
+    model = load_model(a.model, a.dtype, a.trust_remote_code)
+    tokenizer = load_tokenizer(a.model, a.trust_remote_code)
+    df = sample_rollouts(
+        model, tokenizer, problems, k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0),
+        max_new_tokens=spec["max_new_tokens"], grader=spec.get("grader", "exact"), template=a.template,
+        batch_size=spec.get("batch_size", 32), seed=spec.get("seed", 0),
+        source=f"{a.model} T={spec['temperature']} k={spec['k']}",
+    )
+    write_table(df, a.out)
+    log.info("rollouts: %s", summarize(df))
+
+
+def cmd_import_rollouts(a):
+    from .fsutil import write_table
+    from .rollouts import import_rollouts, summarize
+
+    df = import_rollouts(a.file)
+    write_table(df, a.out)
+    log.info("imported rollouts: %s", summarize(df))
+
+
+def cmd_train(a):
+    from .train import train_adapter
+
+    info = train_adapter(a.spec, a.seed, a.rollouts, a.base, a.out, a.checkpoints, trust_remote_code=a.trust_remote_code, dtype=a.dtype)
+    log.info("trained %s/seed%d: %s", info["method"], info["seed"], info["counts"])
+
+
+def cmd_geometry(a):
+    from .geometry import compare_adapter_dirs
+
+    labels = [label for label, _ in a.adapters]
+    dirs = [path for _, path in a.adapters]
+    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels)
+
+
+def cmd_geometry_figures(a):
+    from .figures.geometry import geometry_figures
+
+    geometry_figures(a.tables, a.out)
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lossgeom", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    def model_opts(sp):
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+        sp.add_argument("--trust-remote-code", action="store_true")
+        sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+
+    sp = add("toy-world", cmd_toy_world, "generate the toy problems and tokenizer")
+    sp.add_argument("--spec", type=_json, required=True, help="the config's toy section, as JSON")
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("toy-model", cmd_toy_model, "train a toy base or teacher model from scratch")
+    sp.add_argument("--spec", type=_json, required=True, help="toy.models.<name> as JSON")
+    sp.add_argument("--world", type=Path, required=True, help="directory written by toy-world")
+    sp.add_argument("--template", default="{question}")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("rollouts", cmd_rollouts, "sample and grade K completions per prompt")
+    sp.add_argument("--model", required=True, help="sampler: hub id or local directory (tokenizer included)")
+    sp.add_argument("--problems", type=_json, required=True, help="a problem_source config entry, as JSON")
+    sp.add_argument("--toy-dir", type=Path, default=None)
+    sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
+    sp.add_argument("--template", default="{question}")
+    sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
+    model_opts(sp)
+
+    sp = add("import-rollouts", cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
+    sp.add_argument("--file", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("train", cmd_train, "train one LoRA adapter (one method, one seed)")
+    sp.add_argument("--spec", type=_json, required=True, help="the method's resolved spec, as JSON")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--rollouts", type=Path, required=True)
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument("--out", type=Path, required=True, help="adapter directory")
+    sp.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints (kept outside --out)")
+    model_opts(sp)
+
+    sp = add("geometry", cmd_geometry, "compare two or more PEFT LoRA adapters (tables)")
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (or adapter_dir)")
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=10, help="singular subspace size for principal angles")
+
+    sp = add("geometry-figures", cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables")
+    sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if hasattr(a, "threads"):
+        import torch
+
+        torch.set_num_threads(a.threads)
+    try:
+        a.func(a)
+    except (ValueError, FileNotFoundError) as e:
+        # Input errors (config, rollouts, adapters, problem sets): one line, no traceback.
+        if a.verbose:
+            raise
+        print(f"lossgeom: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

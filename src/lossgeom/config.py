@@ -1,0 +1,158 @@
+"""The study's configuration: validation against the JSON schema, and the narrow views of it that
+each job receives.
+
+Rules never receive the whole config: Snakemake reruns a job when the repr of its params changes,
+so each job gets only the slice it uses (``method_spec`` for a training job, ``rollout_spec`` for
+sampling, ...). Changing one method's learning rate therefore reruns only that method's jobs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+# Keys of ``training`` a method entry may override, and the method-only keys per loss.
+OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay")
+LOSS_KEYS = {
+    "sft": (),
+    "rft": (),
+    "dft": (),
+    "rift": ("positive_reward", "negative_reward"),
+    "offline_grpo": ("bias", "std_normalize", "kl_coef"),
+    "dpo": ("beta", "dpo_loss_type", "pairs_per_prompt"),
+}
+LOSS_DEFAULTS = {
+    "rift": {"positive_reward": 1.0, "negative_reward": -0.2},
+    "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0},
+    "dpo": {"beta": 0.1, "dpo_loss_type": "sigmoid", "pairs_per_prompt": 1},
+}
+TRAINING_DEFAULTS = {
+    "grad_accum": 1,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.05,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "max_length": 1024,
+    "precision": "fp32",
+    "data_seed": None,
+    "threads": 1,
+}
+
+LABEL_RE = re.compile(r"^(?P<method>[A-Za-z0-9_-]+)/seed(?P<seed>\d+)$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or inconsistent. The message names the key."""
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error) -> str:
+    """One line for a jsonschema error: the key and what was expected."""
+    where = _key_path(error)
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"unknown key {where + '.' if where != '<top level>' else ''}{extra[0]}; expected one of {allowed}"
+    if v == "enum":
+        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if v == "type":
+        return f"{where}: expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
+    if v == "required":
+        return f"{where}: {error.message}"
+    if v == "pattern" and error.path and error.schema is not None:
+        return f"{where}: {error.instance!r} does not match {error.validator_value!r}"
+    return f"{where}: {error.message}"
+
+
+def validate(config: dict, schema_path: Path | str) -> dict:
+    """Validate ``config`` against the YAML JSON-schema at ``schema_path`` and check cross-key rules.
+
+    Raises ``ConfigError`` with one line naming the first offending key and what was expected.
+    Returns the config unchanged.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        # Prefer the deepest error of the first branch: it names the exact key.
+        err = errors[0]
+        if err.context:
+            err = sorted(err.context, key=lambda e: -len(list(e.absolute_path)))[0]
+        raise ConfigError(f"config error: {_describe(err)}")
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: dict) -> None:
+    t = config["training"]
+    for name, m in config["methods"].items():
+        extra = set(m) - {"loss", "description", *OPTIM_KEYS, *LOSS_KEYS[m["loss"]]}
+        if extra:
+            raise ConfigError(
+                f"config error: methods.{name}.{sorted(extra)[0]} does not apply to loss {m['loss']!r}; "
+                f"allowed: {sorted(['loss', 'description', *OPTIM_KEYS, *LOSS_KEYS[m['loss']]])}"
+            )
+        steps = m.get("steps", t["steps"])
+        for s in [t["analysis_step"], *t["save_steps"]]:
+            if s > steps:
+                raise ConfigError(
+                    f"config error: training.analysis_step/save_steps value {s} exceeds methods.{name} steps {steps}"
+                )
+    uses_toy = (
+        config["model"]["base"] == "toy"
+        or config["model"].get("teacher") == "toy"
+        or config["prompts"]["source"] == "toy"
+        or any(s["source"] == "toy" for s in config["test_sets"].values())
+    )
+    if uses_toy and "toy" not in config:
+        raise ConfigError("config error: a model or problem source is 'toy' but there is no 'toy' section")
+
+
+def load(path: Path | str, schema_path: Path | str) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config error: {path} is not valid YAML: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    return validate(config, schema_path)
+
+
+# ---- narrow views -------------------------------------------------------------------------------
+
+
+def method_spec(config: dict, method: str) -> dict:
+    """Everything a training job of ``method`` depends on: its loss and hyperparameters (method keys
+    over training defaults over built-in defaults), the LoRA recipe, and the save schedule."""
+    m = config["methods"][method]
+    spec = {**TRAINING_DEFAULTS, **config["training"], **LOSS_DEFAULTS.get(m["loss"], {})}
+    spec.update({k: v for k, v in m.items() if k != "description"})
+    spec["method"] = method
+    spec["lora"] = {"dropout": 0.0, "use_rslora": False, **config["lora"]}
+    spec["save_steps"] = sorted(set(spec["save_steps"]) | {spec["analysis_step"]})
+    spec["prompt_template"] = config["model"].get("prompt_template", "{question}")
+    return spec
+
+
+def adapter_labels(config: dict) -> list[str]:
+    """Every adapter of the study, as ``"{method}/seed{seed}"``, methods in config order."""
+    return [f"{m}/seed{s}" for m in config["methods"] for s in config["seeds"]]
+
+
+def parse_label(label: str) -> tuple[str, int]:
+    """``"sft/seed42"`` -> ``("sft", 42)``."""
+    match = LABEL_RE.match(label)
+    if not match:
+        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>'")
+    return match["method"], int(match["seed"])

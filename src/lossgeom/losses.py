@@ -1,0 +1,75 @@
+"""The custom offline losses, as pure functions of per-token log-probabilities.
+
+Shapes: ``logp`` (batch, T) holds log pi(y_t | x, y_<t) of each completion token (0 where masked),
+``mask`` (batch, T) is 1 on completion tokens, per-row tensors are (batch,). Every loss is a sum
+over completion tokens divided by ``num_tokens`` (the number of completion tokens in the whole
+accumulated batch), exactly the normalisation of TRL's SFT loss, so SFT through these functions
+with unit weights equals TRL's NLL and the learning rates of all methods are comparable.
+
+SFT, RFT and DFT use TRL's own losses (DFT: ``SFTConfig(loss_type="dft")``: each token's NLL
+scaled by its detached probability); DPO uses TRL's ``DPOTrainer``. The two below are not in TRL.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def weighted_nll(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, num_tokens) -> torch.Tensor:
+    """sum_i w_i * sum_t -log p_it / num_tokens. Unit weights give TRL's SFT loss."""
+    return (weights[:, None] * -logp * mask).sum() / num_tokens
+
+
+def rift_loss(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    positive_reward: float,
+    negative_reward: float,
+    num_tokens,
+) -> torch.Tensor:
+    """Reward-informed fine-tuning, the source paper's stabilised form (Liu et al. 2026).
+
+    A correct rollout (reward 1) gets weight R+ = ``positive_reward`` on its NLL: R+ * -log p_t.
+    An incorrect one (reward 0) gets R- = ``negative_reward`` (< 0). The naive term R- * -log p_t
+    = |R-| log p_t is unbounded below (it drives log p_t to -inf), so it is replaced by its
+    linearisation around p_t = 1, |R-| * p_t (log p ~ p - 1, constant dropped): bounded in
+    [0, |R-|] per token, with gradient |R-| * p_t * grad log p_t that fades as the token becomes
+    unlikely.
+
+    The probability of a negative is taken per token, p_t = exp(log p_t), not for the whole
+    sequence: a sequence probability is a product over hundreds of tokens, underflows to zero and
+    its gradient vanishes, while the token form keeps every token of a wrong trace in play and
+    matches the token-level normalisation of the positive term.
+    """
+    correct = (rewards > 0.5)[:, None]
+    pos = positive_reward * -logp
+    neg = -negative_reward * logp.exp() if negative_reward < 0 else negative_reward * -logp
+    per_token = torch.where(correct, pos, neg)
+    return (per_token * mask).sum() / num_tokens
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref) on samples from the data: exp(d) - d - 1, d = ref - logp.
+    Non-negative, zero where the two agree."""
+    d = ref_logp - logp
+    return d.exp() - d - 1
+
+
+def offline_grpo_loss(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    num_tokens,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> torch.Tensor:
+    """Offline GRPO (KRAFTON AI 2025): advantage-weighted NLL, sum_i A_i sum_t -log p_it / num_tokens,
+    with A_i from ``views.grpo_advantages``; no importance ratio. With ``kl_coef`` > 0 and the
+    reference (base) log-probs, adds kl_coef * k3 KL to the reference per token."""
+    loss = weighted_nll(logp, mask, advantages, num_tokens)
+    if kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("offline_grpo with kl_coef > 0 needs the reference log-probs")
+        loss = loss + kl_coef * (kl_k3(logp, ref_logp) * mask).sum() / num_tokens
+    return loss

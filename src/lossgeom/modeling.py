@@ -1,0 +1,37 @@
+"""Loading models and tokenizers: a Hugging Face hub id or a local directory, the same code for both.
+
+Safe loading only: weights through safetensors (``use_safetensors=True``) and
+``trust_remote_code`` off unless the config turns it on. Qwen3 needs no remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def device() -> torch.device:
+    """The device jobs run on: the (first visible) GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, to_device: bool = True):
+    """A causal LM in ``dtype`` (on the GPU when one is visible and ``to_device``)."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    return model.to(device()) if to_device else model

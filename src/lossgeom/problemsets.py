@@ -1,0 +1,107 @@
+"""Problem sets: prompts to sample rollouts for, and test sets to evaluate on.
+
+A problem set is a table with columns ``id`` (str), ``question`` (str) and ``answer`` (str: the gold
+final answer, or a worked solution ending in ``#### <answer>``; ``solution`` holds the worked
+solution when the source has one). It is read from:
+
+- ``toy``: the files the toy-world job wrote (``results/toy/problems/{split}.jsonl``);
+- a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file, or a directory saved with ``datasets``;
+- a Hugging Face dataset name (``datasets.load_dataset(source, subset, split=...)``).
+
+Field names are mapped from the config (``question_field``, ``answer_field``, ``id_field``), so
+GSM8K (question/answer), DeepScaleR (problem/answer) and AIME files all load without code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .grading import parse_gold
+
+LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
+
+
+class ProblemSetError(ValueError):
+    """A problem source is missing, empty, or lacks the configured fields."""
+
+
+def read_records(source: str, split: str = "train", subset: str | None = None) -> pd.DataFrame:
+    """Raw rows of a local file, a saved dataset directory, or a hub dataset."""
+    path = Path(source)
+    if path.suffix in LOCAL_SUFFIXES:
+        if not path.exists():
+            raise ProblemSetError(f"problem file {path} does not exist")
+        if path.suffix == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ProblemSetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            return pd.DataFrame(rows)
+        if path.suffix == ".json":
+            return pd.read_json(path)
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    import datasets
+
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ProblemSetError(f"dataset directory {path} has no split {split!r}; it has {sorted(ds)}")
+            ds = ds[split]
+        return ds.to_pandas()
+    return datasets.load_dataset(source, subset, split=split).to_pandas()
+
+
+def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame:
+    """The problem set described by a ``problem_source`` config entry, as (id, question, answer[, solution]).
+
+    Raises ``ProblemSetError`` naming the source when it is empty or lacks a configured field.
+    Rows whose gold answer cannot be parsed as a number are kept (the math-verify grader may still
+    read them); ``count_unparsable_gold`` reports them.
+    """
+    source = spec["source"]
+    split = spec.get("split", "train")
+    if source == "toy":
+        if toy_dir is None:
+            raise ProblemSetError("problem source 'toy' needs the toy world's directory")
+        df = read_records(str(Path(toy_dir) / "problems" / f"{split}.jsonl"))
+        qf, af, idf = "question", "solution", "id"
+    else:
+        df = read_records(source, split, spec.get("subset"))
+        qf, af = spec.get("question_field", "question"), spec.get("answer_field", "answer")
+        idf = spec.get("id_field")
+    for field in [qf, af] + ([idf] if idf else []):
+        if field not in df.columns:
+            raise ProblemSetError(f"problem source {source!r} (split {split!r}) has no field {field!r}; it has {list(df.columns)}")
+    out = pd.DataFrame(
+        {
+            "id": df[idf].astype(str) if idf else [f"{Path(source).stem}-{split}-{i}" for i in range(len(df))],
+            "question": df[qf].astype(str),
+            "answer": df[af].astype(str),
+        }
+    )
+    if "solution" in df.columns or source == "toy":
+        out["solution"] = df["solution"].astype(str) if "solution" in df.columns else None
+    if out["id"].duplicated().any():
+        dup = out.loc[out["id"].duplicated(), "id"].iloc[0]
+        raise ProblemSetError(f"problem source {source!r} has duplicate id {dup!r}")
+    limit = spec.get("limit")
+    if limit:
+        out = out.iloc[:limit].reset_index(drop=True)
+    if out.empty:
+        raise ProblemSetError(f"problem source {source!r} (split {split!r}) is empty")
+    return out
+
+
+def count_unparsable_gold(problems: pd.DataFrame) -> int:
+    """How many rows have a gold answer that is not a plain number (reported, never silently dropped)."""
+    return int(sum(parse_gold(a) is None for a in problems["answer"]))

@@ -1,0 +1,40 @@
+"""One place that turns questions and completions into token ids.
+
+Every stage (rollouts, training, evaluation, connectivity, activations) goes through these two
+functions, so a prompt is tokenised the same way everywhere. The prompt is the user turn of the
+tokenizer's chat template followed by the generation prompt (``add_generation_prompt=True``);
+the completion is the assistant text followed by the tokenizer's EOS token (``<|im_end|>`` for
+Qwen3 and for the toy tokenizer). ``template`` wraps the question first, e.g.
+``"{question}\\nPlease reason step by step."``.
+"""
+
+from __future__ import annotations
+
+
+def prompt_text(question: str, template: str = "{question}") -> str:
+    """The user message for ``question``; ``template`` must contain ``{question}``."""
+    if "{question}" not in template:
+        raise ValueError(f"prompt template must contain '{{question}}', got {template!r}")
+    return template.replace("{question}", question)
+
+
+def prompt_string(tokenizer, question: str, template: str = "{question}") -> str:
+    """The chat-formatted prompt as text, ending with the assistant generation prompt."""
+    messages = [{"role": "user", "content": prompt_text(question, template)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, question: str, template: str = "{question}") -> list[int]:
+    """Token ids of ``prompt_string`` (the template already holds any special tokens)."""
+    return tokenizer(prompt_string(tokenizer, question, template), add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer, completion: str) -> list[int]:
+    """Token ids of an assistant completion, terminated by the EOS token (added once)."""
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token; completions cannot be terminated")
+    if not ids or ids[-1] != eos:
+        ids = ids + [eos]
+    return ids

@@ -1,0 +1,200 @@
+"""Rollouts: K graded samples per prompt, the one dataset every method trains on.
+
+A rollout table has one row per sample, with columns (``ROLLOUT_COLUMNS``):
+
+    prompt_id     str    id of the problem
+    prompt        str    the question text (before the chat template)
+    completion    str    the sampled assistant text (no EOS)
+    gold          str    the gold answer the completion was graded against
+    answer        str?   the extracted final answer, null when none was found
+    reward        float  1.0 correct, 0.0 incorrect
+    sample_index  int    0..K-1 within the prompt
+    logprobs      list[float]  per-token log-probabilities of the completion under the sampler's
+                         distribution (softmax(logits / temperature)), EOS included; empty when imported
+                         without them
+    source        str    what produced the row (model path and sampling settings, or the imported file)
+
+Rollouts are sampled from the teacher (or the base) or imported from a JSONL/parquet file with at
+least prompt_id, prompt, completion and reward; a bad row stops the import with its line number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .grading import get_grader
+from .prompting import prompt_ids
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_COLUMNS = ["prompt_id", "prompt", "completion", "gold", "answer", "reward", "sample_index", "logprobs", "source"]
+REQUIRED_IMPORT = ("prompt_id", "prompt", "completion", "reward")
+
+
+class RolloutError(ValueError):
+    """A rollout file or row does not match the rollout schema; the message names file and line."""
+
+
+@torch.no_grad()
+def sample_rollouts(
+    model,
+    tokenizer,
+    problems: pd.DataFrame,
+    *,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    grader: str,
+    template: str = "{question}",
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    source: str = "",
+) -> pd.DataFrame:
+    """Sample ``k`` completions per problem in batches of ``batch_size`` prompts, grade them, and
+    return the rollout table. Deterministic for a fixed seed on CPU (each batch reseeds)."""
+    grade = get_grader(grader)
+    model.eval()
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    rows = []
+    eos = tokenizer.eos_token_id
+    n_batches = math.ceil(len(problems) / batch_size)
+    for b in tqdm(range(n_batches), desc="rollouts", unit="batch"):
+        chunk = problems.iloc[b * batch_size : (b + 1) * batch_size]
+        enc = tokenizer.pad(
+            {"input_ids": [prompt_ids(tokenizer, q, template) for q in chunk["question"]]}, return_tensors="pt"
+        ).to(device)
+        torch.manual_seed(seed * 1_000_003 + b)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        gen = out.sequences[:, enc["input_ids"].shape[1] :]
+        # Log-probs under the (temperature-scaled, renormalised) sampling distribution.
+        scores = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).float().cpu()
+        for i in range(gen.shape[0]):
+            p = chunk.iloc[i // k]
+            ids = gen[i].tolist()
+            n = ids.index(eos) + 1 if eos in ids else len(ids)  # keep EOS, drop padding after it
+            text = tokenizer.decode(ids[: n - 1 if eos in ids else n], skip_special_tokens=True)
+            answer, reward = grade(text, p["answer"])
+            rows.append(
+                {
+                    "prompt_id": p["id"],
+                    "prompt": p["question"],
+                    "completion": text,
+                    "gold": p["answer"],
+                    "answer": answer,
+                    "reward": reward,
+                    "sample_index": i % k,
+                    "logprobs": [round(float(x), 6) for x in scores[i, :n]],
+                    "source": source,
+                }
+            )
+    return pd.DataFrame(rows, columns=ROLLOUT_COLUMNS)
+
+
+def _check_row(row: dict, where: str) -> dict:
+    missing = [c for c in REQUIRED_IMPORT if c not in row or row[c] is None]
+    if missing:
+        raise RolloutError(f"{where}: missing required field(s) {missing}; a rollout row needs {list(REQUIRED_IMPORT)}")
+    for c in ("prompt", "completion"):
+        if not isinstance(row[c], str):
+            raise RolloutError(f"{where}: field {c!r} must be a string, got {type(row[c]).__name__}")
+    try:
+        reward = float(row["reward"])
+    except (TypeError, ValueError):
+        raise RolloutError(f"{where}: reward {row['reward']!r} is not a number") from None
+    if reward not in (0.0, 1.0):
+        raise RolloutError(f"{where}: reward must be 0 or 1 (binary verifier reward), got {row['reward']!r}")
+    lp = row.get("logprobs")
+    if lp is None or (isinstance(lp, float) and math.isnan(lp)):
+        lp = []
+    lp = list(lp)
+    if not all(isinstance(x, (int, float)) and x <= 1e-6 for x in lp):
+        raise RolloutError(f"{where}: logprobs must be a list of numbers <= 0")
+    return {
+        "prompt_id": str(row["prompt_id"]),
+        "prompt": row["prompt"],
+        "completion": row["completion"],
+        "gold": str(row.get("gold") or ""),
+        "answer": None if row.get("answer") is None else str(row["answer"]),
+        "reward": reward,
+        "sample_index": row.get("sample_index"),
+        "logprobs": [float(x) for x in lp],
+        "source": str(row.get("source") or ""),
+    }
+
+
+def import_rollouts(path: Path | str) -> pd.DataFrame:
+    """Read and check a JSONL (one JSON object per line) or parquet rollout file.
+
+    Raises ``RolloutError`` naming the file and line (JSONL, 1-based) or row (parquet, 0-based) of
+    the first bad row. Missing ``sample_index`` values are numbered within each prompt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RolloutError(f"rollout file {path} does not exist")
+    checked = []
+    if path.suffix == ".jsonl":
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RolloutError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise RolloutError(f"{path}:{lineno}: expected a JSON object")
+            checked.append(_check_row(row, f"{path}:{lineno}"))
+    elif path.suffix == ".parquet":
+        for i, row in enumerate(pd.read_parquet(path).to_dict("records")):
+            checked.append(_check_row(row, f"{path} row {i}"))
+    else:
+        raise RolloutError(f"rollout file {path} must be .jsonl or .parquet")
+    if not checked:
+        raise RolloutError(f"rollout file {path} has no rows")
+    df = pd.DataFrame(checked, columns=ROLLOUT_COLUMNS)
+    if df["sample_index"].isna().any():
+        df["sample_index"] = df.groupby("prompt_id").cumcount()
+    df["sample_index"] = df["sample_index"].astype(int)
+    if not df["source"].any():
+        df["source"] = f"imported:{path.name}"
+    return df
+
+
+def read_rollouts(path: Path | str) -> pd.DataFrame:
+    """Read a rollout table written by this package (parquet)."""
+    return pd.read_parquet(path)
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """Counts a researcher checks first: rows, prompts, accuracy, and how many prompts are mixed
+    (some correct and some incorrect samples: the ones GRPO and DPO can use)."""
+    per_prompt = df.groupby("prompt_id")["reward"].agg(["mean", "size"])
+    return {
+        "rows": int(len(df)),
+        "prompts": int(len(per_prompt)),
+        "accuracy": float(df["reward"].mean()),
+        "prompts_all_correct": int((per_prompt["mean"] == 1).sum()),
+        "prompts_all_wrong": int((per_prompt["mean"] == 0).sum()),
+        "prompts_mixed": int(((per_prompt["mean"] > 0) & (per_prompt["mean"] < 1)).sum()),
+        "no_answer": int(df["answer"].isna().sum()),
+    }

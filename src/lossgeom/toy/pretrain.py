@@ -1,0 +1,105 @@
+"""Train the toy world's base and teacher models from scratch.
+
+Both are ``Qwen3ForCausalLM`` (the paper's family, so LoRA targets the same q/k/v/o projections as
+Qwen3-4B), built from a small ``Qwen3Config`` and trained with TRL's ``SFTTrainer`` on the gold
+worked solutions of the toy training split, loss on completion tokens only. The teacher is trained
+longer (and may be wider) than the base, so its samples are right on a good share of problems but
+not on all, and the base has room to learn from the teacher's rollouts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from ..prompting import completion_ids, prompt_ids
+from ..fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
+    """A Qwen3 config from the ``toy.models.<name>`` entry: hidden_size, layers, heads, kv_heads, mlp_ratio."""
+    hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
+    if hidden % heads:
+        raise ValueError(f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=int(spec.get("mlp_ratio", 3) * hidden),
+        num_hidden_layers=spec["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=spec["num_key_value_heads"],
+        head_dim=hidden // heads,
+        max_position_embeddings=spec.get("max_position_embeddings", 256),
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+
+
+def solution_dataset(tokenizer, problems, template: str) -> Dataset:
+    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions."""
+    rows = {"input_ids": [], "completion_mask": []}
+    for p in problems:
+        pi, ci = prompt_ids(tokenizer, p.question, template), completion_ids(tokenizer, p.solution)
+        rows["input_ids"].append(pi + ci)
+        rows["completion_mask"].append([0] * len(pi) + [1] * len(ci))
+    return Dataset.from_dict(rows)
+
+
+def pretrain(
+    spec: dict, tokenizer, problems, template: str, out_dir: Path, seed: int, threads: int = 1
+) -> dict:
+    """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
+
+    ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
+    batch_size, learning_rate (and optional mlp_ratio, warmup_ratio). Returns the final train loss
+    and parameter count. Deterministic for a fixed seed and thread count on CPU.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    model = Qwen3ForCausalLM(qwen3_config(spec, len(tokenizer), tokenizer))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("toy model: %d parameters, %d layers, hidden %d", n_params, spec["num_layers"], spec["hidden_size"])
+    with atomic_dir(out_dir) as tmp:
+        args = SFTConfig(
+            output_dir=str(tmp / "_trainer"),
+            max_steps=spec["steps"],
+            per_device_train_batch_size=spec["batch_size"],
+            learning_rate=spec["learning_rate"],
+            lr_scheduler_type="cosine",
+            warmup_steps=spec.get("warmup_ratio", 0.05),
+            weight_decay=0.01,
+            max_grad_norm=1.0,
+            seed=seed,
+            data_seed=seed,
+            logging_steps=max(1, spec["steps"] // 20),
+            save_strategy="no",
+            report_to=[],
+            completion_only_loss=True,
+            use_cpu=not torch.cuda.is_available(),
+            bf16=False,
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=solution_dataset(tokenizer, problems, template),
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        import shutil
+
+        shutil.rmtree(tmp / "_trainer", ignore_errors=True)
+    return {"train_loss": float(result.training_loss), "parameters": int(n_params)}

@@ -1,0 +1,105 @@
+"""Generated multi-step arithmetic word problems in GSM8K's format.
+
+A problem is a short story of ``n_steps`` quantity changes ("Ava has 7 pens. She buys 4 more. ...")
+followed by a question; its worked solution has one equation per step and ends with the final answer
+on its own line in GSM8K's ``#### <number>`` form, so the same grader serves the toy world and GSM8K.
+
+Everything is a pure function of a seed: the train/test split is drawn from one seeded stream with
+prompts de-duplicated, so the test set never shares a prompt with the training set.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+NAMES = ("Ava", "Ben", "Cleo", "Dan", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia")
+_SHE = frozenset({"Ava", "Cleo", "Fay", "Ivy", "Kim", "Mia"})
+ITEMS = ("apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles")
+
+# Each operation: how the story states it and how the solution computes it. ``{n}`` is the operand.
+_ADD = ("{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more.")
+_SUB = ("{p} gives {n} away.", "{p} loses {n}.", "{p} sells {n}.")
+_MUL = ("{p} doubles them.",)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One toy problem: ``question`` is the prompt text, ``solution`` the worked answer text
+    (ending in ``#### <answer>``), ``answer`` the integer final answer."""
+
+    id: str
+    question: str
+    solution: str
+    answer: int
+
+
+def make_problem(
+    rng: random.Random, n_steps: int, max_start: int = 15, max_operand: int = 9, max_double: int = 20
+) -> Problem:
+    """Draw one problem of ``n_steps`` operations; intermediate values stay positive.
+
+    Operands are in [1, max_operand]; a value is doubled only while it is <= ``max_double``, which
+    keeps answers to two digits and the task within reach of a model trained for a few minutes.
+    """
+    person = rng.choice(NAMES)
+    pronoun = "She" if person in _SHE else "He"
+    item = rng.choice(ITEMS)
+    value = rng.randint(2, max_start)
+    story = [f"{person} has {value} {item}."]
+    lines = []
+    for _ in range(n_steps):
+        kind = rng.choice(("add", "sub", "mul") if value <= max_double else ("add", "sub"))
+        if kind == "sub" and value < 2:
+            kind = "add"
+        if kind == "add":
+            n = rng.randint(1, max_operand)
+            story.append(rng.choice(_ADD).format(p=pronoun, n=n))
+            lines.append(f"{value} + {n} = {value + n}")
+            value += n
+        elif kind == "sub":
+            n = rng.randint(1, min(max_operand, value - 1))
+            story.append(rng.choice(_SUB).format(p=pronoun, n=n))
+            lines.append(f"{value} - {n} = {value - n}")
+            value -= n
+        else:
+            phrase = rng.choice(_MUL)
+            n = 2
+            story.append(phrase.format(p=pronoun))
+            lines.append(f"{value} * {n} = {value * n}")
+            value *= n
+    story.append(f"How many {item} does {person} have now?")
+    question = " ".join(story)
+    solution = "\n".join(lines + [f"#### {value}"])
+    return Problem(id="", question=question, solution=solution, answer=value)
+
+
+def generate_splits(
+    seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 3, **limits
+) -> tuple[list[Problem], list[Problem]]:
+    """Deterministic train and test problems with disjoint questions.
+
+    ``limits`` are passed to ``make_problem`` (max_start, max_operand, max_double).
+    Ids are ``toy-train-{i}`` / ``toy-test-{i}``. Raises ``ValueError`` when the requested number
+    of distinct problems cannot be drawn (the space is large, so this means absurd sizes).
+    """
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"toy problem counts must be >= 1, got n_train={n_train}, n_test={n_test}")
+    if not 1 <= min_steps <= max_steps:
+        raise ValueError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    drawn: list[Problem] = []
+    attempts = 0
+    while len(drawn) < n_train + n_test:
+        attempts += 1
+        if attempts > 50 * (n_train + n_test):
+            raise ValueError(f"could not draw {n_train + n_test} distinct toy problems")
+        p = make_problem(rng, rng.randint(min_steps, max_steps), **limits)
+        if p.question in seen:
+            continue
+        seen.add(p.question)
+        drawn.append(p)
+    train = [Problem(f"toy-train-{i}", p.question, p.solution, p.answer) for i, p in enumerate(drawn[:n_train])]
+    test = [Problem(f"toy-test-{i}", p.question, p.solution, p.answer) for i, p in enumerate(drawn[n_train:])]
+    return train, test

@@ -1,0 +1,46 @@
+"""The toy world's data: problem splits and the tokenizer, written to one directory.
+
+Layout of ``out_dir`` (the models are trained into ``base/`` and ``teacher/`` beside it by
+``lossgeom toy-model``):
+
+    problems/train.jsonl, problems/test.jsonl   id, question, solution, answer
+    tokenizer/                                  Hugging Face tokenizer files
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..fsutil import atomic_dir
+from ..prompting import prompt_string
+from .problems import generate_splits
+from .tokenizer import build_tokenizer
+
+PROBLEM_LIMIT_KEYS = ("min_steps", "max_steps", "max_start", "max_operand", "max_double")
+
+
+def build_world(spec: dict, out_dir: Path) -> dict:
+    """Generate the splits and train the tokenizer from the ``toy`` config section; returns counts."""
+    limits = {k: spec[k] for k in PROBLEM_LIMIT_KEYS if k in spec}
+    train, test = generate_splits(spec["seed"], spec["n_train"], spec["n_test"], **limits)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "problems").mkdir()
+        for name, split in (("train", train), ("test", test)):
+            with open(tmp / "problems" / f"{name}.jsonl", "w") as f:
+                for p in split:
+                    f.write(json.dumps(asdict(p)) + "\n")
+        # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
+        bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
+        corpus = [prompt_string(bootstrap, p.question) + p.solution + "<|im_end|>" for p in train]
+        build_tokenizer(corpus, spec["tokenizer_vocab"]).save_pretrained(str(tmp / "tokenizer"))
+    return {"train": len(train), "test": len(test)}
+
+
+def read_split(world_dir: Path, split: str):
+    """The toy problems of ``split`` as ``Problem`` objects."""
+    from .problems import Problem
+
+    path = Path(world_dir) / "problems" / f"{split}.jsonl"
+    return [Problem(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,202 @@
+"""One training job: one method, one seed, one attention-only LoRA adapter.
+
+The paper's control, made sharper: for a given seed every method starts from the same LoRA init
+(``torch.manual_seed(seed)`` immediately before ``peft.get_peft_model``) and sees its rows in the
+same seeded order (``data_seed``: the seed, or ``training.data_seed`` when set, which separates the
+data-order seed from the init seed). Only the loss and its view of the rollouts differ.
+
+Outputs (``out_dir``, written atomically, so a failed job leaves nothing):
+
+    adapter_config.json, adapter_model.safetensors   the adapter at ``analysis_step``
+    step{N}/                                         the adapter at every other step in ``save_steps``
+    metrics.tsv                                      loss, grad_norm, learning_rate, tokens_per_s per log step
+    train_info.json                                  seeds, counts of rows/pairs/groups, spec, fingerprint
+
+Checkpoints go to ``ckpt_dir`` (outside the output, so Snakemake does not delete them): a killed
+job resumes from the last one when rerun, provided its fingerprint (spec, seed, rollouts, base)
+matches; otherwise the stale checkpoints are discarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+
+from .fsutil import atomic_dir
+from .modeling import load_model, load_tokenizer
+from .prompting import completion_ids, prompt_ids, prompt_string
+from .rollouts import read_rollouts
+from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
+from .views import build_view
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(spec: dict, seed: int, rollouts_path: Path, base_model: str) -> str:
+    """What a checkpoint must match to be resumed: the method spec, seed, rollouts bytes, base model."""
+    payload = json.dumps({"spec": spec, "seed": seed, "base": str(base_model)}, sort_keys=True)
+    return hashlib.sha256((payload + file_digest(rollouts_path)).encode()).hexdigest()[:16]
+
+
+def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int) -> Dataset:
+    """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids, completion mask, row numbers."""
+    rows = {"input_ids": [], "completion_mask": [], "row_weight": [], "row_reward": []}
+    for r in view.itertuples(index=False):
+        pi, ci = prompt_ids(tokenizer, r.prompt, template), completion_ids(tokenizer, r.completion)
+        ids = (pi + ci)[:max_length]
+        rows["input_ids"].append(ids)
+        rows["completion_mask"].append(([0] * len(pi) + [1] * len(ci))[:max_length])
+        rows["row_weight"].append(float(r.weight))
+        rows["row_reward"].append(float(r.reward))
+    return Dataset.from_dict(rows)
+
+
+def pairs_dataset(view: pd.DataFrame, tokenizer, template: str) -> Dataset:
+    """DPO rows in TRL's standard format: chat-formatted prompt text, chosen and rejected completions
+    (TRL appends the EOS token, as ``completion_ids`` does for the NLL family)."""
+    return Dataset.from_dict(
+        {
+            "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
+            "chosen": view["chosen"].tolist(),
+            "rejected": view["rejected"].tolist(),
+        }
+    )
+
+
+def _common_args(spec: dict, seed: int, ckpt_dir: Path) -> dict:
+    data_seed = spec["data_seed"] if spec.get("data_seed") is not None else seed
+    bf16 = spec["precision"] == "bf16"
+    return dict(
+        output_dir=str(ckpt_dir),
+        max_steps=spec["steps"],
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=spec["grad_accum"],
+        learning_rate=spec["learning_rate"],
+        lr_scheduler_type=spec["lr_scheduler"],
+        warmup_steps=spec["warmup_ratio"],  # a float < 1 is a ratio of max_steps in transformers 5
+        weight_decay=spec["weight_decay"],
+        max_grad_norm=spec["max_grad_norm"],
+        seed=seed,
+        data_seed=data_seed,
+        bf16=bf16,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=spec.get("checkpoint_every", max(1, spec["steps"] // 4)),
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        max_length=spec["max_length"],
+        remove_unused_columns=False,
+    )
+
+
+def lora_model(base, spec: dict, seed: int):
+    """Wrap ``base`` in the attention-only LoRA of ``spec['lora']``, initialised from ``seed``."""
+    from peft import LoraConfig, get_peft_model
+
+    lc = spec["lora"]
+    cfg = LoraConfig(
+        r=lc["r"],
+        lora_alpha=lc["alpha"],
+        lora_dropout=lc["dropout"],
+        target_modules=list(lc["target_modules"]),
+        use_rslora=lc["use_rslora"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)  # the LoRA init (A ~ Kaiming uniform, B = 0) depends only on the seed
+    return get_peft_model(base, cfg)
+
+
+def last_checkpoint(ckpt_dir: Path, fp: str) -> str | None:
+    """The newest resumable checkpoint in ``ckpt_dir`` whose fingerprint is ``fp``; stale ones are removed."""
+    marker = ckpt_dir / "fingerprint.txt"
+    if ckpt_dir.exists() and (not marker.exists() or marker.read_text().strip() != fp):
+        log.warning("discarding checkpoints in %s: they belong to another configuration", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fp)
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def train_adapter(
+    spec: dict, seed: int, rollouts_path: Path, base_model: str, out_dir: Path, ckpt_dir: Path, *, trust_remote_code=False, dtype="float32"
+) -> dict:
+    """Train one adapter as described in the module docstring; returns ``train_info``."""
+    torch.set_num_threads(spec["threads"])
+    rollouts = read_rollouts(rollouts_path)
+    data_seed = spec["data_seed"] if spec.get("data_seed") is not None else seed
+    view, counts = build_view(rollouts, spec, data_seed)
+    log.info("method %s seed %d: %s", spec["method"], seed, counts)
+    tokenizer = load_tokenizer(base_model, trust_remote_code)
+    model = lora_model(load_model(base_model, dtype, trust_remote_code), spec, seed)
+    fp = fingerprint(spec, seed, Path(rollouts_path), base_model)
+    resume = last_checkpoint(Path(ckpt_dir), fp)
+    if resume:
+        log.info("resuming from %s", resume)
+    saves = Path(ckpt_dir) / "saved"
+    callbacks = [FiniteGradCallback(), SaveAdapterCallback(spec["save_steps"], saves), MetricsCallback()]
+    if spec["loss"] == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**_common_args(spec, seed, Path(ckpt_dir)), beta=spec["beta"], loss_type=[spec["dpo_loss_type"]])
+        trainer = DPOTrainer(
+            model=model, args=args, train_dataset=pairs_dataset(view, tokenizer, spec["prompt_template"]),
+            processing_class=tokenizer, callbacks=callbacks,
+        )
+    else:
+        from trl import SFTConfig
+
+        args = SFTConfig(
+            **_common_args(spec, seed, Path(ckpt_dir)),
+            completion_only_loss=True,
+            loss_type="dft" if spec["loss"] == "dft" else "nll",
+        )
+        trainer = OfflineLossTrainer(
+            model=model, args=args, train_dataset=tokenize_view(view, tokenizer, spec["prompt_template"], spec["max_length"]),
+            processing_class=tokenizer, callbacks=callbacks, loss_spec=spec,
+        )
+    trainer.train(resume_from_checkpoint=resume)
+    info = {
+        "method": spec["method"],
+        "loss": spec["loss"],
+        "seed": seed,
+        "init_seed": seed,
+        "data_seed": data_seed,
+        "analysis_step": spec["analysis_step"],
+        "save_steps": spec["save_steps"],
+        "counts": counts,
+        "base_model": str(base_model),
+        "fingerprint": fp,
+        "resumed_from": resume,
+        "spec": spec,
+    }
+    with atomic_dir(out_dir) as tmp:
+        analysis = saves / f"step{spec['analysis_step']}"
+        for f in analysis.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        for step in spec["save_steps"]:
+            if step != spec["analysis_step"]:
+                shutil.copytree(saves / f"step{step}", tmp / f"step{step}")
+        metrics_table(trainer.state.log_history).to_csv(tmp / "metrics.tsv", sep="\t", index=False, float_format="%.8g")
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the job is done: its checkpoints are no longer needed
+    return info

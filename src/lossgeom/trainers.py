@@ -1,0 +1,145 @@
+"""The one trainer of the NLL family (SFT, RFT, DFT, RIFT, Offline GRPO), built on TRL's SFTTrainer,
+and the callbacks every training job uses (DPO runs on TRL's DPOTrainer with the same callbacks).
+
+``OfflineLossTrainer`` takes pre-tokenised rows (input_ids, completion_mask) plus two per-row
+numbers, ``row_weight`` (GRPO advantage; 1 otherwise) and ``row_reward`` (0/1). SFT, RFT and DFT
+defer to TRL's own ``compute_loss`` (``loss_type="nll"`` / ``"dft"``); RIFT and Offline GRPO run the
+same fused forward (TRL's fused LM head: per-token log-probs without materialising the logits)
+and apply ``lossgeom.losses``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from . import losses
+
+ROW_FIELDS = ("row_weight", "row_reward")
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN/inf; the job stops and writes no adapter."""
+
+
+class RowFieldsCollator:
+    """Wraps TRL's collator: pads the token fields as usual and adds the per-row numbers as float tensors."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        extra = {f: torch.tensor([float(e.pop(f)) for e in examples], dtype=torch.float32) for f in ROW_FIELDS if f in examples[0]}
+        batch = self.inner(examples)
+        batch.update(extra)
+        return batch
+
+
+class OfflineLossTrainer(SFTTrainer):
+    """SFTTrainer with the offline losses of this study; ``loss_spec`` is the method's spec dict."""
+
+    def __init__(self, *args, loss_spec: dict, **kwargs):
+        self.loss_spec = loss_spec
+        super().__init__(*args, **kwargs)
+        self.data_collator = RowFieldsCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *ROW_FIELDS]))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("row_weight")
+        rewards = inputs.pop("row_reward")
+        name = self.loss_spec["loss"]
+        if name in ("sft", "rft", "dft"):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            mask = outputs.label_mask.to(outputs.log_probs.dtype)
+            num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            num_tokens = torch.as_tensor(num_tokens, device=mask.device).clamp(min=1)
+            logp = outputs.log_probs
+            if name == "rift":
+                loss = losses.rift_loss(
+                    logp, mask, rewards.to(logp.device), self.loss_spec["positive_reward"],
+                    self.loss_spec["negative_reward"], num_tokens,
+                )
+            elif name == "offline_grpo":
+                ref_logp = None
+                if self.loss_spec.get("kl_coef", 0) > 0:
+                    with torch.no_grad(), model.disable_adapter():
+                        ref_logp = model(**inputs, fused_lm_head=True).log_probs
+                loss = losses.offline_grpo_loss(
+                    logp, mask, weights.to(logp.device), num_tokens, ref_logp, self.loss_spec.get("kl_coef", 0.0)
+                )
+            else:
+                raise ValueError(f"OfflineLossTrainer cannot train loss {name!r}")
+            if self.model.training:
+                self._metrics["train"]["mean_logp"].append(float((logp * mask).sum() / mask.sum().clamp(min=1)))
+            loss = (loss, outputs) if return_outputs else loss
+        check_finite(loss[0] if isinstance(loss, tuple) else loss, "loss")
+        return loss
+
+
+def check_finite(value: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(f"non-finite {what} ({value.detach().float().cpu().tolist()}); training stopped, no adapter written")
+
+
+class FiniteGradCallback(TrainerCallback):
+    """Stops training when any gradient is NaN/inf, before the optimiser applies it."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for name, p in model.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteError(f"non-finite gradient in {name} at step {state.global_step + 1}; no adapter written")
+
+
+class SaveAdapterCallback(TrainerCallback):
+    """Saves the adapter (PEFT format) at each step in ``steps`` into ``out_root/step{N}``."""
+
+    def __init__(self, steps, out_root):
+        self.steps = set(steps)
+        self.out_root = out_root
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            model.save_pretrained(str(self.out_root / f"step{state.global_step}"))
+
+
+class MetricsCallback(TrainerCallback):
+    """Adds ``tokens_per_s`` (completion+prompt tokens since the previous log row, per second) to each
+    training row of ``state.log_history``, which a resumed run restores from its checkpoint."""
+
+    def __init__(self):
+        self._last = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.log_history:
+            return
+        now = time.perf_counter()
+        tokens = logs.get("num_tokens")
+        if self._last is not None and tokens is not None and now > self._last[0]:
+            state.log_history[-1]["tokens_per_s"] = (float(tokens) - float(self._last[1])) / (now - self._last[0])
+        self._last = (now, tokens) if tokens is not None else None
+
+
+METRIC_COLUMNS = ["step", "loss", "grad_norm", "learning_rate", "num_tokens", "tokens_per_s"]
+
+
+def metrics_table(log_history: list[dict]):
+    """One row per training log step: the ``METRIC_COLUMNS`` first, then loss-specific extras."""
+    import pandas as pd
+
+    rows = [r for r in log_history if "loss" in r]
+    df = pd.DataFrame(rows)
+    for c in METRIC_COLUMNS:
+        if c not in df:
+            df[c] = math.nan
+    extras = [c for c in df.columns if c not in METRIC_COLUMNS and c not in ("epoch",)]
+    return df[METRIC_COLUMNS + extras]

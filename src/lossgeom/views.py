@@ -1,0 +1,104 @@
+"""Method views: which rollouts each loss trains on, and with which per-row numbers.
+
+Every method reads the same rollout table; only the view differs:
+
+    sft, dft       every rollout, correct or not
+    rft            correct rollouts only (rejection-sampling fine-tuning)
+    rift           every rollout with its reward (positives and negatives are weighted differently)
+    offline_grpo   every rollout with its group advantage A_i = r_i - mean_group(r) + b
+                   (group = the K rollouts of one prompt; optionally divided by the group's std)
+    dpo            (chosen = correct, rejected = incorrect) pairs of the same prompt
+
+An empty view stops with the method name and the counts (``ViewError``): RFT without a correct
+rollout, GRPO without a prompt whose group is mixed, DPO without a pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+class ViewError(ValueError):
+    """The rollouts give a method nothing to train on; the message has the method and the counts."""
+
+
+def grpo_advantages(rewards: pd.Series, groups: pd.Series, bias: float, std_normalize: bool) -> np.ndarray:
+    """A_i = (r_i - mean_g(r)) [/ (std_g(r) + 1e-4)] + b, with g the group (prompt) of row i.
+
+    ``std_g`` is the population std of the group's rewards (0 for a uniform group, so the epsilon
+    keeps uniform groups at exactly ``b``). Returns float64 of the rows' length.
+    """
+    r = rewards.astype(float)
+    mean = r.groupby(groups).transform("mean")
+    centred = r - mean
+    if std_normalize:
+        std = r.groupby(groups).transform(lambda x: x.std(ddof=0))
+        centred = centred / (std + 1e-4)
+    return (centred + bias).to_numpy(dtype=float)
+
+
+def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.DataFrame:
+    """Pairs (chosen correct, rejected incorrect) of one prompt, by a seeded rule.
+
+    For each prompt with at least one correct and one incorrect rollout, the correct and the incorrect
+    rollouts are each shuffled with ``numpy.random.default_rng(seed)`` (one generator, prompts in
+    order of first appearance) and zipped; the first ``pairs_per_prompt`` pairs are kept, so no
+    rollout appears in two pairs of a prompt. Columns: prompt_id, prompt, chosen, rejected.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for pid, group in rollouts.groupby("prompt_id", sort=False):
+        good = group.loc[group["reward"] == 1, "completion"].tolist()
+        bad = group.loc[group["reward"] == 0, "completion"].tolist()
+        if not good or not bad:
+            continue
+        good = [good[i] for i in rng.permutation(len(good))]
+        bad = [bad[i] for i in rng.permutation(len(bad))]
+        prompt = group["prompt"].iloc[0]
+        for chosen, rejected in list(zip(good, bad))[:pairs_per_prompt]:
+            out.append({"prompt_id": pid, "prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pd.DataFrame(out, columns=["prompt_id", "prompt", "chosen", "rejected"])
+
+
+def build_view(rollouts: pd.DataFrame, spec: dict, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The rows ``spec['loss']`` trains on, and the counts to log.
+
+    Returns (view, counts). For the NLL family the view has columns prompt_id, prompt, completion,
+    reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise); for DPO it has
+    prompt, chosen, rejected. ``seed`` drives the DPO pairing rule.
+    """
+    loss, method = spec["loss"], spec.get("method", spec["loss"])
+    per_prompt = rollouts.groupby("prompt_id")["reward"].mean()
+    counts = {
+        "rollouts": int(len(rollouts)),
+        "correct": int((rollouts["reward"] == 1).sum()),
+        "prompts": int(len(per_prompt)),
+        "mixed_groups": int(((per_prompt > 0) & (per_prompt < 1)).sum()),
+    }
+    base = rollouts[["prompt_id", "prompt", "completion", "reward"]].reset_index(drop=True)
+    if loss == "dpo":
+        view = dpo_pairs(rollouts, spec.get("pairs_per_prompt", 1), seed)
+        counts["pairs"] = int(len(view))
+        if view.empty:
+            raise ViewError(f"method {method!r} (dpo): no (correct, incorrect) pair in the rollouts; counts {counts}")
+        return view, counts
+    if loss == "rft":
+        view = base[base["reward"] == 1].reset_index(drop=True)
+        if view.empty:
+            raise ViewError(f"method {method!r} (rft): no correct rollout to train on; counts {counts}")
+    elif loss in ("sft", "dft", "rift"):
+        view = base
+    elif loss == "offline_grpo":
+        if counts["mixed_groups"] == 0:
+            raise ViewError(f"method {method!r} (offline_grpo): no prompt has both correct and incorrect rollouts; counts {counts}")
+        view = base.copy()
+        view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], spec["bias"], spec["std_normalize"])
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    if "weight" not in view:
+        view = view.assign(weight=1.0)
+    if view.empty:
+        raise ViewError(f"method {method!r} ({loss}): no rollout to train on; counts {counts}")
+    counts["rows"] = int(len(view))
+    return view, counts

@@ -1,0 +1,60 @@
+# Helpers shared by the rules: config validation, paths, and the narrow params each job receives.
+
+import json
+from pathlib import Path
+
+from lossgeom import config as cfg
+
+# One line naming the key and what was expected, before any job is scheduled.
+try:
+    cfg.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+except cfg.ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+RESULTS = "results"
+TOY = f"{RESULTS}/toy"
+LABELS = cfg.adapter_labels(config)
+TEMPLATE = config["model"].get("prompt_template", "{question}")
+DTYPE = config["model"].get("dtype", "float32")
+REMOTE = "--trust-remote-code" if config["model"].get("trust_remote_code", False) else ""
+
+
+wildcard_constraints:
+    method="|".join(config["methods"]),
+    seed=r"\d+",
+
+
+def as_json(obj):
+    """Compact, key-sorted JSON: a stable param string, so reruns trigger only on real changes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def model_path(name):
+    """A model entry: 'toy' is the workflow's own toy model, anything else a hub id or a directory."""
+    value = config["model"].get(name, "toy") if name == "teacher" else config["model"]["base"]
+    if value == "base":
+        return model_path("base")
+    return f"{TOY}/models/{name}" if value == "toy" else value
+
+
+def model_input(name):
+    """The toy model directory as a job input (hub ids and external directories are not tracked)."""
+    path = model_path(name)
+    return [path] if path.startswith(f"{TOY}/") else []
+
+
+def toy_input(source):
+    return [f"{TOY}/world"] if source == "toy" else []
+
+
+def adapter_dir(label):
+    method, seed = cfg.parse_label(label)
+    return f"{RESULTS}/adapters/{method}/seed{seed}"
+
+
+def all_targets():
+    return [
+        f"{RESULTS}/geometry/cosine_global.tsv",
+        f"{RESULTS}/figures/cosine_global.png",
+    ]

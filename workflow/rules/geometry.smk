@@ -1,0 +1,35 @@
+# Weight-space geometry of every adapter pair, from the LoRA factors (cheap: one aggregate job).
+
+
+rule geometry:
+    input:
+        [adapter_dir(label) for label in LABELS],
+    output:
+        f"{RESULTS}/geometry/cosine_global.tsv",
+        f"{RESULTS}/geometry/long.tsv",
+    params:
+        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
+        top_k=config.get("geometry", {}).get("top_k", 10),
+        out=f"{RESULTS}/geometry",
+    log:
+        f"{RESULTS}/logs/geometry.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/geometry.tsv"
+    shell:
+        "lossgeom geometry {params.adapters} --top-k {params.top_k} --out {params.out} 2> {log}"
+
+
+rule geometry_figures:
+    input:
+        f"{RESULTS}/geometry/cosine_global.tsv",
+    output:
+        f"{RESULTS}/figures/cosine_global.png",
+    params:
+        tables=f"{RESULTS}/geometry",
+        out=f"{RESULTS}/figures",
+    log:
+        f"{RESULTS}/logs/geometry_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/geometry_figures.tsv"
+    shell:
+        "lossgeom geometry-figures --tables {params.tables} --out {params.out} 2> {log}"

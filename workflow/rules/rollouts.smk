@@ -1,0 +1,42 @@
+# Rollouts: K graded samples per prompt from the teacher (or the base), or an imported file.
+
+
+if config["rollouts"].get("import"):
+
+    rule import_rollouts:
+        input:
+            config["rollouts"]["import"],
+        output:
+            f"{RESULTS}/rollouts/rollouts.parquet",
+        log:
+            f"{RESULTS}/logs/import_rollouts.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/import_rollouts.tsv"
+        shell:
+            "lossgeom import-rollouts --file {input} --out {output} 2> {log}"
+
+else:
+
+    rule rollouts:
+        input:
+            model_input(config["rollouts"].get("sampler", "teacher")),
+            toy_input(config["prompts"]["source"]),
+        output:
+            f"{RESULTS}/rollouts/rollouts.parquet",
+        params:
+            model=model_path(config["rollouts"].get("sampler", "teacher")),
+            problems=as_json(config["prompts"]),
+            spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
+            toy_dir=f"{TOY}/world",
+            template=TEMPLATE,
+            dtype=DTYPE,
+            remote=REMOTE,
+        threads: 1
+        log:
+            f"{RESULTS}/logs/rollouts.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/rollouts.tsv"
+        shell:
+            "lossgeom rollouts --model {params.model} --problems {params.problems:q} --toy-dir {params.toy_dir}"
+            " --spec {params.spec:q} --template {params.template:q} --dtype {params.dtype} {params.remote}"
+            " --threads {threads} --out {output} 2> {log}"

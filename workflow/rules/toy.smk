@@ -1,0 +1,36 @@
+# The toy world: generated problems, an offline tokenizer, and small Qwen3 base and teacher models
+# trained from scratch. Only scheduled when the config uses "toy" somewhere.
+
+
+rule toy_world:
+    output:
+        directory(f"{TOY}/world"),
+    params:
+        spec=lambda w: as_json(config["toy"]),
+    log:
+        f"{RESULTS}/logs/toy_world.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/toy_world.tsv"
+    shell:
+        "lossgeom toy-world --spec {params.spec:q} --out {output} 2> {log}"
+
+
+rule toy_model:
+    input:
+        world=f"{TOY}/world",
+    output:
+        directory(f"{TOY}/models/{{name}}"),
+    wildcard_constraints:
+        name="base|teacher",
+    params:
+        spec=lambda w: as_json(config["toy"]["models"][w.name]),
+        seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
+        template=TEMPLATE,
+    threads: 1
+    log:
+        f"{RESULTS}/logs/toy_model/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/toy_model/{{name}}.tsv"
+    shell:
+        "lossgeom toy-model --spec {params.spec:q} --world {input.world} --template {params.template:q}"
+        " --seed {params.seed} --threads {threads} --out {output} 2> {log}"

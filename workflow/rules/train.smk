@@ -1,0 +1,25 @@
+# Training: one job per (method, seed). Checkpoints live outside the output directory so that a
+# killed (or preempted) job resumes from them when it is rerun.
+
+
+rule train:
+    input:
+        rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
+        base=model_input("base"),
+    output:
+        directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
+    params:
+        spec=lambda w: as_json(cfg.method_spec(config, w.method)),
+        base=model_path("base"),
+        checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}",
+        dtype=DTYPE,
+        remote=REMOTE,
+    threads: lambda w: config["training"].get("threads", 1)
+    log:
+        f"{RESULTS}/logs/train/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{method}}/seed{{seed}}.tsv"
+    shell:
+        "lossgeom train --spec {params.spec:q} --seed {wildcards.seed} --rollouts {input.rollouts}"
+        " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
+        " --dtype {params.dtype} {params.remote} --threads {threads} 2> {log}"
