@@ -1,0 +1,181 @@
+"""Figures for the weight-space geometry (analyses 1-3 of PAPER.md).
+
+Inputs are the tables written by :func:`lossgeom.geometry.write_geometry` (a path to a ``.tsv``
+or the DataFrame itself); every function writes a PNG at ``out_path`` (must end in ``.png``) and a
+PDF beside it, and returns both paths. Figures are built on an explicit Agg canvas (no pyplot
+state); files are written under a temporary sibling name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_geometry_heatmap",
+    "plot_geometry_heatmaps",
+    "plot_layer_profiles",
+    "HEATMAP_STYLES",
+]
+
+_DPI = 200
+
+# square-matrix metric -> (colour-bar label, colormap, vmin, vmax, number format, title)
+HEATMAP_STYLES: dict[str, tuple[str, str, float | None, float | None, str, str]] = {
+    "cosine_global": ("cosine (unitless)", "vlag", -1.0, 1.0, ".2f", "Cosine of the LoRA deltas (all modules)"),
+    "top1_angle_left_median": ("angle (degrees)", "mako", 0.0, 90.0, ".1f",
+                               "Median top-1 principal angle, output (left) subspaces"),
+    "top1_angle_right_median": ("angle (degrees)", "mako", 0.0, 90.0, ".1f",
+                                "Median top-1 principal angle, input (right) subspaces"),
+    "worst_angle_left_median": ("angle (degrees)", "mako", 0.0, 90.0, ".0f",
+                                "Median worst (k-th) principal angle, output subspaces"),
+    "orthogonal_fraction_global": ("orthogonal fraction (unitless)", "rocket_r", 0.0, 1.0, ".2f",
+                                   "Orthogonal fraction of column off row (all modules)"),
+    "norm_ratio": ("||dW_col|| / ||dW_row||", "crest", None, None, ".2f", "Norm ratio of the deltas"),
+}
+DEFAULT_HEATMAPS = ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global")
+
+
+def _read(table: pd.DataFrame | str | os.PathLike, index: bool) -> pd.DataFrame:
+    if isinstance(table, pd.DataFrame):
+        return table
+    return pd.read_csv(table, sep="\t", index_col=0 if index else None)
+
+
+def _style() -> ExitStack:
+    stack = ExitStack()
+    stack.enter_context(sns.axes_style("white"))
+    stack.enter_context(sns.plotting_context("paper"))
+    return stack
+
+
+def _figure(width: float, height: float, nrows: int = 1):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, no GUI backend
+    axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
+    return fig, (axes[0] if nrows == 1 else list(axes))
+
+
+def _save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out_path`` (.png) and its .pdf sibling atomically, without volatile metadata."""
+    png = Path(out_path)
+    if png.suffix.lower() != ".png":
+        raise ValueError(f"output path must end in .png, got {str(png)!r}")
+    pdf = png.with_suffix(".pdf")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    for path, fmt, meta in ((png, "png", {"Software": None}),
+                            (pdf, "pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return png, pdf
+
+
+def plot_geometry_heatmap(
+    matrix: pd.DataFrame | str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    metric: str | None = None,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Annotated heatmap of one labelled square matrix (rows and columns ``"method/seed"``).
+
+    Args:
+        matrix: a ``{metric}.tsv`` written by :func:`lossgeom.geometry.write_geometry` (labels in
+            the first column and the header) or the same as a DataFrame.
+        out_path: ``.png`` path; a ``.pdf`` is written beside it.
+        metric: selects colours and labels from :data:`HEATMAP_STYLES`; default the file stem.
+        title: default from the metric.
+    """
+    df = _read(matrix, index=True)
+    if metric is None and not isinstance(matrix, pd.DataFrame):
+        metric = Path(matrix).stem
+    cbar, cmap, vmin, vmax, fmt, default_title = HEATMAP_STYLES.get(
+        metric or "", (metric or "value", "viridis", None, None, ".2g", metric or "")
+    )
+    values = df.to_numpy(dtype=float)
+    n = len(df)
+    with _style():
+        fig, ax = _figure(width=2.2 + 0.75 * n, height=1.4 + 0.65 * n)
+        sns.heatmap(df.astype(float), mask=~np.isfinite(values), annot=n <= 16, fmt=fmt,
+                    annot_kws={"fontsize": 7}, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
+                    linewidths=0.5, cbar_kws={"label": cbar}, ax=ax)
+        ax.set_xlabel("adapter (method/seed)")
+        ax.set_ylabel("adapter (method/seed)")
+        ax.tick_params(axis="x", labelrotation=45)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+        ax.set_title(title if title is not None else default_title)
+        return _save(fig, out_path)
+
+
+def plot_geometry_heatmaps(
+    geometry_dir: str | os.PathLike, out_dir: str | os.PathLike, metrics=DEFAULT_HEATMAPS
+) -> list[Path]:
+    """Heatmaps (cosine, top-1 angle, orthogonal fraction by default) from a geometry directory;
+    writes ``out_dir/geometry_{metric}.png`` and ``.pdf``; returns the written paths."""
+    out = []
+    for metric in metrics:
+        out.extend(plot_geometry_heatmap(Path(geometry_dir) / f"{metric}.tsv",
+                                         Path(out_dir) / f"geometry_{metric}.png", metric=metric))
+    return out
+
+
+def plot_layer_profiles(
+    per_layer: pd.DataFrame | str | os.PathLike,
+    reference: str,
+    out_path: str | os.PathLike,
+    *,
+    title: str | None = None,
+) -> tuple[Path, Path]:
+    """Cosine per layer (top) and orthogonal fraction per layer (bottom) of every adapter vs one.
+
+    Args:
+        per_layer: ``per_layer.tsv`` of :func:`lossgeom.geometry.write_geometry` (columns
+            ``pair_a, pair_b, layer, cosine, orthogonal_fraction``) or that DataFrame.
+        reference: label every other adapter is compared with (e.g. ``"sft/seed42"``).
+        out_path: ``.png`` path; a ``.pdf`` is written beside it.
+    """
+    df = _read(per_layer, index=False)
+    missing = [c for c in ("pair_a", "pair_b", "layer", "cosine", "orthogonal_fraction") if c not in df.columns]
+    if missing:
+        raise ValueError(f"per-layer table lacks column(s) {missing}")
+    sel = df[(df["pair_a"] == reference) | (df["pair_b"] == reference)].copy()
+    if sel.empty:
+        labels = sorted(set(df["pair_a"]) | set(df["pair_b"]))
+        raise ValueError(f"reference {reference!r} not in the per-layer table; labels: {labels}")
+    sel["other"] = np.where(sel["pair_a"] == reference, sel["pair_b"], sel["pair_a"])
+    sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
+    others = list(dict.fromkeys(sel["other"]))
+    palette = dict(zip(others, sns.color_palette("tab10" if len(others) <= 10 else "husl", len(others))))
+    with _style():
+        fig, (ax1, ax2) = _figure(width=7.0, height=5.2, nrows=2)
+        for o in others:
+            s = sel[sel["other"] == o]
+            ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], label=o)
+            ax2.plot(s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], label=o)
+        ax1.axhline(0.0, color="0.6", linewidth=0.8)
+        ax1.set_ylabel("cosine (unitless)")
+        ax1.set_ylim(min(-0.05, float(sel["cosine"].min()) - 0.05), 1.02)
+        ax2.set_ylabel("orthogonal fraction (unitless)")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_xlabel("layer")
+        for ax in (ax1, ax2):
+            ax.grid(True, alpha=0.3)
+        ax1.legend(title="adapter (method/seed)", fontsize=7, title_fontsize=7, frameon=False,
+                   loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax1.set_title(title if title is not None else f"Per-layer geometry vs {reference}")
+        return _save(fig, out_path)
