@@ -101,7 +101,11 @@ class FiniteGradCallback(TrainerCallback):
 
 
 class SaveAdapterCallback(TrainerCallback):
-    """Saves the adapter (PEFT format) at each step in ``steps`` into ``out_root/step{N}``."""
+    """Saves the trained adapter (PEFT format) at each step in ``steps`` into ``out_root/step{N}``.
+
+    Only the ``default`` adapter is saved: TRL's DPOTrainer adds a frozen copy of the initial adapter
+    named ``ref`` as its reference, which equals the base model because LoRA's B starts at zero.
+    """
 
     def __init__(self, steps, out_root):
         self.steps = set(steps)
@@ -109,7 +113,7 @@ class SaveAdapterCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step in self.steps:
-            model.save_pretrained(str(self.out_root / f"step{state.global_step}"))
+            model.save_pretrained(str(self.out_root / f"step{state.global_step}"), selected_adapters=["default"])
 
 
 class MetricsCallback(TrainerCallback):

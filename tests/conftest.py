@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny toy world, a tiny random Qwen3 base model and hand-made rollouts.
+
+Everything is built once per test session in a temporary directory and takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+TINY_TOY = {
+    "seed": 0,
+    "n_train": 200,
+    "n_test": 20,
+    "tokenizer_vocab": 320,
+    "models": {},
+}
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> Path:
+    from lossgeom.toy.world import build_world
+
+    out = tmp_path_factory.mktemp("toy") / "world"
+    build_world(TINY_TOY, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(toy_world, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Qwen3 with the toy tokenizer, saved like any hub model."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from lossgeom.modeling import load_tokenizer
+    from lossgeom.toy.pretrain import qwen3_config
+
+    tok = load_tokenizer(toy_world / "tokenizer")
+    spec = {"hidden_size": 32, "num_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(qwen3_config(spec, len(tok), tok))
+    out = tmp_path_factory.mktemp("models") / "base"
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rollouts(toy_world, tmp_path_factory) -> Path:
+    """K=4 rollouts for 8 prompts: gold solutions (correct) and perturbed ones (incorrect), mixed groups."""
+    from lossgeom.toy.world import read_split
+
+    rows = []
+    for p in read_split(toy_world, "train")[:8]:
+        for k in range(4):
+            correct = k % 2 == 0 if p.answer % 2 else k == 0
+            answer = p.answer if correct else p.answer + k + 1
+            completion = p.solution.rsplit("####", 1)[0] + f"#### {answer}"
+            rows.append(
+                {"prompt_id": p.id, "prompt": p.question, "completion": completion, "gold": str(p.answer),
+                 "answer": str(answer), "reward": float(correct), "sample_index": k, "logprobs": [], "source": "test"}
+            )
+    out = tmp_path_factory.mktemp("rollouts") / "rollouts.parquet"
+    pd.DataFrame(rows).to_parquet(out)
+    return out
+
+
+def method_spec(loss: str, **overrides) -> dict:
+    """A resolved method spec for a tiny training run (what the train rule passes as --spec)."""
+    from lossgeom import config as cfg
+
+    config = {
+        "seeds": [1],
+        "model": {"base": "x"},
+        "prompts": {"source": "x"},
+        "test_sets": {"t": {"source": "x"}},
+        "rollouts": {"k": 4, "temperature": 1.0, "max_new_tokens": 8},
+        "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "r": 4, "alpha": 8},
+        "training": {"steps": 6, "save_steps": [3, 6], "analysis_step": 3, "batch_size": 4, "learning_rate": 1e-2,
+                     "checkpoint_every": 2, "max_length": 128},
+        "methods": {"m": {"loss": loss, **overrides}},
+    }
+    cfg.validate(config, SCHEMA)
+    return json.loads(json.dumps(cfg.method_spec(config, "m")))
