@@ -4,12 +4,18 @@
 # logic lives in the package. Run `snakemake --cores 2` for the toy study (config/config.yaml) or
 # `snakemake --configfile config/paper.yaml --profile profiles/slurm` for the paper's protocol.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The toy default, unless the user names a config file (--configfile config/paper.yaml): then that
+# file alone is the study, never merged key by key with the toy world.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"

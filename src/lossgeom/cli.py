@@ -99,9 +99,15 @@ def cmd_geometry(a):
 
 
 def cmd_geometry_figures(a):
-    from .figures.geometry import geometry_figures
+    import pandas as pd
 
-    geometry_figures(a.tables, a.out)
+    from .figures.geometry import DEFAULT_HEATMAPS, plot_geometry_heatmap, plot_layer_profiles
+
+    for metric in DEFAULT_HEATMAPS:
+        plot_geometry_heatmap(a.tables / f"{metric}.tsv", a.out / f"{metric}.png", metric=metric)
+    labels = pd.read_csv(a.tables / "cosine_global.tsv", sep="\t", index_col=0).index.tolist()
+    reference = a.reference or labels[0]
+    plot_layer_profiles(a.tables / "per_layer.tsv", reference, a.out / "per_layer_profiles.png")
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("geometry-figures", cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables")
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
+    sp.add_argument("--reference", default=None, help="label the per-layer profiles compare against (default: the first)")
     return p
 
 
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         a.func(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Input errors (config, rollouts, adapters, problem sets): one line, no traceback.
         if a.verbose:
             raise

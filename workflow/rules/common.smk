@@ -16,6 +16,7 @@ RESULTS = "results"
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 TEMPLATE = config["model"].get("prompt_template", "{question}")
+ENV = "../../envs/lossgeom.yaml"
 DTYPE = config["model"].get("dtype", "float32")
 REMOTE = "--trust-remote-code" if config["model"].get("trust_remote_code", False) else ""
 
@@ -39,13 +40,23 @@ def model_path(name):
 
 
 def model_input(name):
-    """The toy model directory as a job input (hub ids and external directories are not tracked)."""
+    """The toy model directory as a named job input (hub ids and external directories are not tracked)."""
     path = model_path(name)
-    return [path] if path.startswith(f"{TOY}/") else []
+    return {"model": path} if path.startswith(f"{TOY}/") else {}
+
+
+def model_arg(name):
+    """The --model/--base argument: the tracked input when there is one, else the hub id or directory."""
+    return lambda wildcards, input: input.model if "model" in input.keys() else model_path(name)
+
+
+def parent_of(index=0, kind="output"):
+    """A param giving the directory of a job's input/output file (lint-clean, no hard-coded prefix)."""
+    return lambda wildcards, input, output: str(Path((output if kind == "output" else input)[index]).parent)
 
 
 def toy_input(source):
-    return [f"{TOY}/world"] if source == "toy" else []
+    return {"toy": f"{TOY}/world"} if source == "toy" else {}
 
 
 def adapter_dir(label):

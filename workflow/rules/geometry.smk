@@ -10,7 +10,9 @@ rule geometry:
     params:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
         top_k=config.get("geometry", {}).get("top_k", 10),
-        out=f"{RESULTS}/geometry",
+        out=parent_of(0),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/geometry.log",
     benchmark:
@@ -25,8 +27,10 @@ rule geometry_figures:
     output:
         f"{RESULTS}/figures/cosine_global.png",
     params:
-        tables=f"{RESULTS}/geometry",
-        out=f"{RESULTS}/figures",
+        tables=parent_of(0, "input"),
+        out=parent_of(0),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/geometry_figures.log",
     benchmark:

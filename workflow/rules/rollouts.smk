@@ -8,6 +8,8 @@ if config["rollouts"].get("import"):
             config["rollouts"]["import"],
         output:
             f"{RESULTS}/rollouts/rollouts.parquet",
+        conda:
+            ENV
         log:
             f"{RESULTS}/logs/import_rollouts.log",
         benchmark:
@@ -19,24 +21,26 @@ else:
 
     rule rollouts:
         input:
-            model_input(config["rollouts"].get("sampler", "teacher")),
-            toy_input(config["prompts"]["source"]),
+            **model_input(config["rollouts"].get("sampler", "teacher")),
+            **toy_input(config["prompts"]["source"]),
         output:
             f"{RESULTS}/rollouts/rollouts.parquet",
         params:
-            model=model_path(config["rollouts"].get("sampler", "teacher")),
+            model=model_arg(config["rollouts"].get("sampler", "teacher")),
             problems=as_json(config["prompts"]),
             spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
-            toy_dir=f"{TOY}/world",
-            template=TEMPLATE,
+            toy_dir=lambda w, input: f"--toy-dir {input.toy}" if "toy" in input.keys() else "",
+            template=lambda w: TEMPLATE,
             dtype=DTYPE,
             remote=REMOTE,
         threads: 1
+        conda:
+            ENV
         log:
             f"{RESULTS}/logs/rollouts.log",
         benchmark:
             f"{RESULTS}/benchmarks/rollouts.tsv"
         shell:
-            "lossgeom rollouts --model {params.model} --problems {params.problems:q} --toy-dir {params.toy_dir}"
+            "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --dtype {params.dtype} {params.remote}"
             " --threads {threads} --out {output} 2> {log}"

@@ -7,6 +7,8 @@ rule toy_world:
         directory(f"{TOY}/world"),
     params:
         spec=lambda w: as_json(config["toy"]),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/toy_world.log",
     benchmark:
@@ -25,8 +27,10 @@ rule toy_model:
     params:
         spec=lambda w: as_json(config["toy"]["models"][w.name]),
         seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
-        template=TEMPLATE,
+        template=lambda w: TEMPLATE,
     threads: 1
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/toy_model/{{name}}.log",
     benchmark:

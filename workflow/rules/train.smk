@@ -5,16 +5,18 @@
 rule train:
     input:
         rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
-        base=model_input("base"),
+        **model_input("base"),
     output:
         directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
     params:
         spec=lambda w: as_json(cfg.method_spec(config, w.method)),
-        base=model_path("base"),
+        base=model_arg("base"),
         checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}",
         dtype=DTYPE,
         remote=REMOTE,
     threads: lambda w: config["training"].get("threads", 1)
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/train/{{method}}/seed{{seed}}.log",
     benchmark:
