@@ -110,6 +110,71 @@ def cmd_geometry_figures(a):
     plot_layer_profiles(a.tables / "per_layer.tsv", reference, a.out / "per_layer_profiles.png")
 
 
+def _adapter(text: str) -> Path | None:
+    """An adapter directory, or 'none' for the base model itself."""
+    return None if text == "none" else Path(text)
+
+
+def cmd_evaluate(a):
+    from .behaviour import evaluate_model
+
+    evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
+                   batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+
+
+def cmd_eval_stats(a):
+    from .behaviour import accuracy_statistics
+
+    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed)
+
+
+def cmd_lmc(a):
+    from .behaviour import connectivity_sweep
+
+    connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
+                       accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,
+                       batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+
+
+def cmd_lmc_summary(a):
+    from .behaviour import connectivity_summary
+
+    connectivity_summary(a.sweeps, a.out)
+
+
+def cmd_activations(a):
+    from .behaviour import extract_activations
+
+    extract_activations(a.base, a.adapter, a.test_set, a.toy_dir, a.out, n_probe=a.n_probe, pooling=a.pooling,
+                        template=a.template, batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+
+
+def cmd_cka(a):
+    from .behaviour import cka_tables
+
+    cka_tables(dict(a.activations), a.out)
+
+
+def cmd_behaviour_figures(a):
+    import pandas as pd
+
+    from .figures import behaviour as fig
+
+    acc = pd.read_csv(a.eval_dir / "accuracy.tsv", sep="\t")
+    pairs = pd.read_csv(a.eval_dir / "pairwise.tsv", sep="\t")
+    for t in acc["test_set"].unique():
+        fig.plot_accuracy(acc[acc["test_set"] == t].set_index("model"), a.out / f"accuracy_{t}.png", title=f"greedy pass@1 on {t}")
+        fig.plot_pairwise_pvalues(pairs[pairs["test_set"] == t], a.out / f"mcnemar_{t}.png",
+                                  title=f"exact McNemar, Holm-adjusted p ({t})")
+    curves = pd.read_csv(a.lmc_dir / "curves.tsv", sep="\t")
+    curves["pair"] = curves["pair_a"] + " -> " + curves["pair_b"]
+    fig.plot_lmc(curves[["pair", "alpha", "metric", "value"]], a.out / "lmc.png", ylabels={
+        "answer_ce": "answer-only CE (nats/token)", "solution_ce": "full-solution CE (nats/token)", "accuracy": "accuracy (fraction)"})
+    cka = pd.read_csv(a.cka, sep="\t")
+    fig.plot_cka_profiles(cka, "base", a.out / "cka_profiles.png")
+    fig.plot_cka_heatmap(cka, int(cka["layer"].max()), a.out / "cka_last_layer.png")
+
+
 # ---- parser -------------------------------------------------------------------------------------
 
 
@@ -171,6 +236,57 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
     sp.add_argument("--reference", default=None, help="label the per-layer profiles compare against (default: the first)")
+
+    def run_opts(sp, test_set_arg="--test-set"):
+        sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+        sp.add_argument(test_set_arg, type=_json, required=True, dest=test_set_arg.lstrip("-").replace("-", "_"),
+                        help="problem source(s) as JSON")
+        sp.add_argument("--toy-dir", type=Path, default=None)
+        sp.add_argument("--template", default="{question}")
+        sp.add_argument("--batch-size", type=int, default=32)
+        sp.add_argument("--out", type=Path, required=True)
+        model_opts(sp)
+
+    sp = add("evaluate", cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
+    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
+    sp.add_argument("--max-new-tokens", type=int, default=256)
+    run_opts(sp, "--test-sets")
+
+    sp = add("eval-stats", cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
+    sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
+    sp.add_argument("--n-boot", type=int, default=10_000)
+    sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+
+    sp = add("lmc", cmd_lmc, "linear-mode-connectivity sweep between two adapters")
+    sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
+    sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
+    sp.add_argument("--alphas", type=int, default=11, help="grid points in [0, 1]")
+    sp.add_argument("--limit", type=int, default=100, help="test items for the cross-entropies")
+    sp.add_argument("--accuracy-subset", type=int, default=50, help="test items for greedy accuracy")
+    sp.add_argument("--max-new-tokens", type=int, default=256)
+    run_opts(sp)
+
+    sp = add("lmc-summary", cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
+    sp.add_argument("sweeps", nargs="+", type=Path)
+    sp.add_argument("--out", type=Path, required=True, help="summary .tsv (curves.tsv is written beside it)")
+
+    sp = add("activations", cmd_activations, "pooled per-layer hidden states of one model on the probe set")
+    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
+    sp.add_argument("--n-probe", type=int, default=100)
+    sp.add_argument("--pooling", default="completion_mean", choices=["completion_mean", "last", "mean"])
+    run_opts(sp)
+
+    sp = add("cka", cmd_cka, "linear and debiased CKA per layer for every model pair")
+    sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("behaviour-figures", cmd_behaviour_figures, "accuracy, McNemar, LMC and CKA figures")
+    sp.add_argument("--eval-dir", type=Path, required=True)
+    sp.add_argument("--lmc-dir", type=Path, required=True)
+    sp.add_argument("--cka", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
     return p
 
 

@@ -1,0 +1,62 @@
+"""Per-layer hidden states of one model on a probe set, pooled to one vector per probe, for CKA.
+
+A probe is a chat-formatted prompt followed by its gold worked solution (EOS included). Pooling:
+
+- ``completion_mean``: mean over the solution's tokens (the default: what the model does while
+  reasoning);
+- ``last``: the last token of the probe;
+- ``mean``: mean over every position except the first, which acts as an attention sink and would
+  dominate the mean (Qwen has no BOS token, so position 0 is the first prompt token).
+
+The result is float32 (n_layers, n_probes, hidden) with layer l the output of transformer block l
+(``hidden_states[1:]`` of a Hugging Face forward; the embeddings are left out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation import reference_solution
+from .prompting import completion_ids, prompt_ids
+
+POOLINGS = ("completion_mean", "last", "mean")
+
+
+@torch.no_grad()
+def hidden_states(model, tokenizer, problems: pd.DataFrame, *, template: str, pooling: str, batch_size: int) -> np.ndarray:
+    """Pooled per-layer hidden states, see the module docstring. Problems without a worked solution
+    are probed with the ``#### <answer>`` line only."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if problems.empty:
+        raise ValueError("the CKA probe set is empty")
+    model.eval()
+    dev = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    layers = []
+    for start in tqdm(range(0, len(problems), batch_size), desc="activations", unit="batch"):
+        chunk = problems.iloc[start : start + batch_size]
+        seqs, spans = [], []
+        for _, row in chunk.iterrows():
+            p = prompt_ids(tokenizer, row["question"], template)
+            c = completion_ids(tokenizer, reference_solution(row) or f"#### {row['answer']}")
+            seqs.append(p + c)
+            spans.append((len(p), len(p) + len(c)))
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+        hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[1:]
+        weights = torch.zeros(len(seqs), width, device=dev)
+        for i, (lo, hi) in enumerate(spans):
+            if pooling == "completion_mean":
+                weights[i, lo:hi] = 1.0 / (hi - lo)
+            elif pooling == "last":
+                weights[i, hi - 1] = 1.0
+            else:
+                weights[i, 1:hi] = 1.0 / (hi - 1)
+        pooled = torch.stack([torch.einsum("bt,btd->bd", weights, h.float()) for h in hs])
+        layers.append(pooled.cpu().numpy())
+    return np.concatenate(layers, axis=1).astype(np.float32)
