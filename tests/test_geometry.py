@@ -254,3 +254,40 @@ def test_figures_written(world, tmp_path):
     assert png.is_file() and pdf.is_file()
     with pytest.raises(ValueError, match="not in the per-layer table"):
         plot_layer_profiles(out / "per_layer.tsv", "zzz", tmp_path / "fig" / "x.png")
+
+
+def test_top_k_above_rank_uses_whole_subspaces(world):
+    caches = {G.label_for_dir(d): G.build_factor_cache(load_adapter(d), top_k=10) for d in world[3:5]}
+    geo = G.pairwise_geometry(caches, top_k=10)  # ranks 4 and 5: k = 4
+    assert (geo.k_used["left"] == 4).all()
+    Wi, Wj = (dense_deltas(d)["layers.0.self_attn.o_proj"] for d in world[3:5])
+    ref = np.sort(sl.subspace_angles(np.linalg.svd(Wi)[0][:, :4], np.linalg.svd(Wj)[0][:, :4]))
+    mi = geo.module_names.index("layers.0.self_attn.o_proj")
+    np.testing.assert_allclose(geo.angles["left"][mi, 0, :4], ref, atol=TOL)
+    assert np.isnan(geo.angles["left"][mi, 0, 4:]).all()
+
+
+def test_real_peft_adapters_end_to_end(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, vocab_size=64, max_position_embeddings=64)
+    deltas, dirs = [], []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(cfg)
+        torch.manual_seed(seed)
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        d = tmp_path / "toy" / f"seed{seed}"
+        pm.save_pretrained(d)
+        dirs.append(d)
+        deltas.append(np.concatenate([m.get_delta_weight("default").detach().double().numpy().ravel()
+                                      for n, m in sorted(pm.named_modules(), key=lambda x: x[0])
+                                      if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")]))
+    geo = G.compare_adapter_dirs(dirs, tmp_path / "geo", top_k=2, progress=False)
+    assert geo.labels == ["toy/seed1", "toy/seed2"]
+    cos = pd.read_csv(tmp_path / "geo" / "cosine_global.tsv", sep="\t", index_col=0)
+    want = deltas[0] @ deltas[1] / np.linalg.norm(deltas[0]) / np.linalg.norm(deltas[1])
+    assert cos.loc["toy/seed1", "toy/seed2"] == pytest.approx(want, abs=1e-6)  # PEFT computes in float32

@@ -212,7 +212,6 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         bias, embedding LoRA, extra full weights), a module with only A or only B, factors that are
         not 2-D, inner dimensions of A and B that differ, or a rank other than the config's.
     """
-    import torch  # safetensors' numpy backend cannot read bfloat16; torch can
     from safetensors import safe_open
 
     path = Path(path)
@@ -227,7 +226,10 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         raise _fail(path, f"missing {WEIGHTS_NAME}{extra}")
     use_rslora = bool(cfg.get("use_rslora", False))
 
-    with safe_open(str(wpath), framework="pt") as f:
+    with safe_open(str(wpath), framework="np") as f:
+        has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    # numpy cannot hold bfloat16: read such files through torch (bf16 -> f32 is exact)
+    with safe_open(str(wpath), framework="pt" if has_bf16 else "np") as f:
         keys = list(f.keys())
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
         parts: dict[str, dict[str, str]] = {}
@@ -283,9 +285,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
             for i, (name, _, _, _, _, scale, ab) in enumerate(ms):
                 for which, dest in (("A", Ag), ("B", Bg)):
                     t = f.get_tensor(ab[which])
-                    if t.dtype not in (torch.float32, torch.float64):
-                        t = t.to(torch.float32)  # bf16/fp16 -> f32 is exact; numpy then widens to f64
-                    dest[i] = t.numpy()
+                    dest[i] = t.float().numpy() if has_bf16 else t  # widened to float64 on assignment
             scales = np.array([m[5] for m in ms], dtype=np.float64)
             groups[(d_out, d_in, r)] = ShapeGroup(tuple(m[0] for m in ms), Bg, Ag, scales)
             for i, m in enumerate(ms):
