@@ -23,6 +23,7 @@ include: "workflow/rules/toy.smk"
 include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/geometry.smk"
+include: "workflow/rules/behaviour.smk"
 
 
 rule all:

@@ -107,6 +107,17 @@ def _check_consistency(config: dict) -> None:
                 raise ConfigError(
                     f"config error: training.analysis_step/save_steps value {s} exceeds methods.{name} steps {steps}"
                 )
+    labels = set(adapter_labels(config))
+    for key in ("lmc", "cka"):
+        name = config.get(key, {}).get("test_set")
+        if name is not None and name not in config["test_sets"]:
+            raise ConfigError(f"config error: {key}.test_set {name!r} is not a key of test_sets {sorted(config['test_sets'])}")
+    pairs = config.get("lmc", {}).get("pairs", "first_seed")
+    if isinstance(pairs, list):
+        for pair in pairs:
+            for label in pair:
+                if label not in labels:
+                    raise ConfigError(f"config error: lmc.pairs names {label!r}, which is not an adapter of this study")
     uses_toy = (
         config["model"]["base"] == "toy"
         or config["model"].get("teacher") == "toy"
@@ -148,6 +159,36 @@ def method_spec(config: dict, method: str) -> dict:
 def adapter_labels(config: dict) -> list[str]:
     """Every adapter of the study, as ``"{method}/seed{seed}"``, methods in config order."""
     return [f"{m}/seed{s}" for m in config["methods"] for s in config["seeds"]]
+
+
+EVALUATION_DEFAULTS = {"max_new_tokens": 256, "batch_size": 32, "n_boot": 10_000, "mid_p": False}
+LMC_DEFAULTS = {"alphas": 11, "limit": 100, "accuracy_subset": 50, "pairs": "first_seed"}
+CKA_DEFAULTS = {"n_probe": 100, "pooling": "completion_mean", "batch_size": 32}
+
+
+def section(config: dict, key: str) -> dict:
+    """The ``evaluation``, ``lmc`` or ``cka`` section with defaults filled in (``test_set``: the first test set)."""
+    defaults = {"evaluation": EVALUATION_DEFAULTS, "lmc": LMC_DEFAULTS, "cka": CKA_DEFAULTS}[key]
+    out = {**defaults, **config.get(key, {})}
+    if key != "evaluation":
+        out.setdefault("test_set", next(iter(config["test_sets"])))
+    return out
+
+
+def lmc_pairs(config: dict) -> list[tuple[str, str]]:
+    """The adapter pairs that get a connectivity sweep, per ``lmc.pairs`` (see the schema)."""
+    pairs = section(config, "lmc")["pairs"]
+    labels = adapter_labels(config)
+    if isinstance(pairs, list):
+        return [tuple(p) for p in pairs]
+    if pairs == "all":
+        return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
+    seeds, methods = config["seeds"], list(config["methods"])
+    first = [f"{m}/seed{seeds[0]}" for m in methods]
+    out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
+    if len(seeds) > 1:
+        out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in methods]
+    return out
 
 
 def parse_label(label: str) -> tuple[str, int]:

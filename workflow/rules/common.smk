@@ -68,4 +68,30 @@ def all_targets():
     return [
         f"{RESULTS}/geometry/cosine_global.tsv",
         f"{RESULTS}/figures/cosine_global.png",
+        f"{RESULTS}/eval/accuracy.tsv",
+        f"{RESULTS}/lmc/summary.tsv",
+        f"{RESULTS}/cka/cka.tsv",
+        f"{RESULTS}/figures/lmc.png",
     ]
+
+
+def model_adapter(wildcards):
+    """The adapter directory of a model wildcard ('base' has none)."""
+    return {} if wildcards.model == "base" else {"adapter": adapter_dir(wildcards.model)}
+
+
+def adapter_arg(wildcards, input):
+    return input.adapter if "adapter" in input.keys() else "none"
+
+
+def toy_dir_arg(wildcards, input):
+    return f"--toy-dir {input.toy}" if "toy" in input.keys() else ""
+
+
+def uses_toy(*sources):
+    return any(s["source"] == "toy" for s in sources)
+
+
+def lmc_sweep(a, b):
+    (ma, sa), (mb, sb) = cfg.parse_label(a), cfg.parse_label(b)
+    return f"{RESULTS}/lmc/{ma}/seed{sa}/{mb}/seed{sb}.tsv"

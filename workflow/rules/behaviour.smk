@@ -1,0 +1,190 @@
+# What the deltas do: one evaluation and one activation job per model (base and every adapter), one
+# connectivity sweep per pair, and cheap aggregates (statistics, barriers, CKA) over their outputs.
+
+EVAL = cfg.section(config, "evaluation")
+LMC = cfg.section(config, "lmc")
+CKA = cfg.section(config, "cka")
+MODELS = ["base", *LABELS]
+
+
+wildcard_constraints:
+    model=r"base|[A-Za-z0-9_-]+/seed\d+",
+
+
+rule evaluate:
+    input:
+        unpack(model_adapter),
+        **model_input("base"),
+        **({"toy": f"{TOY}/world"} if uses_toy(*config["test_sets"].values()) else {}),
+    output:
+        f"{RESULTS}/eval/{{model}}.parquet",
+    params:
+        base=model_arg("base"),
+        adapter=adapter_arg,
+        toy=toy_dir_arg,
+        test_sets=lambda w: as_json(config["test_sets"]),
+        template=lambda w: TEMPLATE,
+        max_new_tokens=EVAL["max_new_tokens"],
+        batch_size=EVAL["batch_size"],
+        dtype=DTYPE,
+        remote=REMOTE,
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/evaluate/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
+    shell:
+        "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
+        " {params.toy} --template {params.template:q} --max-new-tokens {params.max_new_tokens}"
+        " --batch-size {params.batch_size} --dtype {params.dtype} {params.remote} --threads {threads}"
+        " --out {output} 2> {log}"
+
+
+rule eval_stats:
+    input:
+        [f"{RESULTS}/eval/{m}.parquet" for m in MODELS],
+    output:
+        f"{RESULTS}/eval/accuracy.tsv",
+        f"{RESULTS}/eval/pairwise.tsv",
+        f"{RESULTS}/eval/cochran.json",
+    params:
+        evaluations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
+        n_boot=EVAL["n_boot"],
+        mid_p="--mid-p" if EVAL["mid_p"] else "",
+        out=parent_of(0),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/eval_stats.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_stats.tsv"
+    shell:
+        "lossgeom eval-stats {params.evaluations} --n-boot {params.n_boot} {params.mid_p} --out {params.out} 2> {log}"
+
+
+rule lmc:
+    input:
+        first=f"{RESULTS}/adapters/{{ma}}/seed{{sa}}",
+        second=f"{RESULTS}/adapters/{{mb}}/seed{{sb}}",
+        **model_input("base"),
+        **({"toy": f"{TOY}/world"} if uses_toy(config["test_sets"][LMC["test_set"]]) else {}),
+    output:
+        f"{RESULTS}/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv",
+    wildcard_constraints:
+        ma="|".join(config["methods"]),
+        mb="|".join(config["methods"]),
+        sa=r"\d+",
+        sb=r"\d+",
+    params:
+        base=model_arg("base"),
+        toy=toy_dir_arg,
+        test_set=lambda w: as_json(config["test_sets"][LMC["test_set"]]),
+        spec=lambda w: {k: LMC[k] for k in ("alphas", "limit", "accuracy_subset")},
+        template=lambda w: TEMPLATE,
+        max_new_tokens=EVAL["max_new_tokens"],
+        batch_size=EVAL["batch_size"],
+        dtype=DTYPE,
+        remote=REMOTE,
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv"
+    shell:
+        "lossgeom lmc --base {params.base} --first {wildcards.ma}/seed{wildcards.sa}={input.first}"
+        " --second {wildcards.mb}/seed{wildcards.sb}={input.second} --test-set {params.test_set:q} {params.toy}"
+        " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
+        " --template {params.template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
+        " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"
+
+
+rule lmc_summary:
+    input:
+        [lmc_sweep(a, b) for a, b in cfg.lmc_pairs(config)],
+    output:
+        summary=f"{RESULTS}/lmc/summary.tsv",
+        curves=f"{RESULTS}/lmc/curves.tsv",
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/lmc_summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lmc_summary.tsv"
+    shell:
+        "lossgeom lmc-summary {input} --out {output.summary} 2> {log}"
+
+
+rule activations:
+    input:
+        unpack(model_adapter),
+        **model_input("base"),
+        **({"toy": f"{TOY}/world"} if uses_toy(config["test_sets"][CKA["test_set"]]) else {}),
+    output:
+        f"{RESULTS}/activations/{{model}}.npz",
+    params:
+        base=model_arg("base"),
+        adapter=adapter_arg,
+        toy=toy_dir_arg,
+        test_set=lambda w: as_json(config["test_sets"][CKA["test_set"]]),
+        n_probe=CKA["n_probe"],
+        pooling=CKA["pooling"],
+        batch_size=CKA["batch_size"],
+        template=lambda w: TEMPLATE,
+        dtype=DTYPE,
+        remote=REMOTE,
+    threads: 1
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/activations/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/activations/{{model}}.tsv"
+    shell:
+        "lossgeom activations --base {params.base} --adapter {params.adapter} --test-set {params.test_set:q}"
+        " {params.toy} --n-probe {params.n_probe} --pooling {params.pooling} --batch-size {params.batch_size}"
+        " --template {params.template:q} --dtype {params.dtype} {params.remote} --threads {threads}"
+        " --out {output} 2> {log}"
+
+
+rule cka:
+    input:
+        [f"{RESULTS}/activations/{m}.npz" for m in MODELS],
+    output:
+        f"{RESULTS}/cka/cka.tsv",
+    params:
+        activations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/cka.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cka.tsv"
+    shell:
+        "lossgeom cka {params.activations} --out {output} 2> {log}"
+
+
+rule behaviour_figures:
+    input:
+        accuracy=f"{RESULTS}/eval/accuracy.tsv",
+        lmc=f"{RESULTS}/lmc/summary.tsv",
+        cka=f"{RESULTS}/cka/cka.tsv",
+    output:
+        f"{RESULTS}/figures/lmc.png",
+        f"{RESULTS}/figures/cka_profiles.png",
+    params:
+        eval_dir=lambda w, input: str(Path(input.accuracy).parent),
+        lmc_dir=lambda w, input: str(Path(input.lmc).parent),
+        out=parent_of(0),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/behaviour_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/behaviour_figures.tsv"
+    shell:
+        "lossgeom behaviour-figures --eval-dir {params.eval_dir} --lmc-dir {params.lmc_dir} --cka {input.cka}"
+        " --out {params.out} 2> {log}"
