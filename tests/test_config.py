@@ -1,0 +1,279 @@
+"""Tests of lossgeom.config against the real schema and the default config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lossgeom.config import (
+    LOSS_DEFAULTS,
+    TRAINING_DEFAULTS,
+    ConfigError,
+    adapter_labels,
+    load,
+    method_spec,
+    parse_label,
+    validate,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT = ROOT / "config" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+@pytest.fixture
+def cfg(default_config) -> dict:
+    return copy.deepcopy(default_config)
+
+
+def _error(config: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(config, SCHEMA)
+    msg = str(info.value)
+    assert "\n" not in msg, f"message is not one line: {msg!r}"
+    return msg
+
+
+def test_default_config_validates(cfg):
+    before = copy.deepcopy(cfg)
+    assert validate(cfg, SCHEMA) == before
+
+
+def test_load_reads_and_validates_default():
+    config = load(DEFAULT, SCHEMA)
+    assert config == yaml.safe_load(DEFAULT.read_text())
+    assert config["training"]["analysis_step"] <= config["training"]["steps"]
+
+
+# ---------------------------------------------------------------- errors name the key
+def test_unknown_top_level_key(cfg):
+    cfg["trainig"] = {"steps": 1}
+    msg = _error(cfg)
+    assert "unknown key trainig" in msg
+
+
+def test_unknown_nested_key(cfg):
+    cfg["training"]["lr"] = 1e-3
+    msg = _error(cfg)
+    assert "training.lr" in msg
+    assert "learning_rate" in msg  # the allowed keys are listed
+
+
+def test_wrong_type(cfg):
+    cfg["training"]["steps"] = "a"
+    msg = _error(cfg)
+    assert "training.steps" in msg
+    assert "integer" in msg
+
+
+def test_unknown_loss_name(cfg):
+    cfg["methods"]["ppo_run"] = {"loss": "ppo"}
+    msg = _error(cfg)
+    assert "methods.ppo_run.loss" in msg
+    assert "'ppo'" in msg
+
+
+def test_method_key_that_does_not_apply_to_its_loss(cfg):
+    cfg["methods"]["sft"]["beta"] = 0.1
+    msg = _error(cfg)
+    assert "methods.sft.beta" in msg
+    assert "'sft'" in msg
+
+
+def test_method_key_of_its_own_loss_is_fine(cfg):
+    cfg["methods"]["dpo"] = {"loss": "dpo", "beta": 0.2, "pairs_per_prompt": 2, "learning_rate": 1e-4}
+    cfg["methods"]["grpo"] = {"loss": "offline_grpo", "bias": 0.0, "std_normalize": True}
+    validate(cfg, SCHEMA)
+
+
+def test_misspelt_method_key(cfg):
+    cfg["methods"]["dpo"] = {"loss": "dpo", "bta": 0.2}
+    assert "methods.dpo.bta" in _error(cfg)
+
+
+def test_analysis_step_beyond_steps(cfg):
+    cfg["training"]["analysis_step"] = cfg["training"]["steps"] + 1
+    msg = _error(cfg)
+    assert "analysis_step" in msg
+    assert str(cfg["training"]["steps"] + 1) in msg
+
+
+def test_save_steps_beyond_a_method_steps_override(cfg):
+    cfg["training"]["save_steps"] = [40, 60]
+    cfg["training"]["analysis_step"] = 40
+    cfg["methods"]["rft"]["steps"] = 50  # 60 is saved but rft stops at 50
+    msg = _error(cfg)
+    assert "save_steps" in msg
+    assert "methods.rft" in msg
+    assert "60" in msg and "50" in msg
+
+
+def test_method_steps_override_long_enough_is_fine(cfg):
+    cfg["methods"]["rft"]["steps"] = 60
+    validate(cfg, SCHEMA)
+
+
+def test_toy_without_toy_section(cfg):
+    del cfg["toy"]
+    msg = _error(cfg)
+    assert "'toy'" in msg
+
+
+def test_no_toy_anywhere_needs_no_toy_section(cfg):
+    del cfg["toy"]
+    cfg["model"]["base"] = "Qwen/Qwen3-4B-Instruct-2507"
+    cfg["model"]["teacher"] = "base"
+    cfg["prompts"] = {"source": "data/prompts.jsonl"}
+    cfg["test_sets"] = {"gsm8k": {"source": "openai/gsm8k", "subset": "main", "split": "test"}}
+    validate(cfg, SCHEMA)
+
+
+def test_toy_test_set_alone_requires_toy_section(cfg):
+    del cfg["toy"]
+    cfg["model"]["base"] = "some/model"
+    cfg["model"]["teacher"] = "base"
+    cfg["prompts"] = {"source": "data/prompts.jsonl"}
+    cfg["test_sets"] = {"toy": {"source": "toy", "split": "test"}}
+    assert "toy" in _error(cfg)
+
+
+def test_missing_required_section(cfg):
+    del cfg["methods"]
+    assert "methods" in _error(cfg)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.load puts PyYAML's multi-line error text into the ConfigError, unlike validate's one-line messages",
+)
+def test_load_invalid_yaml_message_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [1\nfoo: : bar\n")
+    with pytest.raises(ConfigError) as info:
+        load(bad, SCHEMA)
+    assert "\n" not in str(info.value)
+
+
+def test_load_invalid_yaml_raises_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [1\nfoo: : bar\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load(bad, SCHEMA)
+
+
+def test_load_non_mapping(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load(bad, SCHEMA)
+
+
+# ---------------------------------------------------------------- method_spec
+def test_method_spec_precedence(cfg):
+    cfg["training"]["grad_accum"] = 4  # training over the built-in training default (1)
+    cfg["training"]["learning_rate"] = 1e-3
+    cfg["methods"]["grpo"] = {
+        "loss": "offline_grpo",
+        "description": "offline GRPO, no std",
+        "learning_rate": 5e-4,  # method over training
+        "bias": 0.3,  # method over the built-in loss default 0.1
+    }
+    validate(cfg, SCHEMA)
+    spec = method_spec(cfg, "grpo")
+    assert spec["learning_rate"] == 5e-4
+    assert spec["grad_accum"] == 4
+    assert spec["bias"] == 0.3
+    assert spec["std_normalize"] is False and spec["kl_coef"] == 0.0  # built-in loss defaults fill the rest
+    assert spec["loss"] == "offline_grpo"
+    assert spec["method"] == "grpo"
+    assert "description" not in spec
+    assert spec["batch_size"] == cfg["training"]["batch_size"]
+    assert spec["steps"] == cfg["training"]["steps"]
+
+
+def test_method_spec_builtin_training_defaults(cfg):
+    for key in ("grad_accum", "lr_scheduler", "warmup_ratio", "max_length", "precision", "data_seed", "threads"):
+        cfg["training"].pop(key, None)
+    spec = method_spec(cfg, "sft")
+    for key in ("grad_accum", "lr_scheduler", "warmup_ratio", "max_length", "precision", "data_seed", "threads"):
+        assert spec[key] == TRAINING_DEFAULTS[key]
+    # a value in training wins over the built-in one
+    cfg["training"]["max_length"] = 99
+    assert method_spec(cfg, "sft")["max_length"] == 99
+
+
+def test_method_spec_loss_defaults(cfg):
+    cfg["methods"]["rift"] = {"loss": "rift"}
+    cfg["methods"]["dpo"] = {"loss": "dpo", "beta": 0.5}
+    rift = method_spec(cfg, "rift")
+    assert rift["positive_reward"] == 1.0 and rift["negative_reward"] == -0.2
+    dpo = method_spec(cfg, "dpo")
+    assert dpo["beta"] == 0.5
+    assert dpo["dpo_loss_type"] == "sigmoid" and dpo["pairs_per_prompt"] == 1
+    # loss defaults do not leak into other losses
+    sft = method_spec(cfg, "sft")
+    for key in (*LOSS_DEFAULTS["rift"], *LOSS_DEFAULTS["dpo"], *LOSS_DEFAULTS["offline_grpo"]):
+        assert key not in sft
+
+
+def test_method_spec_does_not_mutate_config(cfg):
+    before = copy.deepcopy(cfg)
+    cfg["methods"]["g"] = {"loss": "offline_grpo", "bias": 0.2}
+    before["methods"]["g"] = {"loss": "offline_grpo", "bias": 0.2}
+    method_spec(cfg, "g")
+    assert cfg == before
+
+
+def test_method_spec_lora_and_template(cfg):
+    cfg["lora"] = {"target_modules": ["q_proj"], "r": 4, "alpha": 8}
+    cfg["model"].pop("prompt_template")
+    spec = method_spec(cfg, "sft")
+    assert spec["lora"] == {"target_modules": ["q_proj"], "r": 4, "alpha": 8, "dropout": 0.0, "use_rslora": False}
+    assert spec["prompt_template"] == "{question}"
+    cfg["model"]["prompt_template"] = "Q: {question}\nA:"
+    assert method_spec(cfg, "sft")["prompt_template"] == "Q: {question}\nA:"
+
+
+def test_save_steps_include_analysis_step(cfg):
+    cfg["training"]["save_steps"] = [60, 40]
+    cfg["training"]["analysis_step"] = 30
+    assert method_spec(cfg, "sft")["save_steps"] == [30, 40, 60]
+    cfg["training"]["analysis_step"] = 40
+    assert method_spec(cfg, "sft")["save_steps"] == [40, 60]  # sorted, no duplicate
+
+
+# ---------------------------------------------------------------- labels
+def test_adapter_labels(cfg):
+    cfg["seeds"] = [42, 123]
+    cfg["methods"] = {"rft": {"loss": "rft"}, "sft": {"loss": "sft"}, "dpo-lr": {"loss": "dpo"}}
+    assert adapter_labels(cfg) == [
+        "rft/seed42",
+        "rft/seed123",
+        "sft/seed42",
+        "sft/seed123",
+        "dpo-lr/seed42",
+        "dpo-lr/seed123",
+    ]
+    for label in adapter_labels(cfg):
+        method, seed = parse_label(label)
+        assert label == f"{method}/seed{seed}"
+
+
+def test_parse_label():
+    assert parse_label("sft/seed42") == ("sft", 42)
+    assert parse_label("offline_grpo/seed0") == ("offline_grpo", 0)
+    assert parse_label("dpo-lr5e-6/seed123") == ("dpo-lr5e-6", 123)
+
+
+@pytest.mark.parametrize("label", ["sft", "sft/42", "sft/seed", "sft/seedx", "/seed1", "a/b/seed1", "sft/seed1/x", "sft/seed-1"])
+def test_parse_label_bad(label):
+    with pytest.raises(ValueError, match="label"):
+        parse_label(label)

@@ -1,0 +1,215 @@
+"""Tests of lossgeom.views on hand-built rollout tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lossgeom.views import ViewError, build_view, dpo_pairs, grpo_advantages
+
+
+def _rollouts(groups: dict[str, list[int]]) -> pd.DataFrame:
+    """One row per (prompt, sample); completion text names prompt, sample and reward."""
+    rows = []
+    for pid, rewards in groups.items():
+        for k, r in enumerate(rewards):
+            rows.append(
+                {"prompt_id": pid, "prompt": f"question {pid}", "completion": f"{pid}-{k}-{'ok' if r else 'bad'}", "reward": float(r)}
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def rollouts() -> pd.DataFrame:
+    # p1 mixed 1/4, p2 all correct, p3 all wrong, p4 mixed 2/4
+    return _rollouts({"p1": [1, 0, 0, 0], "p2": [1, 1, 1, 1], "p3": [0, 0, 0, 0], "p4": [0, 1, 1, 0]})
+
+
+GRPO = {"loss": "offline_grpo", "bias": 0.1, "std_normalize": False}
+
+
+# ---------------------------------------------------------------- NLL family
+@pytest.mark.parametrize("loss", ["sft", "dft", "rift"])
+def test_all_rows_unit_weight(rollouts, loss):
+    view, counts = build_view(rollouts, {"loss": loss}, seed=0)
+    assert len(view) == 16
+    assert list(view.columns) == ["prompt_id", "prompt", "completion", "reward", "weight"]
+    assert (view["weight"] == 1.0).all()
+    assert view["completion"].tolist() == rollouts["completion"].tolist()
+    assert view["reward"].tolist() == rollouts["reward"].tolist()
+    assert counts == {"rollouts": 16, "correct": 7, "prompts": 4, "mixed_groups": 2, "rows": 16}
+
+
+def test_rft_keeps_only_correct(rollouts):
+    view, counts = build_view(rollouts, {"loss": "rft"}, seed=0)
+    assert len(view) == 7
+    assert (view["reward"] == 1.0).all()
+    assert sorted(view["completion"]) == sorted(rollouts.loc[rollouts["reward"] == 1, "completion"])
+    assert (view["weight"] == 1.0).all()
+    assert view.index.tolist() == list(range(7))
+    assert counts["rows"] == 7
+
+
+def test_extra_columns_dropped_and_input_unchanged(rollouts):
+    rollouts["logprobs"] = [[-0.1]] * len(rollouts)
+    before = rollouts.copy()
+    view, _ = build_view(rollouts, {"loss": "sft"}, seed=0)
+    assert "logprobs" not in view.columns
+    pd.testing.assert_frame_equal(rollouts, before)
+
+
+def test_unknown_loss(rollouts):
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_view(rollouts, {"loss": "ppo"}, seed=0)
+
+
+# ---------------------------------------------------------------- GRPO advantages
+def test_grpo_advantages_by_hand():
+    r = pd.Series([1.0, 0.0, 0.0, 0.0])
+    g = pd.Series(["a"] * 4)
+    adv = grpo_advantages(r, g, bias=0.1, std_normalize=False)
+    np.testing.assert_allclose(adv, [0.85, -0.15, -0.15, -0.15], atol=1e-12)
+    assert adv.dtype == np.float64
+
+
+def test_grpo_advantages_groups_are_separate():
+    # interleaved groups: a = [1, 1, 0] (mean 2/3), b = [0, 1] (mean 1/2)
+    r = pd.Series([1.0, 0.0, 1.0, 1.0, 0.0])
+    g = pd.Series(["a", "b", "a", "b", "a"])
+    adv = grpo_advantages(r, g, bias=0.0, std_normalize=False)
+    np.testing.assert_allclose(adv, [1 / 3, -0.5, 1 / 3, 0.5, -2 / 3], atol=1e-12)
+
+
+def test_grpo_advantages_std_normalize_by_hand():
+    r = pd.Series([1.0, 0.0, 0.0, 0.0])
+    g = pd.Series(["a"] * 4)
+    std = math.sqrt((0.75**2 + 3 * 0.25**2) / 4)  # population std = sqrt(3)/4
+    assert std == pytest.approx(math.sqrt(3) / 4)
+    expected = [0.75 / (std + 1e-4) + 0.1] + [-0.25 / (std + 1e-4) + 0.1] * 3
+    np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=True), expected, rtol=1e-12)
+    # 2 of 4: std = 0.5, advantages +-0.5/0.5001
+    r2 = pd.Series([1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(
+        grpo_advantages(r2, g, bias=0.0, std_normalize=True), [0.5 / 0.5001] * 2 + [-0.5 / 0.5001] * 2, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("std_normalize", [False, True])
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_uniform_group_gets_exactly_b(std_normalize, value):
+    r = pd.Series([value] * 4 + [1.0, 0.0])
+    g = pd.Series(["u"] * 4 + ["m", "m"])
+    adv = grpo_advantages(r, g, bias=0.1, std_normalize=std_normalize)
+    assert (adv[:4] == 0.1).all()
+
+
+def test_build_view_grpo_weights(rollouts):
+    view, counts = build_view(rollouts, GRPO, seed=0)
+    assert len(view) == 16
+    by_pid = {pid: grp["weight"].tolist() for pid, grp in view.groupby("prompt_id", sort=False)}
+    np.testing.assert_allclose(by_pid["p1"], [0.85, -0.15, -0.15, -0.15])
+    np.testing.assert_allclose(by_pid["p2"], [0.1] * 4)
+    np.testing.assert_allclose(by_pid["p3"], [0.1] * 4)
+    np.testing.assert_allclose(by_pid["p4"], [-0.4, 0.6, 0.6, -0.4])
+    assert counts["mixed_groups"] == 2 and counts["rows"] == 16
+    assert "weight" not in rollouts.columns
+
+
+def test_build_view_grpo_std_normalize(rollouts):
+    view, _ = build_view(rollouts, {**GRPO, "bias": 0.0, "std_normalize": True}, seed=0)
+    p4 = view.loc[view["prompt_id"] == "p4", "weight"].to_numpy()
+    np.testing.assert_allclose(p4, [-0.5 / 0.5001, 0.5 / 0.5001, 0.5 / 0.5001, -0.5 / 0.5001])
+
+
+# ---------------------------------------------------------------- DPO pairs
+def _check_pairs(pairs: pd.DataFrame, rollouts: pd.DataFrame, per_prompt: int):
+    by_completion = rollouts.set_index("completion")
+    for pid, grp in pairs.groupby("prompt_id"):
+        sub = rollouts[rollouts["prompt_id"] == pid]
+        n_good, n_bad = int((sub["reward"] == 1).sum()), int((sub["reward"] == 0).sum())
+        assert len(grp) == min(per_prompt, n_good, n_bad)
+        assert grp["chosen"].is_unique and grp["rejected"].is_unique  # no rollout reused within a prompt
+        for _, row in grp.iterrows():
+            assert by_completion.loc[row["chosen"], "prompt_id"] == pid
+            assert by_completion.loc[row["rejected"], "prompt_id"] == pid
+            assert by_completion.loc[row["chosen"], "reward"] == 1.0
+            assert by_completion.loc[row["rejected"], "reward"] == 0.0
+            assert row["prompt"] == f"question {pid}"
+
+
+def test_dpo_pairs_only_mixed_prompts(rollouts):
+    view, counts = build_view(rollouts, {"loss": "dpo", "pairs_per_prompt": 1}, seed=0)
+    assert list(view.columns) == ["prompt_id", "prompt", "chosen", "rejected"]
+    assert view["prompt_id"].tolist() == ["p1", "p4"]  # in order of first appearance
+    _check_pairs(view, rollouts, 1)
+    assert counts["pairs"] == 2
+
+
+@pytest.mark.parametrize("per_prompt", [1, 2, 3, 10])
+def test_dpo_pairs_per_prompt_cap(per_prompt):
+    ro = _rollouts({"a": [1, 1, 1, 0, 0, 0, 0], "b": [1, 0], "c": [0, 1, 1, 1, 0]})
+    pairs = dpo_pairs(ro, pairs_per_prompt=per_prompt, seed=3)
+    _check_pairs(pairs, ro, per_prompt)
+    assert len(pairs) == min(per_prompt, 3) + 1 + min(per_prompt, 2)
+
+
+def test_dpo_default_pairs_per_prompt_is_one():
+    ro = _rollouts({"a": [1, 1, 0, 0]})
+    view, _ = build_view(ro, {"loss": "dpo"}, seed=0)
+    assert len(view) == 1
+
+
+def test_dpo_pairs_deterministic_by_seed():
+    ro = _rollouts({"a": [1, 1, 1, 0, 0, 0], "b": [0, 1, 0, 1, 1, 0]})
+    a = dpo_pairs(ro, 2, seed=5)
+    b = dpo_pairs(ro, 2, seed=5)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_dpo_pairs_depend_on_seed_when_there_is_a_choice():
+    ro = _rollouts({"a": [1, 1, 1, 0, 0, 0], "b": [0, 1, 0, 1, 1, 0]})
+    pairings = {tuple(map(tuple, dpo_pairs(ro, 1, seed=s)[["chosen", "rejected"]].to_numpy())) for s in range(20)}
+    assert len(pairings) > 1
+    # and with no choice (one correct, one incorrect) every seed gives the same pair
+    single = _rollouts({"a": [0, 1]})
+    assert {tuple(dpo_pairs(single, 1, seed=s).iloc[0][["chosen", "rejected"]]) for s in range(5)} == {("a-1-ok", "a-0-bad")}
+
+
+# ---------------------------------------------------------------- empty views
+def test_rft_without_correct_raises():
+    ro = _rollouts({"a": [0, 0], "b": [0, 0, 0]})
+    with pytest.raises(ViewError) as info:
+        build_view(ro, {"loss": "rft", "method": "rft_lr1"}, seed=0)
+    msg = str(info.value)
+    assert "'rft_lr1'" in msg and "rft" in msg
+    assert "'rollouts': 5" in msg and "'correct': 0" in msg
+
+
+def test_grpo_without_mixed_group_raises():
+    ro = _rollouts({"a": [1, 1], "b": [0, 0]})
+    with pytest.raises(ViewError) as info:
+        build_view(ro, {**GRPO, "method": "grpo"}, seed=0)
+    msg = str(info.value)
+    assert "'grpo'" in msg and "offline_grpo" in msg
+    assert "'mixed_groups': 0" in msg and "'correct': 2" in msg and "'prompts': 2" in msg
+
+
+def test_dpo_without_pair_raises():
+    ro = _rollouts({"a": [1, 1], "b": [0, 0, 0]})
+    with pytest.raises(ViewError) as info:
+        build_view(ro, {"loss": "dpo"}, seed=0)
+    msg = str(info.value)
+    assert "'dpo'" in msg
+    assert "'pairs': 0" in msg and "'rollouts': 5" in msg and "'correct': 2" in msg
+
+
+def test_view_error_is_value_error():
+    assert issubclass(ViewError, ValueError)
+
+
+def test_dpo_prompts_in_order_of_first_appearance():
+    ro = _rollouts({"z": [1, 0], "a": [0, 1], "m": [1, 1]})
+    assert dpo_pairs(ro, 1, seed=0)["prompt_id"].tolist() == ["z", "a"]
