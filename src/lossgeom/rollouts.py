@@ -12,6 +12,9 @@ A rollout table has one row per sample, with columns (``ROLLOUT_COLUMNS``):
     logprobs      list[float]  per-token log-probabilities of the completion under the sampler's
                          distribution (softmax(logits / temperature)), EOS included; empty when imported
                          without them
+    completion_ids list[int] the sampled token ids the log-probs belong to (EOS included); empty when
+                         imported. Training re-tokenises ``completion`` for sampled and imported rows
+                         alike, so both take one path.
     source        str    what produced the row (model path and sampling settings, or the imported file)
 
 Rollouts are sampled from the teacher (or the base) or imported from a JSONL/parquet file with at
@@ -34,7 +37,9 @@ from .prompting import prompt_ids
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_COLUMNS = ["prompt_id", "prompt", "completion", "gold", "answer", "reward", "sample_index", "logprobs", "source"]
+ROLLOUT_COLUMNS = [
+    "prompt_id", "prompt", "completion", "gold", "answer", "reward", "sample_index", "logprobs", "completion_ids", "source",
+]
 REQUIRED_IMPORT = ("prompt_id", "prompt", "completion", "reward")
 
 
@@ -105,6 +110,7 @@ def sample_rollouts(
                     "reward": reward,
                     "sample_index": i % k,
                     "logprobs": [round(float(x), 6) for x in scores[i, :n]],
+                    "completion_ids": ids[:n],
                     "source": source,
                 }
             )
@@ -139,6 +145,7 @@ def _check_row(row: dict, where: str) -> dict:
         "reward": reward,
         "sample_index": row.get("sample_index"),
         "logprobs": [float(x) for x in lp],
+        "completion_ids": [],
         "source": str(row.get("source") or ""),
     }
 
