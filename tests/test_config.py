@@ -133,6 +133,9 @@ def test_no_toy_anywhere_needs_no_toy_section(cfg):
     cfg["model"]["teacher"] = "base"
     cfg["prompts"] = {"source": "data/prompts.jsonl"}
     cfg["test_sets"] = {"gsm8k": {"source": "openai/gsm8k", "subset": "main", "split": "test"}}
+    for section in cfg.values():  # sections that name a test set (lmc, cka) follow the rename
+        if isinstance(section, dict) and "test_set" in section:
+            section["test_set"] = "gsm8k"
     validate(cfg, SCHEMA)
 
 
@@ -143,6 +146,15 @@ def test_toy_test_set_alone_requires_toy_section(cfg):
     cfg["prompts"] = {"source": "data/prompts.jsonl"}
     cfg["test_sets"] = {"toy": {"source": "toy", "split": "test"}}
     assert "toy" in _error(cfg)
+
+
+def test_section_naming_an_unknown_test_set(cfg):
+    named = [k for k, v in cfg.items() if isinstance(v, dict) and "test_set" in v]
+    if not named:
+        pytest.skip("the default config has no section that names a test set")
+    cfg[named[0]]["test_set"] = "no_such_set"
+    msg = _error(cfg)
+    assert f"{named[0]}.test_set" in msg and "'no_such_set'" in msg
 
 
 def test_missing_required_section(cfg):
