@@ -162,10 +162,6 @@ def test_missing_required_section(cfg):
     assert "methods" in _error(cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.load puts PyYAML's multi-line error text into the ConfigError, unlike validate's one-line messages",
-)
 def test_load_invalid_yaml_message_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: [1\nfoo: : bar\n")

@@ -99,11 +99,6 @@ def test_good_parquet_imports(tmp_path):
     assert out["sample_index"].tolist() == [0, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouts._check_row only accepts Python int/float log-probs; a parquet list<float32> column "
-    "yields numpy.float32 values and a valid file is rejected",
-)
 def test_parquet_float32_logprobs_import(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -122,11 +117,6 @@ def test_parquet_float32_logprobs_import(tmp_path):
     assert import_rollouts(path)["logprobs"].tolist() == [[-0.5, -0.25]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollouts._check_row tests nulls with `is None`/`or`; pandas 3 reads parquet string nulls as NaN, "
-    "so a missing answer/gold/source imports as the string 'nan' and summarize() undercounts no_answer",
-)
 def test_parquet_null_answer_stays_missing(tmp_path):
     df = pd.DataFrame(
         [_row(reward=0.0, answer=None, gold=None, source=None), _row(reward=1.0, answer="7", gold="7", source="s")]
@@ -256,10 +246,6 @@ def test_header_only_csv_raises_empty(tmp_path):
         load_problems({"source": str(path)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="problemsets.read_records lets pandas' EmptyDataError escape for a 0-byte CSV instead of a ProblemSetError",
-)
 def test_zero_byte_csv_raises_problemset_error(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("")
@@ -321,3 +307,18 @@ def test_toy_source(tmp_path):
 def test_count_unparsable_gold():
     df = pd.DataFrame({"answer": ["7", "seven", "1,234", "work\n#### 12", "work\n#### twelve", "", "\\frac{1}{2}", "-3.5"]})
     assert count_unparsable_gold(df) == 4  # seven, #### twelve, "", \frac{1}{2}
+
+
+def test_only_missing_sample_indices_are_numbered(tmp_path):
+    rows = [{"prompt_id": "p", "prompt": "q", "completion": c, "reward": 1, **extra}
+            for c, extra in (("a", {"sample_index": 0}), ("b", {}), ("c", {"sample_index": 5}), ("d", {}))]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert import_rollouts(path)["sample_index"].tolist() == [0, 6, 5, 7]
+
+
+def test_hash_answer_must_be_on_the_marker_line():
+    from lossgeom.grading import grade_exact
+
+    assert grade_exact("####\n42", "42") == (None, 0.0)
+    assert grade_exact("#### 42", "42") == ("42", 1.0)

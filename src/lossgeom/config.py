@@ -134,7 +134,7 @@ def load(path: Path | str, schema_path: Path | str) -> dict:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config error: {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config error: {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config error: {path} must hold a mapping at the top level")
     return validate(config, schema_path)

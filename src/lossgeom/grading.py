@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_HASH_ANSWER = re.compile(r"####\s*([^\n]*)")
+_HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")  # the answer is on the marker's own line
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 

@@ -48,7 +48,10 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
             return pd.read_json(path)
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise ProblemSetError(f"problem file {path} is empty") from None
     import datasets
 
     if path.is_dir():
@@ -79,6 +82,8 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
         df = read_records(source, split, spec.get("subset"))
         qf, af = spec.get("question_field", "question"), spec.get("answer_field", "answer")
         idf = spec.get("id_field")
+    if df.empty:
+        raise ProblemSetError(f"problem source {source!r} (split {split!r}) is empty")
     for field in [qf, af] + ([idf] if idf else []):
         if field not in df.columns:
             raise ProblemSetError(f"problem source {source!r} (split {split!r}) has no field {field!r}; it has {list(df.columns)}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from pathlib import Path
 
 import pandas as pd
@@ -117,8 +118,13 @@ def sample_rollouts(
     return pd.DataFrame(rows, columns=ROLLOUT_COLUMNS)
 
 
+def _is_null(v) -> bool:
+    """None, or the NaN that pandas reads for a null parquet value."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _check_row(row: dict, where: str) -> dict:
-    missing = [c for c in REQUIRED_IMPORT if c not in row or row[c] is None]
+    missing = [c for c in REQUIRED_IMPORT if c not in row or _is_null(row[c])]
     if missing:
         raise RolloutError(f"{where}: missing required field(s) {missing}; a rollout row needs {list(REQUIRED_IMPORT)}")
     for c in ("prompt", "completion"):
@@ -131,22 +137,21 @@ def _check_row(row: dict, where: str) -> dict:
     if reward not in (0.0, 1.0):
         raise RolloutError(f"{where}: reward must be 0 or 1 (binary verifier reward), got {row['reward']!r}")
     lp = row.get("logprobs")
-    if lp is None or (isinstance(lp, float) and math.isnan(lp)):
-        lp = []
-    lp = list(lp)
-    if not all(isinstance(x, (int, float)) and x <= 1e-6 for x in lp):
+    lp = [] if _is_null(lp) else list(lp)
+    # numbers.Real admits the numpy float32 values of a parquet list<float> column
+    if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and x <= 1e-6 for x in lp):
         raise RolloutError(f"{where}: logprobs must be a list of numbers <= 0")
     return {
         "prompt_id": str(row["prompt_id"]),
         "prompt": row["prompt"],
         "completion": row["completion"],
-        "gold": str(row.get("gold") or ""),
-        "answer": None if row.get("answer") is None else str(row["answer"]),
+        "gold": "" if _is_null(row.get("gold")) else str(row["gold"]),
+        "answer": None if _is_null(row.get("answer")) else str(row["answer"]),
         "reward": reward,
-        "sample_index": row.get("sample_index"),
+        "sample_index": None if _is_null(row.get("sample_index")) else int(row["sample_index"]),
         "logprobs": [float(x) for x in lp],
         "completion_ids": [],
-        "source": str(row.get("source") or ""),
+        "source": "" if _is_null(row.get("source")) else str(row["source"]),
     }
 
 
@@ -179,8 +184,10 @@ def import_rollouts(path: Path | str) -> pd.DataFrame:
     if not checked:
         raise RolloutError(f"rollout file {path} has no rows")
     df = pd.DataFrame(checked, columns=ROLLOUT_COLUMNS)
-    if df["sample_index"].isna().any():
-        df["sample_index"] = df.groupby("prompt_id").cumcount()
+    missing = df["sample_index"].isna()
+    if missing.any():  # number only the missing ones, after the largest index given for the prompt
+        start = df.groupby("prompt_id")["sample_index"].transform("max").fillna(-1)
+        df.loc[missing, "sample_index"] = start[missing] + 1 + df[missing].groupby("prompt_id").cumcount()
     df["sample_index"] = df["sample_index"].astype(int)
     if not df["source"].any():
         df["source"] = f"imported:{path.name}"
