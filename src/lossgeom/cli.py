@@ -95,7 +95,7 @@ def cmd_geometry(a):
 
     labels = [label for label, _ in a.adapters]
     dirs = [path for _, path in a.adapters]
-    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels)
+    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels, cache_dir=a.cache_dir, progress=True)
 
 
 def cmd_geometry_figures(a):
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (or adapter_dir)")
     sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
     sp.add_argument("--top-k", type=int, default=10, help="singular subspace size for principal angles")
+    sp.add_argument("--cache-dir", type=Path, default=None,
+                    help="reuse per-adapter factor caches (thin SVDs) from here, keyed by the adapter's content")
 
     sp = add("geometry-figures", cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables")
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")

@@ -176,7 +176,10 @@ def section(config: dict, key: str) -> dict:
 
 
 def lmc_pairs(config: dict) -> list[tuple[str, str]]:
-    """The adapter pairs that get a connectivity sweep, per ``lmc.pairs`` (see the schema)."""
+    """The adapter pairs that get a connectivity sweep, per ``lmc.pairs`` (see the schema): a list of
+    label pairs; "all" adapter pairs; "first_seed" method pairs at the first seed; "reference" the
+    first method against each other method at the first seed. The last two add each method's
+    first-vs-second-seed pair (the noise floor: same loss, another init and data order)."""
     pairs = section(config, "lmc")["pairs"]
     labels = adapter_labels(config)
     if isinstance(pairs, list):
@@ -185,7 +188,10 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
         return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
     seeds, methods = config["seeds"], list(config["methods"])
     first = [f"{m}/seed{seeds[0]}" for m in methods]
-    out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
+    if pairs == "reference":
+        out = [(first[0], b) for b in first[1:]]
+    else:
+        out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
     if len(seeds) > 1:
         out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in methods]
     return out

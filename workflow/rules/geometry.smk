@@ -11,6 +11,7 @@ rule geometry:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
         top_k=config.get("geometry", {}).get("top_k", 10),
         out=parent_of(0),
+        cache=f"--cache-dir {RESULTS}/factors",
     conda:
         ENV
     log:
@@ -18,7 +19,7 @@ rule geometry:
     benchmark:
         f"{RESULTS}/benchmarks/geometry.tsv"
     shell:
-        "lossgeom geometry {params.adapters} --top-k {params.top_k} --out {params.out} 2> {log}"
+        "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.cache} --out {params.out} 2> {log}"
 
 
 rule geometry_figures:
