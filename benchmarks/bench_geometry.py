@@ -195,8 +195,8 @@ def main() -> None:
         t_plain, all_plain = best_of(lambda: plain_load(dirs), args.repeat)
         t_load64, all_load64 = best_of(lambda: [load_adapter(d) for d in dirs], args.repeat)
         out = root / "geometry"
-        t_suite, all_suite = best_of(lambda: compare_adapter_dirs(dirs, out, top_k=args.top_k, labels=labels),
-                                     args.repeat)
+        t_suite, all_suite = best_of(
+            lambda: compare_adapter_dirs(dirs, out, top_k=args.top_k, labels=labels, progress=False), args.repeat)
 
         # the same suite, stage by stage
         t0 = time.perf_counter()

@@ -291,3 +291,15 @@ def test_real_peft_adapters_end_to_end(tmp_path):
     cos = pd.read_csv(tmp_path / "geo" / "cosine_global.tsv", sep="\t", index_col=0)
     want = deltas[0] @ deltas[1] / np.linalg.norm(deltas[0]) / np.linalg.norm(deltas[1])
     assert cos.loc["toy/seed1", "toy/seed2"] == pytest.approx(want, abs=1e-6)  # PEFT computes in float32
+
+
+def test_cache_of_hand_built_adapter(world):
+    from lossgeom.adapters import LoraAdapter
+
+    ad = load_adapter(world[0])
+    hand = LoraAdapter(path=ad.path, base_model_name_or_path=ad.base_model_name_or_path,
+                       target_modules=ad.target_modules, r=4, lora_alpha=8.0, use_rslora=False,
+                       rank_pattern={}, alpha_pattern={}, modules=dict(ad.modules))  # no groups
+    a, b = G.build_factor_cache(ad, K), G.build_factor_cache(hand, K)
+    for name in ad.modules:
+        np.testing.assert_array_equal(a.modules[name].S, b.modules[name].S)

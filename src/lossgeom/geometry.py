@@ -68,6 +68,7 @@ from . import lowrank
 from .adapters import (
     AdapterMismatchError,
     LoraAdapter,
+    ShapeGroup,
     adapter_fingerprint,
     canonical_module_name,
     check_compatible,
@@ -315,6 +316,25 @@ def _factor_group(B: np.ndarray, A: np.ndarray, scales: np.ndarray, k: int):
     return S, U, V, nrank.astype(np.int64), householder
 
 
+def _shape_groups(adapter: LoraAdapter) -> dict[tuple[int, int, int], ShapeGroup]:
+    """The adapter's stacked shape groups; built (by copying) when the adapter was assembled by
+    hand without them."""
+    if adapter.groups and sum(len(g.names) for g in adapter.groups.values()) == len(adapter.modules):
+        return adapter.groups
+    by_shape: dict[tuple[int, int, int], list[str]] = {}
+    for name, m in adapter.modules.items():
+        by_shape.setdefault((*m.shape, m.rank), []).append(name)
+    return {
+        key: ShapeGroup(
+            names=tuple(names),
+            B=np.stack([np.asarray(adapter.modules[n].B, dtype=np.float64) for n in names]),
+            A=np.stack([np.asarray(adapter.modules[n].A, dtype=np.float64) for n in names]),
+            scales=np.array([adapter.modules[n].scale for n in names], dtype=np.float64),
+        )
+        for key, names in by_shape.items()
+    }
+
+
 def build_factor_cache(
     adapter: LoraAdapter, top_k: int = 10, label: str | None = None, fingerprint: str | None = None
 ) -> FactorCache:
@@ -329,7 +349,7 @@ def build_factor_cache(
         :class:`FactorCache`; its ``B`` and ``A`` are views of the adapter's arrays (no copy).
     """
     groups = {}
-    for key, g in adapter.groups.items():
+    for key, g in _shape_groups(adapter).items():
         S, U, V, nrank, hh = _factor_group(g.B, g.A, g.scales, int(top_k))
         layers = np.array([adapter.modules[n].layer if adapter.modules[n].layer is not None else -1 for n in g.names])
         groups[key] = FactorGroup(
