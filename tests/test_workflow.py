@@ -18,10 +18,38 @@ TINY = REPO / "tests" / "data" / "tiny_config.yaml"
 LABELS = [f"{m}/seed{s}" for m in ("sft", "rft", "dft", "rift", "grpo", "dpo") for s in (1, 2)]
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900, snakefile: Path | None = None):
+    snakefile = snakefile or (workdir / "workflow_copy" / "Snakefile" if (workdir / "workflow_copy").exists() else REPO / "Snakefile")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
            "--configfile", str(configfile), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def copy_workflow(workdir: Path) -> None:
+    """A private copy of the workflow tree (Snakefile, rules, figure code) whose files a test may touch."""
+    dst = workdir / "workflow_copy"
+    for sub in ("workflow", "config", "envs"):
+        shutil.copytree(REPO / sub, dst / sub)
+    shutil.copytree(REPO / "src" / "lossgeom" / "figures", dst / "src" / "lossgeom" / "figures")
+    shutil.copy(REPO / "Snakefile", dst / "Snakefile")
+
+
+def planned_outputs(run: subprocess.CompletedProcess) -> set[str]:
+    """The output files of every job a dry run schedules (``all`` has none)."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = set()
+    for line in (run.stdout + run.stderr).splitlines():
+        if line.strip().startswith("output:"):
+            out.update(p.strip() for p in line.split(":", 1)[1].split(","))
+    return out
+
+
+def with_config(tmp_path: Path, change) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    change(cfg)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # method order picks the LMC reference
+    return path
 
 
 def write_rollouts(workdir: Path) -> None:
@@ -42,6 +70,7 @@ def write_rollouts(workdir: Path) -> None:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("study")
+    copy_workflow(workdir)
     write_rollouts(workdir)
     run = snakemake(workdir, "--cores", "2")
     assert run.returncode == 0, run.stderr[-4000:]
@@ -71,6 +100,46 @@ def test_immediate_rerun_schedules_nothing(study):
     run = snakemake(study, "-n")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Nothing to be done" in run.stdout + run.stderr
+
+
+AGGREGATES = {
+    "results/geometry/cosine_global.tsv", "results/geometry/long.tsv", "results/figures/cosine_global.png",
+    "results/eval/accuracy.tsv", "results/eval/pairwise.tsv", "results/eval/cochran.json", "results/cka/cka.tsv",
+    "results/figures/lmc.png", "results/figures/cka_profiles.png",
+}
+
+
+@pytest.mark.slow
+def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(study, tmp_path):
+    changed = with_config(tmp_path, lambda c: c["methods"]["rift"].update(learning_rate=5e-3))
+    planned = planned_outputs(snakemake(study, "-n", configfile=changed))
+    expected = AGGREGATES | {"results/lmc/summary.tsv", "results/lmc/curves.tsv"}
+    for seed in (1, 2):
+        expected |= {f"results/adapters/rift/seed{seed}", f"results/eval/rift/seed{seed}.parquet",
+                     f"results/activations/rift/seed{seed}.npz"}
+    # LMC pairs that read rift: sft/seed1 -> rift/seed1 (reference policy) and rift's seed pair
+    expected |= {"results/lmc/sft/seed1/rift/seed1.tsv", "results/lmc/rift/seed1/rift/seed2.tsv"}
+    assert planned == expected
+
+
+@pytest.mark.slow
+def test_adding_a_seed_schedules_only_its_adapters_and_the_aggregates(study, tmp_path):
+    changed = with_config(tmp_path, lambda c: c.update(seeds=[1, 2, 3]))
+    planned = planned_outputs(snakemake(study, "-n", configfile=changed))
+    expected = set(AGGREGATES)
+    for m in ("sft", "rft", "dft", "rift", "grpo", "dpo"):
+        expected |= {f"results/adapters/{m}/seed3", f"results/eval/{m}/seed3.parquet", f"results/activations/{m}/seed3.npz"}
+    assert planned == expected
+
+
+@pytest.mark.slow
+def test_editing_figure_code_reruns_figure_jobs_only(study):
+    code = study / "workflow_copy" / "src" / "lossgeom" / "figures" / "geometry.py"
+    code.write_text(code.read_text() + "\n# an edit\n")
+    planned = planned_outputs(snakemake(study, "-n"))
+    assert planned == {"results/figures/cosine_global.png"}
+    assert planned_outputs(snakemake(study, "--cores", "1")) == {"results/figures/cosine_global.png"}
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(study, "-n"))
 
 
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):

@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Subcommands that run a model: they get a device of their own (lossgeom.devices.claim_gpu).
+GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc", "activations"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -305,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
     try:
-        a.func(a)
+        if a.command in GPU_COMMANDS:
+            from .devices import claim_gpu
+
+            with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
+                a.func(a)
+        else:
+            a.func(a)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Input errors (config, rollouts, adapters, problem sets): one line, no traceback.
         if a.verbose:

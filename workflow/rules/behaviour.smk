@@ -29,6 +29,10 @@ rule evaluate:
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
+    resources:
+        gpu=1,
+        mem_mb=RES["gpu_mem_mb"],
+        runtime=RES["gpu_runtime"],
     conda:
         ENV
     log:
@@ -54,6 +58,9 @@ rule eval_stats:
         n_boot=EVAL["n_boot"],
         mid_p="--mid-p" if EVAL["mid_p"] else "",
         out=parent_of(0),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:
@@ -88,6 +95,10 @@ rule lmc:
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
+    resources:
+        gpu=1,
+        mem_mb=RES["gpu_mem_mb"],
+        runtime=RES["gpu_runtime"],
     conda:
         ENV
     log:
@@ -108,6 +119,9 @@ rule lmc_summary:
     output:
         summary=f"{RESULTS}/lmc/summary.tsv",
         curves=f"{RESULTS}/lmc/curves.tsv",
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:
@@ -137,6 +151,10 @@ rule activations:
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
+    resources:
+        gpu=1,
+        mem_mb=RES["gpu_mem_mb"],
+        runtime=RES["gpu_runtime"],
     conda:
         ENV
     log:
@@ -157,6 +175,9 @@ rule cka:
         f"{RESULTS}/cka/cka.tsv",
     params:
         activations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:
@@ -172,6 +193,7 @@ rule behaviour_figures:
         accuracy=f"{RESULTS}/eval/accuracy.tsv",
         lmc=f"{RESULTS}/lmc/summary.tsv",
         cka=f"{RESULTS}/cka/cka.tsv",
+        code=FIGURE_CODE / "behaviour.py",
     output:
         f"{RESULTS}/figures/lmc.png",
         f"{RESULTS}/figures/cka_profiles.png",
@@ -179,6 +201,9 @@ rule behaviour_figures:
         eval_dir=lambda w, input: str(Path(input.accuracy).parent),
         lmc_dir=lambda w, input: str(Path(input.lmc).parent),
         out=parent_of(0),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:

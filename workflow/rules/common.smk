@@ -13,12 +13,33 @@ except cfg.ConfigError as err:
 
 
 RESULTS = "results"
+# Figure code is tracked as an input of the figure rules, so editing it reruns the figures (cheap);
+# edits to compute code are not tracked: rerun those stages with --forcerun (see the README).
+FIGURE_CODE = Path(workflow.basedir) / "src" / "lossgeom" / "figures"
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 TEMPLATE = config["model"].get("prompt_template", "{question}")
 ENV = "../../envs/lossgeom.yaml"
 DTYPE = config["model"].get("dtype", "float32")
 REMOTE = "--trust-remote-code" if config["model"].get("trust_remote_code", False) else ""
+
+
+# Default job resources; a profile overrides them per rule (set-resources) without touching rules.
+# GPU rules ask for one GPU: on a CPU-only workstation the default profile caps gpu at 0 and they run
+# on the CPU; under SLURM they are submitted with --gpus=1.
+RES = {"gpu_mem_mb": 16000, "gpu_runtime": 240, "cpu_mem_mb": 4000, "cpu_runtime": 30}
+
+
+# Cheap aggregates run in the Snakemake process, never as a SLURM submission of their own.
+localrules:
+    all,
+    toy_world,
+    geometry,
+    geometry_figures,
+    eval_stats,
+    lmc_summary,
+    cka,
+    behaviour_figures,
 
 
 wildcard_constraints:

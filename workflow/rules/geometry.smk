@@ -12,6 +12,9 @@ rule geometry:
         top_k=config.get("geometry", {}).get("top_k", 10),
         out=parent_of(0),
         cache=f"--cache-dir {RESULTS}/factors",
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:
@@ -25,11 +28,15 @@ rule geometry:
 rule geometry_figures:
     input:
         f"{RESULTS}/geometry/cosine_global.tsv",
+        code=FIGURE_CODE / "geometry.py",
     output:
         f"{RESULTS}/figures/cosine_global.png",
     params:
         tables=parent_of(0, "input"),
         out=parent_of(0),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:

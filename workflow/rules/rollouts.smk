@@ -3,11 +3,17 @@
 
 if config["rollouts"].get("import"):
 
+    localrules:
+        import_rollouts,
+
     rule import_rollouts:
         input:
             config["rollouts"]["import"],
         output:
             f"{RESULTS}/rollouts/rollouts.parquet",
+        resources:
+            mem_mb=RES["cpu_mem_mb"],
+            runtime=RES["cpu_runtime"],
         conda:
             ENV
         log:
@@ -34,6 +40,10 @@ else:
             dtype=DTYPE,
             remote=REMOTE,
         threads: 1
+        resources:
+            gpu=1,
+            mem_mb=RES["gpu_mem_mb"],
+            runtime=RES["gpu_runtime"],
         conda:
             ENV
         log:

@@ -7,6 +7,9 @@ rule toy_world:
         directory(f"{TOY}/world"),
     params:
         spec=lambda w: as_json(config["toy"]),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
     conda:
         ENV
     log:
@@ -29,6 +32,10 @@ rule toy_model:
         seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
         template=lambda w: TEMPLATE,
     threads: 1
+    resources:
+        gpu=1,
+        mem_mb=RES["gpu_mem_mb"],
+        runtime=RES["gpu_runtime"],
     conda:
         ENV
     log:

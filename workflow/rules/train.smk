@@ -15,6 +15,10 @@ rule train:
         dtype=DTYPE,
         remote=REMOTE,
     threads: lambda w: config["training"].get("threads", 1)
+    resources:
+        gpu=1,
+        mem_mb=RES["gpu_mem_mb"],
+        runtime=RES["gpu_runtime"],
     conda:
         ENV
     log:
