@@ -56,6 +56,13 @@ def make_rows(n, prompt_len, completion_len, vocab, seed=0):
     return pd.DataFrame(rows)
 
 
+def tokenizer():
+    """Any tokenizer with a pad token: the rows are pre-tokenised, the trainers only need padding."""
+    from lossgeom.toy.tokenizer import build_tokenizer
+
+    return build_tokenizer(["1 + 2 = 3", "Ava has 7 pens."], vocab_size=300)
+
+
 def run(loss, base_state, cfg, rows, a, out_dir):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -81,9 +88,10 @@ def run(loss, base_state, cfg, rows, a, out_dir):
     data = Dataset.from_pandas(rows)
     if loss == "trl-sft":
         trainer = SFTTrainer(model=model, args=args, train_dataset=data.remove_columns(["row_weight", "row_reward"]),
-                             callbacks=[timer])
+                             processing_class=TOKENIZER, callbacks=[timer])
     else:
-        trainer = OfflineLossTrainer(model=model, args=args, train_dataset=data, callbacks=[timer], loss_spec=spec)
+        trainer = OfflineLossTrainer(model=model, args=args, train_dataset=data, processing_class=TOKENIZER,
+                                     callbacks=[timer], loss_spec=spec)
     trainer.train()
     del trainer, model
     if torch.cuda.is_available():
@@ -105,6 +113,8 @@ def main():
     p.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
+    global TOKENIZER
+    TOKENIZER = tokenizer()
     shape = dict(SHAPES[a.shape])
     if a.layers:
         shape["num_hidden_layers"] = a.layers
