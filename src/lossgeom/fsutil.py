@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -19,8 +20,9 @@ def atomic_path(path: Path | str):
     """Yield a temporary file path beside ``path``; rename it to ``path`` on success, delete it on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # A unique sibling name, not mkstemp: its 0600 mode would survive the rename, and a sibling keeps
+    # the rename on one filesystem.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -53,10 +55,10 @@ def write_text(path: Path | str, text: str) -> None:
 
 
 def write_table(df, path: Path | str, index: bool = False) -> None:
-    """Write a pandas DataFrame as TSV (``.tsv``) or parquet (``.parquet``) atomically."""
+    """Write a pandas DataFrame as TSV (``.tsv``; NaN as ``nan``) or parquet (``.parquet``) atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=index)
         else:
-            df.to_csv(tmp, sep="\t", index=index, float_format="%.10g")
+            df.to_csv(tmp, sep="\t", index=index, float_format="%.10g", na_rep="nan")

@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -65,6 +63,7 @@ import pandas as pd
 from scipy.linalg.blas import dsyrk
 
 from . import lowrank
+from .fsutil import atomic_path, write_table
 from .adapters import (
     AdapterMismatchError,
     LoraAdapter,
@@ -370,21 +369,8 @@ def build_factor_cache(
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique sibling name rather than mkstemp, whose 0600 mode would survive the rename
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_tsv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
-    _atomic_write(path, lambda p: df.to_csv(p, sep="\t", index=index, float_format="%.10g", na_rep="nan"))
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1074,14 +1060,14 @@ def write_geometry(
     out_dir.mkdir(parents=True, exist_ok=True)
     geo = pairwise_geometry(caches, top_k=top_k, progress=progress)
     for metric, df in square_matrices(geo).items():
-        _write_tsv(df, out_dir / f"{metric}.tsv", index=True)
-    _write_tsv(per_layer_table(geo), out_dir / "per_layer.tsv")
-    _write_tsv(adapters_table(caches), out_dir / "adapters.tsv")
-    _write_tsv(per_module_adapter_table(caches), out_dir / "adapter_modules.tsv")
-    _write_tsv(noise_floor_table(geo), out_dir / "noise_floor.tsv")
-    _write_tsv(long_table(geo), out_dir / "long.tsv")
+        write_table(df, out_dir / f"{metric}.tsv", index=True)
+    write_table(per_layer_table(geo), out_dir / "per_layer.tsv")
+    write_table(adapters_table(caches), out_dir / "adapters.tsv")
+    write_table(per_module_adapter_table(caches), out_dir / "adapter_modules.tsv")
+    write_table(noise_floor_table(geo), out_dir / "noise_floor.tsv")
+    write_table(long_table(geo), out_dir / "long.tsv")
     if base_weights is not None:
-        _write_tsv(base_alignment(caches, base_weights, top_k=top_k), out_dir / "base_alignment.tsv")
+        write_table(base_alignment(caches, base_weights, top_k=top_k), out_dir / "base_alignment.tsv")
     settings = {
         "labels": geo.labels,
         "sources": [caches[l].source for l in geo.labels],

@@ -19,16 +19,16 @@ Implementation notes
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+from .common import figure, save, style
 
 __all__ = [
     "plot_accuracy",
@@ -38,9 +38,6 @@ __all__ = [
     "plot_cka_heatmap",
 ]
 
-_STYLE = "whitegrid"
-_CONTEXT = "paper"
-_DPI = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,8 +80,8 @@ def plot_accuracy(
         if "n" in t.columns and t["n"].nunique() == 1:
             title = f"n = {int(t['n'].iloc[0])} items; {title}"
 
-    with _style():
-        fig, ax = _figure(width=max(3.5, 0.75 * len(models) + 1.5), height=3.2)
+    with style("whitegrid"):
+        fig, ax = figure(width=max(3.5, 0.75 * len(models) + 1.5), height=3.2)
         colors = sns.color_palette("colorblind", len(models))
         x = np.arange(len(models))
         ax.bar(x, acc, color=colors, edgecolor="black", linewidth=0.5)
@@ -100,7 +97,7 @@ def plot_accuracy(
         ax.set_ylim(0, min(100.0, float(np.max(high)) * 1.12 + 1.0))
         if title:
             ax.set_title(title)
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 def plot_pairwise_pvalues(
@@ -136,9 +133,9 @@ def plot_pairwise_pvalues(
             annot[i, j] = f"{p:.2g}" + ("*" if p < alpha else "")
     label = ("Holm-adjusted " if column == "p_holm" else "") + "McNemar p (log scale)"
 
-    with _style():
+    with style("whitegrid"):
         k = len(models)
-        fig, ax = _figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
+        fig, ax = figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
         sns.heatmap(
             pd.DataFrame(shown, index=models, columns=models), mask=~np.isfinite(mat.to_numpy(dtype=float)),
             annot=annot, fmt="", annot_kws={"fontsize": 7}, cmap="mako",
@@ -149,7 +146,7 @@ def plot_pairwise_pvalues(
         ax.set_xlabel("model")
         ax.set_ylabel("model")
         ax.set_title(title if title is not None else f"pairwise exact McNemar (* p < {alpha:g})")
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +184,8 @@ def plot_lmc(
     data = curves.assign(pair=curves["pair"].astype(str))
     palette = dict(zip(pairs, sns.color_palette("colorblind", len(pairs))))
 
-    with _style():
-        fig, axes = _figure(width=3.3 * len(metrics) + 1.6, height=3.0, ncols=len(metrics))
+    with style("whitegrid"):
+        fig, axes = figure(width=3.3 * len(metrics) + 1.6, height=3.0, ncols=len(metrics))
         for ax, metric in zip(axes, metrics):
             sub = data[data["metric"] == metric]
             sns.lineplot(data=sub, x="alpha", y="value", hue="pair", hue_order=pairs,
@@ -201,7 +198,7 @@ def plot_lmc(
         _pair_legend(fig, pairs, palette, title="pair (a→b)")
         if title:
             fig.suptitle(title)
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +234,8 @@ def plot_cka_profiles(
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
 
-    with _style():
-        fig, ax = _figure(width=5.5, height=3.2)
+    with style("whitegrid"):
+        fig, ax = figure(width=5.5, height=3.2)
         sns.lineplot(data=data, x="layer", y="value", hue="model", hue_order=models,
                      palette=palette, estimator="mean", errorbar=None, marker="o",
                      markersize=3, ax=ax, legend=False)
@@ -248,7 +245,7 @@ def plot_cka_profiles(
         ax.set_ylim(min(0.0, vmin - 0.02), 1.02)
         _pair_legend(fig, models, palette, title=f"model vs {reference}")
         ax.set_title(title if title is not None else f"{what} per layer vs {reference}")
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 def plot_cka_heatmap(
@@ -280,9 +277,9 @@ def plot_cka_heatmap(
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
     vmin = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
 
-    with _style():
+    with style("whitegrid"):
         k = len(models)
-        fig, ax = _figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
+        fig, ax = figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
         sns.heatmap(mat, mask=~np.isfinite(values), annot=True, fmt=".2f",
                     annot_kws={"fontsize": 7}, cmap="rocket", vmin=vmin, vmax=1.0, square=True,
                     linewidths=0.5, cbar_kws={"label": f"{what} (unitless)"}, ax=ax)
@@ -290,29 +287,12 @@ def plot_cka_heatmap(
         ax.set_xlabel("model")
         ax.set_ylabel("model")
         ax.set_title(title if title is not None else f"{what} at layer {layer}")
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _style():
-    """Seaborn style + context as one context manager (rcParams restored on exit)."""
-    from contextlib import ExitStack
-
-    stack = ExitStack()
-    stack.enter_context(sns.axes_style(_STYLE))
-    stack.enter_context(sns.plotting_context(_CONTEXT))
-    return stack
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # explicit Agg canvas; no pyplot, no GUI backend
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return (fig, axes[0]) if ncols == 1 else (fig, list(axes))
-
-
 def _pair_legend(fig: Figure, labels: Iterable[str], palette: Mapping[str, object], title: str):
     from matplotlib.lines import Line2D
 
@@ -320,30 +300,6 @@ def _pair_legend(fig: Figure, labels: Iterable[str], palette: Mapping[str, objec
                for lab in labels]
     fig.legend(handles=handles, title=title, loc="outside right center", fontsize=7,
                title_fontsize=7, frameon=False)
-
-
-def _save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_path`` (.png) and its .pdf sibling atomically (temp file + os.replace)."""
-    png = Path(out_path)
-    if png.suffix.lower() != ".png":
-        raise ValueError(f"output path must end in .png, got {str(png)!r}")
-    pdf = png.with_suffix(".pdf")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    for path, fmt, metadata in (
-        (png, "png", {"Software": None}),
-        (pdf, "pdf", {"CreationDate": None, "Creator": None, "Producer": None}),
-    ):
-        # a unique sibling name (not mkstemp, whose 0600 mode would survive os.replace), so the
-        # final file gets the usual umask permissions and the rename stays on one filesystem
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    return png, pdf
 
 
 def _require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:

@@ -9,15 +9,13 @@ state); files are written under a temporary sibling name and renamed into place.
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from .common import figure, save, style
 
 __all__ = [
     "plot_geometry_heatmap",
@@ -26,7 +24,6 @@ __all__ = [
     "HEATMAP_STYLES",
 ]
 
-_DPI = 200
 
 # square-matrix metric -> (colour-bar label, colormap, vmin, vmax, number format, title)
 HEATMAP_STYLES: dict[str, tuple[str, str, float | None, float | None, str, str]] = {
@@ -48,40 +45,6 @@ def _read(table: pd.DataFrame | str | os.PathLike, index: bool) -> pd.DataFrame:
     if isinstance(table, pd.DataFrame):
         return table
     return pd.read_csv(table, sep="\t", index_col=0 if index else None)
-
-
-def _style() -> ExitStack:
-    stack = ExitStack()
-    stack.enter_context(sns.axes_style("white"))
-    stack.enter_context(sns.plotting_context("paper"))
-    return stack
-
-
-def _figure(width: float, height: float, nrows: int = 1):
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, no GUI backend
-    axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
-    return fig, (axes[0] if nrows == 1 else list(axes))
-
-
-def _save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_path`` (.png) and its .pdf sibling atomically, without volatile metadata."""
-    png = Path(out_path)
-    if png.suffix.lower() != ".png":
-        raise ValueError(f"output path must end in .png, got {str(png)!r}")
-    pdf = png.with_suffix(".pdf")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    for path, fmt, meta in ((png, "png", {"Software": None}),
-                            (pdf, "pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        try:
-            fig.savefig(tmp, format=fmt, dpi=_DPI, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    return png, pdf
 
 
 def plot_geometry_heatmap(
@@ -108,8 +71,8 @@ def plot_geometry_heatmap(
     )
     values = df.to_numpy(dtype=float)
     n = len(df)
-    with _style():
-        fig, ax = _figure(width=2.2 + 0.75 * n, height=1.4 + 0.65 * n)
+    with style():
+        fig, ax = figure(width=2.2 + 0.75 * n, height=1.4 + 0.65 * n)
         sns.heatmap(df.astype(float), mask=~np.isfinite(values), annot=n <= 16, fmt=fmt,
                     annot_kws={"fontsize": 7}, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
                     linewidths=0.5, cbar_kws={"label": cbar}, ax=ax)
@@ -119,7 +82,7 @@ def plot_geometry_heatmap(
         for t in ax.get_xticklabels():
             t.set_horizontalalignment("right")
         ax.set_title(title if title is not None else default_title)
-        return _save(fig, out_path)
+        return save(fig, out_path)
 
 
 def plot_geometry_heatmaps(
@@ -161,8 +124,8 @@ def plot_layer_profiles(
     sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
     others = list(dict.fromkeys(sel["other"]))
     palette = dict(zip(others, sns.color_palette("tab10" if len(others) <= 10 else "husl", len(others))))
-    with _style():
-        fig, (ax1, ax2) = _figure(width=7.0, height=5.2, nrows=2)
+    with style():
+        fig, (ax1, ax2) = figure(width=7.0, height=5.2, nrows=2)
         for o in others:
             s = sel[sel["other"] == o]
             ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], label=o)
@@ -178,4 +141,4 @@ def plot_layer_profiles(
         ax1.legend(title="adapter (method/seed)", fontsize=7, title_fontsize=7, frameon=False,
                    loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax1.set_title(title if title is not None else f"Per-layer geometry vs {reference}")
-        return _save(fig, out_path)
+        return save(fig, out_path)
