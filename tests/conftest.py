@@ -88,3 +88,15 @@ def method_spec(loss: str, **overrides) -> dict:
     }
     cfg.validate(config, SCHEMA)
     return json.loads(json.dumps(cfg.method_spec(config, "m")))
+
+
+@pytest.fixture(scope="session")
+def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
+    from lossgeom.train import train_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for loss in ("sft", "rift"):
+        train_adapter(method_spec(loss), 1, tiny_rollouts, str(tiny_base), root / loss, root / f"{loss}.ckpt")
+        out[loss] = root / loss
+    return out

@@ -10,25 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import method_spec
 from lossgeom import behaviour
 from lossgeom.adapters import load_adapter
 from lossgeom.interpolation import LoraPath, alpha_grid, barrier
 from lossgeom.modeling import load_model
 from lossgeom.problemsets import ProblemSetError
-from lossgeom.train import train_adapter
 
 TEST_SET = {"source": "toy", "split": "test", "grader": "exact"}
-
-
-@pytest.fixture(scope="module")
-def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    out = {}
-    for loss in ("sft", "rift"):
-        train_adapter(method_spec(loss), 1, tiny_rollouts, str(tiny_base), root / loss, root / f"{loss}.ckpt")
-        out[loss] = root / loss
-    return out
 
 
 def _logits(model, ids):

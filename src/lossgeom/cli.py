@@ -95,7 +95,13 @@ def cmd_geometry(a):
 
     labels = [label for label, _ in a.adapters]
     dirs = [path for _, path in a.adapters]
-    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels, cache_dir=a.cache_dir, progress=True)
+    base_weights = None
+    if a.base_model:
+        from .modeling import base_weights_of
+
+        base_weights = base_weights_of(a.base_model, dirs[0], trust_remote_code=a.trust_remote_code)
+    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels, cache_dir=a.cache_dir, progress=True,
+                         base_weights=base_weights)
 
 
 def cmd_geometry_figures(a):
@@ -233,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=10, help="singular subspace size for principal angles")
     sp.add_argument("--cache-dir", type=Path, default=None,
                     help="reuse per-adapter factor caches (thin SVDs) from here, keyed by the adapter's content")
+    sp.add_argument("--base-model", default=None,
+                    help="also measure how much of each delta lies in the base weights' top singular subspaces")
+    sp.add_argument("--trust-remote-code", action="store_true")
 
     sp = add("geometry-figures", cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables")
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")

@@ -1089,6 +1089,7 @@ def compare_adapter_dirs(
     labels: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    base_weights: Mapping[str, np.ndarray] | None = None,
 ) -> PairGeometry:
     """Load two or more PEFT adapter directories, check them, and write the geometry tables.
 
@@ -1135,7 +1136,7 @@ def compare_adapter_dirs(
             check_compatible([ref, cache])
         caches[label] = cache
         log.info("factor cache of %s (%s): %s", label, d, cache.summary())
-    geo = write_geometry(caches, out_dir, top_k=top_k, progress=progress)
+    geo = write_geometry(caches, out_dir, top_k=top_k, base_weights=base_weights, progress=progress)
     log.info("wrote geometry of %d adapters (%d pairs, %d modules) to %s", len(labels), len(geo.pairs),
              len(geo.module_names), out_dir)
     return geo

@@ -35,3 +35,19 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
         str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
     )
     return model.to(device()) if to_device else model
+
+
+def base_weights_of(name_or_path: str, adapter_dir, trust_remote_code: bool = False) -> dict:
+    """The base model's dense weights of the modules an adapter targets, as float64 numpy arrays
+    keyed by module path (``model.layers.3.self_attn.q_proj``), for the base-alignment analysis."""
+    import json
+    from pathlib import Path
+
+    targets = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["target_modules"]
+    targets = set(targets) if isinstance(targets, list) else None
+    model = load_model(name_or_path, "float32", trust_remote_code, to_device=False)
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and (targets is None or name.rsplit(".", 1)[-1] in targets):
+            out[name] = module.weight.detach().double().numpy()
+    return out

@@ -1,9 +1,12 @@
 # Weight-space geometry of every adapter pair, from the LoRA factors (cheap: one aggregate job).
 
+BASE_ALIGNMENT = config.get("geometry", {}).get("base_alignment", False)
+
 
 rule geometry:
     input:
         [adapter_dir(label) for label in LABELS],
+        **(model_input("base") if BASE_ALIGNMENT else {}),
     output:
         f"{RESULTS}/geometry/cosine_global.tsv",
         f"{RESULTS}/geometry/long.tsv",
@@ -11,7 +14,7 @@ rule geometry:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
         top_k=config.get("geometry", {}).get("top_k", 10),
         out=parent_of(0),
-        cache=f"--cache-dir {RESULTS}/factors",
+        base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
     resources:
         mem_mb=RES["cpu_mem_mb"],
         runtime=RES["cpu_runtime"],
@@ -22,7 +25,7 @@ rule geometry:
     benchmark:
         f"{RESULTS}/benchmarks/geometry.tsv"
     shell:
-        "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.cache} --out {params.out} 2> {log}"
+        "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.base} --out {params.out} 2> {log}"
 
 
 rule geometry_figures:
