@@ -2,7 +2,7 @@
 #
 # The rules only wire files to subcommands of the `lossgeom` CLI (src/lossgeom/cli.py); every bit of
 # logic lives in the package. Run `snakemake --cores 2` for the toy study (config/config.yaml) or
-# `snakemake --configfile config/paper.yaml --profile profiles/slurm` for the paper's protocol.
+# `snakemake --workflow-profile profiles/slurm --configfile config/paper.yaml` for the paper's protocol.
 
 import os
 
