@@ -195,8 +195,8 @@ rule behaviour_figures:
         cka=f"{RESULTS}/cka/cka.tsv",
         code=FIGURE_CODE / "behaviour.py",
     output:
-        f"{RESULTS}/figures/lmc.png",
-        f"{RESULTS}/figures/cka_profiles.png",
+        report(f"{RESULTS}/figures/lmc.png", caption="../report/lmc.rst", category="behaviour"),
+        report(f"{RESULTS}/figures/cka_profiles.png", caption="../report/cka.rst", category="behaviour"),
     params:
         eval_dir=lambda w, input: str(Path(input.accuracy).parent),
         lmc_dir=lambda w, input: str(Path(input.lmc).parent),

@@ -33,7 +33,7 @@ rule geometry_figures:
         f"{RESULTS}/geometry/cosine_global.tsv",
         code=FIGURE_CODE / "geometry.py",
     output:
-        f"{RESULTS}/figures/cosine_global.png",
+        report(f"{RESULTS}/figures/cosine_global.png", caption="../report/cosine_global.rst", category="geometry"),
     params:
         tables=parent_of(0, "input"),
         out=parent_of(0),
