@@ -149,7 +149,7 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     run = snakemake(tmp_path, "-n", configfile=path, timeout=120)
     assert run.returncode != 0
-    assert "config error: unknown key training.lr" in run.stderr
+    assert "config error: unknown key training.lr" in run.stdout + run.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -160,4 +160,4 @@ def test_unknown_method_loss_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     run = snakemake(tmp_path, "-n", configfile=path, timeout=120)
     assert run.returncode != 0
-    assert "methods.ppo.loss: 'ppo' is not one of" in run.stderr
+    assert "methods.ppo.loss: 'ppo' is not one of" in run.stdout + run.stderr
