@@ -25,11 +25,14 @@ def _json(text: str):
 
 
 def _labelled(text: str) -> tuple[str, Path]:
-    """``label=path`` (or a bare path, labelled by its directory name)."""
+    """``label=path``, or a bare path labelled ``{method}/seed{seed}`` when it ends in
+    ``.../{method}/seed{seed}`` (the results layout), else by its own name."""
     if "=" in text:
         label, path = text.split("=", 1)
         return label, Path(path)
-    return Path(text).name, Path(text)
+    from .geometry import label_for_dir
+
+    return label_for_dir(text), Path(text)
 
 
 # ---- subcommands --------------------------------------------------------------------------------
