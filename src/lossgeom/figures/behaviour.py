@@ -157,7 +157,7 @@ def plot_lmc(
     out_path: str | os.PathLike,
     *,
     ylabels: Mapping[str, str] | None = None,
-    xlabel: str = "interpolation weight α  (ΔW = α·ΔW_a + (1−α)·ΔW_b; unitless)",
+    xlabel: str = "α  (ΔW = (1−α)·ΔW_a + α·ΔW_b)",
     title: str | None = None,
 ) -> tuple[Path, Path]:
     """Linear-mode-connectivity curves: one panel per metric, one line per model pair.
@@ -165,7 +165,8 @@ def plot_lmc(
     Parameters
     ----------
     curves : long DataFrame with columns ``pair`` (label, e.g. ``"SFT→GRPO"``), ``alpha``
-        (float in [0, 1]; by the convention of PAPER.md alpha = 1 is model a, alpha = 0 model b),
+        (float in [0, 1]; the project's convention, lossgeom.interpolation: alpha = 0 is model a,
+        alpha = 1 model b),
         ``metric`` (name) and ``value``. Rows repeated for the same (pair, alpha, metric) are
         averaged. Panels follow the metrics' order of first appearance; pairs keep one colour
         across panels.
