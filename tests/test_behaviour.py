@@ -117,3 +117,18 @@ def test_activations_shapes_and_cka_of_a_model_with_itself(tiny_base, toy_world,
         np.savez(shifted, acts=z["acts"], ids=z["ids"][::-1], pooling=z["pooling"])
     with pytest.raises(ValueError, match="other probes"):
         behaviour.cka_tables({"x": tmp_path / "last.npz", "y": shifted}, tmp_path / "cka2.tsv")
+
+
+def test_reference_solution_for_the_full_solution_ce(tmp_path):
+    from lossgeom.evaluation import gold_answer_text, reference_solution
+
+    gsm8k = pd.Series({"question": "q", "answer": "2 + 2 = 4\n#### 4"})
+    assert reference_solution(gsm8k) == "2 + 2 = 4\n#### 4" and gold_answer_text(gsm8k["answer"]) == "4"
+    bare = pd.Series({"question": "q", "answer": "\\frac{1}{2}", "solution": None})
+    assert reference_solution(bare) is None and gold_answer_text(bare["answer"]) == "\\frac{1}{2}"
+    path = tmp_path / "p.csv"
+    pd.DataFrame({"question": ["a", "b"], "answer": ["1", "2"], "solution": ["1 = 1\n#### 1", None]}).to_csv(path, index=False)
+    from lossgeom.problemsets import load_problems
+
+    rows = load_problems({"source": str(path)})
+    assert [reference_solution(r) for _, r in rows.iterrows()] == ["1 = 1\n#### 1", None]

@@ -32,8 +32,8 @@ def gold_answer_text(gold: str) -> str:
 
 def reference_solution(row) -> str | None:
     """A worked solution for ``solution_ce``: the ``solution`` column, or a gold answer that is itself one."""
-    sol = row.get("solution") if hasattr(row, "get") else None
-    if isinstance(sol, str) and sol and sol != "None":
+    sol = row.get("solution")
+    if isinstance(sol, str) and sol:
         return sol
     gold = row["answer"]
     return gold if "####" in gold and "\n" in gold else None

@@ -94,8 +94,8 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
             "answer": df[af].astype(str),
         }
     )
-    if "solution" in df.columns or source == "toy":
-        out["solution"] = df["solution"].astype(str) if "solution" in df.columns else None
+    if "solution" in df.columns:  # a worked solution, kept for the full-solution cross-entropy
+        out["solution"] = [str(v) if isinstance(v, str) and v.strip() else None for v in df["solution"]]
     if out["id"].duplicated().any():
         dup = out.loc[out["id"].duplicated(), "id"].iloc[0]
         raise ProblemSetError(f"problem source {source!r} has duplicate id {dup!r}")
