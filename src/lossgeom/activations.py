@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import reference_solution
-from .prompting import completion_ids, prompt_ids
+from .prompting import prompt_completion, right_padded
 
 POOLINGS = ("completion_mean", "last", "mean")
 
@@ -41,13 +41,11 @@ def hidden_states(model, tokenizer, problems: pd.DataFrame, *, template: str, po
         chunk = problems.iloc[start : start + batch_size]
         seqs, spans = [], []
         for _, row in chunk.iterrows():
-            p = prompt_ids(tokenizer, row["question"], template)
-            c = completion_ids(tokenizer, reference_solution(row) or f"#### {row['answer']}")
-            seqs.append(p + c)
-            spans.append((len(p), len(p) + len(c)))
-        width = max(map(len, seqs))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
+            ids_i, mask_i = prompt_completion(tokenizer, row["question"], reference_solution(row) or f"#### {row['answer']}", template)
+            seqs.append(ids_i)
+            spans.append((mask_i.index(1), len(ids_i)))
+        ids, attn = right_padded(seqs, pad, dev)
+        width = ids.shape[1]
         hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[1:]
         weights = torch.zeros(len(seqs), width, device=dev)
         for i, (lo, hi) in enumerate(spans):

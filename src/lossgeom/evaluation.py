@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .grading import extract_hash_answer, get_grader
-from .prompting import completion_ids, prompt_ids
+from .prompting import prompt_completion, prompt_ids, right_padded
 
 
 def gold_answer_text(gold: str) -> str:
@@ -84,14 +84,17 @@ def continuation_ce(model, tokenizer, problems: pd.DataFrame, continuations: lis
         idx = items[start : start + batch_size]
         seqs, masks = [], []
         for i in idx:
-            p = prompt_ids(tokenizer, problems["question"].iloc[i], template)
-            c = completion_ids(tokenizer, continuations[i]) if add_eos else tokenizer(continuations[i], add_special_tokens=False)["input_ids"]
-            seqs.append(p + c)
-            masks.append([0] * len(p) + [1] * len(c))
-        width = max(map(len, seqs))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-        cmask = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=dev, dtype=torch.float32)
+            question = problems["question"].iloc[i]
+            if add_eos:
+                ids_i, mask_i = prompt_completion(tokenizer, question, continuations[i], template)
+            else:
+                p = prompt_ids(tokenizer, question, template)
+                c = tokenizer(continuations[i], add_special_tokens=False)["input_ids"]
+                ids_i, mask_i = p + c, [0] * len(p) + [1] * len(c)
+            seqs.append(ids_i)
+            masks.append(mask_i)
+        ids, attn = right_padded(seqs, pad, dev)
+        cmask = right_padded(masks, 0, dev)[0].float()
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         m = cmask[:, 1:]

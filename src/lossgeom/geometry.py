@@ -63,6 +63,7 @@ import pandas as pd
 from scipy.linalg.blas import dsyrk
 
 from . import lowrank
+from .config import parse_label as config_parse_label
 from .fsutil import atomic_path, write_table
 from .adapters import (
     AdapterMismatchError,
@@ -473,14 +474,15 @@ def factor_cache_for_dir(
 # All pairs
 # ============================================================================================
 
-_LABEL_RE = re.compile(r"^(?P<method>.+)/seed(?P<seed>-?\d+)$")
 
 
 def parse_label(label: str) -> tuple[str, int | None]:
     """``"sft/seed42"`` -> ``("sft", 42)``; a label that does not parse is its own method:
     ``"foo"`` -> ``("foo", None)``."""
-    m = _LABEL_RE.match(label)
-    return (m.group("method"), int(m.group("seed"))) if m else (label, None)
+    try:
+        return config_parse_label(label)
+    except ValueError:
+        return label, None
 
 
 def label_for_dir(path: str | Path) -> str:

@@ -38,3 +38,21 @@ def completion_ids(tokenizer, completion: str) -> list[int]:
     if not ids or ids[-1] != eos:
         ids = ids + [eos]
     return ids
+
+
+def prompt_completion(tokenizer, question: str, completion: str, template: str = "{question}", max_length: int | None = None):
+    """(ids, completion_mask) of prompt + EOS-terminated completion, truncated to ``max_length``:
+    the row format of TRL's SFTTrainer (pre-tokenised) and of every scoring pass."""
+    p, c = prompt_ids(tokenizer, question, template), completion_ids(tokenizer, completion)
+    ids, mask = p + c, [0] * len(p) + [1] * len(c)
+    return (ids[:max_length], mask[:max_length]) if max_length else (ids, mask)
+
+
+def right_padded(seqs: list[list[int]], pad_id: int, device=None):
+    """Batch of right-padded ``input_ids`` and ``attention_mask`` tensors, shape (batch, longest)."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], device=device)
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    return ids, attn

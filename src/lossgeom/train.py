@@ -31,7 +31,7 @@ from datasets import Dataset
 
 from .fsutil import atomic_dir
 from .modeling import load_model, load_tokenizer
-from .prompting import completion_ids, prompt_ids, prompt_string
+from .prompting import prompt_completion, prompt_string
 from .rollouts import read_rollouts
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .views import build_view
@@ -57,10 +57,9 @@ def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int)
     """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids, completion mask, row numbers."""
     rows = {"input_ids": [], "completion_mask": [], "row_weight": [], "row_reward": []}
     for r in view.itertuples(index=False):
-        pi, ci = prompt_ids(tokenizer, r.prompt, template), completion_ids(tokenizer, r.completion)
-        ids = (pi + ci)[:max_length]
+        ids, mask = prompt_completion(tokenizer, r.prompt, r.completion, template, max_length)
         rows["input_ids"].append(ids)
-        rows["completion_mask"].append(([0] * len(pi) + [1] * len(ci))[:max_length])
+        rows["completion_mask"].append(mask)
         rows["row_weight"].append(float(r.weight))
         rows["row_reward"].append(float(r.reward))
     return Dataset.from_dict(rows)

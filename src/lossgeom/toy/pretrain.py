@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from ..prompting import completion_ids, prompt_ids
+from ..prompting import prompt_completion
 from ..fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,8 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
 
 def solution_dataset(tokenizer, problems, template: str) -> Dataset:
     """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions."""
-    rows = {"input_ids": [], "completion_mask": []}
-    for p in problems:
-        pi, ci = prompt_ids(tokenizer, p.question, template), completion_ids(tokenizer, p.solution)
-        rows["input_ids"].append(pi + ci)
-        rows["completion_mask"].append([0] * len(pi) + [1] * len(ci))
-    return Dataset.from_dict(rows)
+    pairs = [prompt_completion(tokenizer, p.question, p.solution, template) for p in problems]
+    return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
 def pretrain(
