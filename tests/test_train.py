@@ -138,3 +138,12 @@ def test_empty_view_stops_with_method_and_counts(tmp_path, tiny_base, tiny_rollo
     df.to_parquet(path)
     with pytest.raises(ViewError, match=r"'m' \(rft\).*'correct': 0"):
         train_adapter(method_spec("rft"), 1, path, str(tiny_base), tmp_path / "o", tmp_path / "c")
+
+
+@pytest.mark.parametrize("loss", ["rift", "dpo"])
+def test_bf16_path_of_the_paper_config_trains(tmp_path, tiny_base, tiny_rollouts, loss):
+    """config/paper.yaml trains in bf16 with bfloat16 weights; the same path runs on a CPU."""
+    spec = {**method_spec(loss), "precision": "bf16"}
+    out = tmp_path / "bf16" / "adapter"
+    train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, tmp_path / "bf16" / "ckpt", dtype="bfloat16")
+    assert any(v.abs().sum() > 0 for k, v in _tensors(out).items() if k.endswith("lora_B.weight"))
