@@ -15,7 +15,7 @@ rule evaluate:
     input:
         unpack(model_adapter),
         **model_input("base"),
-        **({"toy": f"{TOY}/world"} if uses_toy(*config["test_sets"].values()) else {}),
+        **toy_input(*config["test_sets"].values()),
     output:
         f"{RESULTS}/eval/{{model}}.parquet",
     params:
@@ -76,7 +76,7 @@ rule lmc:
         first=f"{RESULTS}/adapters/{{ma}}/seed{{sa}}",
         second=f"{RESULTS}/adapters/{{mb}}/seed{{sb}}",
         **model_input("base"),
-        **({"toy": f"{TOY}/world"} if uses_toy(config["test_sets"][LMC["test_set"]]) else {}),
+        **toy_input(config["test_sets"][LMC["test_set"]]),
     output:
         f"{RESULTS}/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv",
     wildcard_constraints:
@@ -136,7 +136,7 @@ rule activations:
     input:
         unpack(model_adapter),
         **model_input("base"),
-        **({"toy": f"{TOY}/world"} if uses_toy(config["test_sets"][CKA["test_set"]]) else {}),
+        **toy_input(config["test_sets"][CKA["test_set"]]),
     output:
         f"{RESULTS}/activations/{{model}}.npz",
     params:

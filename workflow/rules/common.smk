@@ -76,8 +76,9 @@ def parent_of(index=0, kind="output"):
     return lambda wildcards, input, output: str(Path((output if kind == "output" else input)[index]).parent)
 
 
-def toy_input(source):
-    return {"toy": f"{TOY}/world"} if source == "toy" else {}
+def toy_input(*sources):
+    """The toy world as a named job input when any of the problem sources is "toy"."""
+    return {"toy": f"{TOY}/world"} if any(s["source"] == "toy" for s in sources) else {}
 
 
 def adapter_dir(label):
@@ -107,10 +108,6 @@ def adapter_arg(wildcards, input):
 
 def toy_dir_arg(wildcards, input):
     return f"--toy-dir {input.toy}" if "toy" in input.keys() else ""
-
-
-def uses_toy(*sources):
-    return any(s["source"] == "toy" for s in sources)
 
 
 def lmc_sweep(a, b):

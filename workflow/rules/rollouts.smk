@@ -28,14 +28,14 @@ else:
     rule rollouts:
         input:
             **model_input(config["rollouts"].get("sampler", "teacher")),
-            **toy_input(config["prompts"]["source"]),
+            **toy_input(config["prompts"]),
         output:
             f"{RESULTS}/rollouts/rollouts.parquet",
         params:
             model=model_arg(config["rollouts"].get("sampler", "teacher")),
             problems=as_json(config["prompts"]),
             spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
-            toy_dir=lambda w, input: f"--toy-dir {input.toy}" if "toy" in input.keys() else "",
+            toy_dir=toy_dir_arg,
             template=lambda w: TEMPLATE,
             dtype=DTYPE,
             remote=REMOTE,
