@@ -15,7 +15,6 @@ Only safetensors are read (never pickles). Every problem stops with one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
+
+from .fsutil import file_sha256
 
 __all__ = [
     "AdapterMismatchError",
@@ -364,10 +365,4 @@ def check_compatible(adapters: Sequence[_AdapterLike]) -> None:
 def adapter_fingerprint(path: str | Path) -> str:
     """SHA-256 (hex) of an adapter's config and weights bytes: identifies its content."""
     path = Path(path)
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        h.update(name.encode())
-        with open(path / name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path / CONFIG_NAME, path / WEIGHTS_NAME, names=True)

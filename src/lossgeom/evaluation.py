@@ -84,13 +84,7 @@ def continuation_ce(model, tokenizer, problems: pd.DataFrame, continuations: lis
         idx = items[start : start + batch_size]
         seqs, masks = [], []
         for i in idx:
-            question = problems["question"].iloc[i]
-            if add_eos:
-                ids_i, mask_i = prompt_completion(tokenizer, question, continuations[i], template)
-            else:
-                p = prompt_ids(tokenizer, question, template)
-                c = tokenizer(continuations[i], add_special_tokens=False)["input_ids"]
-                ids_i, mask_i = p + c, [0] * len(p) + [1] * len(c)
+            ids_i, mask_i = prompt_completion(tokenizer, problems["question"].iloc[i], continuations[i], template, eos=add_eos)
             seqs.append(ids_i)
             masks.append(mask_i)
         ids, attn = right_padded(seqs, pad, dev)

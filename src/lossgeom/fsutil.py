@@ -8,11 +8,16 @@ complete result or nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
+
+
+def _sibling(path: Path) -> Path:
+    """A unique temporary name beside ``path`` (same filesystem, so the final rename is atomic)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
 
 
 @contextlib.contextmanager
@@ -20,9 +25,7 @@ def atomic_path(path: Path | str):
     """Yield a temporary file path beside ``path``; rename it to ``path`` on success, delete it on error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name, not mkstemp: its 0600 mode would survive the rename, and a sibling keeps
-    # the rename on one filesystem.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    tmp = _sibling(path)  # not mkstemp: its 0600 mode would survive the rename
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -37,7 +40,8 @@ def atomic_dir(path: Path | str):
     """Yield a temporary directory beside ``path``; it replaces ``path`` (whole) on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _sibling(path)
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would survive the rename
     try:
         yield tmp
         if path.exists():
@@ -46,6 +50,18 @@ def atomic_dir(path: Path | str):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(*paths: Path | str, names: bool = False) -> str:
+    """SHA-256 (hex) of the files' bytes, streamed; with ``names``, each file's name is hashed first."""
+    h = hashlib.sha256()
+    for path in paths:
+        if names:
+            h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -19,7 +19,6 @@ import re
 from fractions import Fraction
 
 _HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")  # the answer is on the marker's own line
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def _to_number(text: str) -> Fraction | None:

@@ -40,10 +40,13 @@ def completion_ids(tokenizer, completion: str) -> list[int]:
     return ids
 
 
-def prompt_completion(tokenizer, question: str, completion: str, template: str = "{question}", max_length: int | None = None):
-    """(ids, completion_mask) of prompt + EOS-terminated completion, truncated to ``max_length``:
-    the row format of TRL's SFTTrainer (pre-tokenised) and of every scoring pass."""
-    p, c = prompt_ids(tokenizer, question, template), completion_ids(tokenizer, completion)
+def prompt_completion(
+    tokenizer, question: str, completion: str, template: str = "{question}", max_length: int | None = None, eos: bool = True
+):
+    """(ids, completion_mask) of prompt + completion (EOS-terminated unless ``eos`` is False), truncated
+    to ``max_length``: the row format of TRL's SFTTrainer (pre-tokenised) and of every scoring pass."""
+    p = prompt_ids(tokenizer, question, template)
+    c = completion_ids(tokenizer, completion) if eos else tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids, mask = p + c, [0] * len(p) + [1] * len(c)
     return (ids[:max_length], mask[:max_length]) if max_length else (ids, mask)
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from .fsutil import atomic_dir
+from .fsutil import atomic_dir, file_sha256
 from .modeling import load_model, load_tokenizer
 from .prompting import prompt_completion, prompt_string
 from .rollouts import read_rollouts
@@ -39,18 +39,10 @@ from .views import build_view
 log = logging.getLogger(__name__)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(spec: dict, seed: int, rollouts_path: Path, base_model: str) -> str:
     """What a checkpoint must match to be resumed: the method spec, seed, rollouts bytes, base model."""
     payload = json.dumps({"spec": spec, "seed": seed, "base": str(base_model)}, sort_keys=True)
-    return hashlib.sha256((payload + file_digest(rollouts_path)).encode()).hexdigest()[:16]
+    return hashlib.sha256((payload + file_sha256(rollouts_path)).encode()).hexdigest()[:16]
 
 
 def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int) -> Dataset:

@@ -1,0 +1,47 @@
+"""Atomic writes: results appear whole or not at all, with the usual (umask) permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from lossgeom.fsutil import atomic_dir, atomic_path, file_sha256
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_results_get_umask_permissions_not_private_temp_ones(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("y")
+    finally:
+        os.umask(umask)
+    assert _mode(tmp_path / "f.txt") == 0o644
+    assert _mode(tmp_path / "d") == 0o755
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("half")
+            raise RuntimeError
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_sha256_streams_and_names_matter(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"same")
+    b.write_bytes(b"same")
+    assert file_sha256(a) == file_sha256(b)
+    assert file_sha256(a, names=True) != file_sha256(b, names=True)
