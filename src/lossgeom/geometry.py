@@ -587,12 +587,17 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     agreement = {s: np.full((M, P), np.nan) for s in ("left", "right")}
     shapes = []
     layers = np.empty(M, dtype=np.int64)
-    buffers: dict[tuple, np.ndarray] = {}
+    buffers: dict[str, np.ndarray] = {}
 
-    def buf(shape):  # reuse scratch space across modules: avoids page-faulting fresh memory
-        if shape not in buffers:
-            buffers[shape] = np.empty(shape)
-        return buffers[shape]
+    def buf(role: str, shape: tuple[int, int]) -> np.ndarray:
+        """Scratch array for one role (``"B"``, ``"A"``, ``"left"``, ``"right"``), reused across
+        modules to avoid page-faulting fresh memory. Keyed by role, never by shape: two roles
+        alive at once (stacked B and stacked A) must never share memory, even when their shapes
+        coincide (a square module with ``d == n * r``)."""
+        b = buffers.get(role)
+        if b is None or b.shape != shape:
+            b = buffers[role] = np.empty(shape)
+        return b
 
     it = range(M)
     if progress:
@@ -610,10 +615,10 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
         R = int(offs[-1])
         # Frobenius inner products: tr((B_i^T B_j)(A_j A_i^T)) = sum((B_i^T B_j) * (A_i A_j^T)),
         # from the Grams of all adapters' factors stacked side by side (one syrk per side).
-        Bs = buf((d_out, R))
+        Bs = buf("B", (d_out, R))
         for i, m in enumerate(mods):
             Bs[:, offs[i] : offs[i + 1]] = m.B
-        As = buf((R, d_in))
+        As = buf("A", (R, d_in))
         for i, m in enumerate(mods):
             As[offs[i] : offs[i + 1]] = m.A
         GB = dsyrk(1.0, Bs.T, trans=0)  # upper triangle of Bs^T Bs; strict lower is 0
@@ -627,10 +632,15 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
         # Top-k subspaces: cosines of principal angles are the singular values of U_i^T U_j.
         for side, vecs, dim in (("left", [m.U for m in mods], d_out), ("right", [m.V for m in mods], d_in)):
             widths = [min(kk, v.shape[1], m.numerical_rank) for v, m in zip(vecs, mods)]
-            X = _stack_columns(vecs, widths, buf((dim, n * kk)))
+            X = _stack_columns(vecs, widths, buf(side, (dim, n * kk)))
             G = dsyrk(1.0, X.T, trans=0).reshape(n, kk, n, kk).transpose(0, 2, 1, 3)
-            C = G[iu]  # (P, kk, kk); columns beyond a pair's k are zero, so they add zero cosines
+            C = G[iu]  # (P, kk, kk): C[p] = X_i^T X_j
             k_pair = np.minimum(np.asarray(widths)[iu[0]], np.asarray(widths)[iu[1]])
+            # Both subspaces of a pair are k_pair-dimensional: keep only U_i[:, :k]^T U_j[:, :k].
+            # (The wider adapter's extra vectors are non-zero; left in, they would give angles
+            # between a k-dim and a wider subspace, which are too small.)
+            C[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # rows beyond k
+            C.transpose(0, 2, 1)[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # columns beyond k
             k_used[side][mi] = k_pair
             cosines[side][mi] = np.linalg.svd(C, compute_uv=False)
             agreement[side][mi] = np.where(k_pair > 0, np.abs(C[:, 0, 0]), np.nan)
