@@ -67,15 +67,18 @@ def run(loss, base_state, cfg, rows, a, out_dir):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from lossgeom.train import lora_model
-    from lossgeom.trainers import OfflineLossTrainer
+    from lossgeom.methods import LOSS_DEFAULTS, MethodSpec
+    from lossgeom.training.job import lora_model
+    from lossgeom.training.trainers import OfflineLossTrainer
 
     dtype = torch.bfloat16 if a.bf16 else torch.float32
     model = Qwen3ForCausalLM(cfg).to(dtype)
     model.load_state_dict(base_state)
-    spec = {"loss": loss, "positive_reward": 1.0, "negative_reward": -0.2, "bias": 0.1, "kl_coef": 0.0,
-            "lora": {"r": a.rank, "alpha": 2 * a.rank, "dropout": 0.0, "use_rslora": False,
-                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
+    name = "sft" if loss == "trl-sft" else loss
+    spec = MethodSpec.from_dict({
+        "method": name, "loss": name, "steps": a.steps, "save_steps": [a.steps], "analysis_step": a.steps,
+        "batch_size": a.batch_size, "learning_rate": 1e-5, **LOSS_DEFAULTS[name],
+        "lora": {"r": a.rank, "alpha": 2 * a.rank, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
     model = lora_model(model, spec, seed=42)
     if torch.cuda.is_available():
         model = model.cuda()

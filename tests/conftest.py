@@ -71,9 +71,11 @@ def tiny_rollouts(toy_world, tmp_path_factory) -> Path:
     return out
 
 
-def method_spec(loss: str, **overrides) -> dict:
-    """A resolved method spec for a tiny training run (what the train rule passes as --spec)."""
+def method_spec(loss: str, method: str = "m", **overrides):
+    """A resolved MethodSpec for a tiny training run (what the train rule passes as --spec), through
+    the same JSON round trip as the rule."""
     from lossgeom import config as cfg
+    from lossgeom.methods import MethodSpec
 
     config = {
         "seeds": [1],
@@ -84,15 +86,15 @@ def method_spec(loss: str, **overrides) -> dict:
         "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "r": 4, "alpha": 8},
         "training": {"steps": 6, "save_steps": [3, 6], "analysis_step": 3, "batch_size": 4, "learning_rate": 1e-2,
                      "checkpoint_every": 2, "max_length": 128},
-        "methods": {"m": {"loss": loss, **overrides}},
+        "methods": {method: {"loss": loss, **overrides}},
     }
     cfg.validate(config, SCHEMA)
-    return json.loads(json.dumps(cfg.method_spec(config, "m")))
+    return MethodSpec.from_dict(json.loads(MethodSpec.from_config(config, method).to_json()))
 
 
 @pytest.fixture(scope="session")
 def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
-    from lossgeom.train import train_adapter
+    from lossgeom.training.job import train_adapter
 
     root = tmp_path_factory.mktemp("adapters")
     out = {}

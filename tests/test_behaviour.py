@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lossgeom import behaviour
-from lossgeom.adapters import load_adapter
-from lossgeom.interpolation import LoraPath, alpha_grid, barrier
+from lossgeom.behaviour import accuracy, activations, cka, connectivity
+from lossgeom.geometry.adapters import load_adapter
+from lossgeom.behaviour.interpolation import LoraPath, alpha_grid, barrier
 from lossgeom.modeling import load_model
-from lossgeom.problemsets import ProblemSetError
+from lossgeom.data.problemsets import ProblemSetError
 
 TEST_SET = {"source": "toy", "split": "test", "grader": "exact"}
 
@@ -59,19 +59,19 @@ def test_path_endpoints_are_the_adapters_and_midpoints_the_dense_merge(tiny_base
 
 def test_sweep_endpoints_equal_the_adapters_own_evaluation(tiny_base, two_adapters, toy_world, tmp_path):
     kw = dict(template="{question}", max_new_tokens=8, batch_size=4)
-    sweep = behaviour.connectivity_sweep(
+    sweep = connectivity.connectivity_sweep(
         str(tiny_base), (("sft", two_adapters["sft"]), ("rift", two_adapters["rift"])), TEST_SET, toy_world,
         tmp_path / "sweep.tsv", alphas=3, limit=6, accuracy_subset=6, **kw,
     )
     assert sorted(sweep["alpha"].unique()) == [0.0, 0.5, 1.0]
     for alpha, name in ((0.0, "sft"), (1.0, "rift")):
-        own = behaviour.evaluate_model(str(tiny_base), two_adapters[name], {"toy": {**TEST_SET, "limit": 6}}, toy_world,
+        own = accuracy.evaluate_model(str(tiny_base), two_adapters[name], {"toy": {**TEST_SET, "limit": 6}}, toy_world,
                                        tmp_path / f"{name}.parquet", **kw)
         at = sweep[sweep["alpha"] == alpha].set_index("metric")["value"]
         assert at["answer_ce"] == pytest.approx(own["answer_ce"].mean(), abs=1e-5)
         assert at["solution_ce"] == pytest.approx(own["solution_ce"].mean(), abs=1e-5)
         assert at["accuracy"] == pytest.approx(own["correct"].mean())
-    summary = behaviour.connectivity_summary([tmp_path / "sweep.tsv"], tmp_path / "summary.tsv")
+    summary = connectivity.connectivity_summary([tmp_path / "sweep.tsv"], tmp_path / "summary.tsv")
     assert set(summary["metric"]) == {"answer_ce", "solution_ce", "accuracy"}
     assert (summary["barrier"] >= 0).all()
     assert (tmp_path / "curves.tsv").exists()
@@ -84,7 +84,7 @@ def test_unparsable_gold_is_counted_not_dropped(tmp_path):
     other = rows.assign(correct=[0, 0, np.nan, 1])
     rows.to_parquet(tmp_path / "m1.parquet")
     other.to_parquet(tmp_path / "m2.parquet")
-    behaviour.accuracy_statistics({"m1": tmp_path / "m1.parquet", "m2": tmp_path / "m2.parquet"}, tmp_path,
+    accuracy.accuracy_statistics({"m1": tmp_path / "m1.parquet", "m2": tmp_path / "m2.parquet"}, tmp_path,
                                   n_boot=100, mid_p=False)
     acc = pd.read_csv(tmp_path / "accuracy.tsv", sep="\t").set_index("model")
     assert acc.loc["m1", "n"] == 3 and acc.loc["m1", "n_unparsable_gold"] == 1
@@ -96,31 +96,31 @@ def test_empty_probe_or_test_set_stops(tiny_base, toy_world, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ProblemSetError, match="empty"):
-        behaviour.extract_activations(str(tiny_base), None, {"source": str(empty)}, None, tmp_path / "a.npz",
+        activations.extract_activations(str(tiny_base), None, {"source": str(empty)}, None, tmp_path / "a.npz",
                                       n_probe=4, pooling="last", template="{question}", batch_size=2)
     with pytest.raises(ProblemSetError, match="empty"):
-        behaviour.evaluate_model(str(tiny_base), None, {"t": {"source": str(empty)}}, None, tmp_path / "e.parquet",
+        accuracy.evaluate_model(str(tiny_base), None, {"t": {"source": str(empty)}}, None, tmp_path / "e.parquet",
                                  template="{question}", max_new_tokens=4, batch_size=2)
     assert not (tmp_path / "a.npz").exists() and not (tmp_path / "e.parquet").exists()
 
 
 def test_activations_shapes_and_cka_of_a_model_with_itself(tiny_base, toy_world, tmp_path):
     for pooling in ("completion_mean", "last", "mean"):
-        behaviour.extract_activations(str(tiny_base), None, TEST_SET, toy_world, tmp_path / f"{pooling}.npz",
+        activations.extract_activations(str(tiny_base), None, TEST_SET, toy_world, tmp_path / f"{pooling}.npz",
                                       n_probe=6, pooling=pooling, template="{question}", batch_size=4)
         with np.load(tmp_path / f"{pooling}.npz") as z:
             assert z["acts"].shape == (2, 6, 32)
-    table = behaviour.cka_tables({"x": tmp_path / "last.npz", "y": tmp_path / "last.npz"}, tmp_path / "cka.tsv")
+    table = cka.cka_tables({"x": tmp_path / "last.npz", "y": tmp_path / "last.npz"}, tmp_path / "cka.tsv")
     assert np.allclose(table["cka"], 1.0)
     shifted = tmp_path / "other.npz"
     with np.load(tmp_path / "last.npz") as z:
         np.savez(shifted, acts=z["acts"], ids=z["ids"][::-1], pooling=z["pooling"])
     with pytest.raises(ValueError, match="other probes"):
-        behaviour.cka_tables({"x": tmp_path / "last.npz", "y": shifted}, tmp_path / "cka2.tsv")
+        cka.cka_tables({"x": tmp_path / "last.npz", "y": shifted}, tmp_path / "cka2.tsv")
 
 
 def test_reference_solution_for_the_full_solution_ce(tmp_path):
-    from lossgeom.evaluation import gold_answer_text, reference_solution
+    from lossgeom.behaviour.evaluation import gold_answer_text, reference_solution
 
     gsm8k = pd.Series({"question": "q", "answer": "2 + 2 = 4\n#### 4"})
     assert reference_solution(gsm8k) == "2 + 2 = 4\n#### 4" and gold_answer_text(gsm8k["answer"]) == "4"
@@ -128,7 +128,7 @@ def test_reference_solution_for_the_full_solution_ce(tmp_path):
     assert reference_solution(bare) is None and gold_answer_text(bare["answer"]) == "\\frac{1}{2}"
     path = tmp_path / "p.csv"
     pd.DataFrame({"question": ["a", "b"], "answer": ["1", "2"], "solution": ["1 = 1\n#### 1", None]}).to_csv(path, index=False)
-    from lossgeom.problemsets import load_problems
+    from lossgeom.data.problemsets import load_problems
 
     rows = load_problems({"source": str(path)})
     assert [reference_solution(r) for _, r in rows.iterrows()] == ["1 = 1\n#### 1", None]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lossgeom.cka import cka_matrix
+from lossgeom.behaviour.cka import cka_matrix
 from lossgeom.figures.behaviour import (
     plot_accuracy,
     plot_cka_heatmap,
@@ -14,7 +14,7 @@ from lossgeom.figures.behaviour import (
     plot_lmc,
     plot_pairwise_pvalues,
 )
-from lossgeom.stats import accuracy_table, pairwise_tests
+from lossgeom.behaviour.stats import accuracy_table, pairwise_tests
 
 MODELS = ["SFT", "RFT", "DFT", "DPO"]
 

@@ -1,4 +1,4 @@
-"""Tests of lossgeom.cka against direct (slow) formulas and known properties."""
+"""Tests of lossgeom.behaviour.cka against direct (slow) formulas and known properties."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from lossgeom.cka import _use_gram, cka_matrix, debiased_linear_cka, linear_cka
+from lossgeom.behaviour.cka import _use_gram, cka_matrix, debiased_linear_cka, linear_cka
 
 
 def _reference_cka(X, Y):

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lossgeom.config import (
-    LOSS_DEFAULTS,
-    TRAINING_DEFAULTS,
-    ConfigError,
-    adapter_labels,
-    load,
-    method_spec,
-    parse_label,
-    validate,
-)
+from lossgeom.config import ConfigError, adapter_labels, load, parse_label, validate
+from lossgeom.methods import LOSS_DEFAULTS, TRAINING_DEFAULTS, MethodSpec, MethodSpecError
+
+
+def method_spec(config: dict, method: str) -> dict:
+    """The resolved spec as the dict the train job records (``train_info.json``)."""
+    return MethodSpec.from_config(config, method).to_dict()
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -285,3 +284,43 @@ def test_parse_label():
 def test_parse_label_bad(label):
     with pytest.raises(ValueError, match="label"):
         parse_label(label)
+
+
+# ---------------------------------------------------------------- MethodSpec
+def test_method_spec_is_typed_frozen_and_round_trips(cfg):
+    spec = MethodSpec.from_config(cfg, "dpo")
+    assert spec.beta == 0.1 and spec.lora.r == cfg["lora"]["r"] and spec.bias is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.beta = 0.2
+    again = MethodSpec.from_dict(json.loads(spec.to_json()))
+    assert again == spec and again.to_json() == spec.to_json()
+
+
+def test_method_spec_json_is_the_flat_dict_of_earlier_versions(cfg):
+    """The rule param keeps its shape, so existing results are not rerun for a new spec type."""
+    d = json.loads(MethodSpec.from_config(cfg, "grpo").to_json())
+    assert d["lora"] == {"dropout": 0.0, "use_rslora": False, **cfg["lora"]}
+    assert {"bias", "std_normalize", "kl_coef"} <= set(d) and "beta" not in d
+    assert d["method"] == "grpo" and d["checkpoint_every"] == cfg["training"]["checkpoint_every"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"loss": "ppo"}, "unknown loss 'ppo'"),
+    ({"beta": 0.3}, "'beta' does not apply to loss 'sft'"),
+    ({"save_steps": [60, 40]}, "must be sorted"),
+    ({"save_steps": [40, 600]}, "exceeds"),
+    ({"precision": "fp8"}, "precision"),
+    ({"no_such_key": 1}, "unknown spec key 'no_such_key'"),
+])
+def test_method_spec_from_dict_rejects_bad_specs_in_one_line(cfg, change, message):
+    d = {**MethodSpec.from_config(cfg, "sft").to_dict(), **change}
+    with pytest.raises(MethodSpecError, match=message) as info:
+        MethodSpec.from_dict(d)
+    assert "\n" not in str(info.value) and "'sft'" in str(info.value)
+
+
+def test_rift_spec_needs_its_rewards(cfg):
+    d = MethodSpec.from_config(cfg, "rift").to_dict()
+    del d["positive_reward"]
+    with pytest.raises(MethodSpecError, match="needs 'positive_reward'"):
+        MethodSpec.from_dict(d)

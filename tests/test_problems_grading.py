@@ -1,4 +1,4 @@
-"""Tests of the toy problem generator (lossgeom.toy.problems) and the graders (lossgeom.grading)."""
+"""Tests of the toy problem generator (lossgeom.toy.problems) and the graders (lossgeom.data.grading)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from lossgeom.grading import (
+from lossgeom.data.grading import (
     GRADERS,
     extract_hash_answer,
     get_grader,

@@ -1,4 +1,4 @@
-"""Tests of rollout import/summary (lossgeom.rollouts) and problem-set loading (lossgeom.problemsets)."""
+"""Tests of rollout import/summary (lossgeom.data.rollouts) and problem-set loading (lossgeom.data.problemsets)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lossgeom.problemsets import ProblemSetError, count_unparsable_gold, load_problems
-from lossgeom.rollouts import ROLLOUT_COLUMNS, RolloutError, import_rollouts, summarize
+from lossgeom.data.problemsets import ProblemSetError, count_unparsable_gold, load_problems
+from lossgeom.data.rollouts import ROLLOUT_COLUMNS, RolloutError, import_rollouts, summarize
 
 
 def _row(**over) -> dict:
@@ -318,7 +318,7 @@ def test_only_missing_sample_indices_are_numbered(tmp_path):
 
 
 def test_hash_answer_must_be_on_the_marker_line():
-    from lossgeom.grading import grade_exact
+    from lossgeom.data.grading import grade_exact
 
     assert grade_exact("####\n42", "42") == (None, 0.0)
     assert grade_exact("#### 42", "42") == ("42", 1.0)

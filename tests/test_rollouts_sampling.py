@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 from lossgeom.modeling import load_model, load_tokenizer
-from lossgeom.problemsets import load_problems
-from lossgeom.rollouts import ROLLOUT_COLUMNS, sample_rollouts
+from lossgeom.data.problemsets import load_problems
+from lossgeom.data.rollouts import ROLLOUT_COLUMNS
+from lossgeom.generation.sampling import sample_rollouts
 
 
 def _sample(tiny_base, toy_world, seed=0):
@@ -50,7 +51,7 @@ def test_sampler_logprobs_match_a_forward_pass(tiny_base, toy_world):
     """The stored log-probs are those of the sampling distribution (temperature 1: the model's own)."""
     import torch
 
-    from lossgeom.prompting import prompt_ids
+    from lossgeom.data.prompting import prompt_ids
 
     problems, df = _sample(tiny_base, toy_world)
     model, tok = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))

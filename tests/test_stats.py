@@ -1,4 +1,4 @@
-"""Tests of lossgeom.stats against hand-computed values."""
+"""Tests of lossgeom.behaviour.stats against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lossgeom.stats import (
+from lossgeom.behaviour.stats import (
     accuracy_table,
     bootstrap_ci,
     cochran_summary,

@@ -3,6 +3,7 @@ resumes to the same adapter, and bad runs leave nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import method_spec
-from lossgeom import trainers
-from lossgeom.train import lora_model, train_adapter
-from lossgeom.views import ViewError
+from lossgeom.training import trainers
+from lossgeom.training.job import lora_model, train_adapter
+from lossgeom.training.views import ViewError
 
 LOSSES = ["sft", "rft", "dft", "rift", "offline_grpo", "dpo"]
 
@@ -122,7 +123,7 @@ def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_base
     ],
 )
 def test_non_finite_loss_or_gradient_stops_without_adapter(tmp_path, tiny_base, tiny_rollouts, bad, what):
-    spec = {**method_spec("rift"), **bad}
+    spec = dataclasses.replace(method_spec("rift"), **bad)
     out = tmp_path / "nan" / "adapter"
     with pytest.raises(trainers.NonFiniteError, match=what):
         train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, tmp_path / "nan" / "ckpt")
@@ -143,7 +144,7 @@ def test_empty_view_stops_with_method_and_counts(tmp_path, tiny_base, tiny_rollo
 @pytest.mark.parametrize("loss", ["rift", "dpo"])
 def test_bf16_path_of_the_paper_config_trains(tmp_path, tiny_base, tiny_rollouts, loss):
     """config/paper.yaml trains in bf16 with bfloat16 weights; the same path runs on a CPU."""
-    spec = {**method_spec(loss), "precision": "bf16"}
+    spec = dataclasses.replace(method_spec(loss), precision="bf16")
     out = tmp_path / "bf16" / "adapter"
     train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, tmp_path / "bf16" / "ckpt", dtype="bfloat16")
     assert any(v.abs().sum() > 0 for k, v in _tensors(out).items() if k.endswith("lora_B.weight"))

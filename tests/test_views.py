@@ -1,4 +1,4 @@
-"""Tests of lossgeom.views on hand-built rollout tables."""
+"""Tests of lossgeom.training.views on hand-built rollout tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lossgeom.views import ViewError, build_view, dpo_pairs, grpo_advantages
+from conftest import method_spec
+from lossgeom.methods import MethodSpec, MethodSpecError
+from lossgeom.training.views import ViewError, build_view, dpo_pairs, grpo_advantages
 
 
 def _rollouts(groups: dict[str, list[int]]) -> pd.DataFrame:
@@ -28,13 +30,13 @@ def rollouts() -> pd.DataFrame:
     return _rollouts({"p1": [1, 0, 0, 0], "p2": [1, 1, 1, 1], "p3": [0, 0, 0, 0], "p4": [0, 1, 1, 0]})
 
 
-GRPO = {"loss": "offline_grpo", "bias": 0.1, "std_normalize": False}
+GRPO = method_spec("offline_grpo", bias=0.1, std_normalize=False)
 
 
 # ---------------------------------------------------------------- NLL family
 @pytest.mark.parametrize("loss", ["sft", "dft", "rift"])
 def test_all_rows_unit_weight(rollouts, loss):
-    view, counts = build_view(rollouts, {"loss": loss}, seed=0)
+    view, counts = build_view(rollouts, method_spec(loss), seed=0)
     assert len(view) == 16
     assert list(view.columns) == ["prompt_id", "prompt", "completion", "reward", "weight"]
     assert (view["weight"] == 1.0).all()
@@ -44,7 +46,7 @@ def test_all_rows_unit_weight(rollouts, loss):
 
 
 def test_rft_keeps_only_correct(rollouts):
-    view, counts = build_view(rollouts, {"loss": "rft"}, seed=0)
+    view, counts = build_view(rollouts, method_spec("rft"), seed=0)
     assert len(view) == 7
     assert (view["reward"] == 1.0).all()
     assert sorted(view["completion"]) == sorted(rollouts.loc[rollouts["reward"] == 1, "completion"])
@@ -56,14 +58,14 @@ def test_rft_keeps_only_correct(rollouts):
 def test_extra_columns_dropped_and_input_unchanged(rollouts):
     rollouts["logprobs"] = [[-0.1]] * len(rollouts)
     before = rollouts.copy()
-    view, _ = build_view(rollouts, {"loss": "sft"}, seed=0)
+    view, _ = build_view(rollouts, method_spec("sft"), seed=0)
     assert "logprobs" not in view.columns
     pd.testing.assert_frame_equal(rollouts, before)
 
 
-def test_unknown_loss(rollouts):
-    with pytest.raises(ValueError, match="unknown loss"):
-        build_view(rollouts, {"loss": "ppo"}, seed=0)
+def test_unknown_loss_never_reaches_a_view():
+    with pytest.raises(MethodSpecError, match="unknown loss 'ppo'"):
+        MethodSpec.from_dict({**method_spec("sft").to_dict(), "loss": "ppo"})
 
 
 # ---------------------------------------------------------------- GRPO advantages
@@ -119,7 +121,7 @@ def test_build_view_grpo_weights(rollouts):
 
 
 def test_build_view_grpo_std_normalize(rollouts):
-    view, _ = build_view(rollouts, {**GRPO, "bias": 0.0, "std_normalize": True}, seed=0)
+    view, _ = build_view(rollouts, method_spec("offline_grpo", bias=0.0, std_normalize=True), seed=0)
     p4 = view.loc[view["prompt_id"] == "p4", "weight"].to_numpy()
     np.testing.assert_allclose(p4, [-0.5 / 0.5001, 0.5 / 0.5001, 0.5 / 0.5001, -0.5 / 0.5001])
 
@@ -141,7 +143,7 @@ def _check_pairs(pairs: pd.DataFrame, rollouts: pd.DataFrame, per_prompt: int):
 
 
 def test_dpo_pairs_only_mixed_prompts(rollouts):
-    view, counts = build_view(rollouts, {"loss": "dpo", "pairs_per_prompt": 1}, seed=0)
+    view, counts = build_view(rollouts, method_spec("dpo", pairs_per_prompt=1), seed=0)
     assert list(view.columns) == ["prompt_id", "prompt", "chosen", "rejected"]
     assert view["prompt_id"].tolist() == ["p1", "p4"]  # in order of first appearance
     _check_pairs(view, rollouts, 1)
@@ -158,7 +160,7 @@ def test_dpo_pairs_per_prompt_cap(per_prompt):
 
 def test_dpo_default_pairs_per_prompt_is_one():
     ro = _rollouts({"a": [1, 1, 0, 0]})
-    view, _ = build_view(ro, {"loss": "dpo"}, seed=0)
+    view, _ = build_view(ro, method_spec("dpo", method="dpo"), seed=0)
     assert len(view) == 1
 
 
@@ -182,7 +184,7 @@ def test_dpo_pairs_depend_on_seed_when_there_is_a_choice():
 def test_rft_without_correct_raises():
     ro = _rollouts({"a": [0, 0], "b": [0, 0, 0]})
     with pytest.raises(ViewError) as info:
-        build_view(ro, {"loss": "rft", "method": "rft_lr1"}, seed=0)
+        build_view(ro, method_spec("rft", method="rft_lr1"), seed=0)
     msg = str(info.value)
     assert "'rft_lr1'" in msg and "rft" in msg
     assert "'rollouts': 5" in msg and "'correct': 0" in msg
@@ -191,7 +193,7 @@ def test_rft_without_correct_raises():
 def test_grpo_without_mixed_group_raises():
     ro = _rollouts({"a": [1, 1], "b": [0, 0]})
     with pytest.raises(ViewError) as info:
-        build_view(ro, {**GRPO, "method": "grpo"}, seed=0)
+        build_view(ro, method_spec("offline_grpo", method="grpo"), seed=0)
     msg = str(info.value)
     assert "'grpo'" in msg and "offline_grpo" in msg
     assert "'mixed_groups': 0" in msg and "'correct': 2" in msg and "'prompts': 2" in msg
@@ -200,7 +202,7 @@ def test_grpo_without_mixed_group_raises():
 def test_dpo_without_pair_raises():
     ro = _rollouts({"a": [1, 1], "b": [0, 0, 0]})
     with pytest.raises(ViewError) as info:
-        build_view(ro, {"loss": "dpo"}, seed=0)
+        build_view(ro, method_spec("dpo", method="dpo"), seed=0)
     msg = str(info.value)
     assert "'dpo'" in msg
     assert "'pairs': 0" in msg and "'rollouts': 5" in msg and "'correct': 2" in msg

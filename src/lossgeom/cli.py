@@ -57,10 +57,11 @@ def cmd_toy_model(a):
 def cmd_rollouts(a):
     import torch
 
+    from .data.problemsets import load_problems
+    from .data.rollouts import summarize
     from .fsutil import write_table
+    from .generation.sampling import sample_rollouts
     from .modeling import load_model, load_tokenizer
-    from .problemsets import load_problems
-    from .rollouts import sample_rollouts, summarize
 
     torch.set_num_threads(a.threads)
     problems = load_problems(a.problems, a.toy_dir)
@@ -78,8 +79,8 @@ def cmd_rollouts(a):
 
 
 def cmd_import_rollouts(a):
+    from .data.rollouts import import_rollouts, summarize
     from .fsutil import write_table
-    from .rollouts import import_rollouts, summarize
 
     df = import_rollouts(a.file)
     write_table(df, a.out)
@@ -87,9 +88,10 @@ def cmd_import_rollouts(a):
 
 
 def cmd_train(a):
-    from .train import train_adapter
+    from .methods import MethodSpec
+    from .training.job import train_adapter
 
-    info = train_adapter(a.spec, a.seed, a.rollouts, a.base, a.out, a.checkpoints, trust_remote_code=a.trust_remote_code, dtype=a.dtype)
+    info = train_adapter(MethodSpec.from_dict(a.spec), a.seed, a.rollouts, a.base, a.out, a.checkpoints, trust_remote_code=a.trust_remote_code, dtype=a.dtype)
     log.info("trained %s/seed%d: %s", info["method"], info["seed"], info["counts"])
 
 
@@ -125,20 +127,20 @@ def _adapter(text: str) -> Path | None:
 
 
 def cmd_evaluate(a):
-    from .behaviour import evaluate_model
+    from .behaviour.accuracy import evaluate_model
 
     evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
                    batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
 
 
 def cmd_eval_stats(a):
-    from .behaviour import accuracy_statistics
+    from .behaviour.accuracy import accuracy_statistics
 
     accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed)
 
 
 def cmd_lmc(a):
-    from .behaviour import connectivity_sweep
+    from .behaviour.connectivity import connectivity_sweep
 
     connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
                        accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,
@@ -146,20 +148,20 @@ def cmd_lmc(a):
 
 
 def cmd_lmc_summary(a):
-    from .behaviour import connectivity_summary
+    from .behaviour.connectivity import connectivity_summary
 
     connectivity_summary(a.sweeps, a.out)
 
 
 def cmd_activations(a):
-    from .behaviour import extract_activations
+    from .behaviour.activations import extract_activations
 
     extract_activations(a.base, a.adapter, a.test_set, a.toy_dir, a.out, n_probe=a.n_probe, pooling=a.pooling,
                         template=a.template, batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
 
 
 def cmd_cka(a):
-    from .behaviour import cka_tables
+    from .behaviour.cka import cka_tables
 
     cka_tables(dict(a.activations), a.out)
 

@@ -2,8 +2,9 @@
 each job receives.
 
 Rules never receive the whole config: Snakemake reruns a job when the repr of its params changes,
-so each job gets only the slice it uses (``method_spec`` for a training job, ``rollout_spec`` for
-sampling, ...). Changing one method's learning rate therefore reruns only that method's jobs.
+so each job gets only the slice it uses (:class:`lossgeom.methods.MethodSpec` for a training job,
+:func:`section` for the behaviour jobs, ...). Changing one method's learning rate therefore reruns
+only that method's jobs.
 """
 
 from __future__ import annotations
@@ -13,32 +14,7 @@ from pathlib import Path
 
 import yaml
 
-# Keys of ``training`` a method entry may override, and the method-only keys per loss.
-OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay")
-LOSS_KEYS = {
-    "sft": (),
-    "rft": (),
-    "dft": (),
-    "rift": ("positive_reward", "negative_reward"),
-    "offline_grpo": ("bias", "std_normalize", "kl_coef"),
-    "dpo": ("beta", "dpo_loss_type", "pairs_per_prompt"),
-}
-LOSS_DEFAULTS = {
-    "rift": {"positive_reward": 1.0, "negative_reward": -0.2},
-    "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0},
-    "dpo": {"beta": 0.1, "dpo_loss_type": "sigmoid", "pairs_per_prompt": 1},
-}
-TRAINING_DEFAULTS = {
-    "grad_accum": 1,
-    "lr_scheduler": "cosine",
-    "warmup_ratio": 0.05,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "max_length": 1024,
-    "precision": "fp32",
-    "data_seed": None,
-    "threads": 1,
-}
+from .methods import MethodSpec, MethodSpecError
 
 LABEL_RE = re.compile(r"^(?P<method>[A-Za-z0-9_-]+)/seed(?P<seed>\d+)$")
 
@@ -93,20 +69,11 @@ def validate(config: dict, schema_path: Path | str) -> dict:
 
 
 def _check_consistency(config: dict) -> None:
-    t = config["training"]
-    for name, m in config["methods"].items():
-        extra = set(m) - {"loss", "description", *OPTIM_KEYS, *LOSS_KEYS[m["loss"]]}
-        if extra:
-            raise ConfigError(
-                f"config error: methods.{name}.{sorted(extra)[0]} does not apply to loss {m['loss']!r}; "
-                f"allowed: {sorted(['loss', 'description', *OPTIM_KEYS, *LOSS_KEYS[m['loss']]])}"
-            )
-        steps = m.get("steps", t["steps"])
-        for s in [t["analysis_step"], *t["save_steps"]]:
-            if s > steps:
-                raise ConfigError(
-                    f"config error: training.analysis_step/save_steps value {s} exceeds methods.{name} steps {steps}"
-                )
+    for name in config["methods"]:
+        try:
+            MethodSpec.from_config(config, name)  # the one place a method spec is resolved and checked
+        except MethodSpecError as e:
+            raise ConfigError(f"config error: {e}") from None
     labels = set(adapter_labels(config))
     for key in ("lmc", "cka"):
         name = config.get(key, {}).get("test_set")
@@ -141,19 +108,6 @@ def load(path: Path | str, schema_path: Path | str) -> dict:
 
 
 # ---- narrow views -------------------------------------------------------------------------------
-
-
-def method_spec(config: dict, method: str) -> dict:
-    """Everything a training job of ``method`` depends on: its loss and hyperparameters (method keys
-    over training defaults over built-in defaults), the LoRA recipe, and the save schedule."""
-    m = config["methods"][method]
-    spec = {**TRAINING_DEFAULTS, **config["training"], **LOSS_DEFAULTS.get(m["loss"], {})}
-    spec.update({k: v for k, v in m.items() if k != "description"})
-    spec["method"] = method
-    spec["lora"] = {"dropout": 0.0, "use_rslora": False, **config["lora"]}
-    spec["save_steps"] = sorted(set(spec["save_steps"]) | {spec["analysis_step"]})
-    spec["prompt_template"] = config["model"].get("prompt_template", "{question}")
-    return spec
 
 
 def adapter_labels(config: dict) -> list[str]:

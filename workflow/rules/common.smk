@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from lossgeom import config as cfg
+from lossgeom.methods import MethodSpec
 
 # One line naming the key and what was expected, before any job is scheduled.
 try:

@@ -9,7 +9,7 @@ rule train:
     output:
         directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
     params:
-        spec=lambda w: as_json(cfg.method_spec(config, w.method)),
+        spec=lambda w: MethodSpec.from_config(config, w.method).to_json(),
         base=model_arg("base"),
         checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}",
         dtype=DTYPE,

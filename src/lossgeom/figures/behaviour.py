@@ -1,7 +1,7 @@
 """Figures for the behavioural analyses (4-6 of PAPER.md): accuracy, McNemar p-values, LMC, CKA.
 
-Every public function takes tidy DataFrames (the outputs of :mod:`lossgeom.stats`,
-:mod:`lossgeom.cka`, or an LMC table) and an output path ending in ``.png``; it writes that PNG
+Every public function takes tidy DataFrames (the outputs of :mod:`lossgeom.behaviour.stats`,
+:mod:`lossgeom.behaviour.cka`, or an LMC table) and an output path ending in ``.png``; it writes that PNG
 and a PDF of the same figure beside it (same stem, ``.pdf``), and returns both paths.
 
 Implementation notes
@@ -55,7 +55,7 @@ def plot_accuracy(
 
     Parameters
     ----------
-    table : DataFrame as returned by :func:`lossgeom.stats.accuracy_table`: one row per model
+    table : DataFrame as returned by :func:`lossgeom.behaviour.stats.accuracy_table`: one row per model
         (model name in the index, or in a ``model`` column), columns ``accuracy``, ``ci_low``,
         ``ci_high`` as fractions in [0, 1]; an optional ``n`` column (items) goes in the title.
         Bars keep the row order.
@@ -112,7 +112,7 @@ def plot_pairwise_pvalues(
 
     Parameters
     ----------
-    pairwise : DataFrame as returned by :func:`lossgeom.stats.pairwise_tests` (columns
+    pairwise : DataFrame as returned by :func:`lossgeom.behaviour.stats.pairwise_tests` (columns
         ``model_a``, ``model_b`` and ``column``); each unordered pair once. Models keep their order
         of first appearance. Pairs absent from the frame and the diagonal are left blank.
     column : which p-value column to show (``"p_holm"`` or ``"p"``).
@@ -165,7 +165,7 @@ def plot_lmc(
     Parameters
     ----------
     curves : long DataFrame with columns ``pair`` (label, e.g. ``"SFT→GRPO"``), ``alpha``
-        (float in [0, 1]; the project's convention, lossgeom.interpolation: alpha = 0 is model a,
+        (float in [0, 1]; the project's convention, lossgeom.behaviour.interpolation: alpha = 0 is model a,
         alpha = 1 model b),
         ``metric`` (name) and ``value``. Rows repeated for the same (pair, alpha, metric) are
         averaged. Panels follow the metrics' order of first appearance; pairs keep one colour
@@ -217,7 +217,7 @@ def plot_cka_profiles(
 
     Parameters
     ----------
-    cka : long DataFrame from :func:`lossgeom.cka.cka_matrix` (columns ``model_a``, ``model_b``,
+    cka : long DataFrame from :func:`lossgeom.behaviour.cka.cka_matrix` (columns ``model_a``, ``model_b``,
         ``layer`` and ``column``). Rows with ``reference`` on either side (self pair excluded)
         are used; the other model's name labels the line.
     reference : the model every line is compared against (e.g. ``"SFT"``).
@@ -261,7 +261,7 @@ def plot_cka_heatmap(
 
     Parameters
     ----------
-    cka : long DataFrame from :func:`lossgeom.cka.cka_matrix`; rows with ``layer == layer`` are
+    cka : long DataFrame from :func:`lossgeom.behaviour.cka.cka_matrix`; rows with ``layer == layer`` are
         used. Self pairs (present in ``cka_matrix`` output) fill the diagonal; a missing self pair
         is drawn as 1 for ``"cka"`` and left blank otherwise. Missing cross pairs are blank.
     layer : layer index (the ``layer`` column value).

@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from ..prompting import prompt_completion
+from ..data.prompting import prompt_completion
 from ..fsutil import atomic_dir
 
 log = logging.getLogger(__name__)

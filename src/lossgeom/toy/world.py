@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..fsutil import atomic_dir
-from ..prompting import prompt_string
+from ..data.prompting import prompt_string
 from .problems import generate_splits
 from .tokenizer import build_tokenizer
 

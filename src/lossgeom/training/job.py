@@ -29,19 +29,20 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from .fsutil import atomic_dir, file_sha256
-from .modeling import load_model, load_tokenizer
-from .prompting import prompt_completion, prompt_string
-from .rollouts import read_rollouts
+from ..fsutil import atomic_dir, file_sha256
+from ..modeling import load_model, load_tokenizer
+from ..data.prompting import prompt_completion, prompt_string
+from ..data.rollouts import read_rollouts
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .views import build_view
+from ..methods import MethodSpec
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(spec: dict, seed: int, rollouts_path: Path, base_model: str) -> str:
+def fingerprint(spec: MethodSpec, seed: int, rollouts_path: Path, base_model: str) -> str:
     """What a checkpoint must match to be resumed: the method spec, seed, rollouts bytes, base model."""
-    payload = json.dumps({"spec": spec, "seed": seed, "base": str(base_model)}, sort_keys=True)
+    payload = json.dumps({"spec": spec.to_dict(), "seed": seed, "base": str(base_model)}, sort_keys=True)
     return hashlib.sha256((payload + file_sha256(rollouts_path)).encode()).hexdigest()[:16]
 
 
@@ -69,45 +70,43 @@ def pairs_dataset(view: pd.DataFrame, tokenizer, template: str) -> Dataset:
     )
 
 
-def _common_args(spec: dict, seed: int, ckpt_dir: Path) -> dict:
-    data_seed = spec["data_seed"] if spec.get("data_seed") is not None else seed
-    bf16 = spec["precision"] == "bf16"
+def _common_args(spec: MethodSpec, seed: int, ckpt_dir: Path) -> dict:
     return dict(
         output_dir=str(ckpt_dir),
-        max_steps=spec["steps"],
-        per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=spec["grad_accum"],
-        learning_rate=spec["learning_rate"],
-        lr_scheduler_type=spec["lr_scheduler"],
-        warmup_steps=spec["warmup_ratio"],  # a float < 1 is a ratio of max_steps in transformers 5
-        weight_decay=spec["weight_decay"],
-        max_grad_norm=spec["max_grad_norm"],
+        max_steps=spec.steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.lr_scheduler,
+        warmup_steps=spec.warmup_ratio,  # a float < 1 is a ratio of max_steps in transformers 5
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
         seed=seed,
-        data_seed=data_seed,
-        bf16=bf16,
+        data_seed=spec.data_order_seed(seed),
+        bf16=spec.precision == "bf16",
         logging_steps=1,
         save_strategy="steps",
-        save_steps=spec.get("checkpoint_every", max(1, spec["steps"] // 4)),
+        save_steps=spec.checkpoint_interval,
         save_total_limit=1,
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        max_length=spec["max_length"],
+        max_length=spec.max_length,
         remove_unused_columns=False,
     )
 
 
-def lora_model(base, spec: dict, seed: int):
-    """Wrap ``base`` in the attention-only LoRA of ``spec['lora']``, initialised from ``seed``."""
+def lora_model(base, spec: MethodSpec, seed: int):
+    """Wrap ``base`` in the attention-only LoRA of ``spec.lora``, initialised from ``seed``."""
     from peft import LoraConfig, get_peft_model
 
-    lc = spec["lora"]
+    lc = spec.lora
     cfg = LoraConfig(
-        r=lc["r"],
-        lora_alpha=lc["alpha"],
-        lora_dropout=lc["dropout"],
-        target_modules=list(lc["target_modules"]),
-        use_rslora=lc["use_rslora"],
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.target_modules),
+        use_rslora=lc.use_rslora,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -129,14 +128,14 @@ def last_checkpoint(ckpt_dir: Path, fp: str) -> str | None:
 
 
 def train_adapter(
-    spec: dict, seed: int, rollouts_path: Path, base_model: str, out_dir: Path, ckpt_dir: Path, *, trust_remote_code=False, dtype="float32"
+    spec: MethodSpec, seed: int, rollouts_path: Path, base_model: str, out_dir: Path, ckpt_dir: Path, *, trust_remote_code=False, dtype="float32"
 ) -> dict:
     """Train one adapter as described in the module docstring; returns ``train_info``."""
-    torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(spec.threads)
     rollouts = read_rollouts(rollouts_path)
-    data_seed = spec["data_seed"] if spec.get("data_seed") is not None else seed
+    data_seed = spec.data_order_seed(seed)
     view, counts = build_view(rollouts, spec, data_seed)
-    log.info("method %s seed %d: %s", spec["method"], seed, counts)
+    log.info("method %s seed %d: %s", spec.method, seed, counts)
     tokenizer = load_tokenizer(base_model, trust_remote_code)
     model = lora_model(load_model(base_model, dtype, trust_remote_code), spec, seed)
     fp = fingerprint(spec, seed, Path(rollouts_path), base_model)
@@ -144,13 +143,13 @@ def train_adapter(
     if resume:
         log.info("resuming from %s", resume)
     saves = Path(ckpt_dir) / "saved"
-    callbacks = [FiniteGradCallback(), SaveAdapterCallback(spec["save_steps"], saves), MetricsCallback()]
-    if spec["loss"] == "dpo":
+    callbacks = [FiniteGradCallback(), SaveAdapterCallback(spec.save_steps, saves), MetricsCallback()]
+    if spec.loss == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**_common_args(spec, seed, Path(ckpt_dir)), beta=spec["beta"], loss_type=[spec["dpo_loss_type"]])
+        args = DPOConfig(**_common_args(spec, seed, Path(ckpt_dir)), beta=spec.beta, loss_type=[spec.dpo_loss_type])
         trainer = DPOTrainer(
-            model=model, args=args, train_dataset=pairs_dataset(view, tokenizer, spec["prompt_template"]),
+            model=model, args=args, train_dataset=pairs_dataset(view, tokenizer, spec.prompt_template),
             processing_class=tokenizer, callbacks=callbacks,
         )
     else:
@@ -159,33 +158,33 @@ def train_adapter(
         args = SFTConfig(
             **_common_args(spec, seed, Path(ckpt_dir)),
             completion_only_loss=True,
-            loss_type="dft" if spec["loss"] == "dft" else "nll",
+            loss_type="dft" if spec.loss == "dft" else "nll",
         )
         trainer = OfflineLossTrainer(
-            model=model, args=args, train_dataset=tokenize_view(view, tokenizer, spec["prompt_template"], spec["max_length"]),
+            model=model, args=args, train_dataset=tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length),
             processing_class=tokenizer, callbacks=callbacks, loss_spec=spec,
         )
     trainer.train(resume_from_checkpoint=resume)
     info = {
-        "method": spec["method"],
-        "loss": spec["loss"],
+        "method": spec.method,
+        "loss": spec.loss,
         "seed": seed,
         "init_seed": seed,
         "data_seed": data_seed,
-        "analysis_step": spec["analysis_step"],
-        "save_steps": spec["save_steps"],
+        "analysis_step": spec.analysis_step,
+        "save_steps": list(spec.save_steps),
         "counts": counts,
         "base_model": str(base_model),
         "fingerprint": fp,
         "resumed_from": resume,
-        "spec": spec,
+        "spec": spec.to_dict(),
     }
     with atomic_dir(out_dir) as tmp:
-        analysis = saves / f"step{spec['analysis_step']}"
+        analysis = saves / f"step{spec.analysis_step}"
         for f in analysis.iterdir():
             shutil.copy2(f, tmp / f.name)
-        for step in spec["save_steps"]:
-            if step != spec["analysis_step"]:
+        for step in spec.save_steps:
+            if step != spec.analysis_step:
                 shutil.copytree(saves / f"step{step}", tmp / f"step{step}")
         metrics_table(trainer.state.log_history).to_csv(tmp / "metrics.tsv", sep="\t", index=False, float_format="%.8g")
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))

@@ -24,7 +24,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from .fsutil import file_sha256
+from ..fsutil import file_sha256
 
 __all__ = [
     "AdapterMismatchError",

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .grading import extract_hash_answer, get_grader
-from .prompting import prompt_completion, prompt_ids, right_padded
+from ..data.grading import extract_hash_answer, get_grader
+from ..data.prompting import prompt_completion, prompt_ids, right_padded
 
 
 def gold_answer_text(gold: str) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..methods import MethodSpec
+
 
 class ViewError(ValueError):
     """The rollouts give a method nothing to train on; the message has the method and the counts."""
@@ -61,14 +63,14 @@ def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.Da
     return pd.DataFrame(out, columns=["prompt_id", "prompt", "chosen", "rejected"])
 
 
-def build_view(rollouts: pd.DataFrame, spec: dict, seed: int) -> tuple[pd.DataFrame, dict]:
-    """The rows ``spec['loss']`` trains on, and the counts to log.
+def build_view(rollouts: pd.DataFrame, spec: MethodSpec, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The rows ``spec.loss`` trains on, and the counts to log.
 
     Returns (view, counts). For the NLL family the view has columns prompt_id, prompt, completion,
     reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise); for DPO it has
     prompt, chosen, rejected. ``seed`` drives the DPO pairing rule.
     """
-    loss, method = spec["loss"], spec.get("method", spec["loss"])
+    loss, method = spec.loss, spec.method
     per_prompt = rollouts.groupby("prompt_id")["reward"].mean()
     counts = {
         "rollouts": int(len(rollouts)),
@@ -78,7 +80,7 @@ def build_view(rollouts: pd.DataFrame, spec: dict, seed: int) -> tuple[pd.DataFr
     }
     base = rollouts[["prompt_id", "prompt", "completion", "reward"]].reset_index(drop=True)
     if loss == "dpo":
-        view = dpo_pairs(rollouts, spec.get("pairs_per_prompt", 1), seed)
+        view = dpo_pairs(rollouts, spec.pairs_per_prompt, seed)
         counts["pairs"] = int(len(view))
         if view.empty:
             raise ViewError(f"method {method!r} (dpo): no (correct, incorrect) pair in the rollouts; counts {counts}")
@@ -93,7 +95,7 @@ def build_view(rollouts: pd.DataFrame, spec: dict, seed: int) -> tuple[pd.DataFr
         if counts["mixed_groups"] == 0:
             raise ViewError(f"method {method!r} (offline_grpo): no prompt has both correct and incorrect rollouts; counts {counts}")
         view = base.copy()
-        view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], spec["bias"], spec["std_normalize"])
+        view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], spec.bias, spec.std_normalize)
     else:
         raise ValueError(f"unknown loss {loss!r}")
     if "weight" not in view:

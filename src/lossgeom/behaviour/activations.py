@@ -14,13 +14,18 @@ The result is float32 (n_layers, n_probes, hidden) with layer l the output of tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..data.problemsets import load_problems
+from ..fsutil import atomic_path
+from ..modeling import load_tokenizer, model_with_adapter
 from .evaluation import reference_solution
-from .prompting import prompt_completion, right_padded
+from ..data.prompting import prompt_completion, right_padded
 
 POOLINGS = ("completion_mean", "last", "mean")
 
@@ -58,3 +63,17 @@ def hidden_states(model, tokenizer, problems: pd.DataFrame, *, template: str, po
         pooled = torch.stack([torch.einsum("bt,btd->bd", weights, h.float()) for h in hs])
         layers.append(pooled.cpu().numpy())
     return np.concatenate(layers, axis=1).astype(np.float32)
+
+
+def extract_activations(
+    base: str, adapter: Path | None, test_set: dict, toy_dir: Path | None, out: Path, *, n_probe: int, pooling: str,
+    template: str, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False,
+) -> None:
+    """Pooled per-layer hidden states of one (merged) model on the probe set; writes the npz."""
+    problems = load_problems({**test_set, "limit": n_probe}, toy_dir)
+    model = model_with_adapter(base, adapter, dtype, trust_remote_code)
+    tokenizer = load_tokenizer(base, trust_remote_code)
+    acts = hidden_states(model, tokenizer, problems, template=template, pooling=pooling, batch_size=batch_size)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, acts=acts, ids=problems["id"].to_numpy(dtype=str), pooling=np.array(pooling))

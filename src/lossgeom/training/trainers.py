@@ -5,7 +5,7 @@ and the callbacks every training job uses (DPO runs on TRL's DPOTrainer with the
 numbers, ``row_weight`` (GRPO advantage; 1 otherwise) and ``row_reward`` (0/1). SFT, RFT and DFT
 defer to TRL's own ``compute_loss`` (``loss_type="nll"`` / ``"dft"``); RIFT and Offline GRPO run the
 same fused forward (TRL's fused LM head: per-token log-probs without materialising the logits)
-and apply ``lossgeom.losses``.
+and apply ``lossgeom.training.losses``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from ..methods import MethodSpec
 from . import losses
 
 ROW_FIELDS = ("row_weight", "row_reward")
@@ -40,9 +41,9 @@ class RowFieldsCollator:
 
 
 class OfflineLossTrainer(SFTTrainer):
-    """SFTTrainer with the offline losses of this study; ``loss_spec`` is the method's spec dict."""
+    """SFTTrainer with the offline losses of this study; ``loss_spec`` is the method's spec."""
 
-    def __init__(self, *args, loss_spec: dict, **kwargs):
+    def __init__(self, *args, loss_spec: MethodSpec, **kwargs):
         self.loss_spec = loss_spec
         super().__init__(*args, **kwargs)
         self.data_collator = RowFieldsCollator(self.data_collator)
@@ -54,7 +55,7 @@ class OfflineLossTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("row_weight")
         rewards = inputs.pop("row_reward")
-        name = self.loss_spec["loss"]
+        name = self.loss_spec.loss
         if name in ("sft", "rft", "dft"):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
@@ -66,16 +67,16 @@ class OfflineLossTrainer(SFTTrainer):
             logp = outputs.log_probs
             if name == "rift":
                 loss = losses.rift_loss(
-                    logp, mask, rewards.to(logp.device), self.loss_spec["positive_reward"],
-                    self.loss_spec["negative_reward"], num_tokens,
+                    logp, mask, rewards.to(logp.device), self.loss_spec.positive_reward,
+                    self.loss_spec.negative_reward, num_tokens,
                 )
             elif name == "offline_grpo":
                 ref_logp = None
-                if self.loss_spec.get("kl_coef", 0) > 0:
+                if self.loss_spec.kl_coef > 0:
                     with torch.no_grad(), model.disable_adapter():
                         ref_logp = model(**inputs, fused_lm_head=True).log_probs
                 loss = losses.offline_grpo_loss(
-                    logp, mask, weights.to(logp.device), num_tokens, ref_logp, self.loss_spec.get("kl_coef", 0.0)
+                    logp, mask, weights.to(logp.device), num_tokens, ref_logp, self.loss_spec.kl_coef
                 )
             else:
                 raise ValueError(f"OfflineLossTrainer cannot train loss {name!r}")

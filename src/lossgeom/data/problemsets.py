@@ -14,12 +14,16 @@ GSM8K (question/answer), DeepScaleR (problem/answer) and AIME files all load wit
 
 from __future__ import annotations
 
+import logging
+
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from .grading import parse_gold
+
+log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 
@@ -110,3 +114,13 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
 def count_unparsable_gold(problems: pd.DataFrame) -> int:
     """How many rows have a gold answer that is not a plain number (reported, never silently dropped)."""
     return int(sum(parse_gold(a) is None for a in problems["answer"]))
+
+
+def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> pd.DataFrame:
+    """:func:`load_problems`, logging how many gold answers are not plain numbers."""
+    problems = load_problems(spec, toy_dir)
+    bad = count_unparsable_gold(problems)
+    if bad:
+        log.warning("test set %s: %d of %d gold answers are not plain numbers (graded by %s; unparsable ones are reported)",
+                    name, bad, len(problems), spec.get("grader", "exact"))
+    return problems

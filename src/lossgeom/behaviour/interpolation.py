@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .adapters import LoraAdapter, canonical_module_name, check_compatible
-from .lowrank import interpolate
+from ..geometry.adapters import LoraAdapter, canonical_module_name, check_compatible
+from ..geometry.lowrank import interpolate
 
 
 def alpha_grid(n: int) -> np.ndarray:

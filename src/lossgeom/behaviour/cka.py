@@ -31,12 +31,15 @@ functions return NaN there rather than raising, so one dead layer does not stop 
 from __future__ import annotations
 
 from itertools import combinations_with_replacement
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["linear_cka", "debiased_linear_cka", "cka_matrix"]
+from ..fsutil import write_table
+
+__all__ = ["linear_cka", "debiased_linear_cka", "cka_matrix", "cka_tables"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,3 +221,17 @@ def _prepare(X: np.ndarray, Y: np.ndarray, min_n: int) -> tuple[np.ndarray, np.n
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("X and Y must be finite")
     return x - x.mean(axis=0), y - y.mean(axis=0)
+
+
+def cka_tables(activations: dict[str, Path], out: Path) -> pd.DataFrame:
+    """Linear and debiased CKA of every model pair (base included), per layer; writes the table."""
+    acts, ids = {}, None
+    for label, path in activations.items():
+        with np.load(path) as z:
+            if ids is not None and not np.array_equal(ids, z["ids"]):
+                raise ValueError(f"activations {path} were taken on other probes than the first model's")
+            ids = z["ids"]
+            acts[label] = z["acts"].astype(np.float64)
+    table = cka_matrix(acts)
+    write_table(table, out)
+    return table

@@ -1,0 +1,72 @@
+"""The accuracy jobs: greedy pass@1 and cross-entropies of one model (the base or one adapter),
+and the statistics over all models (bootstrap CIs, exact McNemar with Holm, Cochran's Q).
+
+Evaluation parquet (one per model): test_set, id, correct (0/1; NaN where the gold is unparsable),
+extracted, completion, gold_ok, answer_ce, solution_ce (nats/token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.problemsets import load_test_set
+from ..fsutil import atomic_path, write_table
+from ..modeling import load_tokenizer, model_with_adapter
+from .evaluation import cross_entropies, greedy_pass_at_1
+from .stats import accuracy_table, cochran_summary, pairwise_tests
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_model(
+    base: str, adapter: Path | None, test_sets: dict, toy_dir: Path | None, out: Path, *, template: str,
+    max_new_tokens: int, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False,
+) -> pd.DataFrame:
+    """Greedy pass@1 and cross-entropies of one model on every test set; writes the evaluation parquet."""
+    model = model_with_adapter(base, adapter, dtype, trust_remote_code)
+    tokenizer = load_tokenizer(base, trust_remote_code)
+    frames = []
+    for name, spec in test_sets.items():
+        problems = load_test_set(spec, toy_dir, name)
+        graded = greedy_pass_at_1(model, tokenizer, problems, grader=spec.get("grader", "exact"), template=template,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"evaluate {name}")
+        ce = cross_entropies(model, tokenizer, problems, template=template, batch_size=batch_size)
+        frames.append(graded.merge(ce, on="id").assign(test_set=name))
+        log.info("%s on %s: pass@1 %.3f over %d items (%d unparsable gold)", adapter or "base", name,
+                 graded["correct"].mean(), graded["gold_ok"].sum(), (~graded["gold_ok"]).sum())
+    df = pd.concat(frames, ignore_index=True)
+    df = df[["test_set", "id", "correct", "extracted", "completion", "gold_ok", "answer_ce", "solution_ce"]]
+    write_table(df, out)
+    return df
+
+
+def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0) -> None:
+    """Per test set: accuracy with bootstrap CIs, exact McNemar for every pair with Holm correction,
+    Cochran's Q. Writes ``accuracy.tsv``, ``pairwise.tsv``, ``cochran.json`` into ``out_dir``."""
+    frames = {m: pd.read_parquet(p) for m, p in evaluations.items()}
+    test_sets = list(dict.fromkeys(t for df in frames.values() for t in df["test_set"]))
+    acc, pairs, cochran = [], [], {}
+    for t in test_sets:
+        per_model = {m: df[df["test_set"] == t].set_index("id") for m, df in frames.items()}
+        first = next(iter(per_model.values()))
+        gold_ok = first["gold_ok"].astype(bool)
+        unparsable = int((~gold_ok).sum())
+        if gold_ok.sum() == 0:
+            raise ValueError(f"test set {t!r}: no item has a parsable gold answer ({len(gold_ok)} items)")
+        correct = pd.DataFrame({m: df.loc[gold_ok.index[gold_ok], "correct"].astype(int) for m, df in per_model.items()})
+        a = accuracy_table(correct, n_boot=n_boot, seed=seed).reset_index()
+        a.insert(0, "test_set", t)
+        a["n_unparsable_gold"] = unparsable
+        acc.append(a)
+        p = pairwise_tests(correct, mid_p=mid_p)
+        p.insert(0, "test_set", t)
+        pairs.append(p)
+        cochran[t] = {**cochran_summary(correct), "n_unparsable_gold": unparsable}
+    write_table(pd.concat(acc, ignore_index=True), out_dir / "accuracy.tsv")
+    write_table(pd.concat(pairs, ignore_index=True), out_dir / "pairwise.tsv")
+    with atomic_path(out_dir / "cochran.json") as tmp:
+        tmp.write_text(json.dumps(cochran, indent=2, default=float))

@@ -1,0 +1,130 @@
+"""The package's shape: one subpackage per stage of the DAG, no import cycles, small modules."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "src" / "lossgeom"
+MAX_LINES = 500
+# stage subpackage -> the rule file that calls it
+STAGES = {"toy": "toy.smk", "generation": "rollouts.smk", "training": "train.smk", "geometry": "geometry.smk",
+          "behaviour": "behaviour.smk"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def intra_package_imports(path: Path) -> set[str]:
+    """Modules of lossgeom that ``path`` imports at any level (module top or inside functions)."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("lossgeom"):
+                out.add(target)
+                for alias in node.names:  # ``from . import lowrank`` imports a module
+                    out.add(f"{target}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("lossgeom")}
+    return out
+
+
+def module_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        deps = {d for d in intra_package_imports(path) if d in files and d != name}
+        # a package's own __init__ importing its submodules is not a cycle through the package
+        graph[name] = {d for d in deps if not (path.name == "__init__.py" and d.startswith(name + "."))}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles():
+    graph = module_graph()
+    assert len(graph) > 30
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_ground_floor_does_not_import_stages():
+    """config, methods, fsutil, devices, modeling and data/ sit below every stage."""
+    graph = module_graph()
+    floor = ["lossgeom.config", "lossgeom.methods", "lossgeom.fsutil", "lossgeom.devices", "lossgeom.modeling"]
+    floor += [m for m in graph if m.startswith("lossgeom.data")]
+    for m in floor:
+        stages = {d for d in graph[m] if d.split(".")[1] in STAGES}
+        assert not stages, f"{m} imports stage modules {sorted(stages)}"
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_modules_stay_small(path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+@pytest.mark.parametrize("stage, rule_file", sorted(STAGES.items()))
+def test_stage_subpackages_name_their_rule_file(stage, rule_file):
+    doc = ast.get_docstring(ast.parse((PKG / stage / "__init__.py").read_text()))
+    assert doc and f"workflow/rules/{rule_file}" in doc
+    assert (ROOT / "workflow" / "rules" / rule_file).is_file()
+
+
+def test_every_rule_file_has_a_subpackage():
+    rule_files = {p.name for p in (ROOT / "workflow" / "rules").glob("*.smk")} - {"common.smk"}
+    assert rule_files == set(STAGES.values())
+
+
+def test_cli_subcommands_are_unchanged():
+    """The public CLI: subcommand names used by the rules all exist in the parser."""
+    from lossgeom.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    used = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        used |= set(re.findall(r'"lossgeom ([a-z-]+)', smk.read_text()))
+    assert used and used <= set(sub.choices)
