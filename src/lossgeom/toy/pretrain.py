@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
-    """A Qwen3 config from the ``toy.models.<name>`` entry: hidden_size, layers, heads, kv_heads, mlp_ratio."""
+    """A Qwen3 config from the ``toy.models.<name>`` entry: hidden_size, layers, heads, kv_heads,
+    head_dim (default ``hidden_size / heads``; Qwen3 allows ``heads * head_dim != hidden_size``), mlp_ratio."""
     hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
-    if hidden % heads:
-        raise ValueError(f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    if "head_dim" not in spec and hidden % heads:
+        raise ValueError(f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim")
     return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -34,7 +35,7 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
         num_hidden_layers=spec["num_layers"],
         num_attention_heads=heads,
         num_key_value_heads=spec["num_key_value_heads"],
-        head_dim=hidden // heads,
+        head_dim=spec.get("head_dim", hidden // heads),
         max_position_embeddings=spec.get("max_position_embeddings", 256),
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
