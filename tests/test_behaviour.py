@@ -12,7 +12,8 @@ import torch
 
 from lossgeom.behaviour import accuracy, activations, cka, connectivity
 from lossgeom.geometry.adapters import load_adapter
-from lossgeom.behaviour.interpolation import LoraPath, alpha_grid, barrier
+from lossgeom.behaviour.interpolation import alpha_grid, barrier
+from lossgeom.generation.adapters import LoraPath
 from lossgeom.modeling import load_model
 from lossgeom.data.problemsets import ProblemSetError
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lossgeom.modeling import load_model, load_tokenizer
 from lossgeom.data.problemsets import load_problems
 from lossgeom.data.rollouts import ROLLOUT_COLUMNS
+from lossgeom.generation.hf import HFEngine
 from lossgeom.generation.sampling import sample_rollouts
+from lossgeom.modeling import load_model, load_tokenizer
 
 
 def _sample(tiny_base, toy_world, seed=0):
     problems = load_problems({"source": "toy", "split": "train", "limit": 5}, toy_world)
-    model, tok = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
-    return problems, sample_rollouts(model, tok, problems, k=3, temperature=1.0, max_new_tokens=12, grader="exact",
-                                     batch_size=2, seed=seed, source="tiny")
+    engine = HFEngine(str(tiny_base), batch_size=2)
+    return problems, sample_rollouts(engine, problems, k=3, temperature=1.0, max_new_tokens=12, grader="exact",
+                                     seed=seed, source="tiny")
 
 
 def test_rollout_table_schema_and_counts(tiny_base, toy_world):

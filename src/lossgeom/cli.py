@@ -55,26 +55,37 @@ def cmd_toy_model(a):
 
 
 def cmd_rollouts(a):
-    import torch
-
     from .data.problemsets import load_problems
     from .data.rollouts import summarize
     from .fsutil import write_table
+    from .generation.backends import open_engine
+    from .generation.engine import GenerationSpec, Sampling
     from .generation.sampling import sample_rollouts
-    from .modeling import load_model, load_tokenizer
 
-    torch.set_num_threads(a.threads)
     problems = load_problems(a.problems, a.toy_dir)
-    spec = a.spec
-    model = load_model(a.model, a.dtype, a.trust_remote_code)
-    tokenizer = load_tokenizer(a.model, a.trust_remote_code)
-    df = sample_rollouts(
-        model, tokenizer, problems, k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0),
-        max_new_tokens=spec["max_new_tokens"], grader=spec.get("grader", "exact"), template=a.template,
-        batch_size=spec.get("batch_size", 32), seed=spec.get("seed", 0),
-        source=f"{a.model} T={spec['temperature']} k={spec['k']}",
-    )
+    spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
+    kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
+              grader=spec.get("grader", "exact"), template=a.template, seed=spec.get("seed", 0))
+    if gen.backend == "openai":
+        from .generation.openai_api import ApiTeacher, Journal, fingerprint
+
+        if a.journal is None:
+            raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
+        teacher = ApiTeacher(gen.openai)
+        sampling = Sampling(max_new_tokens=kw["max_new_tokens"], n=kw["k"], temperature=kw["temperature"],
+                            top_p=kw["top_p"], seed=kw["seed"], logprobs=True)
+        journal = Journal(a.journal, fingerprint(gen.openai, sampling, a.template,
+                                                 list(zip(problems["id"].astype(str), problems["question"]))))
+        df = sample_rollouts(teacher, problems, **kw, journal=journal,
+                             source=f"{teacher.source} T={spec['temperature']} k={spec['k']}")
+    else:
+        with open_engine(gen, a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                         batch_size=spec.get("batch_size", 32)) as engine:
+            suffix = "" if engine.name == "hf" else f" ({engine.name})"
+            df = sample_rollouts(engine, problems, **kw, source=f"{a.model} T={spec['temperature']} k={spec['k']}{suffix}")
     write_table(df, a.out)
+    if gen.backend == "openai":
+        journal.remove()  # everything is in the table now
     log.info("rollouts: %s", summarize(df))
 
 
@@ -129,8 +140,11 @@ def _adapter(text: str) -> Path | None:
 def cmd_evaluate(a):
     from .behaviour.accuracy import evaluate_model
 
+    from .generation.engine import GenerationSpec
+
     evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
-                   batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+                   batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                   generation=GenerationSpec.from_dict(a.generation))
 
 
 def cmd_eval_stats(a):
@@ -141,10 +155,12 @@ def cmd_eval_stats(a):
 
 def cmd_lmc(a):
     from .behaviour.connectivity import connectivity_sweep
+    from .generation.engine import GenerationSpec
 
     connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
                        accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,
-                       batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+                       batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                       generation=GenerationSpec.from_dict(a.generation))
 
 
 def cmd_lmc_summary(a):
@@ -204,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--trust-remote-code", action="store_true")
         sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
 
+    def generation_opts(sp):
+        sp.add_argument("--generation", type=_json, default=None,
+                        help='the stage\'s generation spec as JSON, e.g. {"backend": "vllm"} (default: hf)')
+
     sp = add("toy-world", cmd_toy_world, "generate the toy problems and tokenizer")
     sp.add_argument("--spec", type=_json, required=True, help="the config's toy section, as JSON")
     sp.add_argument("--out", type=Path, required=True)
@@ -223,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
     sp.add_argument("--template", default="{question}")
     sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
+    generation_opts(sp)
+    sp.add_argument("--journal", type=Path, default=None,
+                    help="openai backend: JSONL of completed requests, kept across restarts (outside --out)")
     model_opts(sp)
 
     sp = add("import-rollouts", cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
@@ -266,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--max-new-tokens", type=int, default=256)
+    generation_opts(sp)
     run_opts(sp, "--test-sets")
 
     sp = add("eval-stats", cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
@@ -282,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=100, help="test items for the cross-entropies")
     sp.add_argument("--accuracy-subset", type=int, default=50, help="test items for greedy accuracy")
     sp.add_argument("--max-new-tokens", type=int, default=256)
+    generation_opts(sp)
     run_opts(sp)
 
     sp = add("lmc-summary", cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")

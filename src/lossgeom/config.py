@@ -85,6 +85,17 @@ def _check_consistency(config: dict) -> None:
             for label in pair:
                 if label not in labels:
                     raise ConfigError(f"config error: lmc.pairs names {label!r}, which is not an adapter of this study")
+    gen = config.get("generation", {})
+    for stage in ("evaluation", "lmc"):
+        if generation_backend(config, stage) == "openai":
+            raise ConfigError(f"config error: generation.backend 'openai' serves rollouts only; set generation.stages.{stage} "
+                              "to 'hf' or 'vllm'")
+    if generation_backend(config, "rollouts") == "openai":
+        missing = [k for k in ("base_url", "model") if not gen.get("openai", {}).get(k)]
+        if missing:
+            raise ConfigError(f"config error: generation.openai.{missing[0]} is required by the openai backend")
+        if config["rollouts"].get("import"):
+            raise ConfigError("config error: rollouts.import and an openai rollout backend exclude each other")
     uses_toy = (
         config["model"]["base"] == "toy"
         or config["model"].get("teacher") == "toy"
@@ -148,6 +159,22 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
         out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
     if len(seeds) > 1:
         out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in methods]
+    return out
+
+
+def generation_backend(config: dict, stage: str) -> str:
+    """The backend of ``stage`` (rollouts, evaluation, lmc): its override, else ``generation.backend``, else hf."""
+    gen = config.get("generation", {})
+    return gen.get("stages", {}).get(stage, gen.get("backend", "hf"))
+
+
+def generation_spec(config: dict, stage: str) -> dict:
+    """The narrow generation param of one stage's jobs: the backend and that backend's options only,
+    so editing the vLLM options does not rerun hf jobs (and never the API key: only its variable name)."""
+    backend = generation_backend(config, stage)
+    out = {"backend": backend}
+    if backend in ("vllm", "openai"):
+        out[backend] = dict(config.get("generation", {}).get(backend, {}))
     return out
 
 

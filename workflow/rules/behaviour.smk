@@ -26,6 +26,7 @@ rule evaluate:
         template=lambda w: TEMPLATE,
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
+        generation=lambda w: as_json(cfg.generation_spec(config, "evaluation")),
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
@@ -42,8 +43,8 @@ rule evaluate:
     shell:
         "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
         " {params.toy} --template {params.template:q} --max-new-tokens {params.max_new_tokens}"
-        " --batch-size {params.batch_size} --dtype {params.dtype} {params.remote} --threads {threads}"
-        " --out {output} 2> {log}"
+        " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
+        " --threads {threads} --out {output} 2> {log}"
 
 
 rule eval_stats:
@@ -92,6 +93,7 @@ rule lmc:
         template=lambda w: TEMPLATE,
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
+        generation=lambda w: as_json(cfg.generation_spec(config, "lmc")),
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
@@ -110,7 +112,7 @@ rule lmc:
         " --second {wildcards.mb}/seed{wildcards.sb}={input.second} --test-set {params.test_set:q} {params.toy}"
         " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
         " --template {params.template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
-        " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"
+        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"
 
 
 rule lmc_summary:

@@ -24,10 +24,13 @@ if config["rollouts"].get("import"):
             "lossgeom import-rollouts --file {input} --out {output} 2> {log}"
 
 else:
+    # An API teacher (generation backend "openai") has no local model to track; its completed requests
+    # are journalled outside the output, so a killed or preempted job resumes without re-requesting them.
+    ROLLOUT_API = cfg.generation_backend(config, "rollouts") == "openai"
 
     rule rollouts:
         input:
-            **model_input(config["rollouts"].get("sampler", "teacher")),
+            **({} if ROLLOUT_API else model_input(config["rollouts"].get("sampler", "teacher"))),
             **toy_input(config["prompts"]),
         output:
             f"{RESULTS}/rollouts/rollouts.parquet",
@@ -37,6 +40,8 @@ else:
             spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
             toy_dir=toy_dir_arg,
             template=lambda w: TEMPLATE,
+            generation=lambda w: as_json(cfg.generation_spec(config, "rollouts")),
+            journal=f"--journal {RESULTS}/journals/rollouts.jsonl" if ROLLOUT_API else "",
             dtype=DTYPE,
             remote=REMOTE,
         threads: 1
@@ -52,5 +57,5 @@ else:
             f"{RESULTS}/benchmarks/rollouts.tsv"
         shell:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
-            " --spec {params.spec:q} --template {params.template:q} --dtype {params.dtype} {params.remote}"
-            " --threads {threads} --out {output} 2> {log}"
+            " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
+            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"

@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..data.problemsets import load_test_set
 from ..fsutil import atomic_path, write_table
-from ..modeling import load_tokenizer, model_with_adapter
+from ..generation.backends import open_engine
+from ..generation.engine import AdapterDir, GenerationSpec
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .stats import accuracy_table, cochran_summary, pairwise_tests
 
@@ -25,19 +26,22 @@ log = logging.getLogger(__name__)
 def evaluate_model(
     base: str, adapter: Path | None, test_sets: dict, toy_dir: Path | None, out: Path, *, template: str,
     max_new_tokens: int, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False,
+    generation: GenerationSpec | None = None,
 ) -> pd.DataFrame:
-    """Greedy pass@1 and cross-entropies of one model on every test set; writes the evaluation parquet."""
-    model = model_with_adapter(base, adapter, dtype, trust_remote_code)
-    tokenizer = load_tokenizer(base, trust_remote_code)
+    """Greedy pass@1 and cross-entropies of one model (the base, or ``adapter`` on it) on every test
+    set, through the configured engine; writes the evaluation parquet."""
+    spec = generation or GenerationSpec()
+    ad = AdapterDir(Path(adapter)) if adapter is not None else None
     frames = []
-    for name, spec in test_sets.items():
-        problems = load_test_set(spec, toy_dir, name)
-        graded = greedy_pass_at_1(model, tokenizer, problems, grader=spec.get("grader", "exact"), template=template,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"evaluate {name}")
-        ce = cross_entropies(model, tokenizer, problems, template=template, batch_size=batch_size)
-        frames.append(graded.merge(ce, on="id").assign(test_set=name))
-        log.info("%s on %s: pass@1 %.3f over %d items (%d unparsable gold)", adapter or "base", name,
-                 graded["correct"].mean(), graded["gold_ok"].sum(), (~graded["gold_ok"]).sum())
+    with open_engine(spec, base, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size) as engine:
+        for name, ts in test_sets.items():
+            problems = load_test_set(ts, toy_dir, name)
+            graded = greedy_pass_at_1(engine, problems, grader=ts.get("grader", "exact"), template=template,
+                                      max_new_tokens=max_new_tokens, adapter=ad, desc=f"evaluate {name}")
+            ce = cross_entropies(engine, problems, template=template, adapter=ad)
+            frames.append(graded.merge(ce, on="id").assign(test_set=name))
+            log.info("%s on %s (%s): pass@1 %.3f over %d items (%d unparsable gold)", adapter or "base", name,
+                     engine.name, graded["correct"].mean(), graded["gold_ok"].sum(), (~graded["gold_ok"]).sum())
     df = pd.concat(frames, ignore_index=True)
     df = df[["test_set", "id", "correct", "extracted", "completion", "gold_ok", "answer_ce", "solution_ce"]]
     write_table(df, out)

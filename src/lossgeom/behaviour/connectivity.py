@@ -13,10 +13,10 @@ import pandas as pd
 
 from ..data.problemsets import load_problems
 from ..fsutil import write_table
-from ..geometry.adapters import load_adapter
-from ..modeling import load_model, load_tokenizer
+from ..generation.backends import open_engine
+from ..generation.engine import GenerationSpec, PathPoint
 from .evaluation import cross_entropies, greedy_pass_at_1
-from .interpolation import LoraPath, alpha_grid, barrier
+from .interpolation import alpha_grid, barrier
 
 LMC_METRICS = {"answer_ce": False, "solution_ce": False, "accuracy": True}  # metric -> higher is better
 
@@ -24,24 +24,26 @@ LMC_METRICS = {"answer_ce": False, "solution_ce": False, "accuracy": True}  # me
 def connectivity_sweep(
     base: str, adapters: tuple[tuple[str, Path], tuple[str, Path]], test_set: dict, toy_dir: Path | None, out: Path, *,
     alphas: int, limit: int, accuracy_subset: int, template: str, max_new_tokens: int, batch_size: int,
-    dtype: str = "float32", trust_remote_code: bool = False,
+    dtype: str = "float32", trust_remote_code: bool = False, generation: GenerationSpec | None = None,
 ) -> pd.DataFrame:
     """The linear path between two adapters' deltas: at each alpha, mean answer-only CE, mean
     full-solution CE (nats/token) on the first ``limit`` test items, and greedy accuracy on the first
-    ``accuracy_subset`` of them. Writes the sweep tsv."""
+    ``accuracy_subset`` of them, through one engine for the whole sweep. Writes the sweep tsv."""
     (label_a, dir_a), (label_b, dir_b) = adapters
     problems = load_problems({**test_set, "limit": limit}, toy_dir)
     subset = problems.iloc[:accuracy_subset]
-    tokenizer = load_tokenizer(base, trust_remote_code)
-    path = LoraPath(load_model(base, dtype, trust_remote_code), load_adapter(dir_a), load_adapter(dir_b))
+    spec = generation or GenerationSpec()
     rows = []
-    for a in alpha_grid(alphas):
-        path.set_alpha(a)
-        ce = cross_entropies(path.model, tokenizer, problems, template=template, batch_size=batch_size)
-        graded = greedy_pass_at_1(path.model, tokenizer, subset, grader=test_set.get("grader", "exact"), template=template,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"alpha={a:.2f}")
-        values = {"answer_ce": ce["answer_ce"].mean(), "solution_ce": ce["solution_ce"].mean(), "accuracy": graded["correct"].mean()}
-        rows += [{"pair_a": label_a, "pair_b": label_b, "alpha": float(a), "metric": k, "value": float(v)} for k, v in values.items()]
+    with open_engine(spec, base, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size) as engine:
+        for a in alpha_grid(alphas):
+            point = PathPoint(Path(dir_a), Path(dir_b), float(a))
+            ce = cross_entropies(engine, problems, template=template, adapter=point)
+            graded = greedy_pass_at_1(engine, subset, grader=test_set.get("grader", "exact"), template=template,
+                                      max_new_tokens=max_new_tokens, adapter=point, desc=f"alpha={a:.2f}")
+            values = {"answer_ce": ce["answer_ce"].mean(), "solution_ce": ce["solution_ce"].mean(),
+                      "accuracy": graded["correct"].mean()}
+            rows += [{"pair_a": label_a, "pair_b": label_b, "alpha": float(a), "metric": k, "value": float(v)}
+                     for k, v in values.items()]
     df = pd.DataFrame(rows)
     write_table(df, out)
     return df

@@ -1,11 +1,6 @@
-"""Linear mode connectivity: the straight path between two adapters' deltas, as one LoRA.
-
-The point ``a`` of the path from adapter 1 to adapter 2 is ``(1 - a) dW1 + a dW2`` per module, itself a
-LoRA of rank r1 + r2 (``lowrank.interpolate``): ``B = [(1-a) s1 B1 | a s2 B2]``, ``A = [A1; A2]``,
-scale 1. Deltas are interpolated, never factors (factor interpolation depends on the gauge
-B -> BG, A -> G^-1 A). ``LoraPath`` wraps the base model once in a PEFT LoRA of rank
-max_m(r1 + r2) with scale 1 (lora_alpha = r) and rewrites its factors for each ``a``; modules of
-smaller rank are zero-padded, which leaves B @ A unchanged. a = 0 is adapter 1, a = 1 adapter 2.
+"""Linear mode connectivity: the grid along the straight path between two adapters' deltas, and the
+barrier of a curve measured along it. (The path's points themselves are put on the model by the
+generation engines: :mod:`lossgeom.generation.adapters`.) ``a = 0`` is adapter 1, ``a = 1`` adapter 2.
 
 ``barrier`` summarises a curve: the largest excess of the curve over the straight line between its
 endpoints (for a loss; for an accuracy, the largest shortfall below it).
@@ -14,10 +9,6 @@ endpoints (for a loss; for an accuracy, the largest shortfall below it).
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-from ..geometry.adapters import LoraAdapter, canonical_module_name, check_compatible
-from ..geometry.lowrank import interpolate
 
 
 def alpha_grid(n: int) -> np.ndarray:
@@ -38,40 +29,3 @@ def barrier(alphas, values, higher_is_better: bool = False) -> float:
     line = (1 - a) * v[0] + a * v[-1]
     excess = (line - v) if higher_is_better else (v - line)
     return float(max(0.0, np.nanmax(excess))) if np.isfinite([v[0], v[-1]]).all() else float("nan")
-
-
-class LoraPath:
-    """A PEFT model whose adapter is set to any point of the path between two adapters."""
-
-    def __init__(self, base_model, first: LoraAdapter, second: LoraAdapter):
-        from peft import LoraConfig, get_peft_model
-
-        check_compatible([first, second])
-        self.first, self.second = first, second
-        self.rank = max(first.modules[m].rank + second.modules[m].rank for m in first.modules)
-        targets = sorted({name.rsplit(".", 1)[-1] for name in first.modules})
-        config = LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, target_modules=targets, bias="none")
-        self.model = get_peft_model(base_model, config)
-        self.model.eval()
-        self.layers = {}
-        for name, module in self.model.named_modules():
-            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                key = canonical_module_name(name)
-                if key in first.modules:
-                    self.layers[key] = module
-        missing = sorted(set(first.modules) - set(self.layers))
-        if missing:
-            raise ValueError(f"the base model has no LoRA target for adapter module(s) {missing[:3]}; is it the adapters' base?")
-
-    @torch.no_grad()
-    def set_alpha(self, a: float) -> None:
-        """Set every module to (1 - a) dW1 + a dW2."""
-        for key, layer in self.layers.items():
-            m1, m2 = self.first.modules[key], self.second.modules[key]
-            B, A, _ = interpolate(m1.B, m1.A, m1.scale, m2.B, m2.A, m2.scale, float(a))
-            wB, wA = layer.lora_B["default"].weight, layer.lora_A["default"].weight
-            wB.zero_()
-            wA.zero_()
-            r = B.shape[1]
-            wB[:, :r] = torch.from_numpy(B).to(wB)
-            wA[:r, :] = torch.from_numpy(A).to(wA)

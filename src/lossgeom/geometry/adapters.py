@@ -118,6 +118,8 @@ class LoraAdapter:
         modules: canonical module name -> :class:`ModuleDelta`, sorted by (layer, name).
         groups: ``(d_out, d_in, r)`` -> :class:`ShapeGroup` (views shared with ``modules``).
         config: the raw config dict.
+        module_paths: canonical module name -> the module path its tensors were stored under, without
+            PEFT's ``base_model.model.`` prefix (e.g. ``model.layers.3.self_attn.q_proj``).
     """
 
     path: Path
@@ -131,6 +133,7 @@ class LoraAdapter:
     modules: dict[str, ModuleDelta]
     groups: dict[tuple[int, int, int], ShapeGroup] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    module_paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -307,6 +310,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         modules=modules,
         groups=groups,
         config=cfg,
+        module_paths={canonical_module_name(mpath): mpath for mpath in parts},
     )
 
 

