@@ -156,6 +156,7 @@ def test_summarize():
             "prompt_id": ["a", "a", "b", "b", "c", "c", "c"],
             "reward": [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0],
             "answer": ["1", None, "2", "2", None, "9", None],
+            "logprobs": [[-0.1], [], None, [-1.0, -0.5], None, [-2.0], []],
         }
     )
     assert summarize(df) == {
@@ -166,6 +167,7 @@ def test_summarize():
         "prompts_all_wrong": 1,
         "prompts_mixed": 1,
         "no_answer": 3,
+        "rows_with_logprobs": 3,
     }
 
 

