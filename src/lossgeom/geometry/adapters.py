@@ -185,8 +185,8 @@ def _read_config(path: Path) -> dict:
     if not cfg_path.is_file():
         raise _fail(path, f"missing {CONFIG_NAME} (not a PEFT adapter directory)")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(cfg_path, f"invalid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise _fail(cfg_path, "expected a JSON object")
@@ -216,7 +216,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         bias, embedding LoRA, extra full weights), a module with only A or only B, factors that are
         not 2-D, inner dimensions of A and B that differ, or a rank other than the config's.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_dir():
@@ -230,8 +230,11 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         raise _fail(path, f"missing {WEIGHTS_NAME}{extra}")
     use_rslora = bool(cfg.get("use_rslora", False))
 
-    with safe_open(str(wpath), framework="np") as f:
-        has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    try:
+        with safe_open(str(wpath), framework="np") as f:
+            has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    except SafetensorError as e:  # a truncated or corrupt file: name it, not the Rust deserialiser
+        raise _fail(wpath, f"not a readable safetensors file ({e}); it may be truncated or corrupt") from None
     # numpy cannot hold bfloat16: read such files through torch (bf16 -> f32 is exact)
     with safe_open(str(wpath), framework="pt" if has_bf16 else "np") as f:
         keys = list(f.keys())
