@@ -55,7 +55,7 @@ def cmd_toy_model(a):
 
 
 def cmd_rollouts(a):
-    from .data.problemsets import load_problems
+    from .data.problemsets import check_gold, load_problems
     from .data.rollouts import summarize
     from .fsutil import write_table
     from .generation.backends import open_engine
@@ -64,6 +64,7 @@ def cmd_rollouts(a):
 
     problems = load_problems(a.problems, a.toy_dir)
     spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
+    check_gold(problems, spec.get("grader", "exact"), f"prompts ({a.problems['source']})")
     kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
               grader=spec.get("grader", "exact"), template=a.template, seed=spec.get("seed", 0))
     if gen.backend == "openai":

@@ -91,10 +91,8 @@ def _check_consistency(config: dict) -> None:
                           f"{rank} singular directions); lower geometry.top_k")
     gen = config.get("generation", {})
     for stage, need in (("evaluation", rank), ("lmc", 2 * rank)):  # a connectivity point has rank r1 + r2
-        if generation_backend(config, stage) == "vllm":
-            from .generation.engine import VLLM_DEFAULTS
-
-            limit = gen.get("vllm", {}).get("max_lora_rank", VLLM_DEFAULTS["max_lora_rank"])
+        limit = gen.get("vllm", {}).get("max_lora_rank")  # when unset, the engine checks its default (64)
+        if generation_backend(config, stage) == "vllm" and limit is not None:
             if limit < need:
                 raise ConfigError(f"config error: generation.vllm.max_lora_rank {limit} is below the rank {need} the "
                                   f"{stage} stage serves (lora.r {rank}{' x 2 for a connectivity point' if stage == 'lmc' else ''})")

@@ -18,10 +18,33 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class ModelLoadError(ValueError):
+    """A model or tokenizer cannot be loaded from a directory or hub id; the message names it."""
+
+
+def _check_location(name_or_path: str, what: str) -> None:
+    """A name written as a path (``/…``, ``./…``, ``../…``, ``~…``) must be an existing directory: else
+    transformers takes it for a malformed hub id and says so."""
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise ModelLoadError(f"{what} directory {name_or_path} does not exist")
+
+
+def _load_failed(name_or_path: str, what: str, e: Exception) -> ModelLoadError:
+    return ModelLoadError(f"{name_or_path}: cannot load the {what} ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    name_or_path = str(name_or_path)
+    _check_location(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise _load_failed(name_or_path, "tokenizer", e) from None
+    if len(tok) < 3:  # transformers 5 builds an empty tokenizer from config.json alone
+        raise ModelLoadError(f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+                             f"the tokenizer it gives has {len(tok)} token(s)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -29,13 +52,19 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, to_device: bool = True):
     """A causal LM in ``dtype`` (on the GPU when one is visible and ``to_device``)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    name_or_path = str(name_or_path)
+    _check_location(name_or_path, "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError, SafetensorError) as e:  # no weights, no or bad config.json, a truncated file
+        raise _load_failed(name_or_path, "model", e) from None
     return model.to(device()) if to_device else model
 
 
@@ -61,33 +90,6 @@ def model_with_adapter(base: str, adapter: Path | None, dtype: str, trust_remote
     model = load_model(base, dtype, trust_remote_code)
     if adapter is None:
         return model
-    return merge_adapter(model, adapter, base)
-
-
-def check_adapter_fits(adapter, model, base: str) -> None:
-    """Raise one :class:`~lossgeom.geometry.adapters.AdapterMismatchError` line when a loaded adapter
-    (:class:`~lossgeom.geometry.adapters.LoraAdapter`) adapts a module ``model`` lacks or one of
-    another shape (an adapter of another base model), before PEFT fails with a size-mismatch traceback."""
-    from .geometry.adapters import AdapterMismatchError, canonical_module_name
-
-    linear = {canonical_module_name(n): tuple(m.weight.shape) for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear)}
-    for name, delta in adapter.modules.items():
-        found = linear.get(name)
-        if found != delta.shape:
-            what = "has no such linear module" if found is None else f"has (d_out, d_in) = {found}"
-            raise AdapterMismatchError(
-                f"{adapter.source}: adapter of base model {adapter.base_model_name_or_path!r} does not fit {base}: "
-                f"module {name!r} is {delta.shape} in the adapter, the model {what}")
-
-
-def merge_adapter(model, adapter: Path, base: str):
-    """``model`` with the PEFT adapter directory ``adapter`` merged into its weights. The adapter is
-    read and checked first (:func:`~lossgeom.geometry.adapters.load_adapter`, :func:`check_adapter_fits`),
-    so a truncated file, a DoRA adapter or one of another base model stops with one line naming it."""
     from peft import PeftModel
 
-    from .geometry.adapters import load_adapter
-
-    check_adapter_fits(load_adapter(adapter), model, base)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -41,9 +41,7 @@ class HFEngine(Engine):
         if isinstance(adapter, PathPoint):
             if self._path is None or self._path[:2] != (adapter.first, adapter.second):
                 from ..geometry.adapters import load_adapter
-                from .adapters import LoraPath
-
-                from ..modeling import check_adapter_fits
+                from .adapters import LoraPath, check_adapter_fits
 
                 self._held = (None, None)
                 base, first, second = self._base(), load_adapter(adapter.first), load_adapter(adapter.second)
@@ -57,7 +55,7 @@ class HFEngine(Engine):
             self._held, self._path = (None, None), None  # free the previous model first
             model = self._base()
             if isinstance(adapter, AdapterDir):
-                from ..modeling import merge_adapter
+                from .adapters import merge_adapter
 
                 model = merge_adapter(model, adapter.path, self.model_path)
             self._held = (key, model)
