@@ -53,6 +53,9 @@ def _is_null(v) -> bool:
 def _check_row(row: dict, where: str) -> dict:
     missing = [c for c in REQUIRED_IMPORT if c not in row or _is_null(row[c])]
     if missing:
+        nan = [c for c in missing if c in row and row[c] is not None]
+        if nan:
+            raise RolloutError(f"{where}: field {nan[0]!r} is NaN (or a parquet null); a rollout row needs a value for each of {list(REQUIRED_IMPORT)}")
         raise RolloutError(f"{where}: missing required field(s) {missing}; a rollout row needs {list(REQUIRED_IMPORT)}")
     for c in ("prompt", "completion"):
         if not isinstance(row[c], str):
