@@ -33,31 +33,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import random_adapter
 from lossgeom.cli import main
 from lossgeom.config import ConfigError, load
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 # ---- inputs, built once ---------------------------------------------------------------------------
-
-
-def _random_adapter(model_dir_or_model, out: Path, targets=ATTENTION, r: int = 4, seed: int = 0) -> Path:
-    """A PEFT LoRA with random (non-zero) A and B on a tiny model, saved like a trained one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = model_dir_or_model
-    if isinstance(model, (str, Path)):
-        model = AutoModelForCausalLM.from_pretrained(str(model))
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False))
-    peft_model.save_pretrained(str(out))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +56,15 @@ def w(toy_world, tiny_base, tiny_rollouts, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     adapters = root / "adapters"
-    good = _random_adapter(tiny_base, adapters / "good", seed=1)
-    good2 = _random_adapter(tiny_base, adapters / "good2", seed=2)
-    mlp = _random_adapter(tiny_base, adapters / "mlp", targets=["gate_proj", "up_proj", "down_proj"], seed=3)
+    good = random_adapter(tiny_base, adapters / "good", seed=1)
+    good2 = random_adapter(tiny_base, adapters / "good2", seed=2)
+    mlp = random_adapter(tiny_base, adapters / "mlp", targets=["gate_proj", "up_proj", "down_proj"], seed=3)
     # an adapter of another base model: same architecture, another width
     tok = load_tokenizer(toy_world / "tokenizer")
     torch.manual_seed(0)
     wider = Qwen3ForCausalLM(qwen3_config({"hidden_size": 48, "num_layers": 2, "num_attention_heads": 4,
                                            "num_key_value_heads": 2}, len(tok), tok))
-    other = _random_adapter(wider, adapters / "other_base", seed=4)
+    other = random_adapter(wider, adapters / "other_base", seed=4)
     cfg = json.loads((other / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "some/other-model"
     (other / "adapter_config.json").write_text(json.dumps(cfg))
