@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import method_spec, random_adapter
+from conftest import REPO, method_spec, random_adapter
 
 pytestmark = pytest.mark.slow  # about 1.5 min on 2 cores: 12 subprocesses that each import torch
 
@@ -217,3 +217,46 @@ def test_api_teacher_rollouts_killed_mid_way_ask_only_for_the_rest(tmp_path):
         gate.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_study_killed_mid_training_reruns_after_unlock_to_the_same_adapter(tmp_path):
+    """kill -9 of the whole study (Snakemake and its job, one process group) mid-training: the rerun
+    stops on Snakemake's stale lock; `snakemake --unlock`, then the same command resumes the job from
+    its checkpoint (the profile's rerun-incomplete) to the adapter an uninterrupted study writes."""
+    from test_workflow import snakemake, with_config, write_rollouts
+
+    config = with_config(tmp_path, lambda c: c["training"].update(steps=40, save_steps=[20, 40], analysis_step=20,
+                                                                     checkpoint_every=10))
+    target = "results/adapters/sft/seed1"
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for workdir in (full, killed):
+        workdir.mkdir()
+        write_rollouts(workdir)
+    run = snakemake(full, "--cores", "1", target, configfile=config)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(killed),
+           "--configfile", str(config), "--cores", "1", target]
+    checkpoint = killed / "results" / "checkpoints" / "sft" / "seed1" / "checkpoint-10"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not checkpoint.is_dir():
+            assert proc.poll() is None, "the study ended before the kill point"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole study: Snakemake and the training job
+        proc.wait(timeout=60)
+    assert not (killed / target).exists()
+
+    locked = snakemake(killed, "--cores", "1", target, configfile=config)
+    assert locked.returncode != 0 and "Directory cannot be locked" in locked.stderr
+    unlock = snakemake(killed, "--unlock", configfile=config)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    rerun = snakemake(killed, "--cores", "1", target, configfile=config)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "checkpoint-" in (killed / "results" / "logs" / "train" / "sft" / "seed1.log").read_text()  # resumed
+    for sub in ("", "step40"):
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            assert (killed / target / sub / name).read_bytes() == (full / target / sub / name).read_bytes(), f"{sub}/{name}"
