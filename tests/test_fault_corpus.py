@@ -296,6 +296,13 @@ CASES = [
          r"model: cannot load the (model|tokenizer) \(\w+: .*config\.json"),
     Case("models/no-tokenizer-files", lambda w, t, c: (_train(w, _out(t, "adapter"), base=_copy_model(w, t, drop=["tokenizer*"])), _out(t, "adapter")),
          r"model: no tokenizer files"),
+    # -- the workflow's own intermediates, handed over by hand --------------------------------------
+    Case("intermediates/eval-stats-not-parquet", lambda w, t, c: (["eval-stats", f"m={_jsonl(t / 'e.parquet', [], raw=b'garbage')}", "--out", str(_out(t, "stats"))], _out(t, "stats")),
+         r"e\.parquet.*(Parquet|parquet)"),
+    Case("intermediates/cka-not-npz", lambda w, t, c: (["cka", f"a={_jsonl(t / 'a.npz', [], raw=b'garbage')}", f"b={t / 'a.npz'}", "--out", str(_out(t, "cka.tsv"))], _out(t, "cka.tsv")),
+         r"a\.npz: not an activations file of 'lossgeom activations'"),
+    Case("intermediates/lmc-sweep-wrong-columns", lambda w, t, c: (["lmc-summary", str(_jsonl(t / "s.tsv", [], raw=b"x\ty\n1\t2\n")), "--out", str(_out(t, "summary.tsv"))], _out(t, "summary.tsv")),
+         r"s\.tsv: not a sweep table of 'lossgeom lmc'"),
     # -- the generation layer ---------------------------------------------------------------------
     Case("generation/unknown-backend", lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "tgi"}), _out(t)),
          r"unknown generation backend 'tgi'"),
