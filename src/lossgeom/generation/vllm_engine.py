@@ -114,6 +114,10 @@ class VLLMEngine(Engine):
                                   f"raise generation.vllm.max_lora_rank (one of 1, 8, 16, 32, 64, 128, 256, 320, 512)")
         key = str(path.resolve())
         if key not in self._lora_ids:
+            if isinstance(adapter, AdapterDir):  # a truncated file, DoRA, ...: one line, not a dead engine
+                from ..geometry.adapters import load_adapter
+
+                load_adapter(path)
             self._lora_ids[key] = len(self._lora_ids) + 1
         from vllm.lora.request import LoRARequest
 
