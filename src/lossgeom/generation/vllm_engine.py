@@ -107,6 +107,10 @@ class VLLMEngine(Engine):
         cfg_path = path / "adapter_config.json"
         if not cfg_path.is_file():
             raise GenerationError(f"adapter {path}: no adapter_config.json (not a PEFT adapter directory)")
+        if isinstance(adapter, AdapterDir) and str(path.resolve()) not in self._lora_ids:
+            from ..geometry.adapters import load_adapter
+
+            load_adapter(path)  # a truncated file, bad JSON, DoRA, ...: one line naming it, not a dead engine
         cfg = json.loads(cfg_path.read_text())
         rank = max([int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())])
         if rank > self.max_lora_rank:
@@ -114,10 +118,6 @@ class VLLMEngine(Engine):
                                   f"raise generation.vllm.max_lora_rank (one of 1, 8, 16, 32, 64, 128, 256, 320, 512)")
         key = str(path.resolve())
         if key not in self._lora_ids:
-            if isinstance(adapter, AdapterDir):  # a truncated file, DoRA, ...: one line, not a dead engine
-                from ..geometry.adapters import load_adapter
-
-                load_adapter(path)
             self._lora_ids[key] = len(self._lora_ids) + 1
         from vllm.lora.request import LoRARequest
 
