@@ -402,6 +402,9 @@ OOM_CASES = [
      r"GPU out of memory in lmc \(lossgeom lmc\) at batch size 4: lower evaluation\.batch_size"),
     ("activations", "lossgeom.behaviour.activations.extract_activations", lambda w, out: _activations(w, out, w.good),
      r"GPU out of memory in activations .* at batch size 32: lower cka\.batch_size"),
+    ("toy-model", "lossgeom.toy.pretrain.pretrain",
+     lambda w, out: ["toy-model", "--spec", json.dumps({"batch_size": 64}), "--world", str(w.world), "--out", str(out.parent / "base")],
+     r"GPU out of memory in toy_model \(lossgeom toy-model\) at batch size 64: lower toy\.models\.base\.batch_size"),
     ("rollouts", "lossgeom.generation.sampling.sample_rollouts", lambda w, out: _rollouts(w, out, {"source": "toy", "limit": 2}, spec={"k": 2, "temperature": 1.0, "max_new_tokens": 2, "batch_size": 16}) + ["--toy-dir", str(w.world)],
      r"GPU out of memory in rollouts .* at batch size 16: lower rollouts\.batch_size"),
 ]

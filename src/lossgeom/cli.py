@@ -344,7 +344,7 @@ def _out_of_memory(a) -> str:
               "to keep the effective batch)"
         batch = spec.get("batch_size")
     elif a.command == "toy-model":
-        key, batch = "toy.models.<name>.batch_size", spec.get("batch_size")
+        key, batch = f"toy.models.{a.out.name}.batch_size", spec.get("batch_size")
     elif a.command == "rollouts":
         key, batch = "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization " \
                      "or max_num_seqs)", spec.get("batch_size", 32)
@@ -352,7 +352,7 @@ def _out_of_memory(a) -> str:
         key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size",
                "activations": "cka.batch_size"}[a.command]
         batch = a.batch_size
-    rule = {"toy-model": "toy_model", "import-rollouts": "import_rollouts"}.get(a.command, a.command)
+    rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
     return (f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config "
             "and rerun")
 
