@@ -473,8 +473,10 @@ CONFIG_CASES = [
     ("openai-without-base-url", _set("generation", {"stages": {"rollouts": "openai"}}), r"generation\.openai\.base_url is required"),
     ("openai-and-import", _set("generation", {"stages": {"rollouts": "openai"}, "openai": {"base_url": "http://x/v1", "model": "m"}}),
      r"rollouts\.import and an openai rollout backend exclude each other"),
-    ("vllm-max-lora-rank-below-pair", _set("generation", {"backend": "vllm", "vllm": {"max_lora_rank": 1}}),
+    ("vllm-max-lora-rank-below-rank", _set("generation", {"backend": "vllm", "vllm": {"max_lora_rank": 1}}),
      r"generation\.vllm\.max_lora_rank 1 is below the rank 4 the evaluation stage serves"),
+    ("vllm-max-lora-rank-below-pair", _set("generation", {"stages": {"lmc": "vllm"}, "vllm": {"max_lora_rank": 1}}),
+     r"generation\.vllm\.max_lora_rank 1 is below the rank 8 the lmc stage serves \(lora\.r 4 x 2"),
     ("no-toy-section", _drop("toy"), r"a model or problem source is 'toy' but there is no 'toy' section"),
     ("template-without-question", _set("model.prompt_template", "Solve it."), r"model\.prompt_template: 'Solve it\.' does not match"),
     ("temperature-zero-sampling", _set("rollouts.temperature", 0), r"rollouts\.temperature: 0 is less than or equal to the minimum"),
@@ -530,5 +532,5 @@ def test_snakemake_stops_on_a_bad_config(tmp_path):
 
 
 def test_the_corpus_is_large_enough():
-    assert len(CASES) + len(OOM_CASES) + len(CONFIG_CASES) + 2 >= 40
+    assert len(CASES) + len(OOM_CASES) + len(CONFIG_CASES) + 2 + 1 >= 40  # + the YAML files, + through Snakemake
 
