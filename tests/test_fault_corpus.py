@@ -264,8 +264,12 @@ CASES = [
          r"other_base: adapter of base model 'some/other-model' does not fit .*: module 'layers\.0\.self_attn\.\w_proj' is \(\d+, 48\)"),
     Case("evaluate/truncated-adapter", lambda w, t, c: (_evaluate(w, _out(t), adapter=_truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.5).parent), _out(t)),
          r"bad/adapter_model\.safetensors: not a readable safetensors file"),
-    Case("activations/dora-adapter", lambda w, t, c: (_activations(w, _out(t, "act.npz"), _edit_adapter_config(_copy_adapter(w.good, t), use_dora=True)), _out(t, "act.npz")),
-         r"use_dora=true is not supported"),
+    Case("activations/missing-B", lambda w, t, c: (_activations(w, _out(t, "act.npz"), _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {k: v for k, v in d.items() if not ("layers.0.self_attn.o_proj" in k and "lora_B" in k)})), _out(t, "act.npz")),
+         r"module 'layers\.0\.self_attn\.o_proj' has lora_A but no lora_B"),
+    Case("lmc/adapter-of-another-base", lambda w, t, c: (["lmc", "--base", str(w.base), "--first", f"a={w.other_base}", "--second", f"b={_edit_adapter_config(_copy_adapter(w.other_base, t), base_model_name_or_path='some/other-model')}",
+                                                           "--toy-dir", str(w.world), "--test-set", json.dumps({"source": "toy", "split": "test"}), "--alphas", "2", "--limit", "2",
+                                                           "--accuracy-subset", "1", "--max-new-tokens", "2", "--out", str(_out(t, "sweep.tsv"))], _out(t, "sweep.tsv")),
+         r"other_base: adapter of base model 'some/other-model' does not fit"),
     # -- problem sets (evaluation and rollout prompts) --------------------------------------------
     Case("datasets/missing-field", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "solution": "#### 1"}]))}}), _out(t)),
          r"gsm\.jsonl' \(split 'train'\) has no field 'answer'"),
@@ -529,6 +533,20 @@ def test_snakemake_stops_on_a_bad_config(tmp_path):
         "lower geometry.top_k"]
     assert "Traceback" not in text
     assert not (tmp_path / "wd" / "results").exists()
+
+
+def test_a_dora_adapter_is_not_a_fault_for_evaluation(w, tmp_path):
+    """The geometry refuses DoRA (its update is not s*B@A), but evaluation merges it through PEFT."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(w.base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True))
+    model.save_pretrained(str(tmp_path / "dora"))
+    out = tmp_path / "eval.parquet"
+    argv = _evaluate(w, out, adapter=tmp_path / "dora")
+    argv[argv.index("--test-sets") + 1] = json.dumps({"toy": {"source": "toy", "split": "test", "limit": 2}})
+    assert main(argv) == 0 and len(pd.read_parquet(out)) == 2
 
 
 def test_the_corpus_is_large_enough():

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..fsutil import atomic_dir
-from ..geometry.adapters import AdapterMismatchError, LoraAdapter, canonical_module_name, check_compatible, load_adapter
+from ..geometry.adapters import (AdapterMismatchError, LoraAdapter, UnsupportedAdapterError, canonical_module_name,
+                                 check_compatible, load_adapter)
 from ..geometry.lowrank import interpolate
 
 
@@ -113,10 +114,14 @@ def check_adapter_fits(adapter: LoraAdapter, model, base: str) -> None:
 
 
 def merge_adapter(model, adapter: Path, base: str):
-    """``model`` with the PEFT adapter directory ``adapter`` merged into its weights. The adapter is
+    """``model`` with the PEFT adapter directory ``adapter`` merged into its weights. A LoRA adapter is
     read and checked first (:func:`~lossgeom.geometry.adapters.load_adapter`, :func:`check_adapter_fits`),
-    so a truncated file, a DoRA adapter or one of another base model stops with one line naming it."""
+    so a truncated file, a missing factor or an adapter of another base model stops with one line naming
+    it; variants the geometry cannot read (DoRA, ...) are left to PEFT, which merges them."""
     from peft import PeftModel
 
-    check_adapter_fits(load_adapter(adapter), model, base)
+    try:
+        check_adapter_fits(load_adapter(adapter), model, base)
+    except UnsupportedAdapterError:
+        pass
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -108,9 +108,12 @@ class VLLMEngine(Engine):
         if not cfg_path.is_file():
             raise GenerationError(f"adapter {path}: no adapter_config.json (not a PEFT adapter directory)")
         if isinstance(adapter, AdapterDir) and str(path.resolve()) not in self._lora_ids:
-            from ..geometry.adapters import load_adapter
+            from ..geometry.adapters import UnsupportedAdapterError, load_adapter
 
-            load_adapter(path)  # a truncated file, bad JSON, DoRA, ...: one line naming it, not a dead engine
+            try:
+                load_adapter(path)  # a truncated file, bad JSON, a missing B: one line naming it, not a dead engine
+            except UnsupportedAdapterError:
+                pass  # DoRA and other variants: vLLM says whether it serves them
         cfg = json.loads(cfg_path.read_text())
         rank = max([int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())])
         if rank > self.max_lora_rank:
