@@ -11,6 +11,19 @@ checks one of them through Snakemake itself.
 New inputs get a row. The inputs are built once per module from the tiny world and the tiny random
 model of ``conftest.py`` (adapters are random PEFT LoRAs, never trained), so the whole corpus runs in
 well under a minute. Crash points (SIGKILL mid-job, then a rerun) are in ``test_crash_points.py``.
+
+Inputs that do not end in exactly this shape, and why:
+
+- A bad config run through Snakemake exits 1 (not 2) and Snakemake frames the one-line message with
+  its own location lines (``WorkflowError in file ...``); the Snakefile can only raise WorkflowError.
+- A SIGKILL of Snakemake itself leaves a lock that only ``snakemake --unlock`` removes: the lock does not
+  record its owner, so no profile setting can tell a stale lock from a live run (README, Reruns).
+- Out of memory in the vllm backend: vLLM reports it (at engine start, in its own words; not a
+  torch.OutOfMemoryError), so the line names no batch key; untested here (no vLLM in this env).
+- The math_verify grader's unparsable gold answers are found when graded (after generation), still
+  as one line; only the exact grader is checked before generating.
+- Malformed command lines (e.g. --spec that is not JSON) get argparse's usage line before the error;
+  the rules build those arguments, users do not.
 """
 
 from __future__ import annotations
@@ -263,6 +276,8 @@ CASES = [
     Case("evaluate/adapter-of-another-base", lambda w, t, c: (_evaluate(w, _out(t), adapter=w.other_base), _out(t)),
          r"other_base: adapter of base model 'some/other-model' does not fit .*: module 'layers\.0\.self_attn\.\w_proj' is \(\d+, 48\)"),
     Case("evaluate/truncated-adapter", lambda w, t, c: (_evaluate(w, _out(t), adapter=_truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.5).parent), _out(t)),
+         r"bad/adapter_model\.safetensors: not a readable safetensors file"),
+    Case("evaluate/truncated-dora-adapter", lambda w, t, c: (_evaluate(w, _out(t), adapter=_truncate(_edit_adapter_config(_copy_adapter(w.good, t), use_dora=True) / "adapter_model.safetensors", 0.5).parent), _out(t)),
          r"bad/adapter_model\.safetensors: not a readable safetensors file"),
     Case("activations/missing-B", lambda w, t, c: (_activations(w, _out(t, "act.npz"), _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {k: v for k, v in d.items() if not ("layers.0.self_attn.o_proj" in k and "lora_B" in k)})), _out(t, "act.npz")),
          r"module 'layers\.0\.self_attn\.o_proj' has lora_A but no lora_B"),

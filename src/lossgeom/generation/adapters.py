@@ -122,6 +122,13 @@ def merge_adapter(model, adapter: Path, base: str):
 
     try:
         check_adapter_fits(load_adapter(adapter), model, base)
-    except UnsupportedAdapterError:
-        pass
+    except UnsupportedAdapterError:  # still a file PEFT must be able to read
+        from safetensors import SafetensorError, safe_open
+
+        weights = Path(adapter) / "adapter_model.safetensors"
+        try:
+            with safe_open(str(weights), framework="np"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise AdapterMismatchError(f"{weights}: not a readable safetensors file ({e})") from None
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
