@@ -102,3 +102,18 @@ def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
         train_adapter(method_spec(loss), 1, tiny_rollouts, str(tiny_base), root / loss, root / f"{loss}.ckpt")
         out[loss] = root / loss
     return out
+
+
+def random_adapter(model_dir_or_model, out: Path, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r: int = 4, seed: int = 0) -> Path:
+    """A PEFT LoRA with random (non-zero) A and B on a tiny model, saved like a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = model_dir_or_model
+    if isinstance(model, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(str(model))
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False))
+    peft_model.save_pretrained(str(out))
+    return out

@@ -148,3 +148,20 @@ def test_bf16_path_of_the_paper_config_trains(tmp_path, tiny_base, tiny_rollouts
     out = tmp_path / "bf16" / "adapter"
     train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, tmp_path / "bf16" / "ckpt", dtype="bfloat16")
     assert any(v.abs().sum() > 0 for k, v in _tensors(out).items() if k.endswith("lora_B.weight"))
+
+
+def test_a_checkpoint_killed_while_written_is_not_resumed(tmp_path):
+    """The Trainer writes a checkpoint in place, trainer_state.json last; a SIGKILL in between leaves a
+    partial directory, which is removed so that the job resumes from the previous complete one."""
+    from lossgeom.training.job import last_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    assert last_checkpoint(ckpt, "fp") is None
+    (ckpt / "checkpoint-2").mkdir()
+    (ckpt / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (ckpt / "checkpoint-10").mkdir()
+    (ckpt / "checkpoint-10" / "README.md").write_text("partial")
+    (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # torn while written
+    assert last_checkpoint(ckpt, "fp") == str(ckpt / "checkpoint-2")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "fingerprint.txt"]

@@ -55,7 +55,7 @@ def cmd_toy_model(a):
 
 
 def cmd_rollouts(a):
-    from .data.problemsets import load_problems
+    from .data.problemsets import check_gold, load_problems
     from .data.rollouts import summarize
     from .fsutil import write_table
     from .generation.backends import open_engine
@@ -64,6 +64,7 @@ def cmd_rollouts(a):
 
     problems = load_problems(a.problems, a.toy_dir)
     spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
+    check_gold(problems, spec.get("grader", "exact"), f"prompts ({a.problems['source']})")
     kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
               grader=spec.get("grader", "exact"), template=a.template, seed=spec.get("seed", 0))
     if gen.backend == "openai":
@@ -335,6 +336,38 @@ def build_parser() -> argparse.ArgumentParser:
 GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc", "activations"}
 
 
+def _out_of_memory(a) -> str:
+    """The one line for a GPU out-of-memory error: the rule, the batch size in effect, the key to lower."""
+    spec = getattr(a, "spec", None) or {}
+    if a.command == "train":
+        key = f"training.batch_size (or methods.{spec.get('method', '<method>')}.batch_size; raise training.grad_accum " \
+              "to keep the effective batch)"
+        batch = spec.get("batch_size")
+    elif a.command == "toy-model":
+        key, batch = f"toy.models.{a.out.name}.batch_size", spec.get("batch_size")
+    elif a.command == "rollouts":
+        key, batch = "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization " \
+                     "or max_num_seqs)", spec.get("batch_size", 32)
+    else:
+        key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size",
+               "activations": "cka.batch_size"}[a.command]
+        batch = a.batch_size
+    rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
+    return (f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config "
+            "and rerun")
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory exceptions (``torch.OutOfMemoryError``, and ``torch.cuda``'s name for it)."""
+    import torch
+
+    return tuple({getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
+
+
+class _OutOfMemory(Exception):
+    """A GPU out-of-memory error, restated as one line (:func:`_out_of_memory`)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -352,9 +385,18 @@ def main(argv: list[str] | None = None) -> int:
             from .devices import claim_gpu
 
             with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
-                a.func(a)
+                try:
+                    a.func(a)
+                except _oom_errors() as e:
+                    raise _OutOfMemory(_out_of_memory(a)) from e
         else:
             a.func(a)
+    except _OutOfMemory as e:
+        # A CUDA out-of-memory, restated with the rule, the batch size and the key: one line, no traceback.
+        if a.verbose:
+            raise
+        print(f"lossgeom: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Input errors (config, rollouts, adapters, problem sets): one line, no traceback.
         if a.verbose:

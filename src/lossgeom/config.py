@@ -85,7 +85,17 @@ def _check_consistency(config: dict) -> None:
             for label in pair:
                 if label not in labels:
                     raise ConfigError(f"config error: lmc.pairs names {label!r}, which is not an adapter of this study")
+    rank, top_k = config["lora"]["r"], config.get("geometry", {}).get("top_k")
+    if top_k is not None and top_k > rank:
+        raise ConfigError(f"config error: geometry.top_k {top_k} exceeds lora.r {rank} (an adapter's update has at most "
+                          f"{rank} singular directions); lower geometry.top_k")
     gen = config.get("generation", {})
+    for stage, need in (("evaluation", rank), ("lmc", 2 * rank)):  # a connectivity point has rank r1 + r2
+        limit = gen.get("vllm", {}).get("max_lora_rank")  # when unset, the engine checks its default (64)
+        if generation_backend(config, stage) == "vllm" and limit is not None:
+            if limit < need:
+                raise ConfigError(f"config error: generation.vllm.max_lora_rank {limit} is below the rank {need} the "
+                                  f"{stage} stage serves (lora.r {rank}{' x 2 for a connectivity point' if stage == 'lmc' else ''})")
     for stage in ("evaluation", "lmc"):
         if generation_backend(config, stage) == "openai":
             raise ConfigError(f"config error: generation.backend 'openai' serves rollouts only; set generation.stages.{stage} "

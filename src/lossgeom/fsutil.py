@@ -78,3 +78,25 @@ def write_table(df, path: Path | str, index: bool = False) -> None:
             df.to_parquet(tmp, index=index)
         else:
             df.to_csv(tmp, sep="\t", index=index, float_format="%.10g", na_rep="nan")
+
+
+def read_utf8_lines(path: Path, error: type[ValueError]) -> list[str]:
+    """The lines of a text file; a byte sequence that is not UTF-8 stops with its line number."""
+    lines = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise error(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+    return lines
+
+
+def read_parquet_or(path: Path, error: type[ValueError], columns=None):
+    """``pd.read_parquet``; a file that is not parquet (or is truncated) stops with one line naming it."""
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise error(f"{path}: not a readable parquet file ({' '.join(str(e).split())[:200]})") from None

@@ -18,10 +18,33 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class ModelLoadError(ValueError):
+    """A model or tokenizer cannot be loaded from a directory or hub id; the message names it."""
+
+
+def _check_location(name_or_path: str, what: str) -> None:
+    """A name written as a path (``/…``, ``./…``, ``../…``, ``~…``) must be an existing directory: else
+    transformers takes it for a malformed hub id and says so."""
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise ModelLoadError(f"{what} directory {name_or_path} does not exist")
+
+
+def _load_failed(name_or_path: str, what: str, e: Exception) -> ModelLoadError:
+    return ModelLoadError(f"{name_or_path}: cannot load the {what} ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    name_or_path = str(name_or_path)
+    _check_location(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        raise _load_failed(name_or_path, "tokenizer", e) from None
+    if len(tok) < 3:  # transformers 5 builds an empty tokenizer from config.json alone
+        raise ModelLoadError(f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+                             f"the tokenizer it gives has {len(tok)} token(s)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -29,13 +52,19 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, to_device: bool = True):
     """A causal LM in ``dtype`` (on the GPU when one is visible and ``to_device``)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    name_or_path = str(name_or_path)
+    _check_location(name_or_path, "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError, SafetensorError) as e:  # no weights, no or bad config.json, a truncated file
+        raise _load_failed(name_or_path, "model", e) from None
     return model.to(device()) if to_device else model
 
 

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..data.problemsets import load_problems
 from ..fsutil import atomic_path
-from ..modeling import load_tokenizer, model_with_adapter
+from ..generation.adapters import merge_adapter
+from ..modeling import load_model, load_tokenizer
 from .evaluation import reference_solution
 from ..data.prompting import prompt_completion, right_padded
 
@@ -71,7 +72,9 @@ def extract_activations(
 ) -> None:
     """Pooled per-layer hidden states of one (merged) model on the probe set; writes the npz."""
     problems = load_problems({**test_set, "limit": n_probe}, toy_dir)
-    model = model_with_adapter(base, adapter, dtype, trust_remote_code)
+    model = load_model(base, dtype, trust_remote_code)
+    if adapter is not None:  # merged, as in evaluation; read and checked against the base first
+        model = merge_adapter(model, adapter, base)
     tokenizer = load_tokenizer(base, trust_remote_code)
     acts = hidden_states(model, tokenizer, problems, template=template, pooling=pooling, batch_size=batch_size)
     with atomic_path(out) as tmp:

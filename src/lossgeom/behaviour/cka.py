@@ -227,11 +227,16 @@ def cka_tables(activations: dict[str, Path], out: Path) -> pd.DataFrame:
     """Linear and debiased CKA of every model pair (base included), per layer; writes the table."""
     acts, ids = {}, None
     for label, path in activations.items():
-        with np.load(path) as z:
-            if ids is not None and not np.array_equal(ids, z["ids"]):
-                raise ValueError(f"activations {path} were taken on other probes than the first model's")
-            ids = z["ids"]
-            acts[label] = z["acts"].astype(np.float64)
+        try:
+            with np.load(path) as z:
+                z_ids, z_acts = z["ids"], z["acts"]
+        except (OSError, ValueError, KeyError, EOFError) as e:  # not an npz, truncated, or another layout
+            raise ValueError(f"{path}: not an activations file of 'lossgeom activations' ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]})") from None
+        if ids is not None and not np.array_equal(ids, z_ids):
+            raise ValueError(f"activations {path} were taken on other probes than the first model's")
+        ids = z_ids
+        acts[label] = z_acts.astype(np.float64)
     table = cka_matrix(acts)
     write_table(table, out)
     return table

@@ -51,7 +51,14 @@ def connectivity_sweep(
 
 def connectivity_summary(sweeps: list[Path], out: Path) -> pd.DataFrame:
     """One row per (pair, metric): endpoint values, extreme along the path, and the barrier."""
-    curves = pd.concat([pd.read_csv(p, sep="\t") for p in sweeps], ignore_index=True)
+    frames = []
+    for p in sweeps:
+        df = pd.read_csv(p, sep="\t")
+        missing = [c for c in ("pair_a", "pair_b", "alpha", "metric", "value") if c not in df.columns]
+        if missing:
+            raise ValueError(f"{p}: not a sweep table of 'lossgeom lmc' (no column(s) {missing})")
+        frames.append(df)
+    curves = pd.concat(frames, ignore_index=True)
     rows = []
     for (a, b, metric), g in curves.groupby(["pair_a", "pair_b", "metric"], sort=False):
         g = g.sort_values("alpha")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..fsutil import read_parquet_or, read_utf8_lines
 from .grading import parse_gold
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
             raise ProblemSetError(f"problem file {path} does not exist")
         if path.suffix == ".jsonl":
             rows = []
-            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            for lineno, line in enumerate(read_utf8_lines(path, ProblemSetError), 1):
                 if not line.strip():
                     continue
                 try:
@@ -48,14 +49,14 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
                 except json.JSONDecodeError as e:
                     raise ProblemSetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             return pd.DataFrame(rows)
-        if path.suffix == ".json":
-            return pd.read_json(path)
         if path.suffix == ".parquet":
-            return pd.read_parquet(path)
+            return read_parquet_or(path, ProblemSetError)
         try:
-            return pd.read_csv(path)
+            return pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
         except pd.errors.EmptyDataError:
             raise ProblemSetError(f"problem file {path} is empty") from None
+        except (ValueError, pd.errors.ParserError) as e:  # not JSON / CSV, or not UTF-8
+            raise ProblemSetError(f"{path}: not a readable {path.suffix[1:]} file ({' '.join(str(e).split())[:200]})") from None
     import datasets
 
     if path.is_dir():
@@ -116,9 +117,21 @@ def count_unparsable_gold(problems: pd.DataFrame) -> int:
     return int(sum(parse_gold(a) is None for a in problems["answer"]))
 
 
+def check_gold(problems: pd.DataFrame, grader: str, what: str) -> None:
+    """Stop before any generation when ``grader`` is 'exact' and a gold answer is not a number (the
+    exact grader would fail on it after the whole set was generated); math-verify reads more."""
+    if grader != "exact":
+        return
+    for pid, answer in zip(problems["id"], problems["answer"]):
+        if parse_gold(answer) is None:
+            raise ProblemSetError(f"{what}: item {pid!r} has gold answer {answer[:80]!r}, not a number, which grader "
+                                  "'exact' needs; fix the answer field or use grader math_verify")
+
+
 def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> pd.DataFrame:
-    """:func:`load_problems`, logging how many gold answers are not plain numbers."""
+    """:func:`load_problems`, checked by :func:`check_gold`, logging how many gold answers are not plain numbers."""
     problems = load_problems(spec, toy_dir)
+    check_gold(problems, spec.get("grader", "exact"), f"test set {name} ({spec['source']})")
     bad = count_unparsable_gold(problems)
     if bad:
         log.warning("test set %s: %d of %d gold answers are not plain numbers (graded by %s; unparsable ones are reported)",

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..fsutil import read_parquet_or, read_utf8_lines
+
 log = logging.getLogger(__name__)
 
 ROLLOUT_COLUMNS = [
@@ -51,6 +53,9 @@ def _is_null(v) -> bool:
 def _check_row(row: dict, where: str) -> dict:
     missing = [c for c in REQUIRED_IMPORT if c not in row or _is_null(row[c])]
     if missing:
+        nan = [c for c in missing if c in row and row[c] is not None]
+        if nan:
+            raise RolloutError(f"{where}: field {nan[0]!r} is NaN (or a parquet null); a rollout row needs a value for each of {list(REQUIRED_IMPORT)}")
         raise RolloutError(f"{where}: missing required field(s) {missing}; a rollout row needs {list(REQUIRED_IMPORT)}")
     for c in ("prompt", "completion"):
         if not isinstance(row[c], str):
@@ -91,7 +96,7 @@ def import_rollouts(path: Path | str) -> pd.DataFrame:
         raise RolloutError(f"rollout file {path} does not exist")
     checked = []
     if path.suffix == ".jsonl":
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_utf8_lines(path, RolloutError), 1):
             if not line.strip():
                 continue
             try:
@@ -102,26 +107,42 @@ def import_rollouts(path: Path | str) -> pd.DataFrame:
                 raise RolloutError(f"{path}:{lineno}: expected a JSON object")
             checked.append(_check_row(row, f"{path}:{lineno}"))
     elif path.suffix == ".parquet":
-        for i, row in enumerate(pd.read_parquet(path).to_dict("records")):
+        for i, row in enumerate(read_parquet_or(path, RolloutError).to_dict("records")):
             checked.append(_check_row(row, f"{path} row {i}"))
     else:
         raise RolloutError(f"rollout file {path} must be .jsonl or .parquet")
     if not checked:
         raise RolloutError(f"rollout file {path} has no rows")
     df = pd.DataFrame(checked, columns=ROLLOUT_COLUMNS)
+    prompts = df.groupby("prompt_id")["prompt"].nunique()
+    if (prompts > 1).any():
+        raise RolloutError(f"rollout file {path}: prompt_id {prompts[prompts > 1].index[0]!r} has rows with different prompts")
     missing = df["sample_index"].isna()
     if missing.any():  # number only the missing ones, after the largest index given for the prompt
         start = df.groupby("prompt_id")["sample_index"].transform("max").fillna(-1)
         df.loc[missing, "sample_index"] = start[missing] + 1 + df[missing].groupby("prompt_id").cumcount()
     df["sample_index"] = df["sample_index"].astype(int)
+    dup = df.duplicated(["prompt_id", "sample_index"])
+    if dup.any():
+        pid, k = df.loc[dup, ["prompt_id", "sample_index"]].iloc[0]
+        raise RolloutError(f"rollout file {path}: duplicate row for prompt_id {pid!r} sample_index {k} "
+                           f"(each (prompt_id, sample_index) must appear once)")
     if not df["source"].any():
         df["source"] = f"imported:{path.name}"
     return df
 
 
 def read_rollouts(path: Path | str) -> pd.DataFrame:
-    """Read a rollout table written by this package (parquet)."""
-    return pd.read_parquet(path)
+    """Read a rollout table written by this package (parquet); an unreadable file or one without the
+    columns every method reads stops with one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RolloutError(f"rollout table {path} does not exist")
+    df = read_parquet_or(path, RolloutError)
+    missing = [c for c in (*REQUIRED_IMPORT, "sample_index") if c not in df.columns]
+    if missing:
+        raise RolloutError(f"rollout table {path} lacks column(s) {missing}; it has {list(df.columns)}")
+    return df
 
 
 def summarize(df: pd.DataFrame) -> dict:

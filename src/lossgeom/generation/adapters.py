@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..fsutil import atomic_dir
-from ..geometry.adapters import LoraAdapter, canonical_module_name, check_compatible
+from ..geometry.adapters import (AdapterMismatchError, LoraAdapter, UnsupportedAdapterError, canonical_module_name,
+                                 check_compatible, load_adapter)
 from ..geometry.lowrank import interpolate
 
 
@@ -95,3 +96,39 @@ class LoraPath:
             r = B.shape[1]
             wB[:, :r] = torch.from_numpy(B).to(wB)
             wA[:r, :] = torch.from_numpy(A).to(wA)
+
+
+def check_adapter_fits(adapter: LoraAdapter, model, base: str) -> None:
+    """Raise one :class:`~lossgeom.geometry.adapters.AdapterMismatchError` line when a loaded adapter
+    (:class:`~lossgeom.geometry.adapters.LoraAdapter`) adapts a module ``model`` lacks or one of
+    another shape (an adapter of another base model), before PEFT fails with a size-mismatch traceback."""
+    linear = {canonical_module_name(n): tuple(m.weight.shape) for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)}
+    for name, delta in adapter.modules.items():
+        found = linear.get(name)
+        if found != delta.shape:
+            what = "has no such linear module" if found is None else f"has (d_out, d_in) = {found}"
+            raise AdapterMismatchError(
+                f"{adapter.source}: adapter of base model {adapter.base_model_name_or_path!r} does not fit {base}: "
+                f"module {name!r} is {delta.shape} in the adapter, the model {what}")
+
+
+def merge_adapter(model, adapter: Path, base: str):
+    """``model`` with the PEFT adapter directory ``adapter`` merged into its weights. A LoRA adapter is
+    read and checked first (:func:`~lossgeom.geometry.adapters.load_adapter`, :func:`check_adapter_fits`),
+    so a truncated file, a missing factor or an adapter of another base model stops with one line naming
+    it; variants the geometry cannot read (DoRA, ...) are left to PEFT, which merges them."""
+    from peft import PeftModel
+
+    try:
+        check_adapter_fits(load_adapter(adapter), model, base)
+    except UnsupportedAdapterError:  # still a file PEFT must be able to read
+        from safetensors import SafetensorError, safe_open
+
+        weights = Path(adapter) / "adapter_model.safetensors"
+        try:
+            with safe_open(str(weights), framework="np"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise AdapterMismatchError(f"{weights}: not a readable safetensors file ({e})") from None
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

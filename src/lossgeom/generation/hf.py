@@ -41,11 +41,12 @@ class HFEngine(Engine):
         if isinstance(adapter, PathPoint):
             if self._path is None or self._path[:2] != (adapter.first, adapter.second):
                 from ..geometry.adapters import load_adapter
-                from .adapters import LoraPath
+                from .adapters import LoraPath, check_adapter_fits
 
                 self._held = (None, None)
-                self._path = (adapter.first, adapter.second,
-                              LoraPath(self._base(), load_adapter(adapter.first), load_adapter(adapter.second)))
+                base, first, second = self._base(), load_adapter(adapter.first), load_adapter(adapter.second)
+                check_adapter_fits(first, base, self.model_path)  # the second is checked against the first
+                self._path = (adapter.first, adapter.second, LoraPath(base, first, second))
             lora_path = self._path[2]
             lora_path.set_alpha(adapter.alpha)
             return lora_path.model
@@ -54,9 +55,9 @@ class HFEngine(Engine):
             self._held, self._path = (None, None), None  # free the previous model first
             model = self._base()
             if isinstance(adapter, AdapterDir):
-                from peft import PeftModel
+                from .adapters import merge_adapter
 
-                model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
+                model = merge_adapter(model, adapter.path, self.model_path)
             self._held = (key, model)
         return self._held[1]
 

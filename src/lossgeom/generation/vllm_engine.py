@@ -114,6 +114,13 @@ class VLLMEngine(Engine):
         cfg_path = path / "adapter_config.json"
         if not cfg_path.is_file():
             raise GenerationError(f"adapter {path}: no adapter_config.json (not a PEFT adapter directory)")
+        if isinstance(adapter, AdapterDir) and str(path.resolve()) not in self._lora_ids:
+            from ..geometry.adapters import UnsupportedAdapterError, load_adapter
+
+            try:
+                load_adapter(path)  # a truncated file, bad JSON, a missing B: one line naming it, not a dead engine
+            except UnsupportedAdapterError:
+                pass  # DoRA and other variants: vLLM says whether it serves them
         cfg = json.loads(cfg_path.read_text())
         rank = max([int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())])
         if rank > self.max_lora_rank:

@@ -28,6 +28,7 @@ from ..fsutil import file_sha256
 
 __all__ = [
     "AdapterMismatchError",
+    "UnsupportedAdapterError",
     "ModuleDelta",
     "ShapeGroup",
     "LoraAdapter",
@@ -50,6 +51,11 @@ _NUMBERED_BLOCK_RE = re.compile(r"(?:^|\.)(?P<tail>[A-Za-z_][\w]*\.(?P<idx>\d+)\
 
 class AdapterMismatchError(ValueError):
     """An adapter directory is malformed, unsupported, or incompatible with the others."""
+
+
+class UnsupportedAdapterError(AdapterMismatchError):
+    """A well-formed PEFT adapter whose update is not ``s * B @ A`` (DoRA, LoRA bias, embedding LoRA,
+    full weights, another PEFT type): the geometry cannot compare it, though PEFT can still merge it."""
 
 
 def canonical_module_name(path: str) -> str:
@@ -150,8 +156,8 @@ class LoraAdapter:
         return {k: m.scale for k, m in self.modules.items()}
 
 
-def _fail(where, msg: str) -> AdapterMismatchError:
-    return AdapterMismatchError(f"{where}: {msg}")
+def _fail(where, msg: str, cls: type[AdapterMismatchError] = AdapterMismatchError) -> AdapterMismatchError:
+    return cls(f"{where}: {msg}")
 
 
 def _pattern_key(patterns: Iterable[str], key: str) -> str | None:
@@ -185,21 +191,21 @@ def _read_config(path: Path) -> dict:
     if not cfg_path.is_file():
         raise _fail(path, f"missing {CONFIG_NAME} (not a PEFT adapter directory)")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(cfg_path, f"invalid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise _fail(cfg_path, "expected a JSON object")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise _fail(cfg_path, f"peft_type is {peft_type!r}, expected 'LORA'")
+        raise _fail(cfg_path, f"peft_type is {peft_type!r}, expected 'LORA'", UnsupportedAdapterError)
     for k in ("r", "lora_alpha"):
         if k not in cfg:
             raise _fail(cfg_path, f"missing key {k!r}")
     if cfg.get("use_dora"):
-        raise _fail(cfg_path, "use_dora=true is not supported (a DoRA update is not s*B@A)")
+        raise _fail(cfg_path, "use_dora=true is not supported (a DoRA update is not s*B@A)", UnsupportedAdapterError)
     if cfg.get("lora_bias"):
-        raise _fail(cfg_path, "lora_bias=true is not supported (the update has a bias term)")
+        raise _fail(cfg_path, "lora_bias=true is not supported (the update has a bias term)", UnsupportedAdapterError)
     return cfg
 
 
@@ -212,11 +218,13 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         :class:`LoraAdapter`; factors of modules with the same ``(d_out, d_in, r)`` are stored in
         one stacked array per shape (see :class:`ShapeGroup`).
     Raises:
-        AdapterMismatchError: missing files, a pickle-only adapter, unsupported variants (DoRA, LoRA
-        bias, embedding LoRA, extra full weights), a module with only A or only B, factors that are
-        not 2-D, inner dimensions of A and B that differ, or a rank other than the config's.
+        AdapterMismatchError: missing files, a pickle-only adapter, a safetensors file that cannot be
+        read (truncated, corrupt), a module with only A or only B, factors that are not 2-D, inner
+        dimensions of A and B that differ, or a rank other than the config's;
+        :class:`UnsupportedAdapterError` (a subclass) for variants (DoRA, LoRA bias, embedding LoRA,
+        extra full weights, another PEFT type).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_dir():
@@ -230,8 +238,11 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         raise _fail(path, f"missing {WEIGHTS_NAME}{extra}")
     use_rslora = bool(cfg.get("use_rslora", False))
 
-    with safe_open(str(wpath), framework="np") as f:
-        has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    try:
+        with safe_open(str(wpath), framework="np") as f:
+            has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    except SafetensorError as e:  # a truncated or corrupt file: name it, not the Rust deserialiser
+        raise _fail(wpath, f"not a readable safetensors file ({e}); it may be truncated or corrupt") from None
     # numpy cannot hold bfloat16: read such files through torch (bf16 -> f32 is exact)
     with safe_open(str(wpath), framework="pt" if has_bf16 else "np") as f:
         keys = list(f.keys())
@@ -248,7 +259,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
                     why = "unsupported LoRA tensor (only lora_A.weight / lora_B.weight)"
                 else:
                     why = "not a LoRA factor (full weights such as modules_to_save are not supported)"
-                raise _fail(wpath, f"tensor {k!r}: {why}")
+                raise _fail(wpath, f"tensor {k!r}: {why}", UnsupportedAdapterError)
             parts.setdefault(m.group("path"), {})[m.group("ab")] = k
         if not parts:
             raise _fail(wpath, "no lora_A / lora_B tensors found")

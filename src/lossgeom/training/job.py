@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -122,9 +123,17 @@ def last_checkpoint(ckpt_dir: Path, fp: str) -> str | None:
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(fp)
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(ckpt_dir))
+    # The Trainer writes a checkpoint in place, trainer_state.json last: a job killed while writing one
+    # leaves a partial directory that resuming would fail on ("Can't find a valid checkpoint").
+    numbered = [(int(m[1]), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, ckpt in sorted(numbered, reverse=True):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (the job was killed while writing it)", ckpt)
+            shutil.rmtree(ckpt)
+    return None
 
 
 def train_adapter(

@@ -10,6 +10,7 @@ and apply ``lossgeom.training.losses``.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -114,7 +115,15 @@ class SaveAdapterCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step in self.steps:
-            model.save_pretrained(str(self.out_root / f"step{state.global_step}"), selected_adapters=["default"])
+            out = self.out_root / f"step{state.global_step}"
+            model.save_pretrained(str(out), selected_adapters=["default"])
+            # PEFT writes target_modules from a set, in an order that changes with the process's hash
+            # seed: sorted, the same run gives the same bytes (a resumed job included).
+            path = out / "adapter_config.json"
+            config = json.loads(path.read_text())
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
+                path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 class MetricsCallback(TrainerCallback):
