@@ -23,4 +23,4 @@ fi
 # PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break transformers' model
 # imports ("operator torchvision::nms does not exist"); the engine needs none of them.
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
-LOSSGEOM_REQUIRE_VLLM=1 "$VENV/bin/python" -m pytest -m vllm "$@"
+PATH="$PWD/$VENV/bin:$PATH" LOSSGEOM_REQUIRE_VLLM=1 "$VENV/bin/python" -m pytest -m vllm "$@"

@@ -31,7 +31,9 @@ def test_rehearsal_runs_end_to_end(tmp_path):
 
     work = tmp_path
     rehearsal.prepare(work / "rehearsal")
-    env = {**os.environ, rehearsal.KEY_ENV: KEY, "VLLM_API_KEY": KEY, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # The rules call `lossgeom` from PATH: this interpreter's (the one with vLLM) must come first.
+    env = {**os.environ, rehearsal.KEY_ENV: KEY, "VLLM_API_KEY": KEY, "VLLM_CPU_KVCACHE_SPACE": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
     server_log = open(work / "server.log", "w")
     server = subprocess.Popen(rehearsal.serve_command(work / "rehearsal", 8011), stdout=server_log,
                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
