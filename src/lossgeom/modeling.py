@@ -82,14 +82,3 @@ def base_weights_of(name_or_path: str, adapter_dir, trust_remote_code: bool = Fa
         if isinstance(module, torch.nn.Linear) and (targets is None or name.rsplit(".", 1)[-1] in targets):
             out[name] = module.weight.detach().double().numpy()
     return out
-
-
-def model_with_adapter(base: str, adapter: Path | None, dtype: str, trust_remote_code: bool):
-    """The base model, with ``adapter`` merged into its weights when given (a merged model is what
-    the paper evaluates and probes; merging also makes generation as fast as the base)."""
-    model = load_model(base, dtype, trust_remote_code)
-    if adapter is None:
-        return model
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
