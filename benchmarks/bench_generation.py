@@ -20,6 +20,7 @@ import argparse
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -147,3 +148,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    os._exit(0)  # vLLM's engine processes can otherwise keep the interpreter from exiting
