@@ -84,7 +84,7 @@ def bench_hf(model_dir, prompts, new_tokens, batch, dtype, reps):
         if dev == "cuda":
             torch.cuda.synchronize()
         best = max(best, n / (time.perf_counter() - t0))
-    del model
+    model = None  # free it before vLLM starts
     gc.collect()
     if dev == "cuda":
         torch.cuda.empty_cache()
