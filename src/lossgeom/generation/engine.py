@@ -27,7 +27,6 @@ from typing import Mapping, Union
 import numpy as np
 
 BACKENDS = ("hf", "vllm", "openai")
-STAGES = ("rollouts", "evaluation", "lmc")
 # vLLM options a config may set (generation.vllm), with their defaults: see README "Generation".
 VLLM_DEFAULTS = {
     "gpu_memory_utilization": 0.85,
@@ -168,11 +167,3 @@ class GenerationSpec:
                 raise GenerationError(f"unknown generation.{key} key {bad[0]!r}; expected one of {sorted(defaults)}")
             d[key] = {**defaults, **(d.get(key) or {})}
         return cls(**d)
-
-    def to_dict(self) -> dict:
-        out = {"backend": self.backend}
-        if self.backend == "vllm":
-            out["vllm"] = dict(self.vllm)
-        if self.backend == "openai":
-            out["openai"] = dict(self.openai)
-        return out
