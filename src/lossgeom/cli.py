@@ -59,8 +59,8 @@ def cmd_rollouts(a):
     from .data.rollouts import summarize
     from .fsutil import write_table
     from .generation.backends import open_engine
-    from .generation.engine import GenerationSpec, Sampling
-    from .generation.sampling import sample_rollouts
+    from .generation.engine import GenerationSpec
+    from .generation.sampling import rollout_sampling, sample_rollouts
 
     problems = load_problems(a.problems, a.toy_dir)
     spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
@@ -73,8 +73,7 @@ def cmd_rollouts(a):
         if a.journal is None:
             raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
         teacher = ApiTeacher(gen.openai)
-        sampling = Sampling(max_new_tokens=kw["max_new_tokens"], n=kw["k"], temperature=kw["temperature"],
-                            top_p=kw["top_p"], seed=kw["seed"], logprobs=True)
+        sampling = rollout_sampling(**{k: kw[k] for k in ("k", "temperature", "max_new_tokens", "top_p", "seed")})
         journal = Journal(a.journal, fingerprint(gen.openai, sampling, a.template,
                                                  list(zip(problems["id"].astype(str), problems["question"]))))
         df = sample_rollouts(teacher, problems, **kw, journal=journal,

@@ -44,11 +44,17 @@ def rollout_table(problems: pd.DataFrame, completions: list[list[Completion]], *
     return pd.DataFrame(rows, columns=ROLLOUT_COLUMNS)
 
 
+def rollout_sampling(*, k: int, temperature: float, max_new_tokens: int, top_p: float = 1.0, seed: int = 0) -> Sampling:
+    """How rollouts are decoded: ``k`` samples per prompt, with the sampler's log-probabilities (also
+    what an API teacher's journal fingerprints, so the two can never disagree)."""
+    return Sampling(max_new_tokens=max_new_tokens, n=k, temperature=temperature, top_p=top_p, seed=seed, logprobs=True)
+
+
 def sample_rollouts(sampler, problems: pd.DataFrame, *, k: int, temperature: float, max_new_tokens: int, grader: str,
                     template: str = "{question}", top_p: float = 1.0, seed: int = 0, source: str = "",
                     journal=None) -> pd.DataFrame:
     """Sample ``k`` completions per problem, grade them, and return the rollout table. Deterministic
     for a fixed seed with the ``hf`` engine on CPU and with ``vllm`` (per-request seeds)."""
-    sampling = Sampling(max_new_tokens=max_new_tokens, n=k, temperature=temperature, top_p=top_p, seed=seed, logprobs=True)
+    sampling = rollout_sampling(k=k, temperature=temperature, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed)
     completions = sample_completions(sampler, problems, sampling, template=template, journal=journal)
     return rollout_table(problems, completions, grader=grader, source=source)
