@@ -244,3 +244,26 @@ def test_dft_weights_are_detached_probabilities():
     p_const = logp.exp().detach()
     (via_weights,) = torch.autograd.grad((p_const * -logp * mask).sum() / N, logits)
     torch.testing.assert_close(grad, via_weights, rtol=1e-12, atol=1e-15)
+
+
+def test_rift_sequence_negative_by_hand():
+    """negative_prob='sequence': |R-| * p(y) on each token of a wrong row, p(y) = prod_t p_t."""
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    got = rift_loss(_logp(), MASK, rewards, positive_reward=1.0, negative_reward=-0.2, num_tokens=N,
+                    negative_prob="sequence")
+    p_seq = 0.5 * 0.5 * 0.125  # row 2 has all three tokens in the mask
+    expected = (-math.log(0.5) - math.log(0.25) + 3 * 0.2 * p_seq) / N
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    # gradient on each token of the wrong row: |R-| * p(y) * (tokens in row) / N ... per token: |R-| p(y) * 3 / N
+    logp = _logp().requires_grad_(True)
+    rift_loss(logp, MASK, rewards, 1.0, -0.2, N, negative_prob="sequence").backward()
+    assert logp.grad[1].tolist() == pytest.approx([3 * 0.2 * p_seq / N] * 3, rel=1e-12)
+    with pytest.raises(ValueError, match="negative_prob"):
+        rift_loss(_logp(), MASK, rewards, 1.0, -0.2, N, negative_prob="row")
+
+
+def test_rift_sequence_and_token_agree_on_positives_only():
+    rewards = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    a = rift_loss(_logp(), MASK, rewards, 1.0, -0.2, N, negative_prob="token")
+    b = rift_loss(_logp(), MASK, rewards, 1.0, -0.2, N, negative_prob="sequence")
+    assert float(a) == pytest.approx(float(b), rel=1e-12)

@@ -143,8 +143,8 @@ def frame():
 def test_accuracy_table(frame):
     t = accuracy_table(frame, n_boot=500, seed=0)
     assert list(t.index) == ["A", "B", "C"]
-    assert list(t.columns) == ["n", "accuracy", "ci_low", "ci_high"]
-    assert (t["n"] == 10).all()
+    assert list(t.columns) == ["n", "accuracy", "ci_low", "ci_high", "ci_method"]
+    assert (t["n"] == 10).all() and (t["ci_method"] == "wilson").all()
     np.testing.assert_allclose(t["accuracy"], [0.8, 0.7, 0.2])
     assert (t["ci_low"] <= t["accuracy"]).all() and (t["accuracy"] <= t["ci_high"]).all()
 
@@ -184,3 +184,29 @@ def test_validation_names_the_column(frame, func):
     bad.loc["q3", "C"] = 2
     with pytest.raises(ValueError, match="'C'"):
         func(bad)
+
+
+@pytest.mark.parametrize("method, scipy_method", [("wilson", "wilson"), ("clopper_pearson", "exact")])
+@pytest.mark.parametrize("s, n", [(0, 30), (1, 30), (15, 30), (30, 30), (3, 200), (187, 200), (0, 1)])
+def test_small_sample_intervals_match_scipy(method, scipy_method, s, n):
+    """Wilson and Clopper-Pearson against scipy's binomtest; 0/30 (AIME-sized) gets a real upper end."""
+    from scipy.stats import binomtest
+
+    from lossgeom.behaviour.stats import clopper_pearson_ci, wilson_ci
+
+    ours = (wilson_ci if method == "wilson" else clopper_pearson_ci)(s, n, 0.95)
+    ref = binomtest(s, n).proportion_ci(confidence_level=0.95, method=scipy_method)
+    assert ours == pytest.approx((ref.low, ref.high), abs=1e-9)
+    if s == 0:
+        assert ours[0] == 0.0 and ours[1] > 0.05
+
+
+def test_accuracy_table_ci_choice_and_zero_of_thirty():
+    frame = pd.DataFrame({"none_right": [0] * 30})
+    boot = accuracy_table(frame, n_boot=500, ci="bootstrap").iloc[0]
+    assert (boot.ci_low, boot.ci_high) == (0.0, 0.0)  # why the bootstrap is not the default
+    for ci in ("wilson", "clopper_pearson"):
+        row = accuracy_table(frame, ci=ci).iloc[0]
+        assert row.ci_low == 0.0 and row.ci_high > 0.08 and row.ci_method == ci
+    with pytest.raises(ValueError, match="unknown CI method"):
+        accuracy_table(frame, ci="normal")

@@ -114,9 +114,12 @@ def test_build_view_grpo_weights(rollouts):
     by_pid = {pid: grp["weight"].tolist() for pid, grp in view.groupby("prompt_id", sort=False)}
     np.testing.assert_allclose(by_pid["p1"], [0.85, -0.15, -0.15, -0.15])
     np.testing.assert_allclose(by_pid["p2"], [0.1] * 4)
-    np.testing.assert_allclose(by_pid["p3"], [0.1] * 4)
+    np.testing.assert_allclose(by_pid["p3"], [0.0] * 4)  # all wrong: A = 0 by default (KRAFTON)
     np.testing.assert_allclose(by_pid["p4"], [-0.4, 0.6, 0.6, -0.4])
     assert counts["mixed_groups"] == 2 and counts["rows"] == 16
+    biased = method_spec("offline_grpo", bias=0.1, std_normalize=False, all_wrong="bias")
+    view_b, _ = build_view(rollouts, biased, seed=0)
+    np.testing.assert_allclose(view_b.loc[view_b["prompt_id"] == "p3", "weight"], [0.1] * 4)
     assert "weight" not in rollouts.columns
 
 
@@ -215,3 +218,20 @@ def test_view_error_is_value_error():
 def test_dpo_prompts_in_order_of_first_appearance():
     ro = _rollouts({"z": [1, 0], "a": [0, 1], "m": [1, 1]})
     assert dpo_pairs(ro, 1, seed=0)["prompt_id"].tolist() == ["z", "a"]
+
+
+def test_grpo_all_wrong_groups_zero_or_bias():
+    """all_wrong='zero' (the default of the method spec, as the KRAFTON code): an all-wrong group gets
+    A = 0; 'bias' keeps A = b; mixed and all-correct groups are the same under both."""
+    r = pd.Series([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    g = pd.Series(["w", "w", "m", "m", "c", "c"])
+    np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="zero"),
+                               [0.0, 0.0, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
+    np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="bias"),
+                               [0.1, 0.1, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
+    assert GRPO.all_wrong == "zero"
+    view, counts = build_view(_rollouts({"p1": [1, 0, 0, 0], "p3": [0, 0, 0, 0]}), GRPO, seed=0)
+    assert view.loc[view["prompt_id"] == "p3", "weight"].tolist() == [0.0] * 4
+    assert counts["all_wrong_groups"] == 1
+    with pytest.raises(ValueError, match="all_wrong"):
+        grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="drop")

@@ -150,7 +150,7 @@ def cmd_evaluate(a):
 def cmd_eval_stats(a):
     from .behaviour.accuracy import accuracy_statistics
 
-    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed)
+    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed, ci=a.ci)
 
 
 def cmd_lmc(a):
@@ -294,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("eval-stats", cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
     sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
-    sp.add_argument("--n-boot", type=int, default=10_000)
+    sp.add_argument("--ci", default="wilson", choices=["wilson", "clopper_pearson", "bootstrap"],
+                    help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap")
+    sp.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--ci bootstrap)")
     sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", type=Path, required=True, help="output directory")

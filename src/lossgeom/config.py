@@ -16,7 +16,7 @@ import yaml
 
 from .methods import MethodSpec, MethodSpecError
 
-LABEL_RE = re.compile(r"^(?P<method>[A-Za-z0-9_-]+)/seed(?P<seed>\d+)$")
+LABEL_RE = re.compile(r"^(?P<method>[A-Za-z0-9_-]+)/seed(?P<seed>\d+)(?:data(?P<data>\d+))?$")
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,12 @@ def _check_consistency(config: dict) -> None:
         except MethodSpecError as e:
             raise ConfigError(f"config error: {e}") from None
     labels = set(adapter_labels(config))
+    rep = config.get("data_order_replicate")
+    if rep and rep["seed"] not in config["seeds"]:
+        raise ConfigError(f"config error: data_order_replicate.seed {rep['seed']} is not one of seeds {config['seeds']}")
+    if rep and rep["data_seed"] == rep["seed"]:
+        raise ConfigError(f"config error: data_order_replicate.data_seed {rep['data_seed']} equals its seed; "
+                          "a data-order replicate needs another data order")
     for key in ("lmc", "cka"):
         name = config.get(key, {}).get("test_set")
         if name is not None and name not in config["test_sets"]:
@@ -136,7 +142,23 @@ def adapter_labels(config: dict) -> list[str]:
     return [f"{m}/seed{s}" for m in config["methods"] for s in config["seeds"]]
 
 
-EVALUATION_DEFAULTS = {"max_new_tokens": 256, "batch_size": 32, "n_boot": 10_000, "mid_p": False}
+def replicate_labels(config: dict) -> list[str]:
+    """The data-order replicates, ``"{method}/seed{seed}data{data_seed}"`` for every method, from
+    ``data_order_replicate: {seed, data_seed}``: the same LoRA init as ``{method}/seed{seed}`` and
+    another data order. Only the geometry reads them (the data-order noise floor); none when the
+    key is absent or null."""
+    rep = config.get("data_order_replicate")
+    if not rep:
+        return []
+    return [f"{m}/seed{rep['seed']}data{rep['data_seed']}" for m in config["methods"]]
+
+
+def geometry_labels(config: dict) -> list[str]:
+    """Every adapter the geometry compares: the study's adapters, then the data-order replicates."""
+    return adapter_labels(config) + replicate_labels(config)
+
+
+EVALUATION_DEFAULTS = {"max_new_tokens": 256, "batch_size": 32, "ci": "wilson", "n_boot": 10_000, "mid_p": False}
 LMC_DEFAULTS = {"alphas": 11, "limit": 100, "accuracy_subset": 50, "pairs": "first_seed"}
 CKA_DEFAULTS = {"n_probe": 100, "pooling": "completion_mean", "batch_size": 32}
 
@@ -189,8 +211,19 @@ def generation_spec(config: dict, stage: str) -> dict:
 
 
 def parse_label(label: str) -> tuple[str, int]:
-    """``"sft/seed42"`` -> ``("sft", 42)``."""
+    """``"sft/seed42"`` -> ``("sft", 42)``; a data-order replicate ``"sft/seed42data7"`` -> ``("sft", 42)``
+    (its init seed; :func:`data_seed_of` gives the data seed)."""
     match = LABEL_RE.match(label)
     if not match:
-        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>'")
+        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
     return match["method"], int(match["seed"])
+
+
+def data_seed_of(label: str) -> int:
+    """The data-order seed of an adapter label: ``M`` of ``.../seed<N>data<M>``, else the init seed ``N``
+    (the default: each seed sets both; a study with ``training.data_seed`` set records it in
+    ``train_info.json``)."""
+    match = LABEL_RE.match(label)
+    if not match:
+        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
+    return int(match["data"]) if match["data"] is not None else int(match["seed"])

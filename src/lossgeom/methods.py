@@ -25,8 +25,8 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {},
     "rft": {},
     "dft": {},
-    "rift": {"positive_reward": 1.0, "negative_reward": -0.2},
-    "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0},
+    "rift": {"positive_reward": 1.0, "negative_reward": -0.2, "negative_prob": "token"},
+    "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0, "all_wrong": "zero"},
     "dpo": {"beta": 0.1, "dpo_loss_type": "sigmoid", "pairs_per_prompt": 1},
 }
 LOSSES = tuple(LOSS_DEFAULTS)
@@ -81,8 +81,11 @@ class MethodSpec:
         max_grad_norm, max_length (tokens of prompt + completion), precision (``fp32`` | ``bf16``),
         threads (CPU threads for torch).
         data_seed: the data-order seed for every seed of this method (``None``: the job's seed).
-        positive_reward, negative_reward: RIFT's rewards. bias, std_normalize, kl_coef: offline
-        GRPO's advantage bias ``b``, group-std normalisation and k3-KL coefficient. beta,
+        positive_reward, negative_reward: RIFT's rewards; negative_prob: ``token`` | ``sequence``,
+        the probability in RIFT's negative term (see :func:`lossgeom.training.losses.rift_loss`).
+        bias, std_normalize, kl_coef: offline GRPO's advantage bias ``b``, group-std normalisation
+        and k3-KL coefficient; all_wrong: ``zero`` | ``bias``, the advantage of a group whose
+        rollouts are all wrong (see :func:`lossgeom.training.views.grpo_advantages`). beta,
         dpo_loss_type, pairs_per_prompt: DPO's. Parameters of other losses are ``None``.
     """
 
@@ -107,9 +110,11 @@ class MethodSpec:
     prompt_template: str = "{question}"
     positive_reward: float | None = None
     negative_reward: float | None = None
+    negative_prob: str | None = None
     bias: float | None = None
     std_normalize: bool | None = None
     kl_coef: float | None = None
+    all_wrong: str | None = None
     beta: float | None = None
     dpo_loss_type: str | None = None
     pairs_per_prompt: int | None = None
@@ -125,6 +130,10 @@ class MethodSpec:
                 raise MethodSpecError(f"{where}: loss {self.loss!r} needs {key!r}")
             if key not in own and value is not None:
                 raise MethodSpecError(f"{where}: {key!r} does not apply to loss {self.loss!r}; its keys: {list(own)}")
+        if self.negative_prob is not None and self.negative_prob not in ("token", "sequence"):
+            raise MethodSpecError(f"{where}: negative_prob {self.negative_prob!r} is not 'token' or 'sequence'")
+        if self.all_wrong is not None and self.all_wrong not in ("zero", "bias"):
+            raise MethodSpecError(f"{where}: all_wrong {self.all_wrong!r} is not 'zero' or 'bias'")
         if self.precision not in ("fp32", "bf16"):
             raise MethodSpecError(f"{where}: precision {self.precision!r} is not 'fp32' or 'bf16'")
         if list(self.save_steps) != sorted(set(self.save_steps)) or self.analysis_step not in self.save_steps:

@@ -56,6 +56,7 @@ rule eval_stats:
         f"{RESULTS}/eval/cochran.json",
     params:
         evaluations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
+        ci=EVAL["ci"],
         n_boot=EVAL["n_boot"],
         mid_p="--mid-p" if EVAL["mid_p"] else "",
         out=parent_of(0),
@@ -69,7 +70,7 @@ rule eval_stats:
     benchmark:
         f"{RESULTS}/benchmarks/eval_stats.tsv"
     shell:
-        "lossgeom eval-stats {params.evaluations} --n-boot {params.n_boot} {params.mid_p} --out {params.out} 2> {log}"
+        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --out {params.out} 2> {log}"
 
 
 rule lmc:

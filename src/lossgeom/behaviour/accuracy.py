@@ -1,5 +1,5 @@
 """The accuracy jobs: greedy pass@1 and cross-entropies of one model (the base or one adapter),
-and the statistics over all models (bootstrap CIs, exact McNemar with Holm, Cochran's Q).
+and the statistics over all models (Wilson CIs by default, exact McNemar with Holm, Cochran's Q).
 
 Evaluation parquet (one per model): test_set, id, correct (0/1; NaN where the gold is unparsable),
 extracted, completion, gold_ok, answer_ce, solution_ce (nats/token).
@@ -48,8 +48,9 @@ def evaluate_model(
     return df
 
 
-def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0) -> None:
-    """Per test set: accuracy with bootstrap CIs, exact McNemar for every pair with Holm correction,
+def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0,
+                        ci: str = "wilson") -> None:
+    """Per test set: accuracy with CIs (``ci``: see :func:`.stats.accuracy_table`), exact McNemar for every pair with Holm correction,
     Cochran's Q. Writes ``accuracy.tsv``, ``pairwise.tsv``, ``cochran.json`` into ``out_dir``."""
     frames = {m: pd.read_parquet(p) for m, p in evaluations.items()}
     test_sets = list(dict.fromkeys(t for df in frames.values() for t in df["test_set"]))
@@ -62,7 +63,7 @@ def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: 
         if gold_ok.sum() == 0:
             raise ValueError(f"test set {t!r}: no item has a parsable gold answer ({len(gold_ok)} items)")
         correct = pd.DataFrame({m: df.loc[gold_ok.index[gold_ok], "correct"].astype(int) for m, df in per_model.items()})
-        a = accuracy_table(correct, n_boot=n_boot, seed=seed).reset_index()
+        a = accuracy_table(correct, n_boot=n_boot, seed=seed, ci=ci).reset_index()
         a.insert(0, "test_set", t)
         a["n_unparsable_gold"] = unparsable
         acc.append(a)

@@ -35,6 +35,9 @@ __all__ = [
     "holm",
     "cochrans_q",
     "bootstrap_ci",
+    "wilson_ci",
+    "clopper_pearson_ci",
+    "CI_METHODS",
     "accuracy_table",
     "pairwise_tests",
     "cochran_summary",
@@ -192,6 +195,46 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927), as fractions in [0, 1].
+
+    With ``p = s/n`` and ``z`` the ``(1+c)/2`` normal quantile, the interval is
+    ``(p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. Unlike a percentile bootstrap,
+    which collapses to ``[0, 0]`` for ``0/n``, it has a positive upper end at 0 successes
+    (``0/30`` gives about ``[0, 0.114]``): the interval for small test sets such as AIME (n = 30).
+    """
+    s, n = _as_count(successes, "successes"), _as_count(n, "n")
+    if n == 0 or s > n:
+        raise ValueError(f"wilson_ci needs 0 <= successes <= n and n >= 1, got {s}/{n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = float(_sps.norm.ppf(0.5 + confidence / 2.0))
+    p = s / n
+    centre = p + z * z / (2 * n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return float(max(0.0, (centre - half) / denom)), float(min(1.0, (centre + half) / denom))
+
+
+def clopper_pearson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval from beta quantiles: ``[B(a/2; s, n-s+1), B(1-a/2; s+1, n-s)]``
+    with ``a = 1 - confidence``, the ends ``0`` at ``s = 0`` and ``1`` at ``s = n``. Conservative:
+    coverage is at least ``confidence`` for every true proportion."""
+    s, n = _as_count(successes, "successes"), _as_count(n, "n")
+    if n == 0 or s > n:
+        raise ValueError(f"clopper_pearson_ci needs 0 <= successes <= n and n >= 1, got {s}/{n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    a = 1.0 - confidence
+    low = 0.0 if s == 0 else float(_sps.beta.ppf(a / 2, s, n - s + 1))
+    high = 1.0 if s == n else float(_sps.beta.ppf(1 - a / 2, s + 1, n - s))
+    return low, high
+
+
+# Interval methods of :func:`accuracy_table`; Wilson is the default at every n.
+CI_METHODS = ("wilson", "clopper_pearson", "bootstrap")
+
+
 # --------------------------------------------------------------------------------------------
 # DataFrame-level summaries
 # --------------------------------------------------------------------------------------------
@@ -238,27 +281,40 @@ def accuracy_table(
     n_boot: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
+    ci: str = "wilson",
 ) -> pd.DataFrame:
-    """Accuracy and percentile-bootstrap CI per model.
+    """Accuracy and a confidence interval per model.
 
     Parameters
     ----------
     correct : DataFrame (index = item id, one 0/1 column per model); see module docstring.
-    n_boot, confidence, seed : passed to :func:`bootstrap_ci`. Every model uses the same ``seed``,
-        so a model's interval does not depend on which other models are in the frame.
+    ci : one of :data:`CI_METHODS`: ``wilson`` (default; :func:`wilson_ci`), ``clopper_pearson``
+        (:func:`clopper_pearson_ci`) or ``bootstrap`` (:func:`bootstrap_ci`, percentile; it gives
+        ``[0, 0]`` for ``0/n``, so it is not for small test sets).
+    n_boot, confidence, seed : ``confidence`` for every method; ``n_boot`` and ``seed`` for the
+        bootstrap. Every model uses the same ``seed``, so a model's interval does not depend on
+        which other models are in the frame.
 
     Returns
     -------
     DataFrame indexed by model (name ``"model"``, in column order) with columns
-    ``n`` (int, items), ``accuracy``, ``ci_low``, ``ci_high`` (fractions in [0, 1]).
+    ``n`` (int, items), ``accuracy``, ``ci_low``, ``ci_high`` (fractions in [0, 1]), ``ci_method``.
     """
+    if ci not in CI_METHODS:
+        raise ValueError(f"unknown CI method {ci!r}; expected one of {list(CI_METHODS)}")
     x = validate_correct(correct)
     rows = []
     for j, model in enumerate(correct.columns):
-        low, high = bootstrap_ci(x[:, j], n_boot=n_boot, confidence=confidence, seed=seed)
+        s, n = int(x[:, j].sum()), int(x.shape[0])
+        if ci == "bootstrap":
+            low, high = bootstrap_ci(x[:, j], n_boot=n_boot, confidence=confidence, seed=seed)
+        elif ci == "wilson":
+            low, high = wilson_ci(s, n, confidence)
+        else:
+            low, high = clopper_pearson_ci(s, n, confidence)
         rows.append(
-            {"model": model, "n": int(x.shape[0]), "accuracy": float(x[:, j].mean()),
-             "ci_low": low, "ci_high": high}
+            {"model": model, "n": n, "accuracy": float(x[:, j].mean()),
+             "ci_low": low, "ci_high": high, "ci_method": ci}
         )
     return pd.DataFrame(rows).set_index("model")
 

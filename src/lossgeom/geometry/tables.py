@@ -1,10 +1,11 @@
 """Tables of the pairwise geometry: labelled square matrices, per-layer and long tables, the noise
 floor beside every cross-method value, and per-adapter summaries.
 
-Noise floor: labels ``"{method}/seed{seed}"`` define methods (a label that does not parse is its
-own method). Beside each cross-method value, ``noise_floor.tsv`` gives the mean of the same metric
-over the same-method, different-seed pairs of each method, and the value expected for unrelated
-directions (:func:`lossgeom.geometry.reference.random_reference`).
+Noise floor: labels ``"{method}/seed{seed}"`` (and data-order replicates ``.../seed{seed}data{d}``)
+define methods (a label that does not parse is its own method). Beside each value,
+``noise_floor.tsv`` gives the floor that matches the comparison (the same method's same-init,
+other-data-order pairs for a shared-init pair; its other-init pairs for a pair of two inits) and
+the value expected for unrelated directions (:func:`lossgeom.geometry.reference.random_reference`).
 
 * ``orthogonal_fraction``: ``||dW_b - P_a dW_b|| / ||dW_b||`` with ``P_a`` the projection onto the
   direction of ``dW_a`` (global, or per layer with both restricted to the layer). Projection onto a
@@ -215,43 +216,89 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
-    """One row per pair and headline metric, with the seed noise floor and the random reference.
+def _data_seed(label: str, init_seed: int | None) -> int | None:
+    """The data-order seed of a label (``.../seed<N>data<M>`` -> M; else the init seed)."""
+    from ..config import data_seed_of
 
-    Columns: ``pair_a, pair_b, method_a, method_b, kind`` (``cross-method`` or ``same-method``),
-    ``metric, value``, ``seed_floor_a`` / ``seed_floor_b`` (mean of the metric over pairs of two
-    different seeds of method a / b; ``nan`` if the method has fewer than two seeds),
-    ``n_seed_pairs_a`` / ``n_seed_pairs_b``, ``seed_floor`` (mean of the available of the two) and
-    ``random`` (:func:`random_reference`). Cross-method rows come first.
+    try:
+        return data_seed_of(label)
+    except ValueError:
+        return init_seed
+
+
+NOISE_FLOOR_COLUMNS = [
+    "pair_a", "pair_b", "method_a", "method_b", "kind", "init", "data_order", "metric", "value",
+    "seed_floor_a", "seed_floor_b", "n_seed_pairs_a", "n_seed_pairs_b", "seed_floor",
+    "data_floor_a", "data_floor_b", "n_data_pairs_a", "n_data_pairs_b", "data_floor",
+    "floor", "floor_kind", "random",
+]
+
+
+def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
+    """One row per pair and headline metric, with the noise floor that matches the comparison and
+    the random reference.
+
+    A label ``"{method}/seed{s}"`` has LoRA-init seed ``s`` and data-order seed ``s``;
+    ``"{method}/seed{s}data{d}"`` (a data-order replicate) has init ``s`` and data order ``d``.
+    Two floors per method, each the mean of the metric over that method's own pairs of one kind:
+
+    * ``seed_floor_{a,b}`` (init-seed floor): same method, different init seed (which also changes
+      the data order unless ``training.data_seed`` is fixed); ``n_seed_pairs_{a,b}`` pairs;
+    * ``data_floor_{a,b}`` (data-order floor): same method, same init, different data order;
+      ``n_data_pairs_{a,b}`` pairs.
+
+    ``seed_floor`` / ``data_floor``: the mean of the available of the two methods' floors (``nan``
+    when neither method has such a pair). ``floor`` is the one that matches the row: the data-order
+    floor for a shared-init pair (``init == "shared"``: cross-method values of one seed share their
+    LoRA init, which inflates their similarity), the init-seed floor for a pair of two inits;
+    ``floor_kind`` says which. ``random`` is :func:`random_reference`. ``kind`` is ``cross-method``
+    or ``same-method``; ``data_order`` is ``same`` or ``other``. Cross-method rows come first.
     """
     vals = _pair_values(geo)
     ref = random_reference(geo)
     parsed = [parse_label(l) for l in geo.labels]
     meth = np.array([p[0] for p in parsed], dtype=object)
     seed = [p[1] for p in parsed]
+    data = [_data_seed(l, s) for l, s in zip(geo.labels, seed)]
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
     same = meth[i] == meth[j]
-    seed_pair = same & np.array([seed[a] is not None and seed[b] is not None and seed[a] != seed[b] for a, b in zip(i, j)],
-                                dtype=bool)
+    known = np.array([seed[a] is not None and seed[b] is not None for a, b in zip(i, j)], dtype=bool)
+    shared_init = known & np.array([seed[a] == seed[b] for a, b in zip(i, j)], dtype=bool)
+    same_data = known & np.array([data[a] == data[b] for a, b in zip(i, j)], dtype=bool)
+    seed_pair = same & known & ~shared_init
+    data_pair = same & shared_init & ~same_data
     rows = []
     for metric in NOISE_FLOOR_METRICS:
         v = vals[metric]
-        floor = {}
-        for m in set(meth):
-            sel = seed_pair & (meth[i] == m)
-            floor[m] = (float(np.nanmean(v[sel])) if sel.any() and np.isfinite(v[sel]).any() else np.nan, int(sel.sum()))
+
+        def floors(sel_kind):
+            out = {}
+            for m in set(meth):
+                sel = sel_kind & (meth[i] == m)
+                ok = sel.any() and np.isfinite(v[sel]).any()
+                out[m] = (float(np.nanmean(v[sel])) if ok else np.nan, int(sel.sum()))
+            return out
+
+        sfl, dfl = floors(seed_pair), floors(data_pair)
         r = ref.get(metric, np.full(len(v), np.nan))
         for p in range(len(v)):
-            fa, na = floor[meth[i[p]]]
-            fb, nb = floor[meth[j[p]]]
-            avail = [x for x in (fa, fb) if np.isfinite(x)]
-            rows.append((geo.labels[i[p]], geo.labels[j[p]], meth[i[p]], meth[j[p]],
-                         "same-method" if same[p] else "cross-method", metric, v[p], fa, fb, na, nb,
-                         float(np.mean(avail)) if avail else np.nan, r[p]))
-    df = pd.DataFrame(rows, columns=["pair_a", "pair_b", "method_a", "method_b", "kind", "metric", "value",
-                                     "seed_floor_a", "seed_floor_b", "n_seed_pairs_a", "n_seed_pairs_b",
-                                     "seed_floor", "random"])
+            ma, mb = meth[i[p]], meth[j[p]]
+            (fa, na), (fb, nb) = sfl[ma], sfl[mb]
+            (da, nda), (db, ndb) = dfl[ma], dfl[mb]
+            sf = _mean_available(fa, fb)
+            df_ = _mean_available(da, db)
+            shared = bool(shared_init[p])
+            rows.append((geo.labels[i[p]], geo.labels[j[p]], ma, mb, "same-method" if same[p] else "cross-method",
+                         "shared" if shared else ("other" if known[p] else "unknown"),
+                         "same" if same_data[p] else "other", metric, v[p], fa, fb, na, nb, sf, da, db, nda, ndb,
+                         df_, df_ if shared else sf, "data-order" if shared else "init-seed", r[p]))
+    df = pd.DataFrame(rows, columns=NOISE_FLOOR_COLUMNS)
     return df.sort_values("kind", kind="stable").reset_index(drop=True)
+
+
+def _mean_available(a: float, b: float) -> float:
+    avail = [x for x in (a, b) if np.isfinite(x)]
+    return float(np.mean(avail)) if avail else np.nan
 
 
 def adapters_table(caches: Mapping[str, FactorCache]) -> pd.DataFrame:

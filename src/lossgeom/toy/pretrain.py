@@ -2,9 +2,14 @@
 
 Both are ``Qwen3ForCausalLM`` (the paper's family, so LoRA targets the same q/k/v/o projections as
 Qwen3-4B), built from a small ``Qwen3Config`` and trained with TRL's ``SFTTrainer`` on the gold
-worked solutions of the toy training split, loss on completion tokens only. The teacher is trained
-longer (and may be wider) than the base, so its samples are right on a good share of problems but
-not on all, and the base has room to learn from the teacher's rollouts.
+worked solutions of the toy training split: loss on the completion tokens only, or with
+``loss_on_prompt`` on the whole text, question included (a language model of the toy world's
+stories, as a pretrained model knows its language: it can then write the story's words in a
+solution, which is what the teacher's verbose style does). Each model is trained on
+the solutions in one style (``style``: ``terse`` for the student, ``verbose`` for the teacher; see
+:mod:`.problems`), so the teacher writes a chain-of-thought style of its own that the student has
+never produced. The teacher is also trained longer (and may be wider) than the base, so its samples
+are right on a good share of problems but not on all, and the base has room to learn from them.
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     )
 
 
-def solution_dataset(tokenizer, problems, template: str) -> Dataset:
-    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions."""
-    pairs = [prompt_completion(tokenizer, p.question, p.solution, template) for p in problems]
+def solution_dataset(tokenizer, problems, template: str, style: str = "terse") -> Dataset:
+    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions in ``style``."""
+    pairs = [prompt_completion(tokenizer, p.question, p.solution_in(style), template) for p in problems]
     return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
@@ -56,7 +61,8 @@ def pretrain(
     """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
-    batch_size, learning_rate (and optional mlp_ratio, warmup_ratio). Returns the final train loss
+    batch_size, learning_rate (and optional head_dim, mlp_ratio, warmup_ratio, and ``style``, the
+    solution style it is trained on, default ``terse``; ``loss_on_prompt``, default false). Returns the final train loss
     and parameter count. Deterministic for a fixed seed and thread count on CPU.
     """
     from trl import SFTConfig, SFTTrainer
@@ -81,7 +87,7 @@ def pretrain(
             logging_steps=max(1, spec["steps"] // 20),
             save_strategy="no",
             report_to=[],
-            completion_only_loss=True,
+            completion_only_loss=not spec.get("loss_on_prompt", False),
             use_cpu=not torch.cuda.is_available(),
             bf16=False,
             dataloader_num_workers=0,
@@ -90,7 +96,7 @@ def pretrain(
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=solution_dataset(tokenizer, problems, template),
+            train_dataset=solution_dataset(tokenizer, problems, template, spec.get("style", "terse")),
             processing_class=tokenizer,
         )
         result = trainer.train()

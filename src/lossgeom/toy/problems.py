@@ -4,12 +4,23 @@ A problem is a short story of ``n_steps`` quantity changes ("Ava has 7 pens. She
 followed by a question; its worked solution has one equation per step and ends with the final answer
 on its own line in GSM8K's ``#### <number>`` form, so the same grader serves the toy world and GSM8K.
 
+Every solution is written in two styles (:data:`STYLES`), the same arithmetic in both:
+
+* ``terse`` -- one bare equation per step (``7 + 4 = 11``), then ``#### 11``: what the student (the
+  toy base model) is pretrained on;
+* ``verbose`` -- the teacher's own chain-of-thought style: each equation inside a sentence
+  (``First, we compute 7 + 4 = 11.``, then ``Next, we compute ...``) and a closing sentence that
+  names the answer (``So the final answer is 11.``) before ``#### 11``. A student that has only
+  ever written the terse style must learn it from the teacher's rollouts, as the paper's student
+  learns its teacher's chain-of-thought style; the arithmetic is the same in both styles.
+
 Everything is a pure function of a seed: the train/test split is drawn from one seeded stream with
 prompts de-duplicated, so the test set never shares a prompt with the training set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -23,15 +34,26 @@ _SUB = ("{p} gives {n} away.", "{p} loses {n}.", "{p} sells {n}.")
 _MUL = ("{p} doubles them.",)
 
 
+STYLES = ("terse", "verbose")
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One toy problem: ``question`` is the prompt text, ``solution`` the worked answer text
-    (ending in ``#### <answer>``), ``answer`` the integer final answer."""
+    """One toy problem: ``question`` is the prompt text, ``solution`` the worked answer in the terse
+    style (ending in ``#### <answer>``; the gold of every cross-entropy), ``answer`` the integer
+    final answer, ``verbose_solution`` the same solution in the teacher's verbose style."""
 
     id: str
     question: str
     solution: str
     answer: int
+    verbose_solution: str = ""
+
+    def solution_in(self, style: str) -> str:
+        """The worked solution in ``style`` (one of :data:`STYLES`)."""
+        if style not in STYLES:
+            raise ValueError(f"unknown solution style {style!r}; expected one of {list(STYLES)}")
+        return self.solution if style == "terse" else self.verbose_solution
 
 
 def make_problem(
@@ -48,6 +70,7 @@ def make_problem(
     value = rng.randint(2, max_start)
     story = [f"{person} has {value} {item}."]
     lines = []
+    verbose = []
     for _ in range(n_steps):
         kind = rng.choice(("add", "sub", "mul") if value <= max_double else ("add", "sub"))
         if kind == "sub" and value < 2:
@@ -56,22 +79,26 @@ def make_problem(
             n = rng.randint(1, max_operand)
             story.append(rng.choice(_ADD).format(p=pronoun, n=n))
             lines.append(f"{value} + {n} = {value + n}")
+            verbose.append(f"{'Next' if verbose else 'First'}, we compute {lines[-1]}.")
             value += n
         elif kind == "sub":
             n = rng.randint(1, min(max_operand, value - 1))
             story.append(rng.choice(_SUB).format(p=pronoun, n=n))
             lines.append(f"{value} - {n} = {value - n}")
+            verbose.append(f"{'Next' if verbose else 'First'}, we compute {lines[-1]}.")
             value -= n
         else:
             phrase = rng.choice(_MUL)
             n = 2
             story.append(phrase.format(p=pronoun))
             lines.append(f"{value} * {n} = {value * n}")
+            verbose.append(f"{'Next' if verbose else 'First'}, we compute {lines[-1]}.")
             value *= n
     story.append(f"How many {item} does {person} have now?")
     question = " ".join(story)
     solution = "\n".join(lines + [f"#### {value}"])
-    return Problem(id="", question=question, solution=solution, answer=value)
+    verbose_solution = "\n".join(verbose + [f"So the final answer is {value}.", f"#### {value}"])
+    return Problem(id="", question=question, solution=solution, answer=value, verbose_solution=verbose_solution)
 
 
 def generate_splits(
@@ -100,6 +127,6 @@ def generate_splits(
             continue
         seen.add(p.question)
         drawn.append(p)
-    train = [Problem(f"toy-train-{i}", p.question, p.solution, p.answer) for i, p in enumerate(drawn[:n_train])]
-    test = [Problem(f"toy-test-{i}", p.question, p.solution, p.answer) for i, p in enumerate(drawn[n_train:])]
+    train = [dataclasses.replace(p, id=f"toy-train-{i}") for i, p in enumerate(drawn[:n_train])]
+    test = [dataclasses.replace(p, id=f"toy-test-{i}") for i, p in enumerate(drawn[n_train:])]
     return train, test

@@ -3,7 +3,7 @@
 Layout of ``out_dir`` (the models are trained into ``base/`` and ``teacher/`` beside it by
 ``lossgeom toy-model``):
 
-    problems/train.jsonl, problems/test.jsonl   id, question, solution, answer
+    problems/train.jsonl, problems/test.jsonl   id, question, solution, answer, verbose_solution
     tokenizer/                                  Hugging Face tokenizer files
 """
 
@@ -32,8 +32,10 @@ def build_world(spec: dict, out_dir: Path) -> dict:
                 for p in split:
                     f.write(json.dumps(asdict(p)) + "\n")
         # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
+        # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
         bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
-        corpus = [prompt_string(bootstrap, p.question) + p.solution + "<|im_end|>" for p in train]
+        corpus = [prompt_string(bootstrap, p.question) + s + "<|im_end|>" for p in train
+                  for s in (p.solution, p.verbose_solution)]
         build_tokenizer(corpus, spec["tokenizer_vocab"]).save_pretrained(str(tmp / "tokenizer"))
     return {"train": len(train), "test": len(test)}
 

@@ -27,6 +27,7 @@ def rift_loss(
     positive_reward: float,
     negative_reward: float,
     num_tokens,
+    negative_prob: str = "token",
 ) -> torch.Tensor:
     """Reward-informed fine-tuning, the source paper's stabilised form (Liu et al. 2026).
 
@@ -37,14 +38,30 @@ def rift_loss(
     [0, |R-|] per token, with gradient |R-| * p_t * grad log p_t that fades as the token becomes
     unlikely.
 
-    The probability of a negative is taken per token, p_t = exp(log p_t), not for the whole
-    sequence: a sequence probability is a product over hundreds of tokens, underflows to zero and
-    its gradient vanishes, while the token form keeps every token of a wrong trace in play and
-    matches the token-level normalisation of the positive term.
+    ``negative_prob`` chooses the probability in the negative term:
+
+    * ``token`` (default): per token, |R-| * p_t with p_t = exp(log p_t);
+    * ``sequence``: the RIFT paper's form, the sequence probability p(y) = exp(sum_t log p_t) of
+      the wrong completion, put on each of its tokens (|R-| * p(y) per token), so both forms share
+      the per-token normalisation of the positive term. Its gradient on each token is
+      |R-| * p(y) * grad log p_t.
+
+    The token form is the default: a sequence probability is a product over every token of a trace
+    (hundreds in the paper's chains of thought), underflows towards zero and its gradient vanishes,
+    so the negatives would stop counting; the token form keeps every token of a wrong trace in play.
+    With ``negative_reward >= 0`` both forms reduce to the weighted NLL ``R- * -log p_t``.
     """
+    if negative_prob not in ("token", "sequence"):
+        raise ValueError(f"rift_loss: negative_prob must be 'token' or 'sequence', got {negative_prob!r}")
     correct = (rewards > 0.5)[:, None]
     pos = positive_reward * -logp
-    neg = -negative_reward * logp.exp() if negative_reward < 0 else negative_reward * -logp
+    if negative_reward >= 0:
+        neg = negative_reward * -logp
+    elif negative_prob == "token":
+        neg = -negative_reward * logp.exp()
+    else:
+        seq = (logp * mask).sum(dim=1, keepdim=True).exp()  # (batch, 1): p(y) of each row
+        neg = (-negative_reward * seq).expand_as(logp)
     per_token = torch.where(correct, pos, neg)
     return (per_token * mask).sum() / num_tokens
 

@@ -69,7 +69,7 @@ class OfflineLossTrainer(SFTTrainer):
             if name == "rift":
                 loss = losses.rift_loss(
                     logp, mask, rewards.to(logp.device), self.loss_spec.positive_reward,
-                    self.loss_spec.negative_reward, num_tokens,
+                    self.loss_spec.negative_reward, num_tokens, self.loss_spec.negative_prob or "token",
                 )
             elif name == "offline_grpo":
                 ref_logp = None

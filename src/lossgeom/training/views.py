@@ -6,7 +6,9 @@ Every method reads the same rollout table; only the view differs:
     rft            correct rollouts only (rejection-sampling fine-tuning)
     rift           every rollout with its reward (positives and negatives are weighted differently)
     offline_grpo   every rollout with its group advantage A_i = r_i - mean_group(r) + b
-                   (group = the K rollouts of one prompt; optionally divided by the group's std)
+                   (group = the K rollouts of one prompt; optionally divided by the group's std);
+                   a group whose rollouts are all wrong gets A = 0 (``all_wrong: zero``, as the
+                   KRAFTON code, whose bias is for all-correct groups only) or b (``bias``)
     dpo            (chosen = correct, rejected = incorrect) pairs of the same prompt
 
 An empty view stops with the method name and the counts (``ViewError``): RFT without a correct
@@ -25,19 +27,28 @@ class ViewError(ValueError):
     """The rollouts give a method nothing to train on; the message has the method and the counts."""
 
 
-def grpo_advantages(rewards: pd.Series, groups: pd.Series, bias: float, std_normalize: bool) -> np.ndarray:
+def grpo_advantages(rewards: pd.Series, groups: pd.Series, bias: float, std_normalize: bool,
+                    all_wrong: str = "bias") -> np.ndarray:
     """A_i = (r_i - mean_g(r)) [/ (std_g(r) + 1e-4)] + b, with g the group (prompt) of row i.
 
     ``std_g`` is the population std of the group's rewards (0 for a uniform group, so the epsilon
-    keeps uniform groups at exactly ``b``). Returns float64 of the rows' length.
+    keeps uniform groups at exactly ``b``). ``all_wrong``: the advantage of a group whose rewards
+    are all 0: ``bias`` keeps the formula (A = b, so with b > 0 wrong traces are trained on with a
+    positive weight), ``zero`` sets A = 0 (the rows stay in the batch and add nothing), as the
+    KRAFTON code does: its bias term is for all-correct groups. Returns float64 of the rows' length.
     """
+    if all_wrong not in ("zero", "bias"):
+        raise ValueError(f"grpo_advantages: all_wrong must be 'zero' or 'bias', got {all_wrong!r}")
     r = rewards.astype(float)
     mean = r.groupby(groups).transform("mean")
     centred = r - mean
     if std_normalize:
         std = r.groupby(groups).transform(lambda x: x.std(ddof=0))
         centred = centred / (std + 1e-4)
-    return (centred + bias).to_numpy(dtype=float)
+    adv = centred + bias
+    if all_wrong == "zero":
+        adv = adv.where(r.groupby(groups).transform("max") > 0, 0.0)
+    return adv.to_numpy(dtype=float)
 
 
 def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.DataFrame:
@@ -95,7 +106,9 @@ def build_view(rollouts: pd.DataFrame, spec: MethodSpec, seed: int) -> tuple[pd.
         if counts["mixed_groups"] == 0:
             raise ViewError(f"method {method!r} (offline_grpo): no prompt has both correct and incorrect rollouts; counts {counts}")
         view = base.copy()
-        view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], spec.bias, spec.std_normalize)
+        view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], spec.bias, spec.std_normalize,
+                                         spec.all_wrong or "bias")
+        counts["all_wrong_groups"] = int((per_prompt == 0).sum())
     else:
         raise ValueError(f"unknown loss {loss!r}")
     if "weight" not in view:
