@@ -27,6 +27,7 @@ include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/behaviour.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

@@ -13,7 +13,7 @@ PKG = ROOT / "src" / "lossgeom"
 MAX_LINES = 500
 # stage subpackage -> the rule file that calls it
 STAGES = {"toy": "toy.smk", "generation": "rollouts.smk", "training": "train.smk", "geometry": "geometry.smk",
-          "behaviour": "behaviour.smk"}
+          "behaviour": "behaviour.smk", "claims": "claims.smk"}
 
 
 def module_name(path: Path) -> str:

@@ -202,6 +202,26 @@ def cmd_behaviour_figures(a):
     fig.plot_cka_heatmap(cka, int(cka["layer"].max()), a.out / "cka_last_layer.png")
 
 
+def cmd_training_figures(a):
+    from .figures.training import plot_training_curves
+
+    plot_training_curves({label: path / "metrics.tsv" for label, path in a.adapters}, a.out, a.analysis_step)
+
+
+def cmd_claims(a):
+    from .claims.check import write_claims
+
+    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out)
+    log.info("claims: %s", df["verdict"].value_counts().to_dict())
+
+
+def _role(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected role=method (e.g. grpo=grpo), got {text!r}")
+    role, method = text.split("=", 1)
+    return role, method
+
+
 # ---- parser -------------------------------------------------------------------------------------
 
 
@@ -324,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("cka", cmd_cka, "linear and debiased CKA per layer for every model pair")
     sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
     sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("training-figures", cmd_training_figures, "training curves of every adapter from its metrics.tsv")
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
+    sp.add_argument("--analysis-step", type=int, default=None)
+    sp.add_argument("--out", type=Path, required=True, help="figure .png (a .pdf is written beside it)")
+
+    sp = add("claims", cmd_claims, "the paper's claims checked against this run (claims.tsv)")
+    sp.add_argument("--geometry", type=Path, required=True, help="directory written by 'geometry'")
+    sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'eval-stats'")
+    sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
+    sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
+    sp.add_argument("--roles", nargs="+", type=_role, required=True,
+                    help="the paper's methods as role=method: sft= rft= dft= rift= grpo= dpo=")
+    sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
+    sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
 
     sp = add("behaviour-figures", cmd_behaviour_figures, "accuracy, McNemar, LMC and CKA figures")
     sp.add_argument("--eval-dir", type=Path, required=True)

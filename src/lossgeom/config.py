@@ -227,3 +227,17 @@ def data_seed_of(label: str) -> int:
     if not match:
         raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
     return int(match["data"]) if match["data"] is not None else int(match["seed"])
+
+
+PAPER_ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "offline_grpo", "dpo": "dpo"}
+
+
+def claim_roles(config: dict) -> dict[str, str]:
+    """The paper's six methods -> this study's method names: for each, the first method (config
+    order) with that loss (so ``dpo``, not ``dpo_lrmatched``, plays DPO). Absent losses are left out."""
+    out = {}
+    for role, loss in PAPER_ROLES.items():
+        name = next((m for m, e in config["methods"].items() if e.get("loss") == loss), None)
+        if name is not None:
+            out[role] = name
+    return out

@@ -153,6 +153,10 @@ class MethodSpec:
         """The seed of the data order for a job of ``seed`` (the init seed is always ``seed``)."""
         return self.data_seed if self.data_seed is not None else seed
 
+    def with_data_seed(self, data_seed: int) -> "MethodSpec":
+        """This spec with the data-order seed fixed to ``data_seed`` (a data-order replicate)."""
+        return dataclasses.replace(self, data_seed=int(data_seed))
+
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping, method: str) -> "MethodSpec":

@@ -51,8 +51,8 @@ rule eval_stats:
     input:
         [f"{RESULTS}/eval/{m}.parquet" for m in MODELS],
     output:
-        f"{RESULTS}/eval/accuracy.tsv",
-        f"{RESULTS}/eval/pairwise.tsv",
+        report(f"{RESULTS}/eval/accuracy.tsv", caption="../report/accuracy_table.rst", category="Accuracy"),
+        report(f"{RESULTS}/eval/pairwise.tsv", caption="../report/pairwise_table.rst", category="Accuracy"),
         f"{RESULTS}/eval/cochran.json",
     params:
         evaluations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
@@ -120,7 +120,7 @@ rule lmc_summary:
     input:
         [lmc_sweep(a, b) for a, b in cfg.lmc_pairs(config)],
     output:
-        summary=f"{RESULTS}/lmc/summary.tsv",
+        summary=report(f"{RESULTS}/lmc/summary.tsv", caption="../report/lmc_table.rst", category="Connectivity"),
         curves=f"{RESULTS}/lmc/curves.tsv",
     resources:
         mem_mb=RES["cpu_mem_mb"],
@@ -198,8 +198,13 @@ rule behaviour_figures:
         cka=f"{RESULTS}/cka/cka.tsv",
         code=FIGURE_CODE / "behaviour.py",
     output:
-        report(f"{RESULTS}/figures/lmc.png", caption="../report/lmc.rst", category="behaviour"),
-        report(f"{RESULTS}/figures/cka_profiles.png", caption="../report/cka.rst", category="behaviour"),
+        report(f"{RESULTS}/figures/lmc.png", caption="../report/lmc.rst", category="Connectivity"),
+        report(f"{RESULTS}/figures/cka_profiles.png", caption="../report/cka.rst", category="Representations"),
+        report(f"{RESULTS}/figures/cka_last_layer.png", caption="../report/cka_last_layer.rst", category="Representations"),
+        *[report(f"{RESULTS}/figures/accuracy_{t}.png", caption="../report/accuracy.rst", category="Accuracy")
+          for t in config["test_sets"]],
+        *[report(f"{RESULTS}/figures/mcnemar_{t}.png", caption="../report/mcnemar.rst", category="Accuracy")
+          for t in config["test_sets"]],
     params:
         eval_dir=lambda w, input: str(Path(input.accuracy).parent),
         lmc_dir=lambda w, input: str(Path(input.lmc).parent),

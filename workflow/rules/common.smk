@@ -19,6 +19,7 @@ RESULTS = "results"
 FIGURE_CODE = Path(workflow.basedir) / "src" / "lossgeom" / "figures"
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
+GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
 TEMPLATE = config["model"].get("prompt_template", "{question}")
 ENV = "../../envs/lossgeom.yaml"
 DTYPE = config["model"].get("dtype", "float32")
@@ -41,6 +42,8 @@ localrules:
     lmc_summary,
     cka,
     behaviour_figures,
+    claims,
+    training_figures,
 
 
 wildcard_constraints:
@@ -83,8 +86,8 @@ def toy_input(*sources):
 
 
 def adapter_dir(label):
-    method, seed = cfg.parse_label(label)
-    return f"{RESULTS}/adapters/{method}/seed{seed}"
+    cfg.parse_label(label)  # checks the form: method/seed<N>, or method/seed<N>data<M> for a replicate
+    return f"{RESULTS}/adapters/{label}"
 
 
 def all_targets():
@@ -95,6 +98,8 @@ def all_targets():
         f"{RESULTS}/lmc/summary.tsv",
         f"{RESULTS}/cka/cka.tsv",
         f"{RESULTS}/figures/lmc.png",
+        f"{RESULTS}/claims.tsv",
+        f"{RESULTS}/figures/training_curves.png",
     ]
 
 

@@ -5,13 +5,14 @@ BASE_ALIGNMENT = config.get("geometry", {}).get("base_alignment", False)
 
 rule geometry:
     input:
-        [adapter_dir(label) for label in LABELS],
+        [adapter_dir(label) for label in GEOMETRY_LABELS],
         **(model_input("base") if BASE_ALIGNMENT else {}),
     output:
         f"{RESULTS}/geometry/cosine_global.tsv",
         f"{RESULTS}/geometry/long.tsv",
+        report(f"{RESULTS}/geometry/noise_floor.tsv", caption="../report/noise_floor.rst", category="Geometry"),
     params:
-        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
+        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
         top_k=config.get("geometry", {}).get("top_k", 10),
         out=parent_of(0),
         base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
@@ -33,7 +34,11 @@ rule geometry_figures:
         f"{RESULTS}/geometry/cosine_global.tsv",
         code=FIGURE_CODE / "geometry.py",
     output:
-        report(f"{RESULTS}/figures/cosine_global.png", caption="../report/cosine_global.rst", category="geometry"),
+        report(f"{RESULTS}/figures/cosine_global.png", caption="../report/cosine_global.rst", category="Geometry"),
+        report(f"{RESULTS}/figures/top1_angle_left_median.png", caption="../report/top1_angle.rst", category="Geometry"),
+        report(f"{RESULTS}/figures/orthogonal_fraction_global.png", caption="../report/orthogonal_fraction.rst",
+               category="Geometry"),
+        report(f"{RESULTS}/figures/per_layer_profiles.png", caption="../report/per_layer.rst", category="Geometry"),
     params:
         tables=parent_of(0, "input"),
         out=parent_of(0),

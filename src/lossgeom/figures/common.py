@@ -46,3 +46,30 @@ def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
     return png, pdf
+
+
+# One colour per method across every figure, and readable names (methods not listed get the
+# remaining colours of the palette in order of appearance, and their config name).
+METHOD_COLOURS = {
+    "sft": "#1f77b4", "rft": "#17becf", "rift": "#2ca02c", "dft": "#ff7f0e",
+    "grpo": "#9467bd", "dpo": "#d62728", "dpo_lrmatched": "#e377c2", "base": "#7f7f7f",
+}
+METHOD_NAMES = {
+    "sft": "SFT", "rft": "RFT", "dft": "DFT", "rift": "RIFT", "grpo": "Offline GRPO", "dpo": "DPO",
+    "dpo_lrmatched": "DPO (LR-matched)", "base": "base",
+}
+_SPARE = ["#8c564b", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173"]
+
+
+def method_colour(method: str, _assigned: dict = {}) -> str:
+    """The colour of ``method`` (a config name), stable within one process for unknown names."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    if method not in _assigned:
+        _assigned[method] = _SPARE[len(_assigned) % len(_SPARE)]
+    return _assigned[method]
+
+
+def method_name(method: str) -> str:
+    """A readable name for a config method name (``grpo`` -> ``Offline GRPO``)."""
+    return METHOD_NAMES.get(method, method)

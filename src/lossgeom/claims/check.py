@@ -1,0 +1,348 @@
+"""This run's number, floor and verdict for each claim of the paper (``results/claims.tsv``).
+
+Inputs are the tables the other stages wrote: ``geometry/noise_floor.tsv`` (pairwise values with
+their floors and random levels), ``geometry/adapters.tsv`` (norms, effective ranks),
+``eval/pairwise.tsv`` (exact McNemar with Holm), ``lmc/summary.tsv`` (barriers) and
+``cka/cka.tsv``. ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) to this
+study's method names; ``seed`` is the seed whose adapters share a LoRA init (cross-method values
+at that seed are compared with the data-order floor, cross-seed values with the init-seed floor).
+
+Each verdict follows the claim's ``rule`` (``paper_claims.tsv``), fixed in code below, never tuned
+per run: ``holds``, ``fails``, or ``not run`` when the inputs for it are absent (a method, a pair
+or a table the study did not produce). Numbers are rounded to 3 significant digits in text.
+Output columns: ``claim_id, group, claim, paper, this_run, floor, random, verdict, rule``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..fsutil import write_table
+from .paper import paper_claims
+
+ROLES = ("sft", "rft", "dft", "rift", "grpo", "dpo")
+NOT_RUN = "not run"
+
+
+class _Missing(Exception):
+    """An input a claim needs is absent: the verdict is 'not run'."""
+
+
+def _f(x: float) -> str:
+    return "nan" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+class RunTables:
+    """The run's tables, with lookups that raise :class:`_Missing` when a value is absent."""
+
+    def __init__(self, geometry: Path, eval_dir: Path | None, lmc: Path | None, cka: Path | None,
+                 roles: dict[str, str], seed: int):
+        self.roles, self.seed = roles, seed
+        self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
+        self.adapters = pd.read_csv(geometry / "adapters.tsv", sep="\t")
+        self.pairwise = _read(eval_dir / "pairwise.tsv") if eval_dir else None
+        self.lmc = _read(lmc) if lmc else None
+        self.cka = _read(cka) if cka else None
+
+    def label(self, role: str, seed: int | None = None) -> str:
+        if role not in self.roles:
+            raise _Missing(f"no method plays {role}")
+        return f"{self.roles[role]}/seed{self.seed if seed is None else seed}"
+
+    def pair(self, a: str, b: str, metric: str = "cosine_global") -> pd.Series:
+        """The noise-floor row of labels ``a``, ``b`` (either order) and ``metric``."""
+        nf = self.nf[self.nf["metric"] == metric]
+        row = nf[((nf["pair_a"] == a) & (nf["pair_b"] == b)) | ((nf["pair_a"] == b) & (nf["pair_b"] == a))]
+        if row.empty:
+            raise _Missing(f"no geometry pair {a} / {b}")
+        return row.iloc[0]
+
+    def cos(self, ra: str, rb: str) -> float:
+        return float(self.pair(self.label(ra), self.label(rb))["value"])
+
+    def same_method(self, role: str, init: str, metric: str = "cosine_global") -> pd.DataFrame:
+        """Rows of a method's own pairs: ``init='other'`` (init-seed pairs) or ``'shared'`` (data-order pairs)."""
+        if role not in self.roles:
+            raise _Missing(f"no method plays {role}")
+        m = self.roles[role]
+        nf = self.nf[(self.nf["metric"] == metric) & (self.nf["method_a"] == m) & (self.nf["method_b"] == m)]
+        nf = nf[(nf["init"] == init) & ((nf["data_order"] == "other") if init == "shared" else True)]
+        if nf.empty:
+            raise _Missing(f"no {init}-init pair of {m}")
+        return nf
+
+    def holm_p(self, a: str, b: str) -> tuple[float, float, float]:
+        """(acc_a, acc_b, Holm p) of models ``a``, ``b`` on the first test set."""
+        if self.pairwise is None:
+            raise _Missing("no eval/pairwise.tsv")
+        pw = self.pairwise[self.pairwise["test_set"] == self.pairwise["test_set"].iloc[0]]
+        row = pw[(pw["model_a"] == a) & (pw["model_b"] == b)]
+        if not row.empty:
+            r = row.iloc[0]
+            return float(r["acc_a"]), float(r["acc_b"]), float(r["p_holm"])
+        row = pw[(pw["model_a"] == b) & (pw["model_b"] == a)]
+        if row.empty:
+            raise _Missing(f"no McNemar pair {a} / {b}")
+        r = row.iloc[0]
+        return float(r["acc_b"]), float(r["acc_a"]), float(r["p_holm"])
+
+    def barrier(self, a: str, b: str, metric: str = "answer_ce") -> tuple[float, float, float]:
+        """(value_a, value_b, barrier) of the sweep between ``a`` and ``b`` (either direction)."""
+        if self.lmc is None:
+            raise _Missing("no lmc/summary.tsv")
+        s = self.lmc[self.lmc["metric"] == metric]
+        row = s[(s["pair_a"] == a) & (s["pair_b"] == b)]
+        if not row.empty:
+            r = row.iloc[0]
+            return float(r["value_a"]), float(r["value_b"]), float(r["barrier"])
+        row = s[(s["pair_a"] == b) & (s["pair_b"] == a)]
+        if row.empty:
+            raise _Missing(f"no LMC sweep {a} / {b}")
+        r = row.iloc[0]
+        return float(r["value_b"]), float(r["value_a"]), float(r["barrier"])
+
+    def cka_layers(self, a: str, b: str) -> pd.Series:
+        """Linear CKA per layer (index: layer) of models ``a``, ``b``."""
+        if self.cka is None:
+            raise _Missing("no cka/cka.tsv")
+        c = self.cka
+        rows = c[((c["model_a"] == a) & (c["model_b"] == b)) | ((c["model_a"] == b) & (c["model_b"] == a))]
+        if rows.empty:
+            raise _Missing(f"no CKA pair {a} / {b}")
+        return rows.set_index("layer")["cka"].sort_index()
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t") if path is not None and Path(path).exists() else None
+
+
+# ---- one function per claim: returns (this_run, floor, random, holds) -------------------------
+
+def _cluster(t: RunTables):
+    pairs = [("sft", "rft"), ("sft", "rift"), ("rft", "rift")]
+    rows = [t.pair(t.label(a), t.label(b)) for a, b in pairs]
+    vals = [float(r["value"]) for r in rows]
+    others = [t.cos(m, o) for m in ("sft", "rft", "rift") for o in ("dft", "grpo", "dpo") if o in t.roles]
+    text = ", ".join(f"{a.upper()}-{b.upper()} {_f(v)}" for (a, b), v in zip(pairs, vals))
+    text += f"; largest cluster-to-other {_f(max(others))}" if others else ""
+    floor = np.nanmean([float(r["data_floor"]) for r in rows])
+    holds = min(vals) >= 0.9 and (not others or min(vals) > max(others))
+    return text, f"data-order {_f(floor)}", _f(float(rows[0]["random"])), holds
+
+
+def _cluster_vs_floor(t: RunTables):
+    pairs = [("sft", "rft"), ("sft", "rift"), ("rft", "rift")]
+    vals = [t.cos(a, b) for a, b in pairs]
+    floors = [float(t.same_method(r, "shared")["value"].mean()) for r in ("sft", "rft", "rift")]
+    floor = float(np.mean(floors))
+    text = f"smallest cluster cosine {_f(min(vals))}; data-order floors SFT {_f(floors[0])}, RFT {_f(floors[1])}, RIFT {_f(floors[2])}"
+    return text, f"data-order {_f(floor)}", "", min(vals) >= floor - 0.05
+
+
+def _dft(t: RunTables):
+    ds, dr = t.cos("dft", "sft"), t.cos("dft", "rift")
+    lo = min(t.cos("sft", "rft"), t.cos("sft", "rift"), t.cos("rft", "rift"))
+    row = t.pair(t.label("dft"), t.label("sft"))
+    return (f"DFT-SFT {_f(ds)}, DFT-RIFT {_f(dr)}; smallest cluster cosine {_f(lo)}", f"data-order {_f(row['data_floor'])}",
+            _f(row["random"]), all(0.25 < v < lo for v in (ds, dr)))
+
+
+def _dpo_orthogonal(t: RunTables):
+    vals = {m: t.cos("dpo", m) for m in ("sft", "rft", "rift")}
+    row = t.pair(t.label("dpo"), t.label("sft"))
+    return (", ".join(f"DPO-{m.upper()} {_f(v)}" for m, v in vals.items()), f"data-order {_f(row['data_floor'])}",
+            _f(row["random"]), all(abs(v) < 0.2 for v in vals.values()))
+
+
+def _norm_of(t: RunTables, role: str) -> float:
+    row = t.adapters[t.adapters["label"] == t.label(role)]
+    if row.empty:
+        raise _Missing(f"no adapter {t.label(role)}")
+    return float(row["norm"].iloc[0])
+
+
+def _dpo_norm(t: RunTables):
+    s, d = _norm_of(t, "sft"), _norm_of(t, "dpo")
+    nr = t.same_method("sft", "shared", "norm_ratio")["value"]
+    return (f"||dW|| SFT {_f(s)}, DPO {_f(d)}: ratio {_f(s / d)}", f"SFT data-order norm ratio {_f(float(nr.mean()))}", "",
+            s / d >= 5)
+
+
+def _grpo_between(t: RunTables):
+    g = [t.cos("grpo", m) for m in ("sft", "rft", "rift")]
+    lo = min(t.cos("sft", "rft"), t.cos("sft", "rift"), t.cos("rft", "rift"))
+    d = max(abs(t.cos("dpo", m)) for m in ("sft", "rft", "rift"))
+    row = t.pair(t.label("grpo"), t.label("sft"))
+    return (f"cos(GRPO, SFT/RFT/RIFT) {_f(g[0])}/{_f(g[1])}/{_f(g[2])} (mean {_f(np.mean(g))}); smallest cluster {_f(lo)}; largest |DPO-cluster| {_f(d)}",
+            f"data-order {_f(row['data_floor'])}", _f(row["random"]), d < float(np.mean(g)) < lo)
+
+
+def _angle_order(t: RunTables):
+    paper = ["rft", "rift", "grpo", "dft", "dpo"]
+    ang = {m: float(t.pair(t.label("sft"), t.label(m), "top1_angle_left_median")["value"]) for m in paper}
+    order = sorted(ang, key=ang.get)
+    row = t.pair(t.label("sft"), t.label("rft"), "top1_angle_left_median")
+    text = " < ".join(f"{m.upper()} {ang[m]:.1f}" for m in order) + " deg"
+    return text, f"SFT data-order {_f(row['data_floor'])} deg", f"{_f(row['random'])} deg", order == paper
+
+
+def _effective_rank(t: RunTables):
+    er = {}
+    for m in ROLES:
+        row = t.adapters[t.adapters["label"] == t.label(m)]
+        if row.empty:
+            raise _Missing(f"no adapter {t.label(m)}")
+        er[m] = float(row["effective_rank_mean"].iloc[0])
+    text = ", ".join(f"{m.upper()} {v:.2f}" for m, v in er.items())
+    return text, "", "", max(er, key=er.get) == "dpo"
+
+
+def _seed_cosine(t: RunTables):
+    rows = pd.concat([t.same_method(m, "other") for m in ROLES if m in t.roles])
+    v = rows["value"].astype(float)
+    shared = [t.cos(a, b) for a, b in (("sft", "rft"), ("sft", "rift"), ("rft", "rift"))]
+    return (f"init-seed cosines {_f(v.min())} to {_f(v.max())} (shared-init cluster {_f(min(shared))}-{_f(max(shared))})",
+            f"init-seed {_f(v.mean())}", _f(float(rows["random"].mean())), bool(v.max() < 0.5))
+
+
+def _seed_u1_v1(t: RunTables):
+    u = pd.concat([t.same_method(m, "other", "u1_agreement") for m in ROLES if m in t.roles])
+    v = pd.concat([t.same_method(m, "other", "v1_agreement") for m in ROLES if m in t.roles])
+    um, vm = float(u["value"].mean()), float(v["value"].mean())
+    return (f"u1 {_f(um)}, v1 {_f(vm)} (mean over init-seed pairs)", "",
+            f"u1 {_f(float(u['random'].mean()))}, v1 {_f(float(v['random'].mean()))}", um > 0.8 and vm < 0.3)
+
+
+def _rel_barrier(t: RunTables, a: str, b: str) -> tuple[float, str]:
+    va, vb, bar = t.barrier(a, b)
+    rel = bar / ((va + vb) / 2)
+    return rel, f"{a} -> {b}: {_f(va)} -> {_f(vb)}, barrier {_f(bar)} ({100 * rel:.1f}% of endpoints)"
+
+
+def _seed_lmc(t: RunTables):
+    out, rels = [], []
+    for m in ROLES:
+        if m not in t.roles:
+            continue
+        seeds = sorted({int(l.split("seed")[1].split("data")[0]) for l in t.nf["pair_a"].tolist() + t.nf["pair_b"].tolist()
+                        if l.startswith(t.roles[m] + "/") and "data" not in l})
+        for s2 in seeds:
+            if s2 == t.seed:
+                continue
+            try:
+                rel, text = _rel_barrier(t, t.label(m), t.label(m, s2))
+            except _Missing:
+                continue
+            rels.append(rel)
+            out.append(text)
+    if not rels:
+        raise _Missing("no same-method seed sweep")
+    return "; ".join(out), "", "", max(rels) <= 0.10
+
+
+def _acc_nll_same(t: RunTables):
+    fam = ["sft", "rft", "dft", "rift", "grpo"]
+    ps, accs = [], {}
+    for i, a in enumerate(fam):
+        for b in fam[i + 1:]:
+            acc_a, acc_b, p = t.holm_p(t.label(a), t.label(b))
+            accs[a], accs[b] = acc_a, acc_b
+            ps.append(p)
+    text = ", ".join(f"{m.upper()} {100 * v:.1f}%" for m, v in accs.items()) + f"; smallest Holm p {_f(min(ps))}"
+    return text, "", "", min(ps) >= 0.05
+
+
+def _acc_dpo(t: RunTables):
+    a, d, p = t.holm_p(t.label("sft"), t.label("dpo"))
+    return f"DPO {100 * d:.1f}% vs SFT {100 * a:.1f}%, Holm p {_f(p)}", "", "", d > a and p < 0.05
+
+
+def _acc_moves(t: RunTables):
+    out, ok = [], True
+    for m in ("sft", "rft", "rift"):
+        base, acc, p = t.holm_p("base", t.label(m))
+        out.append(f"{m.upper()} {100 * acc:.1f}% (Holm p {_f(p)})")
+        ok &= p < 0.05
+    return f"base {100 * base:.1f}%; " + ", ".join(out), "", "", ok
+
+
+def _lmc(a: str, b: str, barrier_expected: bool):
+    def fn(t: RunTables):
+        rel, text = _rel_barrier(t, t.label(a), t.label(b))
+        return text, "", "", (rel > 0.10) if barrier_expected else (rel <= 0.10)
+    return fn
+
+
+def _cka_pattern(t: RunTables):
+    sr = t.cka_layers(t.label("sft"), t.label("rift"))
+    sg = t.cka_layers(t.label("sft"), t.label("grpo"))
+    gd = t.cka_layers(t.label("grpo"), t.label("dpo"))
+    dd = t.cka_layers(t.label("dft"), t.label("dpo"))
+    last = int(sr.index.max())
+    low = max(gd.loc[last], dd.loc[last])
+    text = (f"SFT-RIFT min {sr.min():.4f}; last layer ({last}): SFT-GRPO {sg.loc[last]:.4f}, "
+            f"GRPO-DPO {gd.loc[last]:.4f}, DFT-DPO {dd.loc[last]:.4f}")
+    return text, "", "", sr.min() > sg.loc[last] > low
+
+
+def _never(reason: str):
+    def fn(t: RunTables):
+        raise _Missing(reason)
+    return fn
+
+
+CHECKS = {
+    "cluster": _cluster,
+    "cluster_vs_floor": _cluster_vs_floor,
+    "dft": _dft,
+    "dpo_orthogonal": _dpo_orthogonal,
+    "dpo_norm": _dpo_norm,
+    "grpo_between": _grpo_between,
+    "angle_order": _angle_order,
+    "effective_rank": _effective_rank,
+    "seed_cosine": _seed_cosine,
+    "seed_u1_v1": _seed_u1_v1,
+    "seed_lmc": _seed_lmc,
+    "acc_nll_same": _acc_nll_same,
+    "acc_dpo": _acc_dpo,
+    "acc_moves": _acc_moves,
+    "lmc_sft_grpo": _lmc("sft", "grpo", False),
+    "lmc_grpo_rift": _lmc("grpo", "rift", False),
+    "lmc_rift_dpo": _lmc("rift", "dpo", True),
+    "cka_pattern": _cka_pattern,
+    "lr10x": _never("no 10x-LR run in this study"),
+    "online_grpo": _never("online GRPO is not implemented"),
+}
+
+OUTPUT_COLUMNS = ["claim_id", "group", "claim", "paper", "this_run", "floor", "random", "verdict", "rule"]
+
+
+def check_claims(tables: RunTables) -> pd.DataFrame:
+    """One row per claim of :func:`.paper.paper_claims`, in its order (columns: :data:`OUTPUT_COLUMNS`)."""
+    rows = []
+    for claim in paper_claims().itertuples(index=False):
+        fn = CHECKS.get(claim.claim_id)
+        if fn is None:
+            raise ValueError(f"paper_claims.tsv: claim {claim.claim_id!r} has no check in lossgeom.claims.check")
+        try:
+            this_run, floor, rnd, holds = fn(tables)
+            verdict = "holds" if holds else "fails"
+        except _Missing as e:
+            this_run, floor, rnd, verdict = f"({e})", "", "", NOT_RUN
+        rows.append({"claim_id": claim.claim_id, "group": claim.group, "claim": claim.claim, "paper": claim.paper,
+                     "this_run": this_run, "floor": floor, "random": rnd, "verdict": verdict, "rule": claim.rule})
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def write_claims(geometry: Path, eval_dir: Path | None, lmc: Path | None, cka: Path | None, roles: dict[str, str],
+                 seed: int, out: Path) -> pd.DataFrame:
+    """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
+    bad = sorted(set(roles) - set(ROLES))
+    if bad:
+        raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES)}")
+    df = check_claims(RunTables(Path(geometry), eval_dir and Path(eval_dir), lmc and Path(lmc), cka and Path(cka), roles, seed))
+    write_table(df, out)
+    return df

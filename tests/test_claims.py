@@ -1,0 +1,112 @@
+"""Tests of lossgeom.claims: the paper's numbers file and the verdict rules on hand-built run tables."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lossgeom.claims.check import OUTPUT_COLUMNS, CHECKS, write_claims
+from lossgeom.claims.paper import paper_claims
+from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
+
+ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "grpo", "dpo": "dpo"}
+# shared-init cosines of a run shaped like the paper's
+COS = {("sft", "rft"): 0.97, ("sft", "rift"): 0.96, ("rft", "rift"): 0.97, ("dft", "sft"): 0.55, ("dft", "rift"): 0.5,
+       ("dft", "rft"): 0.5, ("dpo", "sft"): 0.05, ("dpo", "rft"): 0.06, ("dpo", "rift"): 0.04, ("dpo", "dft"): 0.1,
+       ("grpo", "sft"): 0.74, ("grpo", "rft"): 0.75, ("grpo", "rift"): 0.73, ("grpo", "dft"): 0.4, ("grpo", "dpo"): 0.1}
+ANGLE = {"rft": 6.7, "rift": 8.2, "grpo": 18.5, "dft": 26.7, "dpo": 54.6}
+
+
+def _cos(a, b):
+    return COS.get((a, b), COS.get((b, a)))
+
+
+def _noise_floor(data_floor=0.98) -> pd.DataFrame:
+    rows = []
+    labels = [f"{m}/seed42" for m in ROLES] + [f"{m}/seed123" for m in ROLES] + [f"{m}/seed42data7" for m in ROLES]
+    for a, b in itertools.combinations(labels, 2):
+        ma, mb = a.split("/")[0], b.split("/")[0]
+        sa, sb = a.split("/")[1], b.split("/")[1]
+        shared = sa[:6] == sb[:6]
+        for metric in ("cosine_global", "top1_angle_left_median", "u1_agreement", "v1_agreement", "norm_ratio"):
+            if ma == mb:
+                v = {"cosine_global": data_floor if shared else 0.2, "top1_angle_left_median": 3.0,
+                     "u1_agreement": 0.99 if not shared else 1.0, "v1_agreement": 0.1 if not shared else 1.0,
+                     "norm_ratio": 1.0}[metric]
+            elif shared:
+                v = {"cosine_global": _cos(ma, mb), "top1_angle_left_median": ANGLE.get(mb if ma == "sft" else ma, 40.0),
+                     "u1_agreement": 0.5, "v1_agreement": 0.5, "norm_ratio": 1.0}[metric]
+            else:
+                v = 0.05
+            rows.append({"pair_a": a, "pair_b": b, "method_a": ma, "method_b": mb,
+                         "kind": "same-method" if ma == mb else "cross-method", "init": "shared" if shared else "other",
+                         "data_order": "same" if sa == sb else "other", "metric": metric, "value": v,
+                         "data_floor": data_floor, "seed_floor": 0.2, "random": 0.0})
+    df = pd.DataFrame(rows)
+    return df.reindex(columns=NOISE_FLOOR_COLUMNS)
+
+
+def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0):
+    geo = tmp_path / "geometry"
+    geo.mkdir()
+    _noise_floor().to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
+    pd.DataFrame({"label": [f"{m}/seed42" for m in ROLES], "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2],
+                  "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1]}).to_csv(geo / "adapters.tsv", sep="\t", index=False)
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    models = ["base"] + [f"{m}/seed42" for m in ROLES]
+    acc = {"base": 0.2, "sft/seed42": 0.6, "rft/seed42": 0.6, "dft/seed42": 0.6, "rift/seed42": 0.61,
+           "grpo/seed42": 0.6, "dpo/seed42": dpo_acc}
+    rows = []
+    for a, b in itertools.combinations(models, 2):
+        p = 1.0 if abs(acc[a] - acc[b]) < 0.05 else 1e-6
+        rows.append({"test_set": "toy", "model_a": a, "model_b": b, "acc_a": acc[a], "acc_b": acc[b], "p_holm": p})
+    pd.DataFrame(rows).to_csv(ev / "pairwise.tsv", sep="\t", index=False)
+    lmc = pd.DataFrame([
+        {"pair_a": "sft/seed42", "pair_b": "grpo/seed42", "metric": "answer_ce", "value_a": 2.0, "value_b": 5.0, "barrier": 0.0},
+        {"pair_a": "grpo/seed42", "pair_b": "rift/seed42", "metric": "answer_ce", "value_a": 5.0, "value_b": 2.2, "barrier": 0.1},
+        {"pair_a": "rift/seed42", "pair_b": "dpo/seed42", "metric": "answer_ce", "value_a": 3.8, "value_b": 8.6,
+         "barrier": barrier_rift_dpo},
+        {"pair_a": "sft/seed42", "pair_b": "sft/seed123", "metric": "answer_ce", "value_a": 2.0, "value_b": 2.0, "barrier": 0.0},
+    ])
+    lmc.to_csv(tmp_path / "lmc.tsv", sep="\t", index=False)
+    cka = []
+    for layer in range(4):
+        for a, b, v in (("sft", "rift", 0.995), ("sft", "grpo", 0.85), ("grpo", "dpo", 0.45), ("dft", "dpo", 0.45)):
+            cka.append({"model_a": f"{a}/seed42", "model_b": f"{b}/seed42", "layer": layer, "cka": v})
+    pd.DataFrame(cka).to_csv(tmp_path / "cka.tsv", sep="\t", index=False)
+    return geo, ev
+
+
+def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
+    df = paper_claims()
+    assert set(df["claim_id"]) == set(CHECKS)
+    assert (df["paper"].str.len() > 0).all() and (df["rule"].str.len() > 0).all()
+    assert "0.977" in df.set_index("claim_id").loc["cluster", "paper"]  # the numbers are PAPER.md's
+
+
+def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
+    geo, ev = _write_run(tmp_path)
+    out = write_claims(geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv")
+    assert list(out.columns) == OUTPUT_COLUMNS
+    got = out.set_index("claim_id")["verdict"]
+    assert got[["lr10x", "online_grpo"]].tolist() == ["not run", "not run"]
+    assert (got.drop(["lr10x", "online_grpo"]) == "holds").all(), out[out.verdict != "holds"][["claim_id", "this_run"]]
+    assert "0.97" in out.set_index("claim_id").loc["cluster", "this_run"]
+    assert pd.read_csv(tmp_path / "claims.tsv", sep="\t").shape == out.shape
+
+
+def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
+    geo, ev = _write_run(tmp_path, dpo_acc=0.6, barrier_rift_dpo=0.0)
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
+    assert out.loc["acc_dpo", "verdict"] == "fails"  # same accuracy as SFT
+    for claim in ("lmc_rift_dpo", "seed_lmc", "cka_pattern"):
+        assert out.loc[claim, "verdict"] == "not run"
+    no_dpo = {k: v for k, v in ROLES.items() if k != "dpo"}
+    out = write_claims(geo, ev, None, None, no_dpo, 42, tmp_path / "c2.tsv").set_index("claim_id")
+    assert out.loc["dpo_orthogonal", "verdict"] == "not run"
+    with pytest.raises(ValueError, match="unknown role"):
+        write_claims(geo, ev, None, None, {"ppo": "ppo"}, 42, tmp_path / "c3.tsv")

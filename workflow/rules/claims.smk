@@ -1,0 +1,30 @@
+# The paper's claims, checked against this run: one cheap aggregate over the other stages' tables.
+
+CLAIM_ROLES = cfg.claim_roles(config)
+
+
+rule claims:
+    input:
+        geometry=f"{RESULTS}/geometry/cosine_global.tsv",
+        accuracy=f"{RESULTS}/eval/pairwise.tsv",
+        lmc=f"{RESULTS}/lmc/summary.tsv",
+        cka=f"{RESULTS}/cka/cka.tsv",
+    output:
+        report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
+    params:
+        roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
+        seed=config["seeds"][0],
+        geometry=parent_of(0, "input"),
+        eval_dir=parent_of(1, "input"),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/claims.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/claims.tsv"
+    shell:
+        "lossgeom claims --geometry {params.geometry} --eval-dir {params.eval_dir} --lmc {input.lmc} --cka {input.cka}"
+        " --roles {params.roles} --seed {params.seed} --out {output} 2> {log}"
