@@ -2,10 +2,7 @@
 
 Both are ``Qwen3ForCausalLM`` (the paper's family, so LoRA targets the same q/k/v/o projections as
 Qwen3-4B), built from a small ``Qwen3Config`` and trained with TRL's ``SFTTrainer`` on the gold
-worked solutions of the toy training split: loss on the completion tokens only, or with
-``loss_on_prompt`` on the whole text, question included (a language model of the toy world's
-stories, as a pretrained model knows its language: it can then write the story's words in a
-solution, which is what the teacher's verbose style does). Each model is trained on
+worked solutions of the toy training split, loss on completion tokens only. Each model is trained on
 the solutions in one style (``style``: ``terse`` for the student, ``verbose`` for the teacher; see
 :mod:`.problems`), so the teacher writes a chain-of-thought style of its own that the student has
 never produced. The teacher is also trained longer (and may be wider) than the base, so its samples
@@ -62,7 +59,7 @@ def pretrain(
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
     batch_size, learning_rate (and optional head_dim, mlp_ratio, warmup_ratio, and ``style``, the
-    solution style it is trained on, default ``terse``; ``loss_on_prompt``, default false). Returns the final train loss
+    solution style it is trained on, default ``terse``). Returns the final train loss
     and parameter count. Deterministic for a fixed seed and thread count on CPU.
     """
     from trl import SFTConfig, SFTTrainer
@@ -87,7 +84,7 @@ def pretrain(
             logging_steps=max(1, spec["steps"] // 20),
             save_strategy="no",
             report_to=[],
-            completion_only_loss=not spec.get("loss_on_prompt", False),
+            completion_only_loss=True,
             use_cpu=not torch.cuda.is_available(),
             bf16=False,
             dataloader_num_workers=0,
