@@ -75,3 +75,48 @@ def test_cka_figures(tmp_path, cka_df):
 def test_rejects_non_png_path(tmp_path, cka_df):
     with pytest.raises(ValueError, match=".png"):
         plot_cka_heatmap(cka_df, 0, tmp_path / "heat.pdf")
+
+
+def test_accuracy_grouped_by_method_with_base_line(tmp_path):
+    """Labels method/seed are grouped by method; the base is a reference line, not a bar."""
+    t = pd.DataFrame({"model": ["base", "sft/seed1", "dpo/seed1", "sft/seed2"], "n": 30, "accuracy": [0.1, 0.2, 0.3, 0.0],
+                      "ci_low": [0.03, 0.1, 0.15, 0.0], "ci_high": [0.25, 0.37, 0.48, 0.114], "ci_method": "wilson"})
+    _check(plot_accuracy(t, tmp_path / "acc.png"), tmp_path)
+
+
+def test_lmc_pairs_marks_the_barrier(tmp_path):
+    from lossgeom.figures.behaviour import plot_lmc_pairs
+
+    alphas = np.linspace(0, 1, 5)
+    rows = [{"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": "answer_ce", "value": 3.8 + 4.8 * a + 3 * a * (1 - a)}
+            for a in alphas]
+    rows += [{"pair_a": "sft/seed1", "pair_b": "sft/seed2", "alpha": a, "metric": "answer_ce", "value": 2.0} for a in alphas]
+    summary = pd.DataFrame([{"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "metric": "answer_ce", "barrier": 0.75},
+                            {"pair_a": "sft/seed1", "pair_b": "sft/seed2", "metric": "answer_ce", "barrier": 0.0}])
+    _check(plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "pairs.png"), tmp_path)
+    with pytest.raises(ValueError, match="no metric"):
+        plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "x.png", metric="accuracy")
+
+
+def test_training_curves_and_method_summary(tmp_path):
+    from lossgeom.figures.geometry import plot_method_summary
+    from lossgeom.figures.training import plot_training_curves
+
+    paths = {}
+    for label in ("sft/seed1", "dpo/seed1", "sft/seed2"):
+        path = tmp_path / (label.replace("/", "_") + ".tsv")
+        pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "grad_norm": [1.0, 0.8, 0.7],
+                      "learning_rate": [1e-3, 8e-4, 1e-4]}).to_csv(path, sep="\t", index=False)
+        paths[label] = path
+    _check(plot_training_curves(paths, tmp_path / "curves.png", analysis_step=2), tmp_path)
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_training_curves({"sft/seed1": bad}, tmp_path / "bad.png")
+    rows = []
+    for a, b, init, data, v in (("sft/seed1", "dpo/seed1", "shared", "same", 0.1), ("sft/seed2", "dpo/seed2", "shared", "same", 0.2),
+                                ("sft/seed1", "sft/seed1data5", "shared", "other", 0.97), ("sft/seed1", "sft/seed2", "other", "other", 0.2),
+                                ("sft/seed1", "dpo/seed2", "other", "other", 0.0)):
+        rows.append({"pair_a": a, "pair_b": b, "method_a": a.split("/")[0], "method_b": b.split("/")[0], "init": init,
+                     "data_order": data, "metric": "cosine_global", "value": v, "random": 0.0})
+    _check(plot_method_summary(pd.DataFrame(rows), "cosine_global", tmp_path / "summary.png"), tmp_path)

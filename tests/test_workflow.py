@@ -15,7 +15,13 @@ import yaml
 from conftest import REPO
 
 TINY = REPO / "tests" / "data" / "tiny_config.yaml"
-LABELS = [f"{m}/seed{s}" for m in ("sft", "rft", "dft", "rift", "grpo", "dpo") for s in (1, 2)]
+METHODS = ("sft", "rft", "dft", "rift", "grpo", "dpo")
+LABELS = [f"{m}/seed{s}" for m in METHODS for s in (1, 2)]
+REPLICATES = [f"{m}/seed1data5" for m in METHODS]  # data_order_replicate of the tiny config
+GEOMETRY_FIGURES = {f"results/figures/{n}.png" for n in
+                    ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global", "per_layer_profiles",
+                     "cosine_methods", "top1_angle_methods")}
+BEHAVIOUR_FIGURES = {f"results/figures/{n}.png" for n in ("lmc", "lmc_pairs", "cka_profiles", "cka_last_layer", "accuracy_toy", "mcnemar_toy")}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900, snakefile: Path | None = None):
@@ -86,7 +92,14 @@ def test_tiny_study_writes_the_results_contract(study):
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
         assert (adapter / "step4" / "adapter_model.safetensors").exists()
     cos = pd.read_csv(res / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)
-    assert list(cos.index) == LABELS and list(cos.columns) == LABELS
+    assert list(cos.index) == LABELS + REPLICATES and list(cos.columns) == LABELS + REPLICATES
+    info = json.loads((res / "adapters" / "sft" / "seed1data5" / "train_info.json").read_text())
+    assert json.dumps(info).count('"data_seed": 5') >= 1
+    floor = pd.read_csv(res / "geometry" / "noise_floor.tsv", sep="\t")
+    rep = floor[(floor.pair_a == "sft/seed1") & (floor.pair_b == "sft/seed1data5") & (floor.metric == "cosine_global")]
+    assert rep.iloc[0]["init"] == "shared" and rep.iloc[0]["data_order"] == "other"
+    claims = pd.read_csv(res / "claims.tsv", sep="\t")
+    assert len(claims) == 20 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
     assert (abs(cos.values.diagonal() - 1) < 1e-9).all()
     assert (abs(cos.values - cos.values.T) < 1e-12).all()
     assert (res / "figures" / "cosine_global.png").stat().st_size > 10_000
@@ -103,10 +116,10 @@ def test_immediate_rerun_schedules_nothing(study):
 
 
 AGGREGATES = {
-    "results/geometry/cosine_global.tsv", "results/geometry/long.tsv", "results/figures/cosine_global.png",
+    "results/geometry/cosine_global.tsv", "results/geometry/long.tsv", "results/geometry/noise_floor.tsv",
     "results/eval/accuracy.tsv", "results/eval/pairwise.tsv", "results/eval/cochran.json", "results/cka/cka.tsv",
-    "results/figures/lmc.png", "results/figures/cka_profiles.png",
-}
+    "results/claims.tsv", "results/figures/training_curves.png",
+} | GEOMETRY_FIGURES | BEHAVIOUR_FIGURES
 
 
 @pytest.mark.slow
@@ -117,6 +130,7 @@ def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(s
     for seed in (1, 2):
         expected |= {f"results/adapters/rift/seed{seed}", f"results/eval/rift/seed{seed}.parquet",
                      f"results/activations/rift/seed{seed}.npz"}
+    expected.add("results/adapters/rift/seed1data5")  # its data-order replicate
     # LMC pairs that read rift: sft/seed1 -> rift/seed1 (reference policy) and rift's seed pair
     expected |= {"results/lmc/sft/seed1/rift/seed1.tsv", "results/lmc/rift/seed1/rift/seed2.tsv"}
     assert planned == expected
@@ -137,9 +151,23 @@ def test_editing_figure_code_reruns_figure_jobs_only(study):
     code = study / "workflow_copy" / "src" / "lossgeom" / "figures" / "geometry.py"
     code.write_text(code.read_text() + "\n# an edit\n")
     planned = planned_outputs(snakemake(study, "-n"))
-    assert planned == {"results/figures/cosine_global.png"}
-    assert planned_outputs(snakemake(study, "--cores", "1")) == {"results/figures/cosine_global.png"}
+    assert planned == GEOMETRY_FIGURES
+    assert planned_outputs(snakemake(study, "--cores", "1")) == GEOMETRY_FIGURES
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(study, "-n"))
+
+
+@pytest.mark.slow
+def test_report_holds_every_figure_and_the_claims_table(study):
+    """`snakemake --report` builds, and every registered figure and the claims table are in it."""
+    run = snakemake(study, "--report", "report.html", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    html = (study / "report.html").read_text(errors="replace")
+    for name in sorted(GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | {"results/figures/training_curves.png"}):
+        assert Path(name).name in html, f"{name} is not in the report"
+    for table in ("claims.tsv", "noise_floor.tsv", "accuracy.tsv", "pairwise.tsv", "summary.tsv"):
+        assert table in html, f"{table} is not in the report"
+    for category in ("Claims", "Geometry", "Connectivity", "Representations", "Accuracy", "Training"):
+        assert category in html
 
 
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):

@@ -123,10 +123,12 @@ def cmd_geometry(a):
 def cmd_geometry_figures(a):
     import pandas as pd
 
-    from .figures.geometry import DEFAULT_HEATMAPS, plot_geometry_heatmap, plot_layer_profiles
+    from .figures.geometry import DEFAULT_HEATMAPS, plot_geometry_heatmap, plot_layer_profiles, plot_method_summary
 
     for metric in DEFAULT_HEATMAPS:
         plot_geometry_heatmap(a.tables / f"{metric}.tsv", a.out / f"{metric}.png", metric=metric)
+    for metric, name in (("cosine_global", "cosine_methods"), ("top1_angle_left_median", "top1_angle_methods")):
+        plot_method_summary(a.tables / "noise_floor.tsv", metric, a.out / f"{name}.png")
     labels = pd.read_csv(a.tables / "cosine_global.tsv", sep="\t", index_col=0).index.tolist()
     reference = a.reference or labels[0]
     plot_layer_profiles(a.tables / "per_layer.tsv", reference, a.out / "per_layer_profiles.png")
@@ -194,6 +196,7 @@ def cmd_behaviour_figures(a):
         fig.plot_pairwise_pvalues(pairs[pairs["test_set"] == t], a.out / f"mcnemar_{t}.png",
                                   title=f"exact McNemar, Holm-adjusted p ({t})")
     curves = pd.read_csv(a.lmc_dir / "curves.tsv", sep="\t")
+    fig.plot_lmc_pairs(curves, pd.read_csv(a.lmc_dir / "summary.tsv", sep="\t"), a.out / "lmc_pairs.png")
     curves["pair"] = curves["pair_a"] + " -> " + curves["pair_b"]
     fig.plot_lmc(curves[["pair", "alpha", "metric", "value"]], a.out / "lmc.png", ylabels={
         "answer_ce": "answer-only CE (nats/token)", "solution_ce": "full-solution CE (nats/token)", "accuracy": "accuracy (fraction)"})

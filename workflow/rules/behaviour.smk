@@ -199,6 +199,7 @@ rule behaviour_figures:
         code=FIGURE_CODE / "behaviour.py",
     output:
         report(f"{RESULTS}/figures/lmc.png", caption="../report/lmc.rst", category="Connectivity"),
+        report(f"{RESULTS}/figures/lmc_pairs.png", caption="../report/lmc_pairs.rst", category="Connectivity"),
         report(f"{RESULTS}/figures/cka_profiles.png", caption="../report/cka.rst", category="Representations"),
         report(f"{RESULTS}/figures/cka_last_layer.png", caption="../report/cka_last_layer.rst", category="Representations"),
         *[report(f"{RESULTS}/figures/accuracy_{t}.png", caption="../report/accuracy.rst", category="Accuracy")

@@ -32,9 +32,12 @@ rule geometry:
 rule geometry_figures:
     input:
         f"{RESULTS}/geometry/cosine_global.tsv",
+        f"{RESULTS}/geometry/noise_floor.tsv",
         code=FIGURE_CODE / "geometry.py",
     output:
+        report(f"{RESULTS}/figures/cosine_methods.png", caption="../report/cosine_methods.rst", category="Geometry"),
         report(f"{RESULTS}/figures/cosine_global.png", caption="../report/cosine_global.rst", category="Geometry"),
+        report(f"{RESULTS}/figures/top1_angle_methods.png", caption="../report/top1_angle_methods.rst", category="Geometry"),
         report(f"{RESULTS}/figures/top1_angle_left_median.png", caption="../report/top1_angle.rst", category="Geometry"),
         report(f"{RESULTS}/figures/orthogonal_fraction_global.png", caption="../report/orthogonal_fraction.rst",
                category="Geometry"),

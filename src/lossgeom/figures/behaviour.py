@@ -28,7 +28,7 @@ import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .common import figure, save, style
+from .common import figure, method_colour, method_name, save, style
 
 __all__ = [
     "plot_accuracy",
@@ -49,9 +49,11 @@ def plot_accuracy(
     *,
     title: str | None = None,
     ylabel: str = "pass@1 accuracy (%)",
-    ci_label: str = "95% percentile-bootstrap CI",
+    ci_label: str | None = None,
 ) -> tuple[Path, Path]:
-    """Bar chart of accuracy per model with asymmetric confidence-interval error bars.
+    """Bar chart of accuracy per model with asymmetric confidence-interval error bars, grouped by
+    method (models ``{method}/seed{seed}`` in method order, one colour per method across every
+    figure, :func:`.common.method_colour`); the base model is drawn as a dashed reference line.
 
     Parameters
     ----------
@@ -62,13 +64,20 @@ def plot_accuracy(
     out_path : path ending in ``.png``; a ``.pdf`` is written beside it.
     title : figure title; default ``"n = <items> items; error bars: <ci_label>"``.
     ylabel : y-axis label; values are plotted in percent.
-    ci_label : what the error bars are (goes into the default title); match the ``confidence``
-        the table was made with.
+    ci_label : what the error bars are (goes into the default title); default from the table's
+        ``ci_method`` column (else "95% CI").
     """
     _require_columns(table, ["accuracy", "ci_low", "ci_high"], "accuracy table")
     t = table.reset_index() if "model" not in table.columns else table
     if "model" not in t.columns:  # index had another name
         t = t.rename(columns={t.columns[0]: "model"})
+    if ci_label is None:
+        ci_label = f"95% {t['ci_method'].iloc[0].replace('_', '-')} interval" if "ci_method" in t.columns else "95% CI"
+    base_row = t[t["model"].astype(str) == "base"]
+    t = t[t["model"].astype(str) != "base"] if len(t) > len(base_row) else t
+    t = t.assign(_method=[str(m).split("/")[0] for m in t["model"]])
+    order = list(dict.fromkeys(t["_method"]))
+    t = t.sort_values("_method", key=lambda c: c.map(order.index), kind="stable")
     models = t["model"].astype(str).tolist()
     acc = 100.0 * t["accuracy"].to_numpy(dtype=float)
     low = 100.0 * t["ci_low"].to_numpy(dtype=float)
@@ -82,15 +91,21 @@ def plot_accuracy(
 
     with style("whitegrid"):
         fig, ax = figure(width=max(3.5, 0.75 * len(models) + 1.5), height=3.2)
-        colors = sns.color_palette("colorblind", len(models))
+        colors = [method_colour(m) for m in t["_method"]]
         x = np.arange(len(models))
         ax.bar(x, acc, color=colors, edgecolor="black", linewidth=0.5)
+        if len(base_row) and len(t) and "base" not in models:
+            b = 100.0 * float(base_row["accuracy"].iloc[0])
+            ax.axhline(b, color="k", ls="--", lw=1)
+            ax.annotate(f"base {b:.1f}", (x[-1] + 0.4, b), xytext=(0, 2), textcoords="offset points", ha="right",
+                        fontsize=7)
         ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none",
                     ecolor="black", capsize=3, linewidth=1)
         for xi, a, h in zip(x, acc, high):
             ax.annotate(f"{a:.1f}", (xi, h), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(x, models, rotation=30 if len(models) > 4 else 0,
+        names = [f"{method_name(m.split('/')[0])} {m.split('/', 1)[1]}" if "/" in m else m for m in models]
+        ax.set_xticks(x, names, rotation=30 if len(models) > 4 else 0,
                       ha="right" if len(models) > 4 else "center")
         ax.set_xlabel("model")
         ax.set_ylabel(ylabel)
@@ -200,6 +215,63 @@ def plot_lmc(
         if title:
             fig.suptitle(title)
         return save(fig, out_path)
+
+
+def plot_lmc_pairs(
+    curves: pd.DataFrame,
+    summary: pd.DataFrame,
+    out_path: str | os.PathLike,
+    *,
+    metric: str = "answer_ce",
+    ylabel: str = "answer-only CE (nats/token)",
+) -> tuple[Path, Path]:
+    """One panel per swept pair: ``metric`` along alpha, the straight line between the endpoints
+    (dashed) and the barrier (the largest excess over that line) marked and stated in the title,
+    absolute and as a percentage of the endpoints' mean.
+
+    ``curves``: long table with ``pair_a, pair_b, alpha, metric, value`` (``lmc/curves.tsv``);
+    ``summary``: ``pair_a, pair_b, metric, barrier`` (``lmc/summary.tsv``). Same-method pairs
+    (two seeds of one loss) come last.
+    """
+    _require_columns(curves, ["pair_a", "pair_b", "alpha", "metric", "value"], "LMC curves")
+    _require_columns(summary, ["pair_a", "pair_b", "metric", "barrier"], "LMC summary")
+    sub = curves[curves["metric"] == metric]
+    if sub.empty:
+        raise ValueError(f"LMC curves have no metric {metric!r}")
+    pairs = list(dict.fromkeys(zip(sub["pair_a"], sub["pair_b"])))
+    pairs.sort(key=lambda p: p[0].split("/")[0] == p[1].split("/")[0])
+    n = len(pairs)
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    with style("whitegrid"):
+        fig, axes = figure(width=3.0 * cols, height=2.6 * rows, nrows=rows, ncols=cols)
+        axes = axes if isinstance(axes, list) else [axes]
+        for ax, (a, b) in zip(axes, pairs):
+            g = sub[(sub["pair_a"] == a) & (sub["pair_b"] == b)].groupby("alpha")["value"].mean().sort_index()
+            al, v = g.index.to_numpy(float), g.to_numpy(float)
+            line = (1 - al) * v[0] + al * v[-1]
+            ax.plot(al, v, "o-", color=method_colour(b.split("/")[0]), ms=3, lw=1.3)
+            ax.plot(al, line, "--", color="0.4", lw=1)
+            row = summary[(summary["pair_a"] == a) & (summary["pair_b"] == b) & (summary["metric"] == metric)]
+            bar = float(row["barrier"].iloc[0]) if len(row) else float(np.nanmax(v - line))
+            k = int(np.nanargmax(v - line))
+            if bar > 0:
+                ax.vlines(al[k], line[k], v[k], color="k", lw=1.5)
+            rel = 100 * bar / ((v[0] + v[-1]) / 2)
+            ax.set_title(f"{_short(a)} → {_short(b)}\nbarrier {bar:.3g} ({rel:.0f}% of endpoints)", fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("α (0 = first, 1 = second)", fontsize=7)
+            ax.set_ylabel(ylabel, fontsize=7)
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        fig.suptitle("Linear mode connectivity per pair: dashed = straight line between the endpoints; "
+                     "black bar = barrier", fontsize=9)
+        return save(fig, out_path)
+
+
+def _short(label: str) -> str:
+    method, _, seed = label.partition("/")
+    return f"{method_name(method)} {seed}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,12 +15,16 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import figure, save, style
+from matplotlib.ticker import MaxNLocator
+
+from ..config import data_seed_of, parse_label
+from .common import figure, method_colour, method_name, save, style
 
 __all__ = [
     "plot_geometry_heatmap",
     "plot_geometry_heatmaps",
     "plot_layer_profiles",
+    "plot_method_summary",
     "HEATMAP_STYLES",
 ]
 
@@ -123,13 +127,17 @@ def plot_layer_profiles(
     sel["other"] = np.where(sel["pair_a"] == reference, sel["pair_b"], sel["pair_a"])
     sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
     others = list(dict.fromkeys(sel["other"]))
-    palette = dict(zip(others, sns.color_palette("tab10" if len(others) <= 10 else "husl", len(others))))
+    palette = {o: method_colour(o.split("/")[0]) for o in others}
+    seeds = list(dict.fromkeys(o.split("/", 1)[1] if "/" in o else "" for o in others))
+    dashes = {sd: ("-", "--", ":", "-.")[i % 4] for i, sd in enumerate(seeds)}
     with style():
         fig, (ax1, ax2) = figure(width=7.0, height=5.2, nrows=2)
         for o in others:
             s = sel[sel["other"] == o]
-            ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], label=o)
-            ax2.plot(s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], label=o)
+            ls = dashes[o.split("/", 1)[1] if "/" in o else ""]
+            name = f"{method_name(o.split('/')[0])} {o.split('/', 1)[1]}" if "/" in o else o
+            ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
+            ax2.plot(s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
         ax1.axhline(0.0, color="0.6", linewidth=0.8)
         ax1.set_ylabel("cosine (unitless)")
         ax1.set_ylim(min(-0.05, float(sel["cosine"].min()) - 0.05), 1.02)
@@ -138,7 +146,74 @@ def plot_layer_profiles(
         ax2.set_xlabel("layer")
         for ax in (ax1, ax2):
             ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax1.legend(title="adapter (method/seed)", fontsize=7, title_fontsize=7, frameon=False,
                    loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax1.set_title(title if title is not None else f"Per-layer geometry vs {reference}")
+        return save(fig, out_path)
+
+
+SUMMARY_STYLES = {
+    "cosine_global": ("cosine (unitless)", "vlag", -1.0, 1.0, "Cosine of the deltas, methods x methods"),
+    "top1_angle_left_median": ("angle (degrees)", "mako", 0.0, 90.0, "Median top-1 principal angle (output side)"),
+}
+
+
+def plot_method_summary(
+    noise_floor: pd.DataFrame | str | os.PathLike,
+    metric: str,
+    out_path: str | os.PathLike,
+) -> tuple[Path, Path]:
+    """Methods x methods summary of one metric from ``noise_floor.tsv``, both seeds shown.
+
+    Off the diagonal, each cell is the shared-init value of the two methods at each seed (annotated
+    ``seedA / seedB``; colour: their mean). On the diagonal, the method's own floors: the data-order
+    floor (same init, another data order; ``d``) and the init-seed floor (another init; ``i``) -- the
+    levels the off-diagonal shared-init and cross-seed values are read against. The random level is
+    in the title.
+    """
+    nf = _read(noise_floor, index=False)
+    nf = nf[nf["metric"] == metric]
+    if nf.empty:
+        raise ValueError(f"noise-floor table has no metric {metric!r}")
+    labels = list(dict.fromkeys(list(nf["pair_a"]) + list(nf["pair_b"])))
+    methods = list(dict.fromkeys(parse_label(l)[0] for l in labels))
+    seeds = sorted({parse_label(l)[1] for l in labels if data_seed_of(l) == parse_label(l)[1]})
+    n = len(methods)
+    mean = np.full((n, n), np.nan)
+    text = np.full((n, n), "", dtype=object)
+    for i, a in enumerate(methods):
+        for j, b in enumerate(methods):
+            if i == j:
+                own = nf[(nf["method_a"] == a) & (nf["method_b"] == a)]
+                d = own[(own["init"] == "shared") & (own["data_order"] == "other")]["value"]
+                r = own[own["init"] == "other"]["value"]
+                parts = ([f"d {d.mean():.2f}"] if len(d) else []) + ([f"i {r.mean():.2f}"] if len(r) else [])
+                text[i, j] = "\n".join(parts)
+                mean[i, j] = d.mean() if len(d) else np.nan
+                continue
+            vals = []
+            for sd in seeds:
+                la, lb = f"{a}/seed{sd}", f"{b}/seed{sd}"
+                row = nf[((nf["pair_a"] == la) & (nf["pair_b"] == lb)) | ((nf["pair_a"] == lb) & (nf["pair_b"] == la))]
+                vals.append(float(row["value"].iloc[0]) if len(row) else np.nan)
+            mean[i, j] = np.nanmean(vals) if np.isfinite(vals).any() else np.nan
+            text[i, j] = " / ".join("-" if not np.isfinite(v) else f"{v:.2f}" for v in vals)
+    cbar, cmap, vmin, vmax, title = SUMMARY_STYLES.get(metric, (metric, "viridis", None, None, metric))
+    rnd = nf["random"].astype(float)
+    names = [method_name(m) for m in methods]
+    with style():
+        fig, ax = figure(width=2.6 + 1.05 * n, height=1.6 + 0.8 * n)
+        sns.heatmap(pd.DataFrame(mean, index=names, columns=names), annot=text, fmt="", annot_kws={"fontsize": 6.5},
+                    cmap=cmap, vmin=vmin, vmax=vmax, square=True, linewidths=0.5, cbar_kws={"label": cbar}, ax=ax,
+                    mask=~np.isfinite(mean))
+        for i in range(n):  # the diagonal holds floors, not a comparison: outline it
+            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle((i, i), 1, 1, fill=False,
+                                                                                            lw=1.5, ec="k"))
+        ax.tick_params(axis="x", labelrotation=45)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+        seed_txt = " / ".join(f"seed {sd}" for sd in seeds)
+        ax.set_title(f"{title}\noff-diagonal: shared init, {seed_txt}; diagonal: floors (d = data order, "
+                     f"i = init seed); random {rnd.mean():.2g}", fontsize=8)
         return save(fig, out_path)

@@ -20,7 +20,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def plot_training_curves(metrics: Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
-                         analysis_step: int | None = None) -> None:
+                         analysis_step: int | None = None) -> tuple[Path, Path]:
     """One panel per quantity of :data:`PANELS`; ``metrics`` maps an adapter label
     (``"{method}/seed{seed}"``) to its ``metrics.tsv``. DPO's loss is its own sigmoid loss, not an NLL,
     so its curve is drawn on the same axes but is not comparable in level with the NLL family's."""
@@ -48,4 +48,4 @@ def plot_training_curves(metrics: Mapping[str, str | os.PathLike], out_path: str
         axes[0].legend(fontsize=6, ncol=2, loc="upper right")
         fig.suptitle(f"Training curves, {len(frames)} adapters" +
                      (f"; dotted line: analysis step {analysis_step}" if analysis_step else ""))
-        save(fig, Path(out_path))
+        return save(fig, Path(out_path))
