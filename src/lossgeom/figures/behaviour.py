@@ -304,18 +304,22 @@ def plot_cka_profiles(
     data = pd.DataFrame({"model": pd.Series(other).astype(str).to_numpy(),
                          "layer": sel["layer"].to_numpy(), "value": sel[column].to_numpy(dtype=float)})
     models = list(dict.fromkeys(data["model"]))
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    palette = {m: method_colour(m.split("/")[0]) for m in models}
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
+    # 1 - CKA on a log scale: values of 0.96-1.00 (typical between fine-tunes of one base) differ here
+    data["distance"] = np.clip(1.0 - data["value"], 1e-6, None)
 
     with style("whitegrid"):
         fig, ax = figure(width=5.5, height=3.2)
-        sns.lineplot(data=data, x="layer", y="value", hue="model", hue_order=models,
-                     palette=palette, estimator="mean", errorbar=None, marker="o",
-                     markersize=3, ax=ax, legend=False)
+        for m in models:
+            d = data[data["model"] == m].groupby("layer")["distance"].mean()
+            seed = m.split("/", 1)[1] if "/" in m else ""
+            ax.plot(d.index, d.to_numpy(), marker="o", ms=3, color=palette[m],
+                    ls="--" if seed and seed != sorted({x.split("/", 1)[1] for x in models if "/" in x})[0] else "-")
+        ax.set_yscale("log")
         ax.set_xlabel("layer index")
-        ax.set_ylabel(f"{what} with {reference} (unitless)")
-        vmin = float(np.nanmin(data["value"])) if np.isfinite(data["value"]).any() else 0.0
-        ax.set_ylim(min(0.0, vmin - 0.02), 1.02)
+        ax.set_ylabel(f"1 - {what} with {reference} (log)")
+        ax.xaxis.set_major_locator(__import__("matplotlib.ticker", fromlist=["MaxNLocator"]).MaxNLocator(integer=True))
         _pair_legend(fig, models, palette, title=f"model vs {reference}")
         ax.set_title(title if title is not None else f"{what} per layer vs {reference}")
         return save(fig, out_path)
