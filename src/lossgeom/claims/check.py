@@ -186,7 +186,7 @@ def _angle_order(t: RunTables):
     order = sorted(ang, key=ang.get)
     row = t.pair(t.label("sft"), t.label("rft"), "top1_angle_left_median")
     text = " < ".join(f"{m.upper()} {ang[m]:.1f}" for m in order) + " deg"
-    return text, f"SFT data-order {_f(row['data_floor'])} deg", f"{_f(row['random'])} deg", order == paper
+    return text, f"data-order {_f(row['data_floor'])} deg (SFT, RFT)", f"{_f(row['random'])} deg", order == paper
 
 
 def _effective_rank(t: RunTables):
