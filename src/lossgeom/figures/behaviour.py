@@ -97,7 +97,7 @@ def plot_accuracy(
         if len(base_row) and len(t) and "base" not in models:
             b = 100.0 * float(base_row["accuracy"].iloc[0])
             ax.axhline(b, color="k", ls="--", lw=1)
-            ax.annotate(f"base {b:.1f}", (x[-1] + 0.4, b), xytext=(0, 2), textcoords="offset points", ha="right",
+            ax.annotate(f"base {b:.1f}", (x[0] - 0.45, b), xytext=(0, 2), textcoords="offset points", ha="left",
                         fontsize=7)
         ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none",
                     ecolor="black", capsize=3, linewidth=1)
