@@ -17,6 +17,7 @@ engine's ``batch_size``); vLLM schedules all prompts at once (``max_num_seqs``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import gc
 import json
 import os
@@ -133,7 +134,11 @@ def main():
         rng = np.random.default_rng(0)
         prompts = rng.integers(1, vocab, size=(a.prompts, a.prompt_len)).tolist()
         hf_start, hf_tps = bench_hf(model_dir, prompts, a.new_tokens, a.hf_batch, a.dtype, a.reps)
-        v_start, v_tps = bench_vllm(model_dir, prompts, a.new_tokens, a.dtype, a.reps, a.prompt_len + a.new_tokens + 8)
+        if importlib.util.find_spec("vllm") is None:
+            print("vllm: not installed, skipped (its columns are NaN)")
+            v_start = v_tps = float("nan")
+        else:
+            v_start, v_tps = bench_vllm(model_dir, prompts, a.new_tokens, a.dtype, a.reps, a.prompt_len + a.new_tokens + 8)
     res = {"model": str(a.model or a.shape), "dtype": a.dtype, "prompts": a.prompts, "prompt_len": a.prompt_len,
            "new_tokens": a.new_tokens, "hf_batch": a.hf_batch, "hf_start_s": round(hf_start, 1),
            "hf_tokens_per_s": round(hf_tps, 1), "vllm_start_s": round(v_start, 1), "vllm_tokens_per_s": round(v_tps, 1),

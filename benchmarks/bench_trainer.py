@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, TrainerCallback
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = {
     # Qwen3-4B: 36 layers, hidden 2560, 32 query / 8 kv heads of 128, MLP 9728, vocab 151936.
     "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
@@ -72,7 +73,8 @@ def run(loss, base_state, cfg, rows, a, out_dir):
     from lossgeom.training.trainers import OfflineLossTrainer
 
     dtype = torch.bfloat16 if a.bf16 else torch.float32
-    model = Qwen3ForCausalLM(cfg).to(dtype)
+    with torch.device(DEVICE):  # random init of 4B weights on one CPU thread takes ~30 s a model
+        model = Qwen3ForCausalLM(cfg).to(dtype)
     model.load_state_dict(base_state)
     name = "sft" if loss == "trl-sft" else loss
     spec = MethodSpec.from_dict({
@@ -123,7 +125,8 @@ def main():
         shape["num_hidden_layers"] = a.layers
     cfg = Qwen3Config(**shape, max_position_embeddings=4096, tie_word_embeddings=a.shape == "toy")
     torch.manual_seed(0)
-    base_state = Qwen3ForCausalLM(cfg).to(torch.bfloat16 if a.bf16 else torch.float32).state_dict()
+    with torch.device(DEVICE):
+        base_state = Qwen3ForCausalLM(cfg).to(torch.bfloat16 if a.bf16 else torch.float32).state_dict()
     rows = make_rows(a.batch_size * a.steps, a.prompt_len, a.completion_len, shape["vocab_size"])
     losses = ["trl-sft", "sft", "rift", "offline_grpo", "dft"]
     times = {l: [] for l in losses}
