@@ -12,6 +12,7 @@ are right on a good share of problems but not on all, and the base has room to l
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -46,9 +47,35 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     )
 
 
-def solution_dataset(tokenizer, problems, template: str, style: str = "terse") -> Dataset:
-    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions in ``style``."""
-    pairs = [prompt_completion(tokenizer, p.question, p.solution_in(style), template) for p in problems]
+def cued(question: str, cue: str | None) -> str:
+    """``question`` with ``cue`` appended (a space between), or unchanged when there is no cue."""
+    return f"{question} {cue}" if cue else question
+
+
+def style_mixture(style, n: int, seed: int) -> list[str]:
+    """The solution style of each of ``n`` training problems.
+
+    ``style`` is one style name (every problem in it) or a mapping ``{style: weight}``: each problem
+    draws its style independently with those weights from a stream seeded by ``seed``, so the
+    assignment is a pure function of the config.
+    """
+    if isinstance(style, str):
+        return [style] * n
+    names, weights = list(style), [float(w) for w in style.values()]
+    if not names or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"toy model style mixture needs non-negative weights with a positive sum, got {style}")
+    return random.Random(seed).choices(names, weights=weights, k=n)
+
+
+def solution_dataset(tokenizer, problems, template: str, style="terse", seed: int = 0, cues=None) -> Dataset:
+    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions, each problem in its
+    style from :func:`style_mixture`. ``cues`` maps a style to a sentence appended to the question of
+    the rows in that style (``{"verbose": "Think step by step."}``: the model writes that style when
+    asked to, and another one when not)."""
+    cues = cues or {}
+    styles = style_mixture(style, len(problems), seed)
+    pairs = [prompt_completion(tokenizer, cued(p.question, cues.get(s)), p.solution_in(s), template)
+             for p, s in zip(problems, styles)]
     return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
@@ -93,7 +120,8 @@ def pretrain(
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=solution_dataset(tokenizer, problems, template, spec.get("style", "terse")),
+            train_dataset=solution_dataset(tokenizer, problems, template, spec.get("style", "terse"), seed,
+                                           spec.get("cues")),
             processing_class=tokenizer,
         )
         result = trainer.train()

@@ -34,7 +34,7 @@ _SUB = ("{p} gives {n} away.", "{p} loses {n}.", "{p} sells {n}.")
 _MUL = ("{p} doubles them.",)
 
 
-STYLES = ("terse", "verbose")
+STYLES = ("terse", "verbose", "direct")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Problem:
         """The worked solution in ``style`` (one of :data:`STYLES`)."""
         if style not in STYLES:
             raise ValueError(f"unknown solution style {style!r}; expected one of {list(STYLES)}")
+        if style == "direct":
+            return f"#### {self.answer}"
         return self.solution if style == "terse" else self.verbose_solution
 
 
