@@ -21,7 +21,7 @@ from typing import Any, Mapping
 # Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
 # GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
 OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-              "save_steps", "analysis_step")
+              "save_steps", "analysis_step", "checkpoint_every")
 # Per loss: its own parameters and their built-in defaults (the losses' documentation: README).
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {},
