@@ -212,6 +212,8 @@ def tiny_extended(tmp_path: Path) -> Path:
     methods = yaml.safe_load(EXTENDED.read_text())["methods"]
     methods["online_grpo"].update(steps=4, save_steps=[2, 4], analysis_step=2, checkpoint_every=2, max_new_tokens=8)
     methods["dpo"]["learning_rate"] = 1.0e-3
+    methods["sft_lr10x"]["learning_rate"] = 1.0e-1  # 10x the tiny config's 1e-2
+    methods["sft_lr0p1x"]["learning_rate"] = 1.0e-3
     return with_config(tmp_path, lambda c: c.update(methods=methods))
 
 
@@ -238,4 +240,6 @@ def test_tiny_extended_study_runs_end_to_end(tmp_path):
     metrics = pd.read_csv(res / "adapters" / "online_grpo" / "seed1" / "metrics.tsv", sep="\t")
     assert {"reward", "accuracy"} <= set(metrics.columns) and len(metrics) == 4
     claims = pd.read_csv(res / "claims.tsv", sep="\t").set_index("claim_id")
-    assert claims.loc["lr10x", "verdict"] in ("holds", "fails") and claims.loc["online_grpo", "verdict"] in ("holds", "fails")
+    assert claims.loc["lr10x", "verdict"] in ("holds", "fails")
+    # the random tiny base rarely earns a reward, so online GRPO's update may be zero: then its row says why
+    assert claims.loc["online_grpo", "verdict"] in ("holds", "fails") or "zero update" in claims.loc["online_grpo", "this_run"]

@@ -297,6 +297,8 @@ def _vs_sft(t: RunTables, role: str) -> tuple[float, float, float, pd.Series]:
     ortho = float(t.pair(a, b, "orthogonal_fraction_global")["value"])
     nr = t.pair(a, b, "norm_ratio")
     ratio = float(nr["value"]) if nr["pair_a"] == a else 1.0 / float(nr["value"])  # ||dW_b|| / ||dW_a|| of its row
+    if not np.isfinite(float(row["value"])):  # a zero update (e.g. online GRPO without a rewarded sample)
+        raise _Missing(f"cosine of {b} to {a} is undefined (||dW|| ratio {_f(ratio)}: a zero update)")
     return float(row["value"]), ortho, ratio, row
 
 
