@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,3 +109,34 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     assert out.loc["dpo_orthogonal", "verdict"] == "not run"
     with pytest.raises(ValueError, match="unknown role"):
         write_claims(geo, ev, None, None, {"ppo": "ppo"}, 42, tmp_path / "c3.tsv")
+
+
+def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:
+    """noise_floor rows of SFT against an sft_lr10x and an online_grpo adapter (shared init, seed 42), in the
+    row orders the geometry writes them (norm_ratio = ||dW_b|| / ||dW_a|| of the row's pair)."""
+    rows = []
+    for b, cos, ratio, sft_first in (("sft_lr10x/seed42", cos_lr, ratio_lr, True), ("online_grpo/seed42", cos_online, ratio_online, False)):
+        a = "sft/seed42"
+        pa, pb, r = (a, b, ratio) if sft_first else (b, a, 1 / ratio)
+        for metric, v in (("cosine_global", cos), ("orthogonal_fraction_global", (1 - cos ** 2) ** 0.5), ("norm_ratio", r)):
+            rows.append({"pair_a": pa, "pair_b": pb, "method_a": pa.split("/")[0], "method_b": pb.split("/")[0],
+                         "kind": "cross-method", "init": "shared", "data_order": "same", "metric": metric, "value": v,
+                         "data_floor": 0.98, "seed_floor": 0.2, "random": 0.0})
+    return pd.DataFrame(rows).reindex(columns=NOISE_FLOOR_COLUMNS)
+
+
+@pytest.mark.parametrize("cos_lr, ratio_lr, cos_on, ratio_on, verdicts", [
+    (0.55, 3.0, 0.025, 0.30, ("holds", "holds")),   # the paper's numbers
+    (0.95, 1.1, 0.6, 0.30, ("fails", "fails")),     # 10x LR barely longer; online GRPO aligned with SFT
+    (0.1, 3.0, 0.0, 1.5, ("fails", "fails")),       # 10x LR unrelated; online GRPO larger than SFT
+])
+def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(tmp_path, cos_lr, ratio_lr, cos_on, ratio_on, verdicts):
+    geo, ev = _write_run(tmp_path)
+    nf = pd.read_csv(geo / "noise_floor.tsv", sep="\t")
+    pd.concat([nf, _extra_rows(cos_lr, ratio_lr, cos_on, ratio_on)]).to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
+    roles = {**ROLES, "lr10x": "sft_lr10x", "online_grpo": "online_grpo"}
+    out = write_claims(geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv").set_index("claim_id")
+    assert (out.loc["lr10x", "verdict"], out.loc["online_grpo", "verdict"]) == verdicts
+    assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]
+    assert f"orthogonal fraction {(1 - cos_on ** 2) ** 0.5:.3g}, ||dW|| ratio {ratio_on:.3g}" in out.loc["online_grpo", "this_run"]
+    assert (out.drop(["lr10x", "online_grpo"])["verdict"] == "holds").all()  # the six methods' rows are untouched

@@ -9,6 +9,7 @@ only that method's jobs.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -234,10 +235,24 @@ PAPER_ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo":
 
 def claim_roles(config: dict) -> dict[str, str]:
     """The paper's six methods -> this study's method names: for each, the first method (config
-    order) with that loss (so ``dpo``, not ``dpo_lrmatched``, plays DPO). Absent losses are left out."""
+    order) with that loss (so ``dpo``, not ``dpo_lrmatched``, plays DPO). Absent losses are left out.
+
+    The paper's two extra runs, where the study has them: ``online_grpo``, the first method with loss
+    ``online_grpo``; ``lr10x``, the first other method with loss ``sft`` whose resolved learning rate is
+    10x that of the method playing SFT (e.g. ``sft_lr10x: {loss: sft, learning_rate: 1.0e-2}``)."""
     out = {}
     for role, loss in PAPER_ROLES.items():
         name = next((m for m, e in config["methods"].items() if e.get("loss") == loss), None)
         if name is not None:
             out[role] = name
+    online = next((m for m, e in config["methods"].items() if e.get("loss") == "online_grpo"), None)
+    if online is not None:
+        out["online_grpo"] = online
+    if "sft" in out:
+        lr = MethodSpec.from_config(config, out["sft"]).learning_rate
+        for m, e in config["methods"].items():
+            if m != out["sft"] and e.get("loss") == "sft" and math.isclose(
+                    MethodSpec.from_config(config, m).learning_rate, 10 * lr, rel_tol=1e-9):
+                out["lr10x"] = m
+                break
     return out

@@ -18,8 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# Keys of ``training`` a method entry may override.
-OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay")
+# Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
+# GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
+OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
+              "save_steps", "analysis_step", "checkpoint_every")
 # Per loss: its own parameters and their built-in defaults (the losses' documentation: README).
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {},
@@ -28,7 +30,21 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "rift": {"positive_reward": 1.0, "negative_reward": -0.2, "negative_prob": "token"},
     "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0, "all_wrong": "zero"},
     "dpo": {"beta": 0.1, "dpo_loss_type": "sigmoid", "pairs_per_prompt": 1},
+    # The contrastive family, each on TRL's own trainer (README, "The contrastive family"): IPO is
+    # DPOTrainer(loss_type="ipo"); SimPO is CPOTrainer(loss_type="simpo", cpo_alpha=0); KTO is KTOTrainer.
+    "ipo": {"beta": 0.1, "pairs_per_prompt": 1},
+    "simpo": {"beta": 2.0, "simpo_gamma": 1.0, "pairs_per_prompt": 1},
+    "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    # Online GRPO on TRL's GRPOTrainer. ``None``: taken from the config's rollout section
+    # (:data:`FROM_ROLLOUTS`), so the online samples share the offline rollouts' length, temperature
+    # and grader unless the method says otherwise; ``generation`` from ``generation.stages.training``.
+    "online_grpo": {"num_generations": 4, "max_new_tokens": None, "temperature": None, "grader": None,
+                    "kl_coef": 0.0, "std_normalize": True, "grpo_loss_type": "dapo", "generation": None},
 }
+# Loss parameters whose default is the rollout section's key of the same name.
+FROM_ROLLOUTS = ("max_new_tokens", "temperature", "grader")
+# Losses trained on (chosen, rejected) pairs of one prompt by the seeded rule of ``views.dpo_pairs``.
+PAIRWISE_LOSSES = ("dpo", "ipo", "simpo")
 LOSSES = tuple(LOSS_DEFAULTS)
 LOSS_KEYS = {loss: tuple(d) for loss, d in LOSS_DEFAULTS.items()}
 ALL_LOSS_KEYS = tuple(dict.fromkeys(k for d in LOSS_DEFAULTS.values() for k in d))
@@ -86,7 +102,15 @@ class MethodSpec:
         bias, std_normalize, kl_coef: offline GRPO's advantage bias ``b``, group-std normalisation
         and k3-KL coefficient; all_wrong: ``zero`` | ``bias``, the advantage of a group whose
         rollouts are all wrong (see :func:`lossgeom.training.views.grpo_advantages`). beta,
-        dpo_loss_type, pairs_per_prompt: DPO's. Parameters of other losses are ``None``.
+        dpo_loss_type, pairs_per_prompt: DPO's (``beta`` and ``pairs_per_prompt`` also IPO's and
+        SimPO's; ``beta`` KTO's). simpo_gamma: SimPO's target margin (in nats of the length-normalised
+        log-likelihood difference, before ``beta``). desirable_weight, undesirable_weight: KTO's
+        weights of correct / incorrect rollouts.
+        num_generations (K samples per prompt), max_new_tokens, temperature, grader (``exact`` |
+        ``math_verify``), kl_coef (TRL's ``beta``: KL to the base), std_normalize (divide advantages
+        by the group's reward std: TRL's ``scale_rewards="group"``, else ``"none"``), grpo_loss_type
+        (TRL's GRPO ``loss_type``), generation (``hf`` | ``vllm``; vLLM only where CUDA is): online
+        GRPO's. Parameters of other losses are ``None``.
     """
 
     method: str
@@ -118,6 +142,15 @@ class MethodSpec:
     beta: float | None = None
     dpo_loss_type: str | None = None
     pairs_per_prompt: int | None = None
+    simpo_gamma: float | None = None
+    desirable_weight: float | None = None
+    undesirable_weight: float | None = None
+    num_generations: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    grader: str | None = None
+    grpo_loss_type: str | None = None
+    generation: str | None = None
 
     def __post_init__(self):
         where = f"method {self.method!r}"
@@ -134,6 +167,16 @@ class MethodSpec:
             raise MethodSpecError(f"{where}: negative_prob {self.negative_prob!r} is not 'token' or 'sequence'")
         if self.all_wrong is not None and self.all_wrong not in ("zero", "bias"):
             raise MethodSpecError(f"{where}: all_wrong {self.all_wrong!r} is not 'zero' or 'bias'")
+        if self.grader is not None and self.grader not in ("exact", "math_verify"):
+            raise MethodSpecError(f"{where}: grader {self.grader!r} is not 'exact' or 'math_verify'")
+        if self.generation is not None and self.generation not in ("hf", "vllm"):
+            raise MethodSpecError(f"{where}: generation {self.generation!r} is not 'hf' or 'vllm'")
+        if self.num_generations is not None:
+            if self.num_generations < 2:
+                raise MethodSpecError(f"{where}: num_generations {self.num_generations} must be >= 2 (a group needs two samples)")
+            if (self.batch_size * self.grad_accum) % self.num_generations:
+                raise MethodSpecError(f"{where}: batch_size x grad_accum = {self.batch_size * self.grad_accum} completions per "
+                                      f"step must be a multiple of num_generations {self.num_generations}")
         if self.precision not in ("fp32", "bf16"):
             raise MethodSpecError(f"{where}: precision {self.precision!r} is not 'fp32' or 'bf16'")
         if list(self.save_steps) != sorted(set(self.save_steps)) or self.analysis_step not in self.save_steps:
@@ -141,7 +184,8 @@ class MethodSpec:
                                   f"analysis_step {self.analysis_step}")
         if self.save_steps[-1] > self.steps:
             raise MethodSpecError(f"{where}: training.analysis_step/save_steps value {self.save_steps[-1]} exceeds "
-                                  f"methods.{self.method} steps {self.steps}")
+                                  f"methods.{self.method} steps {self.steps}; set methods.{self.method}.save_steps and "
+                                  "analysis_step for a shorter method")
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -174,6 +218,14 @@ class MethodSpec:
                                   f"allowed: {sorted(allowed)}")
         values = {**TRAINING_DEFAULTS, **config["training"], **LOSS_DEFAULTS[loss]}
         values.update({k: v for k, v in entry.items() if k != "description"})
+        for key in FROM_ROLLOUTS:
+            if key in values and values[key] is None:
+                values[key] = config["rollouts"].get(key, "exact" if key == "grader" else None)
+        if "generation" in values and values["generation"] is None:
+            gen = config.get("generation", {})
+            values["generation"] = gen.get("stages", {}).get("training", gen.get("backend", "hf"))
+            if values["generation"] not in ("hf", "vllm"):  # an API teacher's backend: sampling here is local
+                values["generation"] = "hf"
         values["method"] = method
         values["lora"] = {**LORA_DEFAULTS, **config["lora"]}
         values["save_steps"] = sorted(set(values["save_steps"]) | {values["analysis_step"]})

@@ -3,8 +3,8 @@
 Inputs are the tables the other stages wrote: ``geometry/noise_floor.tsv`` (pairwise values with
 their floors and random levels), ``geometry/adapters.tsv`` (norms, effective ranks),
 ``eval/pairwise.tsv`` (exact McNemar with Holm), ``lmc/summary.tsv`` (barriers) and
-``cka/cka.tsv``. ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) to this
-study's method names; ``seed`` is the seed whose adapters share a LoRA init (cross-method values
+``cka/cka.tsv``. ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) and its two
+extra runs (``lr10x``: SFT at 10x the learning rate; ``online_grpo``) to this study's method names; ``seed`` is the seed whose adapters share a LoRA init (cross-method values
 at that seed are compared with the data-order floor, cross-seed values with the init-seed floor).
 
 Each verdict follows the claim's ``rule`` (``paper_claims.tsv``), fixed in code below, never tuned
@@ -24,6 +24,7 @@ from ..fsutil import write_table
 from .paper import paper_claims
 
 ROLES = ("sft", "rft", "dft", "rift", "grpo", "dpo")
+EXTRA_ROLES = ("lr10x", "online_grpo")  # the paper's extra runs: checked against SFT, not part of the six
 NOT_RUN = "not run"
 
 
@@ -288,10 +289,29 @@ def _cka_pattern(t: RunTables):
     return text, "", "", sr.min() > sg.loc[last] > low
 
 
-def _never(reason: str):
-    def fn(t: RunTables):
-        raise _Missing(reason)
-    return fn
+def _vs_sft(t: RunTables, role: str) -> tuple[float, float, float, pd.Series]:
+    """(cosine, orthogonal fraction, norm ratio ||dW_role|| / ||dW_SFT||, the cosine's noise-floor row)
+    of ``role`` against SFT at the shared-init seed, all from ``geometry/noise_floor.tsv``."""
+    a, b = t.label("sft"), t.label(role)
+    row = t.pair(a, b)
+    ortho = float(t.pair(a, b, "orthogonal_fraction_global")["value"])
+    nr = t.pair(a, b, "norm_ratio")
+    ratio = float(nr["value"]) if nr["pair_a"] == a else 1.0 / float(nr["value"])  # ||dW_b|| / ||dW_a|| of its row
+    if not np.isfinite(float(row["value"])):  # a zero update (e.g. online GRPO without a rewarded sample)
+        raise _Missing(f"cosine of {b} to {a} is undefined (||dW|| ratio {_f(ratio)}: a zero update)")
+    return float(row["value"]), ortho, ratio, row
+
+
+def _lr10x(t: RunTables):
+    cos, _, ratio, row = _vs_sft(t, "lr10x")
+    return (f"cos(SFT 10x LR, SFT) {_f(cos)}; ||dW|| ratio {_f(ratio)}", f"data-order {_f(row['data_floor'])}",
+            _f(row["random"]), cos >= 0.3 and ratio >= 1.5)
+
+
+def _online_grpo(t: RunTables):
+    cos, ortho, ratio, row = _vs_sft(t, "online_grpo")
+    return (f"cos(online GRPO, SFT) {_f(cos)}, orthogonal fraction {_f(ortho)}, ||dW|| ratio {_f(ratio)}",
+            f"data-order {_f(row['data_floor'])}", _f(row["random"]), abs(cos) < 0.2 and ratio < 1.0)
 
 
 CHECKS = {
@@ -313,8 +333,8 @@ CHECKS = {
     "lmc_grpo_rift": _lmc("grpo", "rift", False),
     "lmc_rift_dpo": _lmc("rift", "dpo", True),
     "cka_pattern": _cka_pattern,
-    "lr10x": _never("no 10x-LR run in this study"),
-    "online_grpo": _never("online GRPO is not implemented"),
+    "lr10x": _lr10x,
+    "online_grpo": _online_grpo,
 }
 
 OUTPUT_COLUMNS = ["claim_id", "group", "claim", "paper", "this_run", "floor", "random", "verdict", "rule"]
@@ -340,9 +360,9 @@ def check_claims(tables: RunTables) -> pd.DataFrame:
 def write_claims(geometry: Path, eval_dir: Path | None, lmc: Path | None, cka: Path | None, roles: dict[str, str],
                  seed: int, out: Path) -> pd.DataFrame:
     """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
-    bad = sorted(set(roles) - set(ROLES))
+    bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
     if bad:
-        raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES)}")
+        raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
     df = check_claims(RunTables(Path(geometry), eval_dir and Path(eval_dir), lmc and Path(lmc), cka and Path(cka), roles, seed))
     write_table(df, out)
     return df

@@ -5,11 +5,15 @@ The paper's control, made sharper: for a given seed every method starts from the
 same seeded order (``data_seed``: the seed, or ``training.data_seed`` when set, which separates the
 data-order seed from the init seed). Only the loss and its view of the rollouts differ.
 
+The NLL family trains on :class:`.trainers.OfflineLossTrainer`; DPO, IPO, SimPO, KTO and online GRPO
+on TRL's own trainers (:mod:`.trl_methods`), with the same model, arguments, callbacks and outputs.
+
 Outputs (``out_dir``, written atomically, so a failed job leaves nothing):
 
     adapter_config.json, adapter_model.safetensors   the adapter at ``analysis_step``
     step{N}/                                         the adapter at every other step in ``save_steps``
     metrics.tsv                                      loss, grad_norm, learning_rate, tokens_per_s per log step
+                                                     (online GRPO adds reward, accuracy, answer_rate, ...)
     train_info.json                                  seeds, counts of rows/pairs/groups, spec, fingerprint
 
 Checkpoints go to ``ckpt_dir`` (outside the output, so Snakemake does not delete them): a killed
@@ -32,9 +36,10 @@ from datasets import Dataset
 
 from ..fsutil import atomic_dir, file_sha256
 from ..modeling import load_model, load_tokenizer
-from ..data.prompting import prompt_completion, prompt_string
+from ..data.prompting import prompt_completion
 from ..data.rollouts import read_rollouts
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
+from .trl_methods import TRL_LOSSES, trl_classes, trl_trainer
 from .views import build_view
 from ..methods import MethodSpec
 
@@ -57,18 +62,6 @@ def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int)
         rows["row_weight"].append(float(r.weight))
         rows["row_reward"].append(float(r.reward))
     return Dataset.from_dict(rows)
-
-
-def pairs_dataset(view: pd.DataFrame, tokenizer, template: str) -> Dataset:
-    """DPO rows in TRL's standard format: chat-formatted prompt text, chosen and rejected completions
-    (TRL appends the EOS token, as ``completion_ids`` does for the NLL family)."""
-    return Dataset.from_dict(
-        {
-            "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
-            "chosen": view["chosen"].tolist(),
-            "rejected": view["rejected"].tolist(),
-        }
-    )
 
 
 def _common_args(spec: MethodSpec, seed: int, ckpt_dir: Path) -> dict:
@@ -141,6 +134,8 @@ def train_adapter(
 ) -> dict:
     """Train one adapter as described in the module docstring; returns ``train_info``."""
     torch.set_num_threads(spec.threads)
+    if spec.loss in TRL_LOSSES:
+        trl_classes(spec)  # a TRL without this method's trainer stops here, in one line, before any work
     rollouts = read_rollouts(rollouts_path)
     data_seed = spec.data_order_seed(seed)
     view, counts = build_view(rollouts, spec, data_seed)
@@ -153,14 +148,8 @@ def train_adapter(
         log.info("resuming from %s", resume)
     saves = Path(ckpt_dir) / "saved"
     callbacks = [FiniteGradCallback(), SaveAdapterCallback(spec.save_steps, saves), MetricsCallback()]
-    if spec.loss == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(**_common_args(spec, seed, Path(ckpt_dir)), beta=spec.beta, loss_type=[spec.dpo_loss_type])
-        trainer = DPOTrainer(
-            model=model, args=args, train_dataset=pairs_dataset(view, tokenizer, spec.prompt_template),
-            processing_class=tokenizer, callbacks=callbacks,
-        )
+    if spec.loss in TRL_LOSSES:
+        trainer = trl_trainer(spec, model, _common_args(spec, seed, Path(ckpt_dir)), view, tokenizer, callbacks)
     else:
         from trl import SFTConfig
 

@@ -9,10 +9,16 @@ Every method reads the same rollout table; only the view differs:
                    (group = the K rollouts of one prompt; optionally divided by the group's std);
                    a group whose rollouts are all wrong gets A = 0 (``all_wrong: zero``, as the
                    KRAFTON code, whose bias is for all-correct groups only) or b (``bias``)
-    dpo            (chosen = correct, rejected = incorrect) pairs of the same prompt
+    dpo, ipo,      (chosen = correct, rejected = incorrect) pairs of the same prompt, one pairing
+    simpo          rule for the three (:func:`dpo_pairs`)
+    kto            every rollout, unpaired: correct ones desirable (label True), incorrect ones
+                   undesirable (False), in a seeded order (TRL's KTO reads its rows sequentially)
+    online_grpo    the rollout table's prompts with their gold answers (one row per prompt): the
+                   completions are sampled during training and graded by the rollouts' grader
 
 An empty view stops with the method name and the counts (``ViewError``): RFT without a correct
-rollout, GRPO without a prompt whose group is mixed, DPO without a pair.
+rollout, GRPO without a prompt whose group is mixed, DPO/IPO/SimPO without a pair, KTO without a
+correct or without an incorrect rollout, online GRPO without a prompt that has a gold answer.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..methods import MethodSpec
+from ..methods import PAIRWISE_LOSSES, MethodSpec
 
 
 class ViewError(ValueError):
@@ -74,12 +80,33 @@ def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.Da
     return pd.DataFrame(out, columns=["prompt_id", "prompt", "chosen", "rejected"])
 
 
+def kto_rows(rollouts: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """KTO's unpaired rows: every rollout, ``label`` True for a correct one (reward 1), False otherwise,
+    permuted by ``numpy.random.default_rng(seed)`` (TRL's KTOTrainer reads rows in order, because its KL
+    estimate pairs each prompt with a neighbour's completion in the batch, so the data order is set
+    here). Columns: prompt_id, prompt, completion, label."""
+    rows = rollouts[["prompt_id", "prompt", "completion"]].reset_index(drop=True)
+    rows["label"] = (rollouts["reward"].to_numpy() == 1)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return rows.iloc[order].reset_index(drop=True)
+
+
+def online_prompts(rollouts: pd.DataFrame) -> pd.DataFrame:
+    """One row per prompt of the rollout table (first appearance order) with its gold answer:
+    columns prompt_id, prompt, gold. Rows without a gold answer are dropped (an imported table may
+    lack them: such a prompt cannot be graded)."""
+    first = rollouts.drop_duplicates("prompt_id")[["prompt_id", "prompt", "gold"]]
+    first = first[first["gold"].fillna("").astype(str).str.strip() != ""]
+    return first.reset_index(drop=True)
+
+
 def build_view(rollouts: pd.DataFrame, spec: MethodSpec, seed: int) -> tuple[pd.DataFrame, dict]:
     """The rows ``spec.loss`` trains on, and the counts to log.
 
     Returns (view, counts). For the NLL family the view has columns prompt_id, prompt, completion,
-    reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise); for DPO it has
-    prompt, chosen, rejected. ``seed`` drives the DPO pairing rule.
+    reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise); for DPO, IPO and
+    SimPO it has prompt_id, prompt, chosen, rejected; for KTO prompt_id, prompt, completion, label;
+    for online GRPO prompt_id, prompt, gold. ``seed`` drives the pairing rule and KTO's row order.
     """
     loss, method = spec.loss, spec.method
     per_prompt = rollouts.groupby("prompt_id")["reward"].mean()
@@ -90,11 +117,27 @@ def build_view(rollouts: pd.DataFrame, spec: MethodSpec, seed: int) -> tuple[pd.
         "mixed_groups": int(((per_prompt > 0) & (per_prompt < 1)).sum()),
     }
     base = rollouts[["prompt_id", "prompt", "completion", "reward"]].reset_index(drop=True)
-    if loss == "dpo":
+    if loss in PAIRWISE_LOSSES:
         view = dpo_pairs(rollouts, spec.pairs_per_prompt, seed)
         counts["pairs"] = int(len(view))
         if view.empty:
-            raise ViewError(f"method {method!r} (dpo): no (correct, incorrect) pair in the rollouts; counts {counts}")
+            raise ViewError(f"method {method!r} ({loss}): no (correct, incorrect) pair in the rollouts; counts {counts}")
+        return view, counts
+    if loss == "kto":
+        view = kto_rows(rollouts, seed)
+        counts["desirable"] = int(view["label"].sum())
+        counts["undesirable"] = int((~view["label"]).sum())
+        if counts["desirable"] == 0 or counts["undesirable"] == 0:
+            kind = "correct (desirable)" if counts["desirable"] == 0 else "incorrect (undesirable)"
+            raise ViewError(f"method {method!r} (kto): no {kind} rollout; KTO needs both; counts {counts}")
+        counts["rows"] = int(len(view))
+        return view, counts
+    if loss == "online_grpo":
+        view = online_prompts(rollouts)
+        counts["rows"] = int(len(view))
+        if view.empty:
+            raise ViewError(f"method {method!r} (online_grpo): no prompt with a gold answer to grade against "
+                            f"(column 'gold' empty); counts {counts}")
         return view, counts
     if loss == "rft":
         view = base[base["reward"] == 1].reset_index(drop=True)
