@@ -44,7 +44,7 @@ rule evaluate:
         "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
         " {params.toy} --template {params.template:q} --max-new-tokens {params.max_new_tokens}"
         " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
-        " --threads {threads} --out {output} 2> {log}"
+        " --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule eval_stats:
@@ -70,7 +70,7 @@ rule eval_stats:
     benchmark:
         f"{RESULTS}/benchmarks/eval_stats.tsv"
     shell:
-        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --out {params.out} 2> {log}"
+        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --out {params.out} > {log} 2>&1"
 
 
 rule lmc:
@@ -113,7 +113,7 @@ rule lmc:
         " --second {wildcards.mb}/seed{wildcards.sb}={input.second} --test-set {params.test_set:q} {params.toy}"
         " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
         " --template {params.template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
-        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"
+        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule lmc_summary:
@@ -132,7 +132,7 @@ rule lmc_summary:
     benchmark:
         f"{RESULTS}/benchmarks/lmc_summary.tsv"
     shell:
-        "lossgeom lmc-summary {input} --out {output.summary} 2> {log}"
+        "lossgeom lmc-summary {input} --out {output.summary} > {log} 2>&1"
 
 
 rule activations:
@@ -168,7 +168,7 @@ rule activations:
         "lossgeom activations --base {params.base} --adapter {params.adapter} --test-set {params.test_set:q}"
         " {params.toy} --n-probe {params.n_probe} --pooling {params.pooling} --batch-size {params.batch_size}"
         " --template {params.template:q} --dtype {params.dtype} {params.remote} --threads {threads}"
-        " --out {output} 2> {log}"
+        " --out {output} > {log} 2>&1"
 
 
 rule cka:
@@ -188,7 +188,7 @@ rule cka:
     benchmark:
         f"{RESULTS}/benchmarks/cka.tsv"
     shell:
-        "lossgeom cka {params.activations} --out {output} 2> {log}"
+        "lossgeom cka {params.activations} --out {output} > {log} 2>&1"
 
 
 rule behaviour_figures:
@@ -221,4 +221,4 @@ rule behaviour_figures:
         f"{RESULTS}/benchmarks/behaviour_figures.tsv"
     shell:
         "lossgeom behaviour-figures --eval-dir {params.eval_dir} --lmc-dir {params.lmc_dir} --cka {input.cka}"
-        " --out {params.out} 2> {log}"
+        " --out {params.out} > {log} 2>&1"

@@ -27,4 +27,4 @@ rule claims:
         f"{RESULTS}/benchmarks/claims.tsv"
     shell:
         "lossgeom claims --geometry {params.geometry} --eval-dir {params.eval_dir} --lmc {input.lmc} --cka {input.cka}"
-        " --roles {params.roles} --seed {params.seed} --out {output} 2> {log}"
+        " --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule geometry:
     benchmark:
         f"{RESULTS}/benchmarks/geometry.tsv"
     shell:
-        "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.base} --out {params.out} 2> {log}"
+        "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.base} --out {params.out} > {log} 2>&1"
 
 
 rule geometry_figures:
@@ -55,4 +55,4 @@ rule geometry_figures:
     benchmark:
         f"{RESULTS}/benchmarks/geometry_figures.tsv"
     shell:
-        "lossgeom geometry-figures --tables {params.tables} --out {params.out} 2> {log}"
+        "lossgeom geometry-figures --tables {params.tables} --out {params.out} > {log} 2>&1"

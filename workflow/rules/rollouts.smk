@@ -21,7 +21,7 @@ if config["rollouts"].get("import"):
         benchmark:
             f"{RESULTS}/benchmarks/import_rollouts.tsv"
         shell:
-            "lossgeom import-rollouts --file {input} --out {output} 2> {log}"
+            "lossgeom import-rollouts --file {input} --out {output} > {log} 2>&1"
 
 else:
     # An API teacher (generation backend "openai") has no local model to track; its completed requests
@@ -58,4 +58,4 @@ else:
         shell:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
-            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} 2> {log}"
+            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"

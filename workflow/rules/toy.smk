@@ -17,7 +17,7 @@ rule toy_world:
     benchmark:
         f"{RESULTS}/benchmarks/toy_world.tsv"
     shell:
-        "lossgeom toy-world --spec {params.spec:q} --out {output} 2> {log}"
+        "lossgeom toy-world --spec {params.spec:q} --out {output} > {log} 2>&1"
 
 
 rule toy_model:
@@ -44,4 +44,4 @@ rule toy_model:
         f"{RESULTS}/benchmarks/toy_model/{{name}}.tsv"
     shell:
         "lossgeom toy-model --spec {params.spec:q} --world {input.world} --template {params.template:q}"
-        " --seed {params.seed} --threads {threads} --out {output} 2> {log}"
+        " --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"

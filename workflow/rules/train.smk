@@ -28,7 +28,7 @@ rule train:
     shell:
         "lossgeom train --spec {params.spec:q} --seed {wildcards.seed} --rollouts {input.rollouts}"
         " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
-        " --dtype {params.dtype} {params.remote} --threads {threads} 2> {log}"
+        " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
 
 
 rule train_replicate:
@@ -61,7 +61,7 @@ rule train_replicate:
     shell:
         "lossgeom train --spec {params.spec:q} --seed {wildcards.seed} --rollouts {input.rollouts}"
         " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
-        " --dtype {params.dtype} {params.remote} --threads {threads} 2> {log}"
+        " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
 
 
 rule training_figures:
@@ -83,4 +83,4 @@ rule training_figures:
     benchmark:
         f"{RESULTS}/benchmarks/training_figures.tsv"
     shell:
-        "lossgeom training-figures {params.adapters} --analysis-step {params.analysis_step} --out {output} 2> {log}"
+        "lossgeom training-figures {params.adapters} --analysis-step {params.analysis_step} --out {output} > {log} 2>&1"

@@ -140,7 +140,7 @@ def _cluster_vs_floor(t: RunTables):
     floors = [float(t.same_method(r, "shared")["value"].mean()) for r in ("sft", "rft", "rift")]
     floor = float(np.mean(floors))
     text = f"smallest cluster cosine {_f(min(vals))}; data-order floors SFT {_f(floors[0])}, RFT {_f(floors[1])}, RIFT {_f(floors[2])}"
-    return text, f"data-order {_f(floor)}", "", min(vals) >= floor - 0.05
+    return text, f"data-order {_f(floor)}", "", min(vals) >= floor
 
 
 def _dft(t: RunTables):

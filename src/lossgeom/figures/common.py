@@ -5,6 +5,7 @@ metadata (so re-running a figure job gives byte-identical files)."""
 from __future__ import annotations
 
 import os
+import zlib
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -48,26 +49,28 @@ def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
     return png, pdf
 
 
-# One colour per method across every figure, and readable names (methods not listed get the
-# remaining colours of the palette in order of appearance, and their config name).
+# One colour per method across every figure, and readable names. A method not listed gets a colour
+# chosen from the spare palette by a hash of its name (the same in every figure job's process) and
+# its config name.
 METHOD_COLOURS = {
     "sft": "#1f77b4", "rft": "#17becf", "rift": "#2ca02c", "dft": "#ff7f0e",
     "grpo": "#9467bd", "dpo": "#d62728", "dpo_lrmatched": "#e377c2", "base": "#7f7f7f",
+    "sft_lr10x": "#aec7e8", "sft_lr0p1x": "#393b79", "online_grpo": "#8c564b",
+    "ipo": "#ff9896", "simpo": "#c49c94", "kto": "#bcbd22",
 }
 METHOD_NAMES = {
     "sft": "SFT", "rft": "RFT", "dft": "DFT", "rift": "RIFT", "grpo": "Offline GRPO", "dpo": "DPO",
-    "dpo_lrmatched": "DPO (LR-matched)", "base": "base",
+    "dpo_lrmatched": "DPO (LR-matched)", "base": "base", "sft_lr10x": "SFT (10x LR)",
+    "sft_lr0p1x": "SFT (0.1x LR)", "online_grpo": "online GRPO", "ipo": "IPO", "simpo": "SimPO", "kto": "KTO",
 }
-_SPARE = ["#8c564b", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173"]
+_SPARE = ["#637939", "#843c39", "#7b4173", "#e7ba52", "#5254a3", "#6b6ecf"]
 
 
-def method_colour(method: str, _assigned: dict = {}) -> str:
-    """The colour of ``method`` (a config name), stable within one process for unknown names."""
+def method_colour(method: str) -> str:
+    """The colour of ``method`` (a config name); the same in every process."""
     if method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
-    if method not in _assigned:
-        _assigned[method] = _SPARE[len(_assigned) % len(_SPARE)]
-    return _assigned[method]
+    return _SPARE[zlib.crc32(method.encode()) % len(_SPARE)]
 
 
 def method_name(method: str) -> str:

@@ -47,17 +47,20 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     )
 
 
+CUED = "+cue"  # a row kind "verbose+cue": the style, with the model's cue appended to the question
+
+
 def cued(question: str, cue: str | None) -> str:
     """``question`` with ``cue`` appended (a space between), or unchanged when there is no cue."""
     return f"{question} {cue}" if cue else question
 
 
 def style_mixture(style, n: int, seed: int) -> list[str]:
-    """The solution style of each of ``n`` training problems.
+    """The row kind of each of ``n`` training problems: a style name, or a style with ``+cue``.
 
-    ``style`` is one style name (every problem in it) or a mapping ``{style: weight}``: each problem
-    draws its style independently with those weights from a stream seeded by ``seed``, so the
-    assignment is a pure function of the config.
+    ``style`` is one kind (every problem in it) or a mapping ``{kind: weight}``: each problem draws
+    its kind independently with those weights from a stream seeded by ``seed``, so the assignment is
+    a pure function of the config.
     """
     if isinstance(style, str):
         return [style] * n
@@ -67,15 +70,17 @@ def style_mixture(style, n: int, seed: int) -> list[str]:
     return random.Random(seed).choices(names, weights=weights, k=n)
 
 
-def solution_dataset(tokenizer, problems, template: str, style="terse", seed: int = 0, cues=None) -> Dataset:
-    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions, each problem in its
-    style from :func:`style_mixture`. ``cues`` maps a style to a sentence appended to the question of
-    the rows in that style (``{"verbose": "Think step by step."}``: the model writes that style when
-    asked to, and another one when not)."""
-    cues = cues or {}
-    styles = style_mixture(style, len(problems), seed)
-    pairs = [prompt_completion(tokenizer, cued(p.question, cues.get(s)), p.solution_in(s), template)
-             for p, s in zip(problems, styles)]
+def solution_dataset(tokenizer, problems, template: str, style="terse", seed: int = 0, cue: str | None = None) -> Dataset:
+    """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions, each problem of the
+    kind :func:`style_mixture` draws: the solution in that kind's style, and for a ``+cue`` kind the
+    question followed by ``cue`` (``"Think step by step."``), so the model learns to write that style
+    when asked to."""
+    kinds = style_mixture(style, len(problems), seed)
+    if cue is None and any(k.endswith(CUED) for k in kinds):
+        raise ValueError(f"toy model style mixture {style} has cued rows but the model has no cue")
+    pairs = [prompt_completion(tokenizer, cued(p.question, cue if k.endswith(CUED) else None),
+                               p.solution_in(k.removesuffix(CUED)), template)
+             for p, k in zip(problems, kinds)]
     return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
@@ -121,7 +126,7 @@ def pretrain(
             model=model,
             args=args,
             train_dataset=solution_dataset(tokenizer, problems, template, spec.get("style", "terse"), seed,
-                                           spec.get("cues")),
+                                           spec.get("cue")),
             processing_class=tokenizer,
         )
         result = trainer.train()

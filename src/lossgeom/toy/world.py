@@ -34,7 +34,7 @@ def build_world(spec: dict, out_dir: Path) -> dict:
         # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
         # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
         bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
-        cues = [c for m in spec.get("models", {}).values() for c in (m.get("cues") or {}).values()]
+        cues = [m["cue"] for m in spec.get("models", {}).values() if m.get("cue")]
         corpus = [prompt_string(bootstrap, p.question) + s + "<|im_end|>" for p in train
                   for s in (p.solution, p.verbose_solution)] + cues
         build_tokenizer(corpus, spec["tokenizer_vocab"]).save_pretrained(str(tmp / "tokenizer"))

@@ -74,13 +74,16 @@ def trl_classes(spec: MethodSpec) -> tuple[type, type]:
 
 def trl_loss_args(spec: MethodSpec) -> dict:
     """The loss settings of ``spec`` as keyword arguments of its TRL config class (see the module table)."""
+    # The reference (the base: the adapter disabled) is fixed, so its log-probs are computed once over
+    # the pairs before training instead of at every step: the same numbers, a third less compute a step.
     if spec.loss in ("dpo", "ipo"):
-        return {"beta": spec.beta, "loss_type": [spec.dpo_loss_type if spec.loss == "dpo" else "ipo"]}
+        return {"beta": spec.beta, "loss_type": [spec.dpo_loss_type if spec.loss == "dpo" else "ipo"],
+                "precompute_ref_log_probs": True}
     if spec.loss == "simpo":
         return {"beta": spec.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": spec.simpo_gamma}
     if spec.loss == "kto":
         return {"beta": spec.beta, "loss_type": "kto", "desirable_weight": spec.desirable_weight,
-                "undesirable_weight": spec.undesirable_weight}
+                "undesirable_weight": spec.undesirable_weight, "precompute_ref_log_probs": True}
     if spec.loss == "online_grpo":
         use_vllm = spec.generation == "vllm" and torch.cuda.is_available()
         if spec.generation == "vllm" and not use_vllm:
