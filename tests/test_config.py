@@ -274,6 +274,28 @@ def test_adapter_labels(cfg):
         assert label == f"{method}/seed{seed}"
 
 
+def test_a_method_may_have_seeds_of_its_own(cfg):
+    """``methods.<m>.seeds`` trains a variant at fewer seeds: its labels, replicates and the seed-pair
+    sweeps follow, and the key is not a training setting (the spec, so the fingerprint, ignores it)."""
+    from lossgeom.config import lmc_pairs, replicate_labels
+
+    cfg["seeds"] = [42, 123]
+    cfg["data_order_replicate"] = {"seed": 42, "data_seed": 7}
+    cfg["methods"] = {"sft": {"loss": "sft"}, "sft_lr10x": {"loss": "sft", "learning_rate": 1.0e-2, "seeds": [42]},
+                      "late": {"loss": "rft", "seeds": [123]}}
+    cfg["lmc"] = {"pairs": "first_seed", "alphas": 3}
+    validate(cfg, SCHEMA)
+    assert adapter_labels(cfg) == ["sft/seed42", "sft/seed123", "sft_lr10x/seed42", "late/seed123"]
+    assert replicate_labels(cfg) == ["sft/seed42data7", "sft_lr10x/seed42data7"]
+    assert lmc_pairs(cfg) == [("sft/seed42", "sft_lr10x/seed42"), ("sft/seed42", "sft/seed123")]
+    one, both = MethodSpec.from_config(cfg, "sft_lr10x"), MethodSpec.from_config(cfg, "sft")
+    assert "seeds" not in one.to_dict() and one.to_dict().keys() == both.to_dict().keys()
+    cfg["methods"]["sft_lr10x"]["seeds"] = [42, 42]
+    assert "repeats a seed" in _error(cfg)
+    cfg["methods"]["sft_lr10x"]["seeds"] = []
+    assert "seeds" in _error(cfg)
+
+
 def test_parse_label():
     assert parse_label("sft/seed42") == ("sft", 42)
     assert parse_label("offline_grpo/seed0") == ("offline_grpo", 0)
@@ -308,7 +330,7 @@ def test_method_spec_json_is_the_flat_dict_of_earlier_versions(cfg):
     ({"loss": "ppo"}, "unknown loss 'ppo'"),
     ({"beta": 0.3}, "'beta' does not apply to loss 'sft'"),
     ({"save_steps": [60, 40]}, "must be sorted"),
-    ({"save_steps": [40, 80, 600]}, "exceeds"),
+    ({"save_steps": [30, 60, 600]}, "exceeds"),
     ({"precision": "fp8"}, "precision"),
     ({"no_such_key": 1}, "unknown spec key 'no_such_key'"),
 ])

@@ -75,6 +75,9 @@ def _check_consistency(config: dict) -> None:
             MethodSpec.from_config(config, name)  # the one place a method spec is resolved and checked
         except MethodSpecError as e:
             raise ConfigError(f"config error: {e}") from None
+    for name, entry in config["methods"].items():
+        if "seeds" in entry and len(set(entry["seeds"])) != len(entry["seeds"]):
+            raise ConfigError(f"config error: methods.{name}.seeds {entry['seeds']} repeats a seed")
     labels = set(adapter_labels(config))
     rep = config.get("data_order_replicate")
     if rep and rep["seed"] not in config["seeds"]:
@@ -138,20 +141,27 @@ def load(path: Path | str, schema_path: Path | str) -> dict:
 # ---- narrow views -------------------------------------------------------------------------------
 
 
+def method_seeds(config: dict, method: str) -> list[int]:
+    """The seeds ``method`` is trained for: its entry's ``seeds`` (a variant run at one seed), else the
+    study's ``seeds``."""
+    return list(config["methods"][method].get("seeds", config["seeds"]))
+
+
 def adapter_labels(config: dict) -> list[str]:
     """Every adapter of the study, as ``"{method}/seed{seed}"``, methods in config order."""
-    return [f"{m}/seed{s}" for m in config["methods"] for s in config["seeds"]]
+    return [f"{m}/seed{s}" for m in config["methods"] for s in method_seeds(config, m)]
 
 
 def replicate_labels(config: dict) -> list[str]:
-    """The data-order replicates, ``"{method}/seed{seed}data{data_seed}"`` for every method, from
-    ``data_order_replicate: {seed, data_seed}``: the same LoRA init as ``{method}/seed{seed}`` and
-    another data order. Only the geometry reads them (the data-order noise floor); none when the
-    key is absent or null."""
+    """The data-order replicates, ``"{method}/seed{seed}data{data_seed}"`` for every method trained at
+    ``seed``, from ``data_order_replicate: {seed, data_seed}``: the same LoRA init as
+    ``{method}/seed{seed}`` and another data order. Only the geometry reads them (the data-order noise
+    floor); none when the key is absent or null."""
     rep = config.get("data_order_replicate")
     if not rep:
         return []
-    return [f"{m}/seed{rep['seed']}data{rep['data_seed']}" for m in config["methods"]]
+    return [f"{m}/seed{rep['seed']}data{rep['data_seed']}" for m in config["methods"]
+            if rep["seed"] in method_seeds(config, m)]
 
 
 def geometry_labels(config: dict) -> list[str]:
@@ -184,14 +194,16 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
         return [tuple(p) for p in pairs]
     if pairs == "all":
         return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
-    seeds, methods = config["seeds"], list(config["methods"])
-    first = [f"{m}/seed{seeds[0]}" for m in methods]
+    seeds = config["seeds"]
+    have = set(labels)
+    first = [f"{m}/seed{seeds[0]}" for m in config["methods"] if f"{m}/seed{seeds[0]}" in have]
     if pairs == "reference":
         out = [(first[0], b) for b in first[1:]]
     else:
         out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
     if len(seeds) > 1:
-        out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in methods]
+        out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in config["methods"]
+                if {f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}"} <= have]
     return out
 
 

@@ -211,13 +211,13 @@ class MethodSpec:
         loss = entry.get("loss")
         if loss not in LOSS_DEFAULTS:
             raise MethodSpecError(f"methods.{method}.loss {loss!r} is not one of {list(LOSSES)}")
-        allowed = {"loss", "description", *OPTIM_KEYS, *LOSS_KEYS[loss]}
+        allowed = {"loss", "description", "seeds", *OPTIM_KEYS, *LOSS_KEYS[loss]}
         extra = sorted(set(entry) - allowed)
         if extra:
             raise MethodSpecError(f"methods.{method}.{extra[0]} does not apply to loss {loss!r}; "
                                   f"allowed: {sorted(allowed)}")
         values = {**TRAINING_DEFAULTS, **config["training"], **LOSS_DEFAULTS[loss]}
-        values.update({k: v for k, v in entry.items() if k != "description"})
+        values.update({k: v for k, v in entry.items() if k not in ("description", "seeds")})  # not training settings
         for key in FROM_ROLLOUTS:
             if key in values and values[key] is None:
                 values[key] = config["rollouts"].get(key, "exact" if key == "grader" else None)
