@@ -48,10 +48,10 @@ def _noise_floor(data_floor=0.98) -> pd.DataFrame:
     return df.reindex(columns=NOISE_FLOOR_COLUMNS)
 
 
-def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0):
+def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0, data_floor=0.95):
     geo = tmp_path / "geometry"
     geo.mkdir()
-    _noise_floor().to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
+    _noise_floor(data_floor).to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
     pd.DataFrame({"label": [f"{m}/seed42" for m in ROLES], "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2],
                   "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1]}).to_csv(geo / "adapters.tsv", sep="\t", index=False)
     ev = tmp_path / "eval"
@@ -109,6 +109,14 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     assert out.loc["dpo_orthogonal", "verdict"] == "not run"
     with pytest.raises(ValueError, match="unknown role"):
         write_claims(geo, ev, None, None, {"ppo": "ppo"}, 42, tmp_path / "c3.tsv")
+
+
+@pytest.mark.parametrize("floor, verdict", [(0.95, "holds"), (0.96, "holds"), (0.961, "fails"), (0.98, "fails")])
+def test_the_cluster_must_stand_above_the_data_order_floor(tmp_path, floor, verdict):
+    """No tolerance: the smallest cluster cosine (0.96 here) against the mean data-order floor."""
+    geo, ev = _write_run(tmp_path, data_floor=floor)
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
+    assert out.loc["cluster_vs_floor", "verdict"] == verdict
 
 
 def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:

@@ -330,7 +330,7 @@ def test_method_spec_json_is_the_flat_dict_of_earlier_versions(cfg):
     ({"loss": "ppo"}, "unknown loss 'ppo'"),
     ({"beta": 0.3}, "'beta' does not apply to loss 'sft'"),
     ({"save_steps": [60, 40]}, "must be sorted"),
-    ({"save_steps": [30, 60, 600]}, "exceeds"),
+    ({"save_steps": [1, 2, 600], "analysis_step": 2}, "exceeds"),
     ({"precision": "fp8"}, "precision"),
     ({"no_such_key": 1}, "unknown spec key 'no_such_key'"),
 ])
