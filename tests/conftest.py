@@ -92,6 +92,27 @@ def method_spec(loss: str, method: str = "m", **overrides):
     return MethodSpec.from_dict(json.loads(MethodSpec.from_config(config, method).to_json()))
 
 
+def kill_then_resume(monkeypatch, spec, seed: int, rollouts, base, out: Path, ckpt: Path, step: int = 5) -> dict:
+    """Train ``spec`` until the adapter of ``step`` is saved, kill the job there (a KeyboardInterrupt, as
+    a preemption), check it wrote no output, then rerun it to the end; returns the rerun's train_info."""
+    from lossgeom.training import trainers
+    from lossgeom.training.job import train_adapter
+
+    original = trainers.SaveAdapterCallback.on_step_end
+
+    def die(self, args, state, control, **kw):
+        original(self, args, state, control, **kw)
+        if state.global_step == step:
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", die)
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(spec, seed, rollouts, str(base), out, ckpt)
+    assert not Path(out).exists()
+    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", original)
+    return train_adapter(spec, seed, rollouts, str(base), out, ckpt)
+
+
 @pytest.fixture(scope="session")
 def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
     from lossgeom.training.job import train_adapter

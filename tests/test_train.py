@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import method_spec
+from conftest import kill_then_resume, method_spec
 from lossgeom.training import trainers
 from lossgeom.training.job import lora_model, train_adapter
 from lossgeom.training.views import ViewError
@@ -73,21 +73,8 @@ def test_killed_job_resumes_to_the_same_adapter(tmp_path, tiny_base, tiny_rollou
     spec = method_spec("rift")
     full, _ = _train(tmp_path, spec, tiny_base, tiny_rollouts, name="full")
 
-    original = trainers.SaveAdapterCallback.on_step_end
-
-    def die_at_step_5(self, args, state, control, **kw):
-        original(self, args, state, control, **kw)
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", die_at_step_5)
     out, ckpt = tmp_path / "killed" / "adapter", tmp_path / "killed" / "ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
-    assert not out.exists()
-    assert (ckpt / "checkpoint-4").exists()
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", original)
-    info = train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
+    info = kill_then_resume(monkeypatch, spec, 1, tiny_rollouts, tiny_base, out, ckpt)
     assert info["resumed_from"].endswith("checkpoint-4")
     for sub in ("", "step6"):
         ta, tb = _tensors(full / sub), _tensors(out / sub)

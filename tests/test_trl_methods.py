@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import method_spec
+from conftest import kill_then_resume, method_spec
 from lossgeom.data.grading import grade_exact
 from lossgeom.data.prompting import prompt_completion
 from lossgeom.methods import MethodSpecError
 from lossgeom.modeling import load_model, load_tokenizer
-from lossgeom.training import trainers, trl_methods
+from lossgeom.training import trl_methods
 from lossgeom.training.job import _common_args, lora_model, train_adapter
 from lossgeom.training.views import ViewError, build_view
 
@@ -222,20 +222,8 @@ def test_online_grpo_is_deterministic_and_resumes_after_a_kill(tmp_path, numeric
     spec = method_spec("online_grpo", grader="math_verify", max_new_tokens=12)
     full = tmp_path / "full"
     train_adapter(spec, 1, tiny_rollouts, str(tiny_base), full, tmp_path / "full.ckpt")
-    original = trainers.SaveAdapterCallback.on_step_end
-
-    def die_at_step_5(self, args, state, control, **kw):
-        original(self, args, state, control, **kw)
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", die_at_step_5)
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
-    assert not out.exists() and (ckpt / "checkpoint-4").exists()
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", original)
-    info = train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
+    info = kill_then_resume(monkeypatch, spec, 1, tiny_rollouts, tiny_base, out, ckpt)
     assert info["resumed_from"].endswith("checkpoint-4")
     a, b = pd.read_csv(full / "metrics.tsv", sep="\t"), pd.read_csv(out / "metrics.tsv", sep="\t")
     for col in ("completions/mean_length", "completions/max_length", "reward", "accuracy", "num_tokens"):
@@ -255,19 +243,8 @@ def test_a_contrastive_method_resumes_after_a_kill(tmp_path, tiny_base, tiny_rol
     spec = method_spec(loss)
     full = tmp_path / "full"
     train_adapter(spec, 1, tiny_rollouts, str(tiny_base), full, tmp_path / "full.ckpt")
-    original = trainers.SaveAdapterCallback.on_step_end
-
-    def die_at_step_5(self, args, state, control, **kw):
-        original(self, args, state, control, **kw)
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", die_at_step_5)
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
-    with pytest.raises(KeyboardInterrupt):
-        train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
-    monkeypatch.setattr(trainers.SaveAdapterCallback, "on_step_end", original)
-    info = train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, ckpt)
+    info = kill_then_resume(monkeypatch, spec, 1, tiny_rollouts, tiny_base, out, ckpt)
     assert info["resumed_from"].endswith("checkpoint-4")
     ta, tb = _tensors(full), _tensors(out)
     assert any(v.abs().sum() > 0 for k, v in ta.items() if k.endswith("lora_B.weight"))
