@@ -2,11 +2,13 @@
 
 Both are ``Qwen3ForCausalLM`` (the paper's family, so LoRA targets the same q/k/v/o projections as
 Qwen3-4B), built from a small ``Qwen3Config`` and trained with TRL's ``SFTTrainer`` on the gold
-worked solutions of the toy training split, loss on completion tokens only. Each model is trained on
-the solutions in one style (``style``: ``terse`` for the student, ``verbose`` for the teacher; see
-:mod:`.problems`), so the teacher writes a chain-of-thought style of its own that the student has
-never produced. The teacher is also trained longer (and may be wider) than the base, so its samples
-are right on a good share of problems but not on all, and the base has room to learn from them.
+worked solutions of the toy training split, loss on completion tokens only. Each model's rows are drawn
+from a mixture of row kinds (``style``; :func:`style_mixture`): a solution style of :mod:`.problems`
+(``direct``, ``terse``, ``verbose``), optionally after a question that ends with the model's ``cue``.
+The default student is ``{direct: 0.2, verbose+cue: 0.8}``: it writes the chain of thought when cued
+and answers at once when not, as a base model that reasons only when told to. The teacher is trained
+on the chain of thought alone, wider, so it reasons unasked; distillation from its rollouts is what
+teaches the student to reason by default.
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def pretrain(
     """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
-    batch_size, learning_rate (and optional head_dim, mlp_ratio, warmup_ratio, and ``style``, the
-    solution style it is trained on, default ``terse``). Returns the final train loss
+    batch_size, learning_rate (and optional head_dim, mlp_ratio, warmup_ratio, ``style``: a row kind or
+    a mixture, default ``terse``, and ``cue``). Returns the final train loss
     and parameter count. Deterministic for a fixed seed and thread count on CPU.
     """
     from trl import SFTConfig, SFTTrainer

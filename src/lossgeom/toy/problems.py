@@ -4,15 +4,14 @@ A problem is a short story of ``n_steps`` quantity changes ("Ava has 7 pens. She
 followed by a question; its worked solution has one equation per step and ends with the final answer
 on its own line in GSM8K's ``#### <number>`` form, so the same grader serves the toy world and GSM8K.
 
-Every solution is written in two styles (:data:`STYLES`), the same arithmetic in both:
+Every solution is written in three styles (:data:`STYLES`), with the same final answer:
 
-* ``terse`` -- one bare equation per step (``7 + 4 = 11``), then ``#### 11``: what the student (the
-  toy base model) is pretrained on;
-* ``verbose`` -- the teacher's own chain-of-thought style: each equation inside a sentence
-  (``First, we compute 7 + 4 = 11.``, then ``Next, we compute ...``) and a closing sentence that
-  names the answer (``So the final answer is 11.``) before ``#### 11``. A student that has only
-  ever written the terse style must learn it from the teacher's rollouts, as the paper's student
-  learns its teacher's chain-of-thought style; the arithmetic is the same in both styles.
+* ``terse`` -- one bare equation per step (``7 + 4 = 11``), then ``#### 11`` (the gold solution, as
+  GSM8K's own worked solutions: every cross-entropy is measured on it);
+* ``verbose`` -- a chain of thought: each equation inside a sentence (``First, we compute 7 + 4 = 11.``,
+  then ``Next, we compute ...``) and a closing sentence that names the answer (``So the final answer
+  is 11.``) before ``#### 11``: what the teacher writes, and the student when cued;
+* ``direct`` -- the answer line alone (``#### 11``): what the student writes when not cued.
 
 Everything is a pure function of a seed: the train/test split is drawn from one seeded stream with
 prompts de-duplicated, so the test set never shares a prompt with the training set.
@@ -41,7 +40,7 @@ STYLES = ("terse", "verbose", "direct")
 class Problem:
     """One toy problem: ``question`` is the prompt text, ``solution`` the worked answer in the terse
     style (ending in ``#### <answer>``; the gold of every cross-entropy), ``answer`` the integer
-    final answer, ``verbose_solution`` the same solution in the teacher's verbose style."""
+    final answer, ``verbose_solution`` the same solution as a chain of thought (the verbose style)."""
 
     id: str
     question: str
