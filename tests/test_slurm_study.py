@@ -35,11 +35,14 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, proc.stdout[-8000:]
     submitted = proc.stdout.count("has been submitted with SLURM jobid")
-    # toy base model, 3 trainings, 4 evaluations, 4 activation extractions, 2 sweeps: all through sbatch
-    assert submitted == 1 + 3 + 4 + 4 + 2, proc.stdout[-4000:]
+    # toy base model, 3 trainings, 3 data-order replicates (the tiny config's data_order_replicate),
+    # 4 evaluations, 4 activation extractions, 2 sweeps: all through sbatch
+    assert config["data_order_replicate"], "the count below assumes one replicate per method"
+    assert submitted == 1 + 3 + 3 + 4 + 4 + 2, proc.stdout[-4000:]
     for rule in ("geometry", "eval_stats", "cka", "lmc_summary", "behaviour_figures", "toy_world", "import_rollouts"):
         assert f"localrule {rule}:" in proc.stdout, rule
     cos = pd.read_csv(tmp_path / "results" / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)
-    assert list(cos.index) == ["sft/seed1", "rift/seed1", "dpo/seed1"]
+    methods = ["sft", "rift", "dpo"]
+    assert list(cos.index) == [f"{m}/seed1" for m in methods] + [f"{m}/seed1data5" for m in methods]
     assert (tmp_path / "results" / "figures" / "lmc.png").exists()
     assert list((tmp_path / "logs" / "slurm" / "rule_train").rglob("*.log"))
