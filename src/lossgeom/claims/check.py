@@ -36,6 +36,16 @@ def _f(x: float) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:.3g}"
 
 
+def _pair_row(df: pd.DataFrame, col_a: str, col_b: str, a: str, b: str, missing: str) -> tuple[pd.Series, bool]:
+    """The row of the unordered pair (a, b) in a table of pairs, and whether it is stored as (b, a);
+    ``_Missing(missing)`` when neither order is there."""
+    for swapped, (x, y) in ((False, (a, b)), (True, (b, a))):
+        row = df[(df[col_a] == x) & (df[col_b] == y)]
+        if not row.empty:
+            return row.iloc[0], swapped
+    raise _Missing(missing)
+
+
 class RunTables:
     """The run's tables, with lookups that raise :class:`_Missing` when a value is absent."""
 
@@ -80,30 +90,18 @@ class RunTables:
         if self.pairwise is None:
             raise _Missing("no eval/pairwise.tsv")
         pw = self.pairwise[self.pairwise["test_set"] == self.pairwise["test_set"].iloc[0]]
-        row = pw[(pw["model_a"] == a) & (pw["model_b"] == b)]
-        if not row.empty:
-            r = row.iloc[0]
-            return float(r["acc_a"]), float(r["acc_b"]), float(r["p_holm"])
-        row = pw[(pw["model_a"] == b) & (pw["model_b"] == a)]
-        if row.empty:
-            raise _Missing(f"no McNemar pair {a} / {b}")
-        r = row.iloc[0]
-        return float(r["acc_b"]), float(r["acc_a"]), float(r["p_holm"])
+        r, swapped = _pair_row(pw, "model_a", "model_b", a, b, f"no McNemar pair {a} / {b}")
+        acc = (float(r["acc_b"]), float(r["acc_a"])) if swapped else (float(r["acc_a"]), float(r["acc_b"]))
+        return (*acc, float(r["p_holm"]))
 
     def barrier(self, a: str, b: str, metric: str = "answer_ce") -> tuple[float, float, float]:
         """(value_a, value_b, barrier) of the sweep between ``a`` and ``b`` (either direction)."""
         if self.lmc is None:
             raise _Missing("no lmc/summary.tsv")
         s = self.lmc[self.lmc["metric"] == metric]
-        row = s[(s["pair_a"] == a) & (s["pair_b"] == b)]
-        if not row.empty:
-            r = row.iloc[0]
-            return float(r["value_a"]), float(r["value_b"]), float(r["barrier"])
-        row = s[(s["pair_a"] == b) & (s["pair_b"] == a)]
-        if row.empty:
-            raise _Missing(f"no LMC sweep {a} / {b}")
-        r = row.iloc[0]
-        return float(r["value_b"]), float(r["value_a"]), float(r["barrier"])
+        r, swapped = _pair_row(s, "pair_a", "pair_b", a, b, f"no LMC sweep {a} / {b}")
+        values = (float(r["value_b"]), float(r["value_a"])) if swapped else (float(r["value_a"]), float(r["value_b"]))
+        return (*values, float(r["barrier"]))
 
     def cka_layers(self, a: str, b: str) -> pd.Series:
         """Linear CKA per layer (index: layer) of models ``a``, ``b``."""
