@@ -145,17 +145,23 @@ def _perturb_policy(model):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
 
 
+def _perturbed_batch(trainer, spec, rollouts, n: int = 3):
+    """(model, view, batch, n): the trainer's policy moved off the base (:func:`_perturb_policy`) and in
+    eval mode, the method's view of ``rollouts``, and the collated batch of its first ``n`` rows."""
+    model = trainer.model
+    _perturb_policy(model)
+    view, _ = build_view(pd.read_parquet(rollouts), spec, 1)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    model.eval()
+    return model, view, batch, n
+
+
 def test_ipo_reaches_trl_as_the_ipo_loss_against_the_base(tmp_path, tiny_base, tiny_rollouts):
     """TRL's loss on a batch equals IPO's (eq. 17, TRL's documented per-token normalisation):
     mean over pairs of ((mean_t dlogp_chosen - mean_t dlogp_rejected) - 1/(2 beta))^2, dlogp = policy - base."""
     spec, trainer, tok = _trainer(tmp_path, tiny_base, tiny_rollouts, "ipo", beta=0.5)
     assert trainer.loss_types == ["ipo"] and trainer.beta == 0.5
-    model = trainer.model
-    _perturb_policy(model)
-    view, _ = build_view(pd.read_parquet(tiny_rollouts), spec, 1)
-    n = 3
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
-    model.eval()
+    model, view, batch, n = _perturbed_batch(trainer, spec, tiny_rollouts)
     with torch.no_grad():
         got = float(trainer.compute_loss(model, batch))
     expected = []
@@ -174,12 +180,7 @@ def test_simpo_reaches_trl_reference_free_and_length_normalised(tmp_path, tiny_b
     (Meng et al. 2024, eq. 6) with no NLL term and no reference model."""
     spec, trainer, tok = _trainer(tmp_path, tiny_base, tiny_rollouts, "simpo", beta=2.0, simpo_gamma=0.6)
     assert (trainer.loss_type, trainer.cpo_alpha, trainer.beta, trainer.simpo_gamma) == ("simpo", 0.0, 2.0, 0.6)
-    model = trainer.model
-    _perturb_policy(model)
-    view, _ = build_view(pd.read_parquet(tiny_rollouts), spec, 1)
-    n = 3
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
-    model.eval()
+    model, view, batch, n = _perturbed_batch(trainer, spec, tiny_rollouts)
     with torch.no_grad():
         got = float(trainer.get_batch_loss_metrics(model, batch)[0])
     expected = []
