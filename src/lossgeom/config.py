@@ -223,12 +223,17 @@ def generation_spec(config: dict, stage: str) -> dict:
     return out
 
 
-def parse_label(label: str) -> tuple[str, int]:
-    """``"sft/seed42"`` -> ``("sft", 42)``; a data-order replicate ``"sft/seed42data7"`` -> ``("sft", 42)``
-    (its init seed; :func:`data_seed_of` gives the data seed)."""
+def _match_label(label: str) -> re.Match:
     match = LABEL_RE.match(label)
     if not match:
         raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
+    return match
+
+
+def parse_label(label: str) -> tuple[str, int]:
+    """``"sft/seed42"`` -> ``("sft", 42)``; a data-order replicate ``"sft/seed42data7"`` -> ``("sft", 42)``
+    (its init seed; :func:`data_seed_of` gives the data seed)."""
+    match = _match_label(label)
     return match["method"], int(match["seed"])
 
 
@@ -236,9 +241,7 @@ def data_seed_of(label: str) -> int:
     """The data-order seed of an adapter label: ``M`` of ``.../seed<N>data<M>``, else the init seed ``N``
     (the default: each seed sets both; a study with ``training.data_seed`` set records it in
     ``train_info.json``)."""
-    match = LABEL_RE.match(label)
-    if not match:
-        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
+    match = _match_label(label)
     return int(match["data"]) if match["data"] is not None else int(match["seed"])
 
 
