@@ -133,3 +133,27 @@ def test_reference_solution_for_the_full_solution_ce(tmp_path):
 
     rows = load_problems({"source": str(path)})
     assert [reference_solution(r) for _, r in rows.iterrows()] == ["1 = 1\n#### 1", None]
+
+
+def test_answer_ce_scores_the_answer_in_the_format_the_prompt_asks_for(tiny_base, toy_world):
+    """paper.yaml's prompt asks for \\boxed{}: the answer cross-entropy scores "\\boxed{<answer>}", the toy's
+    "#### <answer>"; the config's model.answer_template overrides both."""
+    from lossgeom.behaviour.evaluation import continuation_ce, cross_entropies
+    from lossgeom.data.problemsets import load_problems
+    from lossgeom.generation.backends import open_engine
+    from lossgeom.generation.engine import GenerationSpec
+
+    problems = load_problems({**TEST_SET, "limit": 3}, toy_world)
+    finals = [a.rsplit("#### ", 1)[1] for a in problems["answer"]]
+    boxed_prompt = "{question}\nPut your final answer within \\boxed{}."
+    with open_engine(GenerationSpec(), str(tiny_base), batch_size=4) as engine:
+        def score(texts, template):
+            return continuation_ce(engine, problems, texts, template=template, add_eos=False)
+
+        got = cross_entropies(engine, problems, template=boxed_prompt)["answer_ce"]
+        np.testing.assert_allclose(got, score([f"\\boxed{{{f}}}" for f in finals], boxed_prompt), rtol=1e-6)
+        got = cross_entropies(engine, problems, template="{question}")["answer_ce"]
+        np.testing.assert_allclose(got, score([f"#### {f}" for f in finals], "{question}"), rtol=1e-6)
+        got = cross_entropies(engine, problems, template=boxed_prompt, answer_format="The answer is {answer}.")["answer_ce"]
+        np.testing.assert_allclose(got, score([f"The answer is {f}." for f in finals], boxed_prompt), rtol=1e-6)
+        assert not np.allclose(got, cross_entropies(engine, problems, template=boxed_prompt)["answer_ce"])

@@ -289,9 +289,10 @@ CASES = [
     Case("datasets/missing-field", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "solution": "#### 1"}]))}}), _out(t)),
          r"gsm\.jsonl' \(split 'train'\) has no field 'answer'"),
     Case("datasets/unparsable-gold-evaluation", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "answer": "#### 3"}, {"question": "r", "answer": "three"}]))}}), _out(t)),
-         r"test set gsm .*: item 'gsm-train-1' has gold answer 'three', not a number, which grader 'exact' needs"),
+         r"test set gsm .*: item 'gsm-train-1': gold answer 'three' is not a number, which grader 'exact' needs \(1 of 2 "
+         r"gold answers .*unparsable_gold: drop"),
     Case("datasets/unparsable-gold-rollouts", lambda w, t, c: (_rollouts(w, _out(t), {"source": str(_jsonl(t / "p.jsonl", [{"id": "a", "question": "q", "answer": "n/a"}]))}), _out(t)),
-         r"prompts .*: item 'p-train-0' has gold answer 'n/a', not a number"),
+         r"prompts .*: item 'p-train-0': gold answer 'n/a' is not a number"),
     Case("datasets/duplicate-ids", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"id": 1, "question": "q", "answer": "1"}] * 2)), "id_field": "id"}}), _out(t)),
          r"has duplicate id '1'"),
     Case("datasets/empty", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [], raw=b""))}}), _out(t)),

@@ -10,6 +10,10 @@ import pytest
 
 from lossgeom.data.grading import (
     GRADERS,
+    ExactGrader,
+    GoldError,
+    Grade,
+    MathVerifyGrader,
     extract_hash_answer,
     get_grader,
     grade_exact,
@@ -192,17 +196,17 @@ def test_impossible_number_of_distinct_problems_raises():
     ],
 )
 def test_grade_exact(completion, gold, extracted, reward):
-    assert grade_exact(completion, gold) == (extracted, reward)
+    assert grade_exact(completion, gold) == Grade(extracted, reward, "ok")
 
 
 @pytest.mark.parametrize("completion", ["3 + 4 = 7", "The answer is 7", "", "7", "####", "#### ", "3 + 4 = 7\n####   "])
 def test_grade_exact_no_answer_is_zero_not_dropped(completion):
-    assert grade_exact(completion, "7") == (None, 0.0)
+    assert grade_exact(completion, "7") == Grade(None, 0.0, "no answer")
 
 
 @pytest.mark.parametrize("gold", ["seven", "", "#### ", "#### x", "1,2"])
 def test_unparsable_gold_raises(gold):
-    with pytest.raises(ValueError, match="gold"):
+    with pytest.raises(GoldError, match="gold"):
         grade_exact("#### 7", gold)
 
 
@@ -218,16 +222,14 @@ def test_parse_gold_and_extract():
 
 # ---------------------------------------------------------------- math_verify grader
 def test_math_verify_fraction_equals_decimal():
-    extracted, reward = grade_math_verify("so it is half\n#### 1/2", "0.5")
-    assert extracted == "1/2"
-    assert reward == 1.0
-    assert grade_math_verify("#### 1/3", "0.5")[1] == 0.0
+    extracted, reward, note = grade_math_verify("so it is half: $\\frac{1}{2}$", "0.5")
+    assert (extracted, reward, note) == ("\\frac{1}{2}", 1.0, "ok")
+    assert grade_math_verify("so it is $\\frac{1}{3}$", "0.5").reward == 0.0
 
 
 def test_math_verify_boxed():
-    extracted, reward = grade_math_verify("3 + 4 = 7, so the answer is \\boxed{7}.", "7")
-    assert extracted == "7" and reward == 1.0
-    assert grade_math_verify("the answer is \\boxed{7}.", "8") == ("7", 0.0)
+    assert grade_math_verify("3 + 4 = 7, so the answer is \\boxed{7}.", "7") == Grade("7", 1.0, "ok")
+    assert grade_math_verify("the answer is \\boxed{7}.", "8") == Grade("7", 0.0, "ok")
 
 
 def test_math_verify_gsm8k_gold():
@@ -235,12 +237,12 @@ def test_math_verify_gsm8k_gold():
 
 
 def test_math_verify_unparsable_completion():
-    assert grade_math_verify("I have no idea.", "7") == (None, 0.0)
+    assert grade_math_verify("I have no idea.", "7") == Grade(None, 0.0, "no answer")
 
 
 def test_get_grader():
-    assert get_grader("exact") is grade_exact
-    assert get_grader("math_verify") is grade_math_verify
+    assert isinstance(get_grader("exact"), ExactGrader) and get_grader("exact").name == "exact"
+    assert isinstance(get_grader("math_verify"), MathVerifyGrader) and get_grader("math_verify").name == "math_verify"
     assert set(GRADERS) == {"exact", "math_verify"}
     with pytest.raises(ValueError, match="unknown grader 'regex'"):
         get_grader("regex")

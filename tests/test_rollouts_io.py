@@ -157,9 +157,11 @@ def test_summarize():
             "reward": [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0],
             "answer": ["1", None, "2", "2", None, "9", None],
             "logprobs": [[-0.1], [], None, [-1.0, -0.5], None, [-2.0], []],
+            "finish_reason": ["stop", "length", "stop", None, "stop", "length", "stop"],
         }
     )
     assert summarize(df) == {
+        "truncated": 2,
         "rows": 7,
         "prompts": 3,
         "accuracy": pytest.approx(3 / 7),
@@ -322,5 +324,5 @@ def test_only_missing_sample_indices_are_numbered(tmp_path):
 def test_hash_answer_must_be_on_the_marker_line():
     from lossgeom.data.grading import grade_exact
 
-    assert grade_exact("####\n42", "42") == (None, 0.0)
-    assert grade_exact("#### 42", "42") == ("42", 1.0)
+    assert grade_exact("####\n42", "42")[:2] == (None, 0.0)
+    assert grade_exact("#### 42", "42")[:2] == ("42", 1.0)

@@ -38,11 +38,12 @@ GRPO = method_spec("offline_grpo", bias=0.1, std_normalize=False)
 def test_all_rows_unit_weight(rollouts, loss):
     view, counts = build_view(rollouts, method_spec(loss), seed=0)
     assert len(view) == 16
-    assert list(view.columns) == ["prompt_id", "prompt", "completion", "reward", "weight"]
-    assert (view["weight"] == 1.0).all()
+    assert list(view.columns) == ["prompt_id", "prompt", "completion", "reward", "eos", "weight"]
+    assert (view["weight"] == 1.0).all() and view["eos"].all()
     assert view["completion"].tolist() == rollouts["completion"].tolist()
     assert view["reward"].tolist() == rollouts["reward"].tolist()
-    assert counts == {"rollouts": 16, "correct": 7, "prompts": 4, "mixed_groups": 2, "rows": 16}
+    assert counts == {"rollouts": 16, "correct": 7, "prompts": 4, "mixed_groups": 2, "rows": 16,
+                      "truncated": 0, "truncated_policy": "drop"}
 
 
 def test_rft_keeps_only_correct(rollouts):
@@ -235,3 +236,46 @@ def test_grpo_all_wrong_groups_zero_or_bias():
     assert counts["all_wrong_groups"] == 1
     with pytest.raises(ValueError, match="all_wrong"):
         grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="drop")
+
+
+# ---------------------------------------------------------------- truncated rollouts
+def _with_truncation(rollouts: pd.DataFrame, cut_rows: list[int]) -> pd.DataFrame:
+    out = rollouts.copy()
+    out["finish_reason"] = ["length" if i in cut_rows else "stop" for i in range(len(out))]
+    return out
+
+
+@pytest.mark.parametrize("loss", ["sft", "rft", "dft", "rift", "offline_grpo", "dpo", "kto"])
+def test_truncated_rollouts_are_dropped_by_default_and_counted(rollouts, loss):
+    cut = [0, 5, 13]  # p1-0 (correct), p2-1 (correct), p4-1 (correct)
+    view, counts = build_view(_with_truncation(rollouts, cut), method_spec(loss), seed=0)
+    assert counts["truncated"] == 3 and counts["truncated_policy"] == "drop"
+    assert counts["rollouts"] == 13 and counts["correct"] == 4
+    texts = set(view["completion"]) if "completion" in view else set(view["chosen"]) | set(view["rejected"])
+    assert not texts & {rollouts["completion"][i] for i in cut}
+
+
+def test_truncated_rollouts_kept_without_eos(rollouts):
+    cut = [0, 13]
+    spec = method_spec("sft", truncated="no_eos")
+    view, counts = build_view(_with_truncation(rollouts, cut), spec, seed=0)
+    assert counts["truncated"] == 2 and counts["truncated_policy"] == "no_eos" and len(view) == 16
+    assert view.index[~view["eos"]].tolist() == cut
+
+
+def test_no_eos_is_refused_for_trl_trainers():
+    with pytest.raises(ValueError, match="truncated .no_eos. does not apply to loss .dpo."):
+        method_spec("dpo", truncated="no_eos")
+
+
+def test_tokenized_truncated_row_has_no_eos(toy_world):
+    from lossgeom.modeling import load_tokenizer
+    from lossgeom.training.job import tokenize_view
+
+    tok = load_tokenizer(toy_world / "tokenizer")
+    view = pd.DataFrame({"prompt": ["1 + 1?", "1 + 1?"], "completion": ["1 + 1 = 2\n#### 2", "1 + 1 = 2\n#### 2"],
+                         "reward": [1.0, 1.0], "weight": [1.0, 1.0], "eos": [True, False]})
+    rows = tokenize_view(view, tok, "{question}", 512)
+    full, cut = rows["input_ids"]
+    assert full[-1] == tok.eos_token_id and cut[-1] != tok.eos_token_id and full[:-1] == cut
+    assert rows["completion_mask"][0][:-1] == rows["completion_mask"][1]

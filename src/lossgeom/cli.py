@@ -55,7 +55,8 @@ def cmd_toy_model(a):
 
 
 def cmd_rollouts(a):
-    from .data.problemsets import check_gold, load_problems
+    from .data.grading import get_grader
+    from .data.problemsets import load_problems, parse_golds
     from .data.rollouts import summarize
     from .fsutil import write_table
     from .generation.backends import open_engine
@@ -64,9 +65,14 @@ def cmd_rollouts(a):
 
     problems = load_problems(a.problems, a.toy_dir)
     spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
-    check_gold(problems, spec.get("grader", "exact"), f"prompts ({a.problems['source']})")
+    grader = spec.get("grader", "exact")
+    # every gold is read before any request is sent or sample drawn; left-out items are logged there
+    golds = parse_golds(problems, get_grader(grader), f"prompts ({a.problems['source']})",
+                        a.problems.get("unparsable_gold", "stop"))
+    kept = [g is not None for g in golds]
+    problems, golds = problems[kept].reset_index(drop=True), [g for g in golds if g is not None]
     kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
-              grader=spec.get("grader", "exact"), template=a.template, seed=spec.get("seed", 0))
+              grader=grader, template=a.template, seed=spec.get("seed", 0), golds=golds)
     if gen.backend == "openai":
         from .generation.openai_api import ApiTeacher, Journal, fingerprint
 
@@ -146,7 +152,7 @@ def cmd_evaluate(a):
 
     evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
                    batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                   generation=GenerationSpec.from_dict(a.generation))
+                   generation=GenerationSpec.from_dict(a.generation), answer_format=a.answer_template)
 
 
 def cmd_eval_stats(a):
@@ -162,7 +168,7 @@ def cmd_lmc(a):
     connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
                        accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,
                        batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                       generation=GenerationSpec.from_dict(a.generation))
+                       generation=GenerationSpec.from_dict(a.generation), answer_format=a.answer_template)
 
 
 def cmd_lmc_summary(a):
@@ -175,7 +181,8 @@ def cmd_activations(a):
     from .behaviour.activations import extract_activations
 
     extract_activations(a.base, a.adapter, a.test_set, a.toy_dir, a.out, n_probe=a.n_probe, pooling=a.pooling,
-                        template=a.template, batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+                        template=a.template, batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                        answer_format=a.answer_template)
 
 
 def cmd_cka(a):
@@ -305,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="problem source(s) as JSON")
         sp.add_argument("--toy-dir", type=Path, default=None)
         sp.add_argument("--template", default="{question}")
+        sp.add_argument("--answer-template", default=None,
+                        help="how a gold answer is written, with {answer} (default: what --template asks for)")
         sp.add_argument("--batch-size", type=int, default=32)
         sp.add_argument("--out", type=Path, required=True)
         model_opts(sp)

@@ -21,7 +21,11 @@ from typing import Any, Mapping
 # Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
 # GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
 OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-              "save_steps", "analysis_step", "checkpoint_every")
+              "save_steps", "analysis_step", "checkpoint_every", "truncated")
+# Losses whose rows this project tokenises itself (EOS appended by lossgeom.data.prompting), so a
+# truncated rollout can be trained without EOS; TRL's trainers append EOS to every completion.
+OWN_TOKENISED_LOSSES = ("sft", "rft", "dft", "rift", "offline_grpo")
+TRUNCATED_POLICIES = ("drop", "no_eos")
 # Per loss: its own parameters and their built-in defaults (the losses' documentation: README).
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {},
@@ -58,6 +62,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",
     "data_seed": None,
     "threads": 1,
+    "truncated": "drop",
 }
 LORA_DEFAULTS = {"dropout": 0.0, "use_rslora": False}
 
@@ -95,7 +100,10 @@ class MethodSpec:
         batch_size, grad_accum: rows per device step and steps accumulated per optimiser step.
         learning_rate (peak), lr_scheduler, warmup_ratio (fraction of ``steps``), weight_decay,
         max_grad_norm, max_length (tokens of prompt + completion), precision (``fp32`` | ``bf16``),
-        threads (CPU threads for torch).
+        threads (CPU threads for torch). truncated: what training does with a rollout cut at the
+            token limit (``finish_reason == "length"``): ``drop`` it (the default) or train it
+            without EOS (``no_eos``: the losses of :data:`OWN_TOKENISED_LOSSES` only), so the
+            student never learns to stop mid-derivation.
         data_seed: the data-order seed for every seed of this method (``None``: the job's seed).
         positive_reward, negative_reward: RIFT's rewards; negative_prob: ``token`` | ``sequence``,
         the probability in RIFT's negative term (see :func:`lossgeom.training.losses.rift_loss`).
@@ -130,6 +138,7 @@ class MethodSpec:
     precision: str = "fp32"
     data_seed: int | None = None
     threads: int = 1
+    truncated: str = "drop"
     checkpoint_every: int | None = None
     prompt_template: str = "{question}"
     positive_reward: float | None = None
@@ -177,6 +186,11 @@ class MethodSpec:
             if (self.batch_size * self.grad_accum) % self.num_generations:
                 raise MethodSpecError(f"{where}: batch_size x grad_accum = {self.batch_size * self.grad_accum} completions per "
                                       f"step must be a multiple of num_generations {self.num_generations}")
+        if self.truncated not in TRUNCATED_POLICIES:
+            raise MethodSpecError(f"{where}: truncated {self.truncated!r} is not one of {list(TRUNCATED_POLICIES)}")
+        if self.truncated == "no_eos" and self.loss not in OWN_TOKENISED_LOSSES + ("online_grpo",):
+            raise MethodSpecError(f"{where}: truncated 'no_eos' does not apply to loss {self.loss!r} (TRL's trainer "
+                                  f"appends EOS to every completion); set methods.{self.method}.truncated: drop")
         if self.precision not in ("fp32", "bf16"):
             raise MethodSpecError(f"{where}: precision {self.precision!r} is not 'fp32' or 'bf16'")
         if list(self.save_steps) != sorted(set(self.save_steps)) or self.analysis_step not in self.save_steps:

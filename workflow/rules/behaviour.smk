@@ -24,6 +24,7 @@ rule evaluate:
         toy=toy_dir_arg,
         test_sets=lambda w: as_json(config["test_sets"]),
         template=lambda w: TEMPLATE,
+        answer_template=lambda w: ANSWER_TEMPLATE,
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
         generation=lambda w: as_json(cfg.generation_spec(config, "evaluation")),
@@ -42,7 +43,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
     shell:
         "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
-        " {params.toy} --template {params.template:q} --max-new-tokens {params.max_new_tokens}"
+        " {params.toy} --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens}"
         " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
@@ -92,6 +93,7 @@ rule lmc:
         test_set=lambda w: as_json(config["test_sets"][LMC["test_set"]]),
         spec=lambda w: {k: LMC[k] for k in ("alphas", "limit", "accuracy_subset")},
         template=lambda w: TEMPLATE,
+        answer_template=lambda w: ANSWER_TEMPLATE,
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
         generation=lambda w: as_json(cfg.generation_spec(config, "lmc")),
@@ -112,7 +114,7 @@ rule lmc:
         "lossgeom lmc --base {params.base} --first {wildcards.ma}/seed{wildcards.sa}={input.first}"
         " --second {wildcards.mb}/seed{wildcards.sb}={input.second} --test-set {params.test_set:q} {params.toy}"
         " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
-        " --template {params.template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
+        " --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
         " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -151,6 +153,7 @@ rule activations:
         pooling=CKA["pooling"],
         batch_size=CKA["batch_size"],
         template=lambda w: TEMPLATE,
+        answer_template=lambda w: ANSWER_TEMPLATE,
         dtype=DTYPE,
         remote=REMOTE,
     threads: 1
@@ -167,7 +170,7 @@ rule activations:
     shell:
         "lossgeom activations --base {params.base} --adapter {params.adapter} --test-set {params.test_set:q}"
         " {params.toy} --n-probe {params.n_probe} --pooling {params.pooling} --batch-size {params.batch_size}"
-        " --template {params.template:q} --dtype {params.dtype} {params.remote} --threads {threads}"
+        " --template {params.template:q} --answer-template {params.answer_template:q} --dtype {params.dtype} {params.remote} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 

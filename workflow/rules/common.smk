@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from lossgeom import config as cfg
+from lossgeom.data.prompting import answer_template
 from lossgeom.methods import MethodSpec
 
 # One line naming the key and what was expected, before any job is scheduled.
@@ -21,6 +22,8 @@ TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
 TEMPLATE = config["model"].get("prompt_template", "{question}")
+# How a bare gold answer is written after the prompt (answer cross-entropy, probes): as the prompt asks
+ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"].get("answer_template"))
 ENV = "../../envs/lossgeom.yaml"
 DTYPE = config["model"].get("dtype", "float32")
 REMOTE = "--trust-remote-code" if config["model"].get("trust_remote_code", False) else ""

@@ -1,8 +1,10 @@
 """The accuracy jobs: greedy pass@1 and cross-entropies of one model (the base or one adapter),
 and the statistics over all models (Wilson CIs by default, exact McNemar with Holm, Cochran's Q).
 
-Evaluation parquet (one per model): test_set, id, correct (0/1; NaN where the gold is unparsable),
-extracted, completion, gold_ok, answer_ce, solution_ce (nats/token).
+Evaluation parquet (one per model): test_set, id, correct (0/1; NaN where the gold is unreadable and
+the item left out, ``unparsable_gold: drop``), extracted, completion, finish_reason ("stop"/"length"),
+grade_note (the grader's "ok", "no answer", or why it could not grade), gold_ok, answer_ce,
+solution_ce (nats/token).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 def evaluate_model(
     base: str, adapter: Path | None, test_sets: dict, toy_dir: Path | None, out: Path, *, template: str,
     max_new_tokens: int, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False,
-    generation: GenerationSpec | None = None,
+    generation: GenerationSpec | None = None, answer_format: str | None = None,
 ) -> pd.DataFrame:
     """Greedy pass@1 and cross-entropies of one model (the base, or ``adapter`` on it) on every test
     set, through the configured engine; writes the evaluation parquet."""
@@ -35,15 +37,16 @@ def evaluate_model(
     frames = []
     with open_engine(spec, base, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size) as engine:
         for name, ts in test_sets.items():
-            problems = load_test_set(ts, toy_dir, name)
+            problems, golds = load_test_set(ts, toy_dir, name)
             graded = greedy_pass_at_1(engine, problems, grader=ts.get("grader", "exact"), template=template,
-                                      max_new_tokens=max_new_tokens, adapter=ad, desc=f"evaluate {name}")
-            ce = cross_entropies(engine, problems, template=template, adapter=ad)
+                                      max_new_tokens=max_new_tokens, adapter=ad, desc=f"evaluate {name}", golds=golds)
+            ce = cross_entropies(engine, problems, template=template, adapter=ad, answer_format=answer_format)
             frames.append(graded.merge(ce, on="id").assign(test_set=name))
             log.info("%s on %s (%s): pass@1 %.3f over %d items (%d unparsable gold)", adapter or "base", name,
                      engine.name, graded["correct"].mean(), graded["gold_ok"].sum(), (~graded["gold_ok"]).sum())
     df = pd.concat(frames, ignore_index=True)
-    df = df[["test_set", "id", "correct", "extracted", "completion", "gold_ok", "answer_ce", "solution_ce"]]
+    df = df[["test_set", "id", "correct", "extracted", "completion", "finish_reason", "grade_note", "gold_ok",
+             "answer_ce", "solution_ce"]]
     write_table(df, out)
     return df
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.problemsets import load_problems
+from ..data.problemsets import load_test_set
 from ..fsutil import write_table
 from ..generation.backends import open_engine
 from ..generation.engine import GenerationSpec, PathPoint
@@ -25,21 +25,23 @@ def connectivity_sweep(
     base: str, adapters: tuple[tuple[str, Path], tuple[str, Path]], test_set: dict, toy_dir: Path | None, out: Path, *,
     alphas: int, limit: int, accuracy_subset: int, template: str, max_new_tokens: int, batch_size: int,
     dtype: str = "float32", trust_remote_code: bool = False, generation: GenerationSpec | None = None,
+    answer_format: str | None = None,
 ) -> pd.DataFrame:
     """The linear path between two adapters' deltas: at each alpha, mean answer-only CE, mean
     full-solution CE (nats/token) on the first ``limit`` test items, and greedy accuracy on the first
     ``accuracy_subset`` of them, through one engine for the whole sweep. Writes the sweep tsv."""
     (label_a, dir_a), (label_b, dir_b) = adapters
-    problems = load_problems({**test_set, "limit": limit}, toy_dir)
-    subset = problems.iloc[:accuracy_subset]
+    problems, golds = load_test_set({**test_set, "limit": limit}, toy_dir, "of the connectivity sweeps")
+    subset, subset_golds = problems.iloc[:accuracy_subset], golds[:accuracy_subset]
     spec = generation or GenerationSpec()
     rows = []
     with open_engine(spec, base, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size) as engine:
         for a in alpha_grid(alphas):
             point = PathPoint(Path(dir_a), Path(dir_b), float(a))
-            ce = cross_entropies(engine, problems, template=template, adapter=point)
+            ce = cross_entropies(engine, problems, template=template, adapter=point, answer_format=answer_format)
             graded = greedy_pass_at_1(engine, subset, grader=test_set.get("grader", "exact"), template=template,
-                                      max_new_tokens=max_new_tokens, adapter=point, desc=f"alpha={a:.2f}")
+                                      max_new_tokens=max_new_tokens, adapter=point, desc=f"alpha={a:.2f}",
+                                      golds=subset_golds)
             values = {"answer_ce": ce["answer_ce"].mean(), "solution_ce": ce["solution_ce"].mean(),
                       "accuracy": graded["correct"].mean()}
             rows += [{"pair_a": label_a, "pair_b": label_b, "alpha": float(a), "metric": k, "value": float(v)}

@@ -7,8 +7,10 @@ path) and nothing else, so an endpoint of a sweep is measured exactly like the a
 Cross-entropies are in nats per token, averaged over the tokens of a continuation placed right
 after the chat-formatted prompt:
 
-- ``answer_ce``: the paper's metric, the gold final-answer continuation ``"#### <answer>"``. Short,
-  so it is sensitive to the answer's length and tokenisation.
+- ``answer_ce``: the paper's metric, the gold final answer written as the prompt asks for it
+  (:func:`lossgeom.data.prompting.answer_template`: ``"\\boxed{<answer>}"`` for a prompt that asks for a
+  box, as paper.yaml's does, else GSM8K's ``"#### <answer>"``; the config's ``model.answer_template``
+  overrides it). Short, so it is sensitive to the answer's length and tokenisation.
 - ``solution_ce``: a full correct reference solution (the gold worked solution, EOS included);
   longer and length-robust. NaN where the problem set has no worked solution.
 """
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.grading import extract_hash_answer, get_grader
-from ..data.prompting import prompt_completion, prompt_ids
+from ..data.prompting import answer_template, answer_text, prompt_completion, prompt_ids
 from ..generation.engine import Adapter, Engine, Sampling
 
 
@@ -41,21 +43,25 @@ def reference_solution(row) -> str | None:
 
 def greedy_pass_at_1(
     engine: Engine, problems: pd.DataFrame, *, grader: str, template: str, max_new_tokens: int,
-    adapter: Adapter = None, desc: str = "evaluate",
+    adapter: Adapter = None, desc: str = "evaluate", golds: list | None = None,
 ) -> pd.DataFrame:
-    """Greedy decoding, one completion per problem, graded. Returns one row per problem with
-    id, correct (0/1, or NaN where the gold cannot be parsed), extracted, completion, gold_ok."""
+    """Greedy decoding, one completion per problem, graded against ``golds`` (the grader's parsed gold
+    answers, :func:`~lossgeom.data.problemsets.parse_golds`; parsed here, stopping on an unreadable one,
+    when not given). Items whose gold is None (left out by ``unparsable_gold: drop``) are not generated.
+    Returns one row per problem with id, correct (0/1, NaN where left out), extracted, completion,
+    finish_reason, grade_note, gold_ok."""
     grade = get_grader(grader)
-    prompts = [prompt_ids(engine.tokenizer, q, template) for q in problems["question"]]
-    outs = engine.generate(prompts, Sampling(max_new_tokens=max_new_tokens), adapter=adapter, desc=desc)
-    rows = []
-    for (_, p), (c,) in zip(problems.iterrows(), outs):
-        try:
-            extracted, reward = grade(c.text, p["answer"])
-            correct, gold_ok = reward, True
-        except ValueError:  # the gold answer cannot be parsed: counted and reported, not graded
-            extracted, correct, gold_ok = None, math.nan, False
-        rows.append({"id": p["id"], "correct": correct, "extracted": extracted, "completion": c.text, "gold_ok": gold_ok})
+    if golds is None:
+        golds = [grade.parse_gold(a) for a in problems["answer"]]
+    items = [i for i, g in enumerate(golds) if g is not None]
+    prompts = [prompt_ids(engine.tokenizer, problems["question"].iloc[i], template) for i in items]
+    outs = engine.generate(prompts, Sampling(max_new_tokens=max_new_tokens), adapter=adapter, desc=desc) if items else []
+    rows = [{"id": pid, "correct": math.nan, "extracted": None, "completion": None, "finish_reason": None,
+             "grade_note": "gold not readable", "gold_ok": False} for pid in problems["id"]]
+    for i, (c,) in zip(items, outs):
+        g = grade.grade(c.text, golds[i])
+        rows[i].update(correct=g.reward, extracted=g.answer, completion=c.text, finish_reason=c.finish_reason,
+                       grade_note=g.note, gold_ok=True)
     return pd.DataFrame(rows)
 
 
@@ -78,9 +84,12 @@ def continuation_ce(engine: Engine, problems: pd.DataFrame, continuations: list[
     return out
 
 
-def cross_entropies(engine: Engine, problems: pd.DataFrame, *, template: str, adapter: Adapter = None) -> pd.DataFrame:
-    """Per-item ``answer_ce`` and ``solution_ce`` (nats/token), see the module docstring."""
-    answers = [f"#### {gold_answer_text(a)}" for a in problems["answer"]]
+def cross_entropies(engine: Engine, problems: pd.DataFrame, *, template: str, adapter: Adapter = None,
+                    answer_format: str | None = None) -> pd.DataFrame:
+    """Per-item ``answer_ce`` and ``solution_ce`` (nats/token), see the module docstring. ``answer_format``:
+    how the gold answer is written (``{answer}`` in it; None: what ``template`` asks for)."""
+    fmt = answer_template(template, answer_format)
+    answers = [answer_text(gold_answer_text(a), fmt) for a in problems["answer"]]
     solutions = [reference_solution(r) for _, r in problems.iterrows()]
     return pd.DataFrame(
         {

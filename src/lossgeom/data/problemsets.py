@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..fsutil import read_parquet_or, read_utf8_lines
-from .grading import parse_gold
+from .grading import GoldError, Grader, get_grader, parse_gold
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
     """The problem set described by a ``problem_source`` config entry, as (id, question, answer[, solution]).
 
     Raises ``ProblemSetError`` naming the source when it is empty or lacks a configured field.
-    Rows whose gold answer cannot be parsed as a number are kept (the math-verify grader may still
-    read them); ``count_unparsable_gold`` reports them.
+    Gold answers are not read here: the grader reads them (:func:`parse_golds`).
     """
     source = spec["source"]
     split = spec.get("split", "train")
@@ -113,27 +112,46 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
 
 
 def count_unparsable_gold(problems: pd.DataFrame) -> int:
-    """How many rows have a gold answer that is not a plain number (reported, never silently dropped)."""
+    """How many rows have a gold answer that is not a plain number (what grader 'exact' cannot read)."""
     return int(sum(parse_gold(a) is None for a in problems["answer"]))
 
 
-def check_gold(problems: pd.DataFrame, grader: str, what: str) -> None:
-    """Stop before any generation when ``grader`` is 'exact' and a gold answer is not a number (the
-    exact grader would fail on it after the whole set was generated); math-verify reads more."""
-    if grader != "exact":
-        return
+UNPARSABLE_GOLD = ("stop", "drop")
+
+
+def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable: str = "stop") -> list:
+    """Every gold answer of ``problems`` parsed once by ``grader``, before anything is generated or sent.
+
+    Returns the parsed golds in row order. A gold the grader cannot read is an input error: with
+    ``on_unparsable="stop"`` a ``ProblemSetError`` names the first such item, the source (``what``) and
+    how many there are; with ``"drop"`` its entry is None (the caller leaves the item out and reports
+    it) and the count is logged.
+    """
+    if on_unparsable not in UNPARSABLE_GOLD:
+        raise ValueError(f"unparsable_gold must be one of {UNPARSABLE_GOLD}, got {on_unparsable!r}")
+    golds, bad = [], []
     for pid, answer in zip(problems["id"], problems["answer"]):
-        if parse_gold(answer) is None:
-            raise ProblemSetError(f"{what}: item {pid!r} has gold answer {answer[:80]!r}, not a number, which grader "
-                                  "'exact' needs; fix the answer field or use grader math_verify")
-
-
-def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> pd.DataFrame:
-    """:func:`load_problems`, checked by :func:`check_gold`, logging how many gold answers are not plain numbers."""
-    problems = load_problems(spec, toy_dir)
-    check_gold(problems, spec.get("grader", "exact"), f"test set {name} ({spec['source']})")
-    bad = count_unparsable_gold(problems)
+        try:
+            golds.append(grader.parse_gold(answer))
+        except GoldError as e:
+            golds.append(None)
+            bad.append((pid, str(e)))
+    if bad and on_unparsable == "stop":
+        pid, why = bad[0]
+        raise ProblemSetError(f"{what}: item {pid!r}: {why} ({len(bad)} of {len(problems)} gold answers cannot be "
+                              f"read by grader {grader.name!r}); fix the answer field, or set unparsable_gold: drop")
+    if bad and len(bad) == len(problems):
+        raise ProblemSetError(f"{what}: none of the {len(problems)} gold answers can be read by grader {grader.name!r} "
+                              f"(first: item {bad[0][0]!r}: {bad[0][1]})")
     if bad:
-        log.warning("test set %s: %d of %d gold answers are not plain numbers (graded by %s; unparsable ones are reported)",
-                    name, bad, len(problems), spec.get("grader", "exact"))
-    return problems
+        log.warning("%s: %d of %d gold answers cannot be read by grader %r and are left out (first: item %r: %s)",
+                    what, len(bad), len(problems), grader.name, bad[0][0], bad[0][1])
+    return golds
+
+
+def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> tuple[pd.DataFrame, list]:
+    """:func:`load_problems` and the parsed golds (:func:`parse_golds`, None where left out) of a test set."""
+    problems = load_problems(spec, toy_dir)
+    golds = parse_golds(problems, get_grader(spec.get("grader", "exact")), f"test set {name} ({spec['source']})",
+                        spec.get("unparsable_gold", "stop"))
+    return problems, golds

@@ -18,6 +18,26 @@ def prompt_text(question: str, template: str = "{question}") -> str:
     return template.replace("{question}", question)
 
 
+HASH_ANSWER, BOXED_ANSWER = "#### {answer}", "\\boxed{{answer}}"
+
+
+def answer_template(template: str = "{question}", answer: str | None = None) -> str:
+    """How a bare final answer is written as a continuation of the prompt (the answer cross-entropy's
+    and a probe's target), with ``{answer}`` where the answer goes: ``answer`` when given, else what the
+    prompt ``template`` asks for: ``\\boxed{<answer>}`` when it names ``\\boxed``, GSM8K's
+    ``#### <answer>`` line otherwise (the toy world's format)."""
+    if answer is not None:
+        if "{answer}" not in answer:
+            raise ValueError(f"answer template must contain '{{answer}}', got {answer!r}")
+        return answer
+    return BOXED_ANSWER if "\\boxed" in template else HASH_ANSWER
+
+
+def answer_text(final_answer: str, template: str) -> str:
+    """``final_answer`` written in an answer template (:func:`answer_template`)."""
+    return template.replace("{answer}", final_answer)
+
+
 def prompt_string(tokenizer, question: str, template: str = "{question}") -> str:
     """The chat-formatted prompt as text, ending with the assistant generation prompt."""
     messages = [{"role": "user", "content": prompt_text(question, template)}]

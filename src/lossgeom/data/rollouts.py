@@ -16,6 +16,20 @@ A rollout table has one row per sample, with columns (``ROLLOUT_COLUMNS``):
                          imported. Training re-tokenises ``completion`` for sampled and imported rows
                          alike, so both take one path.
     source        str    what produced the row (model path and sampling settings, or the imported file)
+    finish_reason str?   "stop" (the sampler ended the completion) or "length" (cut at the token limit:
+                         truncated; training drops it or trains it without EOS, ``truncated`` of the
+                         method spec); null when imported without it (then taken as complete)
+    grade_note    str?   why the grader gave what it gave: "ok", "no answer", or the reason a completion
+                         could not be graded ("timeout: ...", "error: ..."; reward 0); null when imported
+
+and the columns an API teacher fills (``ROLLOUT_META``, null for local engines and imports):
+
+    reasoning     str?   the reasoning a thinking model returned apart from its answer (``reasoning_content``)
+    content       str?   the answer it returned (``message.content``); ``completion`` is built from the
+                         two as ``generation.openai.completion`` says
+    served_model  str?   the model id the endpoint says served the request (``response.model``)
+    system_fingerprint str? the endpoint's backend configuration id, where it reports one
+    prompt_tokens, completion_tokens, reasoning_tokens  int?  the endpoint's token usage of the request
 
 Rollouts are sampled from the teacher (or the base) by :mod:`lossgeom.generation`, or imported from a JSONL/parquet file with at
 least prompt_id, prompt, completion and reward; a bad row stops the import with its line number.
@@ -35,9 +49,13 @@ from ..fsutil import read_parquet_or, read_utf8_lines
 
 log = logging.getLogger(__name__)
 
+ROLLOUT_META = ["reasoning", "content", "served_model", "system_fingerprint", "prompt_tokens", "completion_tokens",
+                "reasoning_tokens"]
 ROLLOUT_COLUMNS = [
     "prompt_id", "prompt", "completion", "gold", "answer", "reward", "sample_index", "logprobs", "completion_ids", "source",
+    "finish_reason", "grade_note", *ROLLOUT_META,
 ]
+FINISH_REASONS = ("stop", "length")
 REQUIRED_IMPORT = ("prompt_id", "prompt", "completion", "reward")
 
 
@@ -71,6 +89,9 @@ def _check_row(row: dict, where: str) -> dict:
     # numbers.Real admits the numpy float32 values of a parquet list<float> column
     if not all(isinstance(x, numbers.Real) and not isinstance(x, bool) and x <= 1e-6 for x in lp):
         raise RolloutError(f"{where}: logprobs must be a list of numbers <= 0")
+    finish = None if _is_null(row.get("finish_reason")) else row["finish_reason"]
+    if finish is not None and finish not in FINISH_REASONS:
+        raise RolloutError(f"{where}: finish_reason must be one of {list(FINISH_REASONS)} (or absent), got {finish!r}")
     return {
         "prompt_id": str(row["prompt_id"]),
         "prompt": row["prompt"],
@@ -82,6 +103,9 @@ def _check_row(row: dict, where: str) -> dict:
         "logprobs": [float(x) for x in lp],
         "completion_ids": [],
         "source": "" if _is_null(row.get("source")) else str(row["source"]),
+        "finish_reason": finish,
+        "grade_note": None,
+        **{c: None for c in ROLLOUT_META},
     }
 
 
@@ -157,5 +181,6 @@ def summarize(df: pd.DataFrame) -> dict:
         "prompts_all_wrong": int((per_prompt["mean"] == 0).sum()),
         "prompts_mixed": int(((per_prompt["mean"] > 0) & (per_prompt["mean"] < 1)).sum()),
         "no_answer": int(df["answer"].isna().sum()),
+        "truncated": int((df["finish_reason"] == "length").sum()) if "finish_reason" in df else 0,
         "rows_with_logprobs": int(df["logprobs"].map(lambda v: v is not None and len(v) > 0).sum()),
     }

@@ -26,6 +26,8 @@ from typing import Mapping, Union
 
 import numpy as np
 
+from ..data.rollouts import FINISH_REASONS
+
 BACKENDS = ("hf", "vllm", "openai")
 # vLLM options a config may set (generation.vllm), with their defaults: see README "Generation".
 VLLM_DEFAULTS = {
@@ -37,6 +39,7 @@ VLLM_DEFAULTS = {
     "enforce_eager": False,
     "cpu_kvcache_gib": 4,
 }
+# API-teacher options (generation.openai), with their defaults: see lossgeom.generation.openai_api.
 OPENAI_DEFAULTS = {
     "base_url": None,
     "model": None,
@@ -44,7 +47,10 @@ OPENAI_DEFAULTS = {
     "max_concurrency": 8,
     "max_retries": 6,
     "timeout_s": 600.0,
-    "logprobs": True,
+    "logprobs": False,  # off unless asked for: DeepSeek's reasoning models refuse the parameter (400)
+    "thinking": None,  # None: send nothing (the endpoint's default); True/False: thinking mode on/off
+    "reasoning_effort": None,  # None: send nothing; else sent as the request's reasoning_effort
+    "completion": "reasoning+answer",  # what a rollout's completion is: "answer" or "reasoning+answer"
 }
 
 
@@ -81,12 +87,24 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Completion:
-    """One generated continuation (see the module docstring for the conventions)."""
+    """One generated continuation (see the module docstring for the conventions).
+
+    ``finish_reason`` is ``"stop"`` (the model ended it: EOS, or the endpoint's own stop) or ``"length"``
+    (cut at ``max_new_tokens``: a truncated completion, which training drops or trains without EOS).
+    ``meta`` holds what an API endpoint says of the request, as rollout-table columns (``ROLLOUT_META``
+    of :mod:`lossgeom.data.rollouts`: the reasoning and the answer a reasoning model returns apart, the
+    served model id, its system fingerprint, token usage); local engines leave it empty.
+    """
 
     text: str
     token_ids: list[int]
     logprobs: list[float] | None
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str
+    meta: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}")
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,11 @@ def fingerprint(spec: MethodSpec, seed: int, rollouts_path: Path, base_model: st
 
 
 def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int) -> Dataset:
-    """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids, completion mask, row numbers."""
+    """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids (EOS-terminated unless the
+    view's ``eos`` is False: a truncated rollout under ``truncated: no_eos``), completion mask, row numbers."""
     rows = {"input_ids": [], "completion_mask": [], "row_weight": [], "row_reward": []}
     for r in view.itertuples(index=False):
-        ids, mask = prompt_completion(tokenizer, r.prompt, r.completion, template, max_length)
+        ids, mask = prompt_completion(tokenizer, r.prompt, r.completion, template, max_length, eos=getattr(r, "eos", True))
         rows["input_ids"].append(ids)
         rows["completion_mask"].append(mask)
         rows["row_weight"].append(float(r.weight))

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from ..data.grading import get_grader
+from ..data.grading import GoldError, get_grader
 from ..data.prompting import prompt_string
 from ..methods import MethodSpec, MethodSpecError
 
@@ -108,7 +108,7 @@ class GraderReward:
 
     Called by GRPOTrainer with ``completions`` (list[str], the decoded samples without special tokens,
     K per prompt), ``gold`` (list[str], the dataset column repeated alongside) and ``log_metric``;
-    returns the rewards, list[float] in {0, 1}, exactly ``grade(completion, gold)[1]``. Logs
+    returns the rewards, list[float] in {0, 1}, exactly ``grade(completion, gold).reward``. Logs
     ``accuracy`` (fraction of samples graded correct: with a 0/1 grader the mean reward) and
     ``answer_rate`` (fraction with a parsable final answer) for each step's metrics row.
     """
@@ -116,14 +116,30 @@ class GraderReward:
     def __init__(self, grader: str):
         self.grader = grader
         self.grade = get_grader(grader)
+        self._golds: dict[str, object] = {}  # gold text -> parsed gold: each gold is parsed once per job
         self.__name__ = "grader"  # TRL names the reward's metrics columns after it
 
+    def _gold(self, gold: str):
+        if gold not in self._golds:
+            self._golds[gold] = self.grade.parse_gold(gold)
+        return self._golds[gold]
+
+    def read_golds(self, view: pd.DataFrame, method: str) -> None:
+        """Parse every gold of the online view (prompt_id, gold) now; one that the grader cannot read
+        stops the job here with the prompt and the method named (a ``MethodSpecError``)."""
+        for pid, g in zip(view["prompt_id"], view["gold"]):
+            try:
+                self._gold(g)
+            except GoldError as e:
+                raise MethodSpecError(f"method {method!r} (online_grpo): prompt {pid!r}: {e}") from None
+
     def __call__(self, prompts, completions, gold, log_metric=None, **kwargs) -> list[float]:
-        graded = [self.grade(c if isinstance(c, str) else c[-1]["content"], g) for c, g in zip(completions, gold)]
-        rewards = [float(r) for _, r in graded]
+        graded = [self.grade.grade(c if isinstance(c, str) else c[-1]["content"], self._gold(g))
+                  for c, g in zip(completions, gold)]
+        rewards = [float(g.reward) for g in graded]
         if log_metric is not None and rewards:
             log_metric("accuracy", sum(rewards) / len(rewards))
-            log_metric("answer_rate", sum(e is not None for e, _ in graded) / len(graded))
+            log_metric("answer_rate", sum(g.answer is not None for g in graded) / len(graded))
         return rewards
 
 
@@ -177,7 +193,9 @@ def trl_trainer(spec: MethodSpec, model, common_args: dict, view: pd.DataFrame, 
         data = prompts_dataset(view, tokenizer, template)
     kwargs = dict(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
     if spec.loss == "online_grpo":
-        kwargs["reward_funcs"] = [GraderReward(spec.grader)]
+        reward = GraderReward(spec.grader)
+        reward.read_golds(view, spec.method)  # every gold read before the first step, not at step N
+        kwargs["reward_funcs"] = [reward]
     try:
         return trainer_cls(**kwargs)
     except ImportError as e:  # e.g. generation 'vllm' on a GPU without vLLM installed

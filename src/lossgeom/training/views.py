@@ -100,23 +100,42 @@ def online_prompts(rollouts: pd.DataFrame) -> pd.DataFrame:
     return first.reset_index(drop=True)
 
 
+def truncated_mask(rollouts: pd.DataFrame) -> np.ndarray:
+    """Rows cut at the sampler's token limit (``finish_reason == "length"``); a table without the column
+    (imported, or written before it existed) has none. Bool of the rows' length."""
+    if "finish_reason" not in rollouts:
+        return np.zeros(len(rollouts), dtype=bool)
+    return (rollouts["finish_reason"] == "length").to_numpy(dtype=bool)
+
+
 def build_view(rollouts: pd.DataFrame, spec: MethodSpec, seed: int) -> tuple[pd.DataFrame, dict]:
     """The rows ``spec.loss`` trains on, and the counts to log.
 
+    Rollouts cut at the token limit are dropped first (``spec.truncated == "drop"``), or kept to be
+    trained without EOS (``no_eos``); ``counts`` says how many there were and which policy applied.
+
     Returns (view, counts). For the NLL family the view has columns prompt_id, prompt, completion,
-    reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise); for DPO, IPO and
+    reward, weight (``weight`` is the per-row advantage for GRPO and 1 otherwise), eos (append EOS:
+    False for a truncated row under ``no_eos``); for DPO, IPO and
     SimPO it has prompt_id, prompt, chosen, rejected; for KTO prompt_id, prompt, completion, label;
     for online GRPO prompt_id, prompt, gold. ``seed`` drives the pairing rule and KTO's row order.
     """
     loss, method = spec.loss, spec.method
+    cut = truncated_mask(rollouts)
+    truncated = {"truncated": int(cut.sum()), "truncated_policy": spec.truncated}
+    if spec.truncated == "drop" and loss != "online_grpo":  # online GRPO samples its own completions
+        rollouts = rollouts[~cut].reset_index(drop=True)
+        cut = np.zeros(len(rollouts), dtype=bool)
     per_prompt = rollouts.groupby("prompt_id")["reward"].mean()
     counts = {
+        **truncated,
         "rollouts": int(len(rollouts)),
         "correct": int((rollouts["reward"] == 1).sum()),
         "prompts": int(len(per_prompt)),
         "mixed_groups": int(((per_prompt > 0) & (per_prompt < 1)).sum()),
     }
-    base = rollouts[["prompt_id", "prompt", "completion", "reward"]].reset_index(drop=True)
+    # eos: whether the completion ends with EOS in training (False only for a truncated row kept by no_eos)
+    base = rollouts[["prompt_id", "prompt", "completion", "reward"]].reset_index(drop=True).assign(eos=~cut)
     if loss in PAIRWISE_LOSSES:
         view = dpo_pairs(rollouts, spec.pairs_per_prompt, seed)
         counts["pairs"] = int(len(view))
