@@ -1,19 +1,27 @@
 """The openai backend against a scripted OpenAI-compatible server on 127.0.0.1: answers, retries on
-429/5xx, one-line errors for 401 / unreachable / missing key, the journal across a failed run, and
-the API key never written anywhere. (tests/test_generation_vllm.py runs it against a real vllm serve.)"""
+429/5xx, one-line errors for 401 / unreachable / missing key / a refused setting, the journal across a
+failed run, the API key never written anywhere, and reasoning (thinking) models: responses shaped as
+DeepSeek's and OpenAI's documented chat completions (``reasoning_content``, ``system_fingerprint``,
+``usage.completion_tokens_details.reasoning_tokens``, a served model other than the requested one),
+the request fields each setting sends, and the meta recorded per rollout.
+(tests/test_generation_vllm.py runs it against a real vllm serve.)"""
 
 from __future__ import annotations
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from lossgeom.generation.engine import GenerationError, GenerationSpec, Sampling
-from lossgeom.generation.openai_api import ApiTeacher, Journal, fingerprint
+from lossgeom.data.rollouts import ROLLOUT_META, served_models
+from lossgeom.generation.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
+from lossgeom.generation.openai_api import (ApiTeacher, Journal, build_completion, finish_reason, fingerprint,
+                                            response_meta)
 from lossgeom.generation.sampling import sample_rollouts
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a"
@@ -21,8 +29,19 @@ PROBLEMS = pd.DataFrame({"id": ["p0", "p1", "p2"], "question": ["1 + 1?", "2 + 5
                          "answer": ["2", "7", "9"]})
 
 
+ANSWERS = {"1 + 1?": "2", "2 + 5?": "7", "3 * 3?": "8"}  # the last one is wrong
+REASONING = "\nThe user asks a sum. Adding: the total is what we need.\n"  # as DeepSeek returns it, newlines around
+
+
 class Script:
-    """What the server does: a queue of statuses to answer before succeeding, per request count."""
+    """What the server does: a queue of statuses to answer before succeeding, per request count, and the
+    shape of its answers.
+
+    ``style``: ``"plain"`` (a minimal OpenAI-compatible answer, as a small server gives), ``"openai"``
+    (OpenAI's documented chat completion: ``refusal``, ``annotations``, ``service_tier``,
+    ``system_fingerprint``, usage details) or ``"deepseek"`` (DeepSeek's: ``reasoning_content`` beside
+    ``content``, ``system_fingerprint``, ``prompt_cache_*`` and ``completion_tokens_details.reasoning_tokens``).
+    """
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -31,12 +50,59 @@ class Script:
         self.fail_after: int | None = None  # answer 500 to every request after this many successes
         self.logprobs = True
         self.ok = 0
+        self.style = "plain"
+        self.served_model: str | None = None  # None: echo the requested model
+        self.reasoning: str | None = REASONING  # deepseek style only
+        self.reasoning_field = "reasoning_content"  # "reasoning": recent vLLM's name
+        self.content: str | None = None  # None: "work\n#### <answer>"
+        self.finish_reason = "stop"
+        self.refuse: str | None = None  # answer 400 to a request whose body has this field
+
+    def response(self, body: dict) -> dict:
+        question = body["messages"][0]["content"]
+        answer = ANSWERS[question]
+        text = f"work\n#### {answer}" if self.content is None else self.content
+        message = {"role": "assistant", "content": text}
+        model = self.served_model or body["model"]
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        extra = {}
+        if self.style == "openai":
+            message.update(refusal=None, annotations=[])
+            usage = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
+                     "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                   "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+            extra = {"service_tier": "default", "system_fingerprint": "fp_44709d6fcb"}
+        elif self.style == "deepseek":
+            if self.reasoning is not None:
+                message[self.reasoning_field] = self.reasoning
+            usage = {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52,
+                     "prompt_tokens_details": {"cached_tokens": 0},
+                     "completion_tokens_details": {"reasoning_tokens": 30},
+                     "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 12}
+            extra = {"system_fingerprint": "fp_8802369eaa_prod0623"}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
+        if self.logprobs and body.get("logprobs"):
+            choice["logprobs"] = {"content": [{"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []}
+                                              for t in ("work", "\n", "####", " ", answer)]}
+        return {"id": "930c60df-bf64-41c9-a88e-3ec75f81e00e", "object": "chat.completion", "created": 1760000000,
+                "model": model, "choices": [choice], "usage": usage, **extra}
 
 
 def make_handler(script: Script):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
+
+        def _send(self, status: int, obj: dict):
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 429:
+                self.send_header("Retry-After", "0.05")
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -45,35 +111,20 @@ def make_handler(script: Script):
                 status = script.plan.pop(0) if script.plan else 200
                 if script.fail_after is not None and script.ok >= script.fail_after:
                     status = 500
+                if script.refuse is not None and script.refuse in body:
+                    status = 400
                 if self.headers.get("Authorization") != f"Bearer {KEY}":
                     status = 401
                 if status == 200:
                     script.ok += 1
-            if status != 200:
-                data = json.dumps({"error": {"message": f"scripted {status}", "type": "x", "code": status}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status == 429:
-                    self.send_header("Retry-After", "0.05")
-                self.end_headers()
-                self.wfile.write(data)
-                return
-            question = body["messages"][0]["content"]
-            answer = {"1 + 1?": "2", "2 + 5?": "7", "3 * 3?": "8"}[question]  # the last one is wrong
-            text = f"work\n#### {answer}"
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            if script.logprobs and body.get("logprobs"):
-                choice["logprobs"] = {"content": [{"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []}
-                                                  for t in ("work", "\n", "####", " ", answer)]}
-            data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [choice],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            if status == 400:  # OpenAI's error body for a parameter a model does not take
+                self._send(400, {"error": {"message": f"Unsupported parameter: '{script.refuse}' is not supported "
+                                                      "with this model.", "type": "invalid_request_error",
+                                           "param": script.refuse, "code": "unsupported_parameter"}})
+            elif status != 200:
+                self._send(status, {"error": {"message": f"scripted {status}", "type": "x", "code": status}})
+            else:
+                self._send(200, script.response(body))
 
     return Handler
 
@@ -110,7 +161,7 @@ def run(url, journal_path, **kw):
 
 def test_rollouts_from_an_endpoint(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
-    df, _ = run(server.url, tmp_path / "j.jsonl")
+    df, _ = run(server.url, tmp_path / "j.jsonl", logprobs=True)  # off by default: asked for here
     assert len(df) == 6 and df["sample_index"].tolist() == [0, 1] * 3
     assert df["reward"].tolist() == [1, 1, 1, 1, 0, 0]  # graded by the project's grader
     assert all(lp == [-0.25] * 5 for lp in df["logprobs"])
@@ -191,7 +242,7 @@ def test_a_journal_of_other_requests_is_discarded(tmp_path):
 def test_endpoint_without_logprobs_gives_null_column(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.logprobs = False
-    df, _ = run(server.url, tmp_path / "j.jsonl")
+    df, _ = run(server.url, tmp_path / "j.jsonl", logprobs=True)  # asked for, and none came back
     assert df["logprobs"].isna().all()
     df.to_parquet(tmp_path / "r.parquet")
     assert pd.read_parquet(tmp_path / "r.parquet")["logprobs"].isna().all()
@@ -219,3 +270,236 @@ def test_cli_writes_the_key_nowhere(server, tmp_path, monkeypatch, capsys, caplo
     for text in (captured.out, captured.err, caplog.text, out.read_bytes().decode("latin-1")):
         assert KEY not in text
     assert all(r["auth"] == f"Bearer {KEY}" for r in server.requests)  # it did reach the server
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_schema_and_defaults_name_the_same_openai_settings():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    props = schema["properties"]["generation"]["properties"]["openai"]["properties"]
+    assert set(props) == set(OPENAI_DEFAULTS)
+    assert OPENAI_DEFAULTS["logprobs"] is False and OPENAI_DEFAULTS["thinking"] is None
+    assert OPENAI_DEFAULTS["reasoning_effort"] is None and OPENAI_DEFAULTS["completion"] == "reasoning+answer"
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ({"completion": "both"}, "'both'", "generation.openai.completion must be one of ['answer', 'reasoning+answer']"),
+    ({"thinking": 1}, "1", "generation.openai.thinking must be null, true or false"),
+    ({"thinking": "enabled"}, "'enabled'", "generation.openai.thinking must be null, true or false"),
+    ({"reasoning_effort": ""}, "''", "generation.openai.reasoning_effort must be null or a string"),
+])
+def test_a_bad_setting_is_one_line_naming_it(setting, value, named, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    with pytest.raises(GenerationError) as info:
+        ApiTeacher(options("http://127.0.0.1:9/v1", **setting))
+    assert str(info.value) == f"{named}, got {value}"
+
+
+def sample_direct(url, journal_path, problems=PROBLEMS, sampling=SAMPLING, **kw):
+    """ApiTeacher.sample on its own (no grading): the completions, the teacher and the journal."""
+    teacher = ApiTeacher(options(url, **kw))
+    journal = Journal(journal_path, fingerprint(teacher.options, sampling, "{question}",
+                                                list(zip(problems["id"], problems["question"]))))
+    return teacher.sample(list(problems["question"]), sampling, journal, seed_base=5), teacher, journal
+
+
+BASE_BODY = {"model": "teacher", "n": 1, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
+
+
+@pytest.mark.parametrize("settings, fields", [
+    ({}, {}),  # the defaults send none of the optional fields: no logprobs, thinking, reasoning_effort
+    ({"thinking": True}, {"thinking": {"type": "enabled"}}),
+    ({"thinking": False}, {"thinking": {"type": "disabled"}}),
+    ({"reasoning_effort": "high"}, {"reasoning_effort": "high"}),
+    ({"thinking": True, "reasoning_effort": "max", "logprobs": True},
+     {"thinking": {"type": "enabled"}, "reasoning_effort": "max", "logprobs": True}),
+])
+def test_the_request_body_each_setting_sends(server, tmp_path, monkeypatch, settings, fields):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    one = PROBLEMS.iloc[:1]
+    sample_direct(server.url, tmp_path / "j.jsonl", problems=one, **settings)
+    assert len(server.requests) == 2
+    for r in server.requests:
+        body = dict(r["body"])
+        seed = body.pop("seed")
+        assert seed in (5 * 1_000_003, 5 * 1_000_003 + 1)
+        assert body == {**BASE_BODY, "messages": [{"role": "user", "content": "1 + 1?"}], **fields}
+
+
+# ---- reasoning models ----------------------------------------------------------------------------
+
+def deepseek(server, **kw):
+    """The server as DeepSeek's endpoint: a thinking model, served under a dated name."""
+    server.style, server.served_model = "deepseek", "deepseek-v4-flash-2026-11-01"
+    for k, v in kw.items():
+        setattr(server, k, v)
+
+
+@pytest.mark.parametrize("mode", ["reasoning+answer", "answer"])
+def test_a_thinking_response_keeps_reasoning_and_answer_apart(server, tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server)
+    df, _ = run(server.url, tmp_path / "j.jsonl", completion=mode, thinking=True)
+    reasoning = "The user asks a sum. Adding: the total is what we need."
+    expected = [f"<think>\n{reasoning}\n</think>\n\nwork\n#### {a}" if mode == "reasoning+answer" else f"work\n#### {a}"
+                for a in np.repeat(["2", "7", "8"], 2)]
+    assert df["completion"].tolist() == expected
+    assert (df["reasoning"] == REASONING).all()  # as returned, newlines and all
+    assert df["content"].tolist() == [f"work\n#### {a}" for a in np.repeat(["2", "7", "8"], 2)]
+    assert (df["served_model"] == "deepseek-v4-flash-2026-11-01").all()
+    assert (df["system_fingerprint"] == "fp_8802369eaa_prod0623").all()
+    assert df[["prompt_tokens", "completion_tokens", "reasoning_tokens"]].values.tolist() == [[12, 40, 30]] * 6
+    assert (df["finish_reason"] == "stop").all()
+    assert df["reward"].tolist() == [1, 1, 1, 1, 0, 0]  # the answer is graded, not the reasoning
+    assert df["logprobs"].isna().all()  # not asked for (the default)
+    assert all("logprobs" not in r["body"] for r in server.requests)
+
+
+def test_a_reasoning_cut_by_the_limit_is_length_with_the_reasoning_kept(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server, content="", finish_reason="length")  # the budget ran out inside the reasoning
+    df, _ = run(server.url, tmp_path / "j.jsonl")
+    assert (df["finish_reason"] == "length").all()
+    assert (df["reasoning"] == REASONING).all() and (df["content"] == "").all()
+    # an open <think> block: a prefix of what the model would have written, with no answer in it
+    assert (df["completion"] == "<think>\nThe user asks a sum. Adding: the total is what we need.").all()
+    assert (df["reward"] == 0).all()
+
+
+def test_an_openai_response_records_its_served_model_and_usage(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.style, server.served_model = "openai", "gpt-4o-mini-2024-07-18"
+    comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl", model="gpt-4o-mini")
+    c = comps[0][0]
+    assert c.text == "work\n#### 2" and c.finish_reason == "stop"  # no reasoning: the answer alone
+    assert {m: c.meta[m] for m in ROLLOUT_META} == {
+        "reasoning": None, "content": "work\n#### 2", "served_model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_44709d6fcb", "prompt_tokens": 19, "completion_tokens": 10, "reasoning_tokens": 0}
+
+
+def test_a_plain_response_leaves_what_it_does_not_say_null(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl")
+    meta = comps[0][0].meta
+    assert meta["served_model"] == "teacher" and meta["system_fingerprint"] is None
+    assert meta["reasoning"] is None and meta["reasoning_tokens"] is None and meta["prompt_tokens"] == 1
+
+
+def test_recent_vllm_reasoning_field_is_read(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server, reasoning_field="reasoning")  # vLLM renamed reasoning_content to reasoning
+    comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl")
+    assert comps[0][0].meta["reasoning"] == REASONING
+    assert comps[0][0].text.startswith("<think>\nThe user asks")
+
+
+@pytest.mark.parametrize("raw", ["content_filter", "insufficient_system_resource"])
+def test_an_answer_the_model_did_not_end_is_length_and_says_why(server, tmp_path, monkeypatch, caplog, raw):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server, finish_reason=raw)
+    comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl")
+    assert all(c.finish_reason == "length" and c.meta["endpoint_finish_reason"] == raw for cs in comps for c in cs)
+    assert f"{raw}: 6" in caplog.text
+
+
+def test_finish_reasons_and_the_completion_layout():
+    assert [finish_reason(r) for r in ("stop", "eos", None, "length", "content_filter", "tool_calls")] == \
+        ["stop", "stop", "stop", "length", "length", "length"]
+    assert build_completion("\nr\n", "\n\nA", "reasoning+answer") == "<think>\nr\n</think>\n\nA"
+    assert build_completion("r", "A", "answer") == "A"
+    assert build_completion(None, "A", "reasoning+answer") == build_completion("", "A", "reasoning+answer") == "A"
+    assert build_completion("r", None, "reasoning+answer", truncated=True) == "<think>\nr"
+    assert build_completion("r", "", "reasoning+answer") == "<think>\nr\n</think>\n\n"  # ended, with no answer
+    assert build_completion("{x}", "{y}", "reasoning+answer") == "<think>\n{x}\n</think>\n\n{y}"  # braces kept
+
+
+def test_response_meta_names_the_rollout_meta_columns():
+    from types import SimpleNamespace as NS
+
+    choice = NS(message=NS(content="a"))
+    assert list(response_meta(NS(model="m"), choice)) == ROLLOUT_META
+
+
+# ---- log-probs refused ---------------------------------------------------------------------------
+
+def test_an_endpoint_refusing_logprobs_stops_with_one_line(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server, refuse="logprobs")
+    with pytest.raises(GenerationError) as info:
+        run(server.url, tmp_path / "j.jsonl", logprobs=True, max_concurrency=1)
+    msg = str(info.value)
+    assert "\n" not in msg and KEY not in msg
+    assert msg.startswith(f"{server.url} refused `logprobs` for model 'teacher' (400: Unsupported parameter")
+    assert msg.endswith("; set generation.openai.logprobs: false")
+    assert len(server.requests) == 1  # a 400 is not retried
+    server.requests = []
+    df, _ = run(server.url, tmp_path / "j2.jsonl")  # logprobs off (the default): nothing to refuse
+    assert len(df) == 6 and all("logprobs" not in r["body"] for r in server.requests)
+
+
+def test_an_endpoint_refusing_thinking_names_the_setting(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.refuse = "thinking"  # an OpenAI endpoint does not take DeepSeek's switch
+    with pytest.raises(GenerationError, match=r"refused `thinking` .*; set generation.openai.thinking: null$"):
+        sample_direct(server.url, tmp_path / "j.jsonl", thinking=False, max_concurrency=1)
+
+
+def test_another_400_is_one_line_without_retries(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.refuse = "seed"  # a field no setting controls: the message says what the endpoint said
+    with pytest.raises(GenerationError) as info:
+        sample_direct(server.url, tmp_path / "j.jsonl", max_concurrency=1)
+    assert str(info.value) == (f"{server.url} answered 400 Bad Request: Unsupported parameter: 'seed' is not "
+                               "supported with this model.")
+    assert len(server.requests) == 1
+
+
+# ---- journal -------------------------------------------------------------------------------------
+
+def test_the_journal_restores_the_meta(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server, finish_reason="length", content="")
+    first, _, _ = sample_direct(server.url, tmp_path / "j.jsonl", thinking=True)
+    lines = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert lines[0]["format"] == "lossgeom.api_journal.v2" and len(lines) == 1 + 6
+    assert lines[1]["completion"]["meta"]["served_model"] == "deepseek-v4-flash-2026-11-01"
+    server.fail_after, server.requests = 0, []  # the endpoint is gone: everything must come from the journal
+    again, _, _ = sample_direct(server.url, tmp_path / "j.jsonl", thinking=True)
+    assert server.requests == [] and again == first
+    assert again[2][1].meta["reasoning"] == REASONING and again[2][1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("setting, value", [("thinking", True), ("thinking", False), ("reasoning_effort", "low"),
+                                            ("completion", "answer"), ("logprobs", True), ("model", "other")])
+def test_the_fingerprint_changes_with_each_request_setting(setting, value):
+    spec = lambda **kw: GenerationSpec.from_dict({"openai": {"base_url": "http://x/v1", "model": "m", **kw}}).openai
+    problems = [("p0", "1 + 1?")]
+    base = fingerprint(spec(), SAMPLING, "{question}", problems)
+    assert fingerprint(spec(), SAMPLING, "{question}", problems) == base
+    assert fingerprint(spec(**{setting: value}), SAMPLING, "{question}", problems) != base
+    # settings that do not shape the answers leave it alone
+    assert fingerprint(spec(max_concurrency=1, timeout_s=5, max_retries=0), SAMPLING, "{question}", problems) == base
+
+
+def test_a_changed_setting_re_requests(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    deepseek(server)
+    sample_direct(server.url, tmp_path / "j.jsonl", problems=PROBLEMS.iloc[:1])
+    server.requests = []
+    comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl", problems=PROBLEMS.iloc[:1], completion="answer")
+    assert len(server.requests) == 2 and comps[0][0].text == "work\n#### 2"
+
+
+# ---- served models -------------------------------------------------------------------------------
+
+def test_served_models_summarises_models_and_fingerprints():
+    df = pd.DataFrame({"served_model": ["ds-2026-11-01"] * 3 + ["ds-2026-12-01", None],
+                       "system_fingerprint": ["fp_a", "fp_a", None, "fp_b", None]})
+    assert served_models(df) == ("ds-2026-11-01 (system_fingerprint fp_a): 2 rows; ds-2026-11-01: 1 row; "
+                                 "ds-2026-12-01 (system_fingerprint fp_b): 1 row; not recorded: 1 row")
+    assert served_models(pd.DataFrame({"prompt": ["q"]})) == "not recorded"
+    big = pd.DataFrame({"served_model": ["m"] * 1234, "system_fingerprint": [float("nan")] * 1234})  # parquet nulls
+    assert served_models(big) == "m: 1,234 rows"

@@ -234,7 +234,7 @@ def test_api_teacher_resumes_from_its_journal_after_a_kill(vllm_server, world, t
     problems.write_text("".join(json.dumps({"id": r.id, "question": r.question, "answer": r.answer}) + "\n"
                                 for r in train.itertuples()))
     gen = {"backend": "openai", "openai": {"base_url": url, "model": "toy-teacher", "api_key_env": "LOSSGEOM_TEST_KEY",
-                                           "max_concurrency": 2}}
+                                           "max_concurrency": 2, "logprobs": True}}  # off by default
     journal, out = tmp_path / "journal.jsonl", tmp_path / "rollouts.parquet"
     cmd = [sys.executable, "-m", "lossgeom.cli", "rollouts", "--model", "unused",
            "--problems", json.dumps({"source": str(problems)}),

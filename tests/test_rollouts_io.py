@@ -170,7 +170,23 @@ def test_summarize():
         "prompts_mixed": 1,
         "no_answer": 3,
         "rows_with_logprobs": 3,
+        "served_models": "not recorded",
     }
+
+
+def test_summary_table_counts_notes_reasons_and_served_models():
+    from lossgeom.data.rollouts import summary_table
+
+    df = pd.DataFrame({"prompt_id": ["a", "a", "b"], "reward": [1.0, 0.0, 0.0], "answer": ["1", None, "2"],
+                       "logprobs": [None] * 3, "finish_reason": ["stop", "length", "stop"],
+                       "grade_note": ["ok", "no answer", "timeout: math-verify"],
+                       "served_model": ["ds-1", "ds-1", "ds-2"], "system_fingerprint": [None] * 3,
+                       "completion_tokens": [10, None, 30]})
+    t = summary_table(df).set_index("quantity")["value"]
+    assert t["truncated"] == 1 and t["finish reason: length"] == 1 and t["finish reason: stop"] == 2
+    assert t["grade note: timeout: math-verify"] == 1 and t["grade note: no answer"] == 1
+    assert t["served_models"] == "ds-1: 2 rows; ds-2: 1 row"
+    assert t["mean completion tokens per request"] == 20.0 and "mean prompt tokens per request" not in t
 
 
 # ---------------------------------------------------------------- problem sets

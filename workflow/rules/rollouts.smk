@@ -1,5 +1,9 @@
 # Rollouts: K graded samples per prompt from the teacher (or the base), or an imported file.
 
+# What the rollouts are, in numbers (rows, accuracy, truncated, grade notes, the served model): the
+# report's Rollouts page
+ROLLOUT_SUMMARY = report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts")
+
 
 if config["rollouts"].get("import"):
 
@@ -10,7 +14,8 @@ if config["rollouts"].get("import"):
         input:
             config["rollouts"]["import"],
         output:
-            f"{RESULTS}/rollouts/rollouts.parquet",
+            table=f"{RESULTS}/rollouts/rollouts.parquet",
+            summary=ROLLOUT_SUMMARY,
         resources:
             mem_mb=RES["cpu_mem_mb"],
             runtime=RES["cpu_runtime"],
@@ -21,7 +26,7 @@ if config["rollouts"].get("import"):
         benchmark:
             f"{RESULTS}/benchmarks/import_rollouts.tsv"
         shell:
-            "lossgeom import-rollouts --file {input} --out {output} > {log} 2>&1"
+            "lossgeom import-rollouts --file {input} --out {output.table} --summary {output.summary} > {log} 2>&1"
 
 else:
     # An API teacher (generation backend "openai") has no local model to track; its completed requests
@@ -33,7 +38,8 @@ else:
             **({} if ROLLOUT_API else model_input(config["rollouts"].get("sampler", "teacher"))),
             **toy_input(config["prompts"]),
         output:
-            f"{RESULTS}/rollouts/rollouts.parquet",
+            table=f"{RESULTS}/rollouts/rollouts.parquet",
+            summary=ROLLOUT_SUMMARY,
         params:
             model=model_arg(config["rollouts"].get("sampler", "teacher")),
             problems=as_json(config["prompts"]),
@@ -58,4 +64,5 @@ else:
         shell:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
-            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
+            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output.table} --summary {output.summary}"
+            " > {log} 2>&1"

@@ -183,4 +183,43 @@ def summarize(df: pd.DataFrame) -> dict:
         "no_answer": int(df["answer"].isna().sum()),
         "truncated": int((df["finish_reason"] == "length").sum()) if "finish_reason" in df else 0,
         "rows_with_logprobs": int(df["logprobs"].map(lambda v: v is not None and len(v) > 0).sum()),
+        "served_models": served_models(df),
     }
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The rollout table in numbers a reader checks before trusting any result (the report's Rollouts
+    page): :func:`summarize`, then how many rows got each grade note and each finish reason, and the
+    mean token usage where the endpoint reported it. Columns: quantity, value."""
+    rows = list(summarize(df).items())
+    for col, prefix in (("grade_note", "grade note"), ("finish_reason", "finish reason")):
+        if col in df:
+            counts = df[col].fillna("not recorded").astype(str).value_counts()
+            rows += [(f"{prefix}: {k}", int(v)) for k, v in counts.items()]
+    for col in ("prompt_tokens", "completion_tokens", "reasoning_tokens"):
+        if col in df and df[col].notna().any():
+            rows.append((f"mean {col.replace('_', ' ')} per request", round(float(pd.to_numeric(df[col]).mean()), 1)))
+    return pd.DataFrame(rows, columns=["quantity", "value"])
+
+
+def served_models(df) -> str:
+    """One line naming the models that served a rollout table's rows, with counts, most rows first:
+    ``"deepseek-v4-flash-2026-11-01 (system_fingerprint fp_1a2b): 5,998 rows; ..."`` (the
+    fingerprint part left out where the endpoint gave none); rows without a served model (local
+    engines, imports) are counted as ``"not recorded"``."""
+    if "served_model" not in df.columns or not len(df):
+        return "not recorded"
+    fps = df["system_fingerprint"] if "system_fingerprint" in df.columns else [None] * len(df)
+    counts: dict[tuple, int] = {}
+    for model, fp in zip(df["served_model"], fps):
+        key = (model if isinstance(model, str) else None, fp if isinstance(fp, str) else None)
+        counts[key] = counts.get(key, 0) + 1
+    parts = []
+    def order(item):  # most rows first; among equal counts by name, "not recorded" (None) last
+        (model, fp), n = item
+        return -n, model is None, model or "", fp or ""
+
+    for (model, fp), n in sorted(counts.items(), key=order):
+        name = "not recorded" if model is None else model + (f" (system_fingerprint {fp})" if fp else "")
+        parts.append(f"{name}: {n:,} row{'s' if n != 1 else ''}")
+    return "; ".join(parts)

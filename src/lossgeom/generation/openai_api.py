@@ -1,4 +1,4 @@
-"""The ``openai`` backend: rollouts from any OpenAI-compatible chat endpoint (DeepSeek's API, a
+r"""The ``openai`` backend: rollouts from any OpenAI-compatible chat endpoint (DeepSeek's API, a
 self-hosted ``vllm serve``), with bounded concurrency, retries and a journal that survives a kill.
 
 - One request per (prompt, sample): ``messages = [{"role": "user", "content": prompt_text(question)}]``
@@ -10,11 +10,45 @@ self-hosted ``vllm serve``), with bounded concurrency, retries and a journal tha
 - Concurrency: at most ``max_concurrency`` requests in flight (threads; the client is thread-safe).
 - Journal: every completed request is appended to a JSONL file outside the job's output (flushed and
   fsynced), under a header holding the fingerprint of everything that determines the answers (endpoint,
-  model, sampling, template, problems). A rerun after a kill or a preemption re-requests only what is
+  model, the request settings ``logprobs``, ``thinking``, ``reasoning_effort`` and ``completion``,
+  sampling, template, problems). A rerun after a kill or a preemption re-requests only what is
   not in the journal; a journal of another fingerprint is discarded; a torn last line is ignored.
 - The API key is read from the environment variable the config names (``api_key_env``); it is never
   written to logs, results, the journal or the config dump, and error messages name the variable only.
-- Log-probabilities: requested when ``logprobs`` is on; an endpoint that returns none gives ``None``.
+- Log-probabilities: requested only when ``logprobs`` is on (default off: DeepSeek's reasoning models
+  refuse the parameter with a 400, which stops the job with one line naming the setting); an endpoint
+  that returns none gives ``None``.
+
+Reasoning (thinking) models. The request carries, besides the above, ``max_tokens =
+rollouts.max_new_tokens`` (for a thinking model the budget covers the reasoning *and* the answer:
+DeepSeek's docs say so of its reasoning models), ``temperature`` and ``top_p`` (always sent; DeepSeek
+documents that thinking mode ignores ``temperature`` without an error), and per setting:
+
+- ``thinking``: ``None`` sends nothing (the endpoint's default; DeepSeek's V4 models think by default);
+  ``True``/``False`` send ``"thinking": {"type": "enabled"|"disabled"}``, DeepSeek's documented switch,
+  through the client's ``extra_body`` (it is not an OpenAI parameter). An OpenAI endpoint would refuse
+  it: leave it ``None`` there.
+- ``reasoning_effort``: ``None`` sends nothing; a string is sent as ``"reasoning_effort"`` (OpenAI's
+  parameter; DeepSeek reads it too: ``low``/``high``/``max``, other values mapped onto those).
+
+The answer comes in ``message.content``, the reasoning apart from it in ``message.reasoning_content``
+(DeepSeek; ``message.reasoning`` on recent vLLM and OpenRouter, read when the former is absent).
+A rollout's ``completion`` (``Completion.text``) is built as ``completion`` says: ``"answer"``, the
+content only; ``"reasoning+answer"`` (the default: the paper distils the teacher's chains of thought),
+``THINK_FORMAT`` = ``"<think>\n{reasoning}\n</think>\n\n{answer}"``, the layout of Qwen3's and
+DeepSeek-R1's chat templates (reasoning stripped of surrounding newlines, answer of leading ones),
+or the answer alone when there is no reasoning; a reasoning cut by the token limit before any answer
+is ``"<think>\n{reasoning}"``, left open (a prefix of what the model would have written, and a
+``<think>`` never closed holds no answer for the graders). Each completion's ``meta`` records the
+reasoning and the content as returned, the served model (``response.model``), the
+``system_fingerprint`` and the token usage (``ROLLOUT_META`` of :mod:`lossgeom.data.rollouts`);
+:func:`lossgeom.data.rollouts.served_models` summarises a table's served models for the report.
+
+Finish reasons: ``length`` is ``"length"``; ``stop`` (and ``eos``, ``end_turn``, none given) is
+``"stop"``; any other (``content_filter``, DeepSeek's ``insufficient_system_resource``, ...) means
+the model did not end the answer itself, so it is ``"length"`` too (training drops it or trains it
+without EOS, never teaches an EOS after a cut answer); the endpoint's own word stays in
+``meta["endpoint_finish_reason"]`` and the job logs how many there were.
 """
 
 from __future__ import annotations
@@ -23,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -34,12 +69,20 @@ from .engine import Completion, GenerationError, Sampling
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FORMAT = "lossgeom.api_journal.v1"
+JOURNAL_FORMAT = "lossgeom.api_journal.v2"  # v2: records carry meta (reasoning, served model, usage)
+COMPLETION_MODES = ("answer", "reasoning+answer")
+THINK_FORMAT = "<think>\n{reasoning}\n</think>\n\n{answer}"
+# the endpoint's finish reasons for an answer the model ended itself; "length" and anything else
+# (content_filter, insufficient_system_resource, ...) is an answer it did not end: "length"
+ENDED = frozenset({"stop", "eos", "end_turn", None})
+# request settings a 400 may name, with the change that stops the endpoint refusing it
+REFUSABLE = {"logprobs": "logprobs: false", "reasoning_effort": "reasoning_effort: null", "thinking": "thinking: null"}
 
 
 class Journal:
     """Append-only JSONL of completed requests: a header line ``{"format", "fingerprint"}``, then one
-    ``{"key": ..., "completion": {...}}`` line per request."""
+    ``{"key": ..., "completion": {"text", "logprobs", "finish_reason", "meta"}}`` line per request
+    (``meta``: the ``ROLLOUT_META`` fields and ``endpoint_finish_reason``, so a rerun restores them)."""
 
     def __init__(self, path: Path | str, fingerprint: str):
         self.path, self.fingerprint = Path(path), fingerprint
@@ -85,17 +128,67 @@ def _loads(line: str):
         return None
 
 
+# the generation.openai settings that shape a request or the record kept of its answer
+FINGERPRINTED = ("base_url", "model", "logprobs", "thinking", "reasoning_effort", "completion")
+
+
 def fingerprint(options: Mapping, sampling: Sampling, template: str, problems: list[tuple[str, str]]) -> str:
-    """What the journal's answers depend on: endpoint, model, sampling, template and the problems."""
-    payload = json.dumps({"base_url": options["base_url"], "model": options["model"], "logprobs": options["logprobs"],
-                          "sampling": sampling.__dict__, "template": template, "problems": problems}, sort_keys=True)
+    """What the journal's answers depend on: endpoint, model, the request settings (``FINGERPRINTED``),
+    sampling, template and the problems; changing any of them re-requests everything."""
+    payload = json.dumps({**{k: options.get(k) for k in FINGERPRINTED}, "sampling": sampling.__dict__,
+                          "template": template, "problems": problems}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_completion(reasoning: str | None, answer: str | None, mode: str, truncated: bool = False) -> str:
+    """A rollout's completion text from a reasoning model's two parts, as the module docstring states:
+    ``mode == "answer"``: the answer; ``"reasoning+answer"``: ``THINK_FORMAT``, the answer alone when
+    there is no reasoning, and an open ``<think>`` block when the limit cut the reasoning (``truncated``
+    and no answer)."""
+    answer = answer or ""
+    if mode == "answer" or not reasoning:
+        return answer
+    reasoning = reasoning.strip("\n")
+    if truncated and not answer.strip():
+        return f"<think>\n{reasoning}"
+    return THINK_FORMAT.format(reasoning=reasoning, answer=answer.lstrip("\n"))
+
+
+def finish_reason(raw: str | None) -> str:
+    """The table's finish reason for the endpoint's (see the module docstring)."""
+    return "stop" if raw in ENDED else "length"
+
+
+def _reasoning(message) -> str | None:
+    """The reasoning a message carries apart from its content: ``reasoning_content`` (DeepSeek), else
+    ``reasoning`` (recent vLLM, OpenRouter); ``None`` when there is none."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def response_meta(response, choice) -> dict:
+    """The ``ROLLOUT_META`` fields of one chat completion (``None`` where the endpoint gives nothing)."""
+    usage = getattr(response, "usage", None)
+    details = getattr(usage, "completion_tokens_details", None)
+    return {
+        "reasoning": _reasoning(choice.message),
+        "content": choice.message.content,
+        "served_model": getattr(response, "model", None),
+        "system_fingerprint": getattr(response, "system_fingerprint", None),
+        "prompt_tokens": getattr(usage, "prompt_tokens", None),
+        "completion_tokens": getattr(usage, "completion_tokens", None),
+        "reasoning_tokens": getattr(details, "reasoning_tokens", None),
+    }
 
 
 class ApiTeacher:
     """A chat endpoint as a rollout sampler (see the module docstring); ``options`` is
-    ``generation.openai`` of the config (base_url, model, api_key_env, max_concurrency, max_retries,
-    timeout_s, logprobs)."""
+    ``generation.openai`` of the config (``OPENAI_DEFAULTS`` of :mod:`.engine`: base_url, model,
+    api_key_env, max_concurrency, max_retries, timeout_s, logprobs, thinking, reasoning_effort,
+    completion)."""
 
     def __init__(self, options: Mapping):
         try:
@@ -103,9 +196,7 @@ class ApiTeacher:
         except ImportError:
             raise GenerationError("the openai backend needs the 'openai' package: pip install openai") from None
         self.options = dict(options)
-        for key in ("base_url", "model"):
-            if not self.options.get(key):
-                raise GenerationError(f"generation.openai.{key} is not set")
+        _check_options(self.options)
         env = self.options["api_key_env"]
         key = os.environ.get(env)
         if not key:
@@ -118,26 +209,51 @@ class ApiTeacher:
     def source(self) -> str:
         return f"{self.options['model']} @ {self.options['base_url']}"
 
-    def _request(self, content: str, sampling: Sampling, seed: int) -> dict:
-        kw = dict(model=self.options["model"], messages=[{"role": "user", "content": content}], n=1,
-                  temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens, seed=seed)
-        if self.options["logprobs"] and sampling.logprobs:
+    def request_fields(self, sampling: Sampling, seed: int) -> dict:
+        """The keyword arguments of ``chat.completions.create`` besides the messages: the body's fields,
+        with ``extra_body`` for what is not an OpenAI parameter (DeepSeek's ``thinking``)."""
+        o = self.options
+        kw = dict(model=o["model"], n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+                  max_tokens=sampling.max_new_tokens, seed=seed)
+        if o["logprobs"] and sampling.logprobs:
             kw["logprobs"] = True
+        if o["reasoning_effort"] is not None:
+            kw["reasoning_effort"] = o["reasoning_effort"]
+        if o["thinking"] is not None:
+            kw["extra_body"] = {"thinking": {"type": "enabled" if o["thinking"] else "disabled"}}
+        return kw
+
+    def _request(self, content: str, sampling: Sampling, seed: int) -> dict:
+        """One request; its journal record ``{"text", "logprobs", "finish_reason", "meta"}``."""
+        kw = self.request_fields(sampling, seed)
         try:
-            r = self.client.chat.completions.create(**kw)
+            r = self.client.chat.completions.create(messages=[{"role": "user", "content": content}], **kw)
         except self._openai.OpenAIError as e:
-            raise self._describe(e) from None
+            raise self._describe(e, kw) from None
         choice = r.choices[0]
         lp = None
         content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
         if content_lp:
             lp = [round(float(t.logprob), 6) for t in content_lp]
-        return {"text": choice.message.content or "", "logprobs": lp, "finish_reason": choice.finish_reason or "stop"}
+        meta = response_meta(r, choice)
+        finish = finish_reason(choice.finish_reason)
+        text = build_completion(meta["reasoning"], meta["content"], self.options["completion"], finish == "length")
+        return {"text": text, "logprobs": lp, "finish_reason": finish,
+                "meta": {**meta, "endpoint_finish_reason": choice.finish_reason}}
 
-    def _describe(self, e) -> GenerationError:
-        """One line for an API failure, naming the endpoint and never the key."""
+    def _describe(self, e, sent: Mapping) -> GenerationError:
+        """One line for an API failure, naming the endpoint and never the key; a 400 that names a
+        setting this request sent says which setting to change."""
         o, url = self._openai, self.options["base_url"]
         retries = f"after {self.options['max_retries']} retries"
+        message = _endpoint_message(e)
+        if isinstance(e, o.BadRequestError):  # never retried by the client: one request, one line
+            sent_fields = {*sent, *(sent.get("extra_body") or {})}
+            for field_name, change in REFUSABLE.items():
+                if field_name in sent_fields and field_name in message:
+                    return GenerationError(f"{url} refused `{field_name}` for model {self.options['model']!r} (400: "
+                                           f"{message[:160]}); set generation.openai.{change}")
+            return GenerationError(f"{url} answered 400 Bad Request: {message[:200]}")
         if isinstance(e, o.AuthenticationError):
             return GenerationError(f"{url} refused the API key in ${self.options['api_key_env']} (401 Unauthorized)")
         if isinstance(e, o.PermissionDeniedError):
@@ -151,7 +267,7 @@ class ApiTeacher:
         if isinstance(e, o.APIConnectionError):
             return GenerationError(f"cannot reach {url} {retries} (is the server up and the URL right?)")
         if isinstance(e, o.APIStatusError):
-            return GenerationError(f"{url} answered {e.status_code} {retries}: {str(e.message)[:200]}")
+            return GenerationError(f"{url} answered {e.status_code} {retries}: {message[:200]}")
         return GenerationError(f"{url}: {type(e).__name__}: {str(e)[:200]}")
 
     def sample(self, contents: list[str], sampling: Sampling, journal: Journal, seed_base: int = 0,
@@ -165,10 +281,17 @@ class ApiTeacher:
                  len(keys), len(todo))
         if todo:
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, unit="req")
+            failed_once = threading.Event()  # after a failure no new request goes out (only those in flight)
 
             def run(key: str):
+                if failed_once.is_set():
+                    return
                 i, j = map(int, key.split(":"))
-                rec = self._request(contents[i], sampling, seed_base * 1_000_003 + i * n + j)
+                try:
+                    rec = self._request(contents[i], sampling, seed_base * 1_000_003 + i * n + j)
+                except BaseException:
+                    failed_once.set()
+                    raise
                 journal.append(key, rec)
                 bar.update(1)
 
@@ -182,8 +305,45 @@ class ApiTeacher:
                     bar.close()
                     raise failed[0].exception()
             bar.close()
-        out = []
-        for i in range(len(contents)):
-            out.append([Completion(journal.done[f"{i}:{j}"]["text"], [], journal.done[f"{i}:{j}"]["logprobs"],
-                                   journal.done[f"{i}:{j}"]["finish_reason"]) for j in range(n)])
-        return out
+        records = [[journal.done[f"{i}:{j}"] for j in range(n)] for i in range(len(contents))]
+        _log_unusual_finishes([rec for recs in records for rec in recs])
+        return [[_completion(rec) for rec in recs] for recs in records]
+
+
+def _endpoint_message(e) -> str:
+    """What the endpoint said, without the client's ``"Error code: 400 - "`` prefix, on one line."""
+    message = re.sub(r"^Error code: \d+ - ", "", str(getattr(e, "message", e)))
+    return " ".join(message.split())
+
+
+def _completion(rec: Mapping) -> Completion:
+    """A journal record as a :class:`Completion` (chat endpoints return no token ids)."""
+    return Completion(rec["text"], [], rec["logprobs"], rec["finish_reason"], dict(rec.get("meta") or {}))
+
+
+def _log_unusual_finishes(records: list[Mapping]) -> None:
+    """Say how many answers ended for a reason other than ``stop`` or ``length`` (kept as "length")."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        raw = (rec.get("meta") or {}).get("endpoint_finish_reason")
+        if raw not in ENDED and raw != "length":
+            counts[str(raw)] = counts.get(str(raw), 0) + 1
+    if counts:
+        log.warning("api teacher: %s answer(s) ended for another reason than stop or length (%s); kept as "
+                    "finish_reason 'length' (not ended by the model)", sum(counts.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+def _check_options(o: Mapping) -> None:
+    """One line naming the generation.openai setting that is missing or of the wrong kind."""
+    for key in ("base_url", "model"):
+        if not o.get(key):
+            raise GenerationError(f"generation.openai.{key} is not set")
+    if o.get("completion") not in COMPLETION_MODES:
+        raise GenerationError(f"generation.openai.completion must be one of {list(COMPLETION_MODES)}, "
+                              f"got {o.get('completion')!r}")
+    if not (o.get("thinking") is None or isinstance(o.get("thinking"), bool)):  # 0/1 are not settings
+        raise GenerationError(f"generation.openai.thinking must be null, true or false, got {o.get('thinking')!r}")
+    effort = o.get("reasoning_effort")
+    if effort is not None and not (isinstance(effort, str) and effort):
+        raise GenerationError(f"generation.openai.reasoning_effort must be null or a string, got {effort!r}")
