@@ -74,6 +74,30 @@ def test_gsm8k_exact_grader_reads_the_same_golds(gsm8k):
     assert all(exact.grade(a, g).reward == 1.0 for a, g in zip(gsm8k["answer"], golds))
 
 
+# ---------------------------------------------------------------- DeepScaleR's own test sets (real LaTeX golds)
+DEEPSCALER = Path(__file__).parent / "data" / "deepscaler"
+
+
+@pytest.mark.parametrize("name", ["math", "aime", "amc"])
+def test_deepscaler_golds_parse_and_grade_as_math_verify_on_delimited_text(grader, name):
+    """MATH-500, AIME 2024 and AMC 2023 as DeepScaleR ships them (the grader before this one credited a
+    correct boxed MATH-500 answer on 424 of 500 items and could not parse 40 golds). Every gold parses; a
+    boxed gold is credited; another item's gold gets math-verify's verdict on the delimited pair."""
+    problems = load_problems({"source": str(DEEPSCALER / f"{name}.json"), "question_field": "problem", "split": "test"})
+    golds = parse_golds(problems, grader, f"deepscaler {name}")
+    answers = problems["answer"].tolist()
+    wrong = []
+    for i, (gold, parsed) in enumerate(zip(answers, golds)):
+        own = grader.grade(f"Some reasoning.\nSo the answer is $\\boxed{{{gold}}}$.", parsed)
+        if (own.reward, own.note) != (1.0, "ok"):
+            wrong.append((i, gold, "own"))
+        other = answers[(i + 1) % len(answers)]
+        reference = verify(parse(f"${gold}$"), parse(f"${other}$"))
+        if grader.grade(f"So the answer is \\boxed{{{other}}}.", parsed).reward != float(reference):
+            wrong.append((i, gold, other))
+    assert not wrong, f"{len(wrong)} of {len(answers)} items graded unlike math-verify: {wrong[:5]}"
+
+
 # ---------------------------------------------------------------- DeepScaleR's answer formats
 # (gold as the dataset writes it, an answer, whether it is correct)
 FORMATS = [
