@@ -57,6 +57,7 @@ def cmd_toy_model(a):
 def cmd_rollouts(a):
     from .data.grading import get_grader
     from .data.problemsets import load_problems, parse_golds
+    from .data.rollouts import summarize
     from .fsutil import write_table
     from .generation.backends import open_engine
     from .generation.engine import GenerationSpec
@@ -91,26 +92,23 @@ def cmd_rollouts(a):
     write_table(df, a.out)
     if gen.backend == "openai":
         journal.remove()  # everything is in the table now
-    _summarise_rollouts(df, a.summary)
+    log.info("rollouts: %s", summarize(df))
 
 
 def cmd_import_rollouts(a):
-    from .data.rollouts import import_rollouts
+    from .data.rollouts import import_rollouts, summarize
     from .fsutil import write_table
 
     df = import_rollouts(a.file)
     write_table(df, a.out)
-    _summarise_rollouts(df, a.summary)
+    log.info("imported rollouts: %s", summarize(df))
 
 
-def _summarise_rollouts(df, path: Path | None) -> None:
-    """Log the rollout table's counts and, where asked, write them as the report's summary table."""
-    from .data.rollouts import summarize, summary_table
+def cmd_rollouts_summary(a):
+    from .data.rollouts import read_rollouts, summary_table
     from .fsutil import write_table
 
-    log.info("rollouts: %s", summarize(df))
-    if path is not None:
-        write_table(summary_table(df), path)
+    write_table(summary_table(read_rollouts(a.rollouts)), a.out)
 
 
 def cmd_train(a):
@@ -282,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
     sp.add_argument("--template", default="{question}")
     sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
-    sp.add_argument("--summary", type=Path, default=None, help="also write the table's summary (.tsv: quantity, value)")
     generation_opts(sp)
     sp.add_argument("--journal", type=Path, default=None,
                     help="openai backend: JSONL of completed requests, kept across restarts (outside --out)")
@@ -291,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("import-rollouts", cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
     sp.add_argument("--file", type=Path, required=True)
     sp.add_argument("--out", type=Path, required=True)
-    sp.add_argument("--summary", type=Path, default=None, help="also write the table's summary (.tsv: quantity, value)")
+
+    sp = add("rollouts-summary", cmd_rollouts_summary, "the rollout table in numbers (rows, truncated, grade notes, served models)")
+    sp.add_argument("--rollouts", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True, help="summary .tsv (quantity, value)")
 
     sp = add("train", cmd_train, "train one LoRA adapter (one method, one seed)")
     sp.add_argument("--spec", type=_json, required=True, help="the method's resolved spec, as JSON")

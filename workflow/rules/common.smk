@@ -103,6 +103,7 @@ def all_targets():
         f"{RESULTS}/figures/lmc.png",
         f"{RESULTS}/claims.tsv",
         f"{RESULTS}/figures/training_curves.png",
+        f"{RESULTS}/rollouts/summary.tsv",
     ]
 
 

@@ -1,9 +1,5 @@
 # Rollouts: K graded samples per prompt from the teacher (or the base), or an imported file.
 
-# What the rollouts are, in numbers (rows, accuracy, truncated, grade notes, the served model): the
-# report's Rollouts page
-ROLLOUT_SUMMARY = report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts")
-
 
 if config["rollouts"].get("import"):
 
@@ -14,8 +10,7 @@ if config["rollouts"].get("import"):
         input:
             config["rollouts"]["import"],
         output:
-            table=f"{RESULTS}/rollouts/rollouts.parquet",
-            summary=ROLLOUT_SUMMARY,
+            f"{RESULTS}/rollouts/rollouts.parquet",
         resources:
             mem_mb=RES["cpu_mem_mb"],
             runtime=RES["cpu_runtime"],
@@ -26,7 +21,7 @@ if config["rollouts"].get("import"):
         benchmark:
             f"{RESULTS}/benchmarks/import_rollouts.tsv"
         shell:
-            "lossgeom import-rollouts --file {input} --out {output.table} --summary {output.summary} > {log} 2>&1"
+            "lossgeom import-rollouts --file {input} --out {output} > {log} 2>&1"
 
 else:
     # An API teacher (generation backend "openai") has no local model to track; its completed requests
@@ -38,8 +33,7 @@ else:
             **({} if ROLLOUT_API else model_input(config["rollouts"].get("sampler", "teacher"))),
             **toy_input(config["prompts"]),
         output:
-            table=f"{RESULTS}/rollouts/rollouts.parquet",
-            summary=ROLLOUT_SUMMARY,
+            f"{RESULTS}/rollouts/rollouts.parquet",
         params:
             model=model_arg(config["rollouts"].get("sampler", "teacher")),
             problems=as_json(config["prompts"]),
@@ -64,5 +58,21 @@ else:
         shell:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
-            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output.table} --summary {output.summary}"
-            " > {log} 2>&1"
+            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
+
+
+localrules:
+    rollouts_summary,
+
+
+# What the rollouts are, in numbers (rows, accuracy, truncated, grade notes, the served model): the
+# report's Rollouts page. A rule of its own, so it serves sampled and imported tables alike.
+rule rollouts_summary:
+    input:
+        f"{RESULTS}/rollouts/rollouts.parquet",
+    output:
+        report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts"),
+    log:
+        f"{RESULTS}/logs/rollouts_summary.log",
+    shell:
+        "lossgeom rollouts-summary --rollouts {input} --out {output} > {log} 2>&1"
