@@ -290,6 +290,7 @@ def test_schema_and_defaults_name_the_same_openai_settings():
     ({"thinking": 1}, "1", "generation.openai.thinking must be null, true or false"),
     ({"thinking": "enabled"}, "'enabled'", "generation.openai.thinking must be null, true or false"),
     ({"reasoning_effort": ""}, "''", "generation.openai.reasoning_effort must be null or a string"),
+    ({"max_tokens": 0}, "0", "generation.openai.max_tokens must be null or a positive integer"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(setting, value, named, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -316,6 +317,7 @@ BASE_BODY = {"model": "teacher", "n": 1, "temperature": 1.0, "top_p": 1.0, "max_
     ({"reasoning_effort": "high"}, {"reasoning_effort": "high"}),
     ({"thinking": True, "reasoning_effort": "max", "logprobs": True},
      {"thinking": {"type": "enabled"}, "reasoning_effort": "max", "logprobs": True}),
+    ({"max_tokens": 32768}, {"max_tokens": 32768}),  # a budget for the reasoning, over rollouts.max_new_tokens
 ])
 def test_the_request_body_each_setting_sends(server, tmp_path, monkeypatch, settings, fields):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -473,7 +475,8 @@ def test_the_journal_restores_the_meta(server, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("setting, value", [("thinking", True), ("thinking", False), ("reasoning_effort", "low"),
-                                            ("completion", "answer"), ("logprobs", True), ("model", "other")])
+                                            ("completion", "answer"), ("logprobs", True), ("model", "other"),
+                                            ("max_tokens", 32768)])
 def test_the_fingerprint_changes_with_each_request_setting(setting, value):
     spec = lambda **kw: GenerationSpec.from_dict({"openai": {"base_url": "http://x/v1", "model": "m", **kw}}).openai
     problems = [("p0", "1 + 1?")]

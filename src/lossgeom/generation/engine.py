@@ -51,6 +51,7 @@ OPENAI_DEFAULTS = {
     "thinking": None,  # None: send nothing (the endpoint's default); True/False: thinking mode on/off
     "reasoning_effort": None,  # None: send nothing; else sent as the request's reasoning_effort
     "completion": "reasoning+answer",  # what a rollout's completion is: "answer" or "reasoning+answer"
+    "max_tokens": None,  # the request's max_tokens (reasoning + answer); None: rollouts.max_new_tokens
 }
 
 

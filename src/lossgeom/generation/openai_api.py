@@ -19,9 +19,10 @@ self-hosted ``vllm serve``), with bounded concurrency, retries and a journal tha
   refuse the parameter with a 400, which stops the job with one line naming the setting); an endpoint
   that returns none gives ``None``.
 
-Reasoning (thinking) models. The request carries, besides the above, ``max_tokens =
-rollouts.max_new_tokens`` (for a thinking model the budget covers the reasoning *and* the answer:
-DeepSeek's docs say so of its reasoning models), ``temperature`` and ``top_p`` (always sent; DeepSeek
+Reasoning (thinking) models. The request carries, besides the above, ``max_tokens`` =
+``generation.openai.max_tokens``, else ``rollouts.max_new_tokens`` (for a thinking model the budget
+covers the reasoning *and* the answer: DeepSeek's docs say so of its reasoning models; with
+``completion: answer`` the budget may exceed what the student trains on), ``temperature`` and ``top_p`` (always sent; DeepSeek
 documents that thinking mode ignores ``temperature`` without an error), and per setting:
 
 - ``thinking``: ``None`` sends nothing (the endpoint's default; DeepSeek's V4 models think by default);
@@ -129,7 +130,7 @@ def _loads(line: str):
 
 
 # the generation.openai settings that shape a request or the record kept of its answer
-FINGERPRINTED = ("base_url", "model", "logprobs", "thinking", "reasoning_effort", "completion")
+FINGERPRINTED = ("base_url", "model", "logprobs", "thinking", "reasoning_effort", "completion", "max_tokens")
 
 
 def fingerprint(options: Mapping, sampling: Sampling, template: str, problems: list[tuple[str, str]]) -> str:
@@ -213,8 +214,9 @@ class ApiTeacher:
         """The keyword arguments of ``chat.completions.create`` besides the messages: the body's fields,
         with ``extra_body`` for what is not an OpenAI parameter (DeepSeek's ``thinking``)."""
         o = self.options
+        budget = o["max_tokens"] if o.get("max_tokens") is not None else sampling.max_new_tokens
         kw = dict(model=o["model"], n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                  max_tokens=sampling.max_new_tokens, seed=seed)
+                  max_tokens=budget, seed=seed)
         if o["logprobs"] and sampling.logprobs:
             kw["logprobs"] = True
         if o["reasoning_effort"] is not None:
@@ -344,6 +346,9 @@ def _check_options(o: Mapping) -> None:
                               f"got {o.get('completion')!r}")
     if not (o.get("thinking") is None or isinstance(o.get("thinking"), bool)):  # 0/1 are not settings
         raise GenerationError(f"generation.openai.thinking must be null, true or false, got {o.get('thinking')!r}")
+    budget = o.get("max_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise GenerationError(f"generation.openai.max_tokens must be null or a positive integer, got {budget!r}")
     effort = o.get("reasoning_effort")
     if effort is not None and not (isinstance(effort, str) and effort):
         raise GenerationError(f"generation.openai.reasoning_effort must be null or a string, got {effort!r}")
