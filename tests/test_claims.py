@@ -10,6 +10,7 @@ import pytest
 from lossgeom.claims.check import OUTPUT_COLUMNS, CHECKS, write_claims
 from lossgeom.claims.paper import paper_claims
 from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
+from lossgeom.labels import Label
 
 ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "grpo", "dpo": "dpo"}
 # shared-init cosines of a run shaped like the paper's
@@ -25,11 +26,10 @@ def _cos(a, b):
 
 def _noise_floor(data_floor=0.98) -> pd.DataFrame:
     rows = []
-    labels = [f"{m}/seed42" for m in ROLES] + [f"{m}/seed123" for m in ROLES] + [f"{m}/seed42data7" for m in ROLES]
-    for a, b in itertools.combinations(labels, 2):
-        ma, mb = a.split("/")[0], b.split("/")[0]
-        sa, sb = a.split("/")[1], b.split("/")[1]
-        shared = sa[:6] == sb[:6]
+    labels = [Label(m, 42) for m in ROLES] + [Label(m, 123) for m in ROLES] + [Label(m, 42, 7) for m in ROLES]
+    for la, lb in itertools.combinations(labels, 2):
+        a, b, ma, mb = str(la), str(lb), la.method, lb.method
+        shared, same_data = la.init_seed == lb.init_seed, la.data_order_seed == lb.data_order_seed
         for metric in ("cosine_global", "top1_angle_left_median", "u1_agreement", "v1_agreement", "norm_ratio"):
             if ma == mb:
                 v = {"cosine_global": data_floor if shared else 0.2, "top1_angle_left_median": 3.0,
@@ -42,7 +42,7 @@ def _noise_floor(data_floor=0.98) -> pd.DataFrame:
                 v = 0.05
             rows.append({"pair_a": a, "pair_b": b, "method_a": ma, "method_b": mb,
                          "kind": "same-method" if ma == mb else "cross-method", "init": "shared" if shared else "other",
-                         "data_order": "same" if sa == sb else "other", "metric": metric, "value": v,
+                         "data_order": "same" if same_data else "other", "metric": metric, "value": v,
                          "data_floor": data_floor, "seed_floor": 0.2, "random": 0.0})
     df = pd.DataFrame(rows)
     return df.reindex(columns=NOISE_FLOOR_COLUMNS)
@@ -127,7 +127,7 @@ def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:
         a = "sft/seed42"
         pa, pb, r = (a, b, ratio) if sft_first else (b, a, 1 / ratio)
         for metric, v in (("cosine_global", cos), ("orthogonal_fraction_global", (1 - cos ** 2) ** 0.5), ("norm_ratio", r)):
-            rows.append({"pair_a": pa, "pair_b": pb, "method_a": pa.split("/")[0], "method_b": pb.split("/")[0],
+            rows.append({"pair_a": pa, "pair_b": pb, "method_a": Label.parse(pa).method, "method_b": Label.parse(pb).method,
                          "kind": "cross-method", "init": "shared", "data_order": "same", "metric": metric, "value": v,
                          "data_floor": 0.98, "seed_floor": 0.2, "random": 0.0})
     return pd.DataFrame(rows).reindex(columns=NOISE_FLOOR_COLUMNS)
@@ -148,3 +148,33 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(tmp_path, cos_
     assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]
     assert f"orthogonal fraction {(1 - cos_on ** 2) ** 0.5:.3g}, ||dW|| ratio {ratio_on:.3g}" in out.loc["online_grpo", "this_run"]
     assert (out.drop(["lr10x", "online_grpo"])["verdict"] == "holds").all()  # the six methods' rows are untouched
+
+
+def _rename_method(tables_dir, old: str, new: str) -> None:
+    """Rename method ``old`` to ``new`` in every table of a run: its labels ``old/seed...`` and its
+    ``method_a``/``method_b`` cells."""
+    def rename(cell):
+        if cell == old:
+            return new
+        return new + cell[len(old):] if isinstance(cell, str) and cell.startswith(old + "/") else cell
+
+    for path in tables_dir.rglob("*.tsv"):
+        df = pd.read_csv(path, sep="\t")
+        df.map(rename).to_csv(path, sep="\t", index=False)
+
+
+@pytest.mark.parametrize("name", ["sft_data", "sft_seedmix", "seed", "dataset-sft"])
+def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
+    """The seed sweep's labels were split on the text "seed" and screened for "data": a method named
+    with either lost its seed pairs (``seed_lmc`` not run) or crashed the job (``int("mix/")``)."""
+    (tmp_path / "ref").mkdir()
+    geo, ev = _write_run(tmp_path / "ref")
+    want = write_claims(geo, ev, tmp_path / "ref" / "lmc.tsv", tmp_path / "ref" / "cka.tsv", ROLES, 42, tmp_path / "ref.tsv")
+    (tmp_path / "run").mkdir()
+    geo, ev = _write_run(tmp_path / "run")
+    _rename_method(tmp_path / "run", "sft", name)
+    got = write_claims(geo, ev, tmp_path / "run" / "lmc.tsv", tmp_path / "run" / "cka.tsv", {**ROLES, "sft": name}, 42,
+                       tmp_path / "claims.tsv")
+    assert got["verdict"].tolist() == want["verdict"].tolist()
+    assert got.set_index("claim_id").loc["seed_lmc", "verdict"] == "holds"
+    assert f"{name}/seed42 -> {name}/seed123" in got.set_index("claim_id").loc["seed_lmc", "this_run"]

@@ -303,3 +303,21 @@ def test_cache_of_hand_built_adapter(world):
     a, b = G.build_factor_cache(ad, K), G.build_factor_cache(hand, K)
     for name in ad.modules:
         np.testing.assert_array_equal(a.modules[name].S, b.modules[name].S)
+
+
+def test_bare_replicate_directories_are_labelled_and_floor_the_shared_init_pairs(world, tmp_path):
+    """``lossgeom geometry DIR ...`` without labels: a data-order replicate ``.../a/seed1data5`` is
+    ``a/seed1data5`` (before: ``seed1data5``, so two methods' replicates were duplicate labels)."""
+    rng = np.random.default_rng(7)
+    reps = [write_adapter(tmp_path / m / "seed1data5", random_factors(rng, r=4), r=4) for m in ("a", "b")]
+    dirs = [world[0], world[2], *reps]  # a/seed1, b/seed1 and their replicates
+    geo = G.compare_adapter_dirs(dirs, tmp_path / "geo", top_k=K, progress=False)
+    assert geo.labels == ["a/seed1", "b/seed1", "a/seed1data5", "b/seed1data5"]
+    nf = pd.read_csv(tmp_path / "geo" / "noise_floor.tsv", sep="\t")
+    nf = nf[nf.metric == "cosine_global"].set_index(["pair_a", "pair_b"])
+    rep = nf.loc[("a/seed1", "a/seed1data5")]
+    assert (rep.kind, rep.init, rep.data_order) == ("same-method", "shared", "other")
+    cross = nf.loc[("a/seed1", "b/seed1")]
+    assert cross.floor_kind == "data-order" and cross.n_data_pairs_a == 1 and cross.n_data_pairs_b == 1
+    assert cross.floor == pytest.approx((nf.loc[("a/seed1", "a/seed1data5")].value
+                                         + nf.loc[("b/seed1", "b/seed1data5")].value) / 2)

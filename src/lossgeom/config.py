@@ -10,14 +10,12 @@ only that method's jobs.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import yaml
 
+from .labels import Label
 from .methods import MethodSpec, MethodSpecError
-
-LABEL_RE = re.compile(r"^(?P<method>[A-Za-z0-9_-]+)/seed(?P<seed>\d+)(?:data(?P<data>\d+))?$")
 
 
 class ConfigError(ValueError):
@@ -48,6 +46,21 @@ def _describe(error) -> str:
     return f"{where}: {error.message}"
 
 
+def load_schema(schema_path: Path | str) -> dict:
+    """The config's JSON schema: the YAML file, with each registered loss's parameters and the list of
+    losses added to the method entry from the loss registry (their one place of declaration)."""
+    from .losses import LOSSES, method_schema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    method = schema["$defs"]["method"]
+    method["properties"]["loss"]["enum"] = list(LOSSES)
+    clash = sorted(set(method["properties"]) & set(method_schema()))
+    if clash:
+        raise ConfigError(f"{schema_path}: method key {clash[0]!r} is declared both in the schema and by a loss")
+    method["properties"].update(method_schema())
+    return schema
+
+
 def validate(config: dict, schema_path: Path | str) -> dict:
     """Validate ``config`` against the YAML JSON-schema at ``schema_path`` and check cross-key rules.
 
@@ -56,7 +69,7 @@ def validate(config: dict, schema_path: Path | str) -> dict:
     """
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -149,7 +162,7 @@ def method_seeds(config: dict, method: str) -> list[int]:
 
 def adapter_labels(config: dict) -> list[str]:
     """Every adapter of the study, as ``"{method}/seed{seed}"``, methods in config order."""
-    return [f"{m}/seed{s}" for m in config["methods"] for s in method_seeds(config, m)]
+    return [str(Label(m, s)) for m in config["methods"] for s in method_seeds(config, m)]
 
 
 def replicate_labels(config: dict) -> list[str]:
@@ -160,7 +173,7 @@ def replicate_labels(config: dict) -> list[str]:
     rep = config.get("data_order_replicate")
     if not rep:
         return []
-    return [f"{m}/seed{rep['seed']}data{rep['data_seed']}" for m in config["methods"]
+    return [str(Label(m, rep["seed"], rep["data_seed"])) for m in config["methods"]
             if rep["seed"] in method_seeds(config, m)]
 
 
@@ -223,26 +236,20 @@ def generation_spec(config: dict, stage: str) -> dict:
     return out
 
 
-def _match_label(label: str) -> re.Match:
-    match = LABEL_RE.match(label)
-    if not match:
-        raise ValueError(f"adapter label {label!r} is not of the form 'method/seed<N>' or 'method/seed<N>data<M>'")
-    return match
+# Compatibility wrappers over lossgeom.labels.Label (the workflow and the figures call these names).
 
 
 def parse_label(label: str) -> tuple[str, int]:
     """``"sft/seed42"`` -> ``("sft", 42)``; a data-order replicate ``"sft/seed42data7"`` -> ``("sft", 42)``
-    (its init seed; :func:`data_seed_of` gives the data seed)."""
-    match = _match_label(label)
-    return match["method"], int(match["seed"])
+    (its init seed; :func:`data_seed_of` gives the data seed). :meth:`Label.parse`, as a tuple."""
+    label = Label.parse(label)
+    return label.method, label.init_seed
 
 
 def data_seed_of(label: str) -> int:
     """The data-order seed of an adapter label: ``M`` of ``.../seed<N>data<M>``, else the init seed ``N``
-    (the default: each seed sets both; a study with ``training.data_seed`` set records it in
-    ``train_info.json``)."""
-    match = _match_label(label)
-    return int(match["data"]) if match["data"] is not None else int(match["seed"])
+    (:attr:`Label.data_order_seed`)."""
+    return Label.parse(label).data_order_seed
 
 
 PAPER_ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "offline_grpo", "dpo": "dpo"}

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..fsutil import write_table
+from ..labels import Label
 from .paper import paper_claims
 
 ROLES = ("sft", "rft", "dft", "rift", "grpo", "dpo")
@@ -59,9 +60,16 @@ class RunTables:
         self.cka = _read(cka) if cka else None
 
     def label(self, role: str, seed: int | None = None) -> str:
+        """The label of the adapter of the method playing ``role`` at ``seed`` (default: the shared-init seed)."""
         if role not in self.roles:
             raise _Missing(f"no method plays {role}")
-        return f"{self.roles[role]}/seed{self.seed if seed is None else seed}"
+        return str(Label(self.roles[role], self.seed if seed is None else seed))
+
+    def init_seeds(self, role: str) -> list[int]:
+        """The init seeds of the geometry's adapters of the method playing ``role``, replicates left out."""
+        names = set(self.nf["pair_a"]) | set(self.nf["pair_b"])
+        labels = [Label.try_parse(n) for n in names]  # a name that is not a label is no adapter of a method
+        return sorted({l.seed for l in labels if l is not None and l.method == self.roles[role] and not l.is_replicate})
 
     def pair(self, a: str, b: str, metric: str = "cosine_global") -> pd.Series:
         """The noise-floor row of labels ``a``, ``b`` (either order) and ``metric``."""
@@ -226,9 +234,7 @@ def _seed_lmc(t: RunTables):
     for m in ROLES:
         if m not in t.roles:
             continue
-        seeds = sorted({int(l.split("seed")[1].split("data")[0]) for l in t.nf["pair_a"].tolist() + t.nf["pair_b"].tolist()
-                        if l.startswith(t.roles[m] + "/") and "data" not in l})
-        for s2 in seeds:
+        for s2 in t.init_seeds(m):
             if s2 == t.seed:
                 continue
             try:

@@ -1,11 +1,12 @@
 """Stage ``workflow/rules/geometry.smk``: weight-space geometry of every pair of LoRA adapters.
 
-Reads PEFT adapter directories (``results/adapters/{method}/seed{seed}``) and, optionally, the base
-model's weights; writes ``results/geometry/`` (``cosine_global.tsv``, one square matrix per metric,
-``per_layer.tsv``, ``long.tsv``, ``noise_floor.tsv``, ...). Never forms a dense delta: everything
-comes from the factors (:mod:`.lowrank`), read by :mod:`.adapters`, summarised per adapter in
-:mod:`.factors`, compared in :mod:`.pairwise`, set against random levels in :mod:`.reference`,
-tabulated in :mod:`.tables`, and written by :mod:`.compare` (the CLI's ``lossgeom geometry``).
+Reads PEFT adapter directories (``results/adapters/{method}/seed{seed}[data{d}]``, named as
+:class:`lossgeom.labels.Label` says) and, optionally, the base model's weights; writes
+``results/geometry/`` (``cosine_global.tsv``, one square matrix per metric, ``per_layer.tsv``,
+``long.tsv``, ``noise_floor.tsv``, ...). Never forms a dense delta: everything comes from the
+factors (:mod:`.lowrank`), read by :mod:`.adapters`, summarised per adapter in :mod:`.factors`,
+compared in :mod:`.pairwise`, set against random levels in :mod:`.reference`, tabulated in
+:mod:`.tables`, and written by :mod:`.compare` (the CLI's ``lossgeom geometry``).
 """
 
 from .adapters import AdapterMismatchError, LoraAdapter, load_adapter
@@ -21,7 +22,6 @@ from .tables import (
     label_for_dir,
     long_table,
     noise_floor_table,
-    parse_label,
     per_layer_table,
     square_matrices,
 )
@@ -30,6 +30,6 @@ __all__ = [
     "AdapterMismatchError", "LoraAdapter", "load_adapter", "compare_adapter_dirs", "write_geometry",
     "FactorCache", "FactorCacheError", "build_factor_cache", "factor_cache_for_dir", "load_factor_cache",
     "save_factor_cache", "PairGeometry", "pairwise_geometry", "random_reference", "NOISE_FLOOR_METRICS",
-    "SQUARE_METRICS", "label_for_dir", "parse_label", "base_alignment", "adapters_table", "long_table",
+    "SQUARE_METRICS", "label_for_dir", "base_alignment", "adapters_table", "long_table",
     "noise_floor_table", "per_layer_table", "square_matrices",
 ]

@@ -92,8 +92,8 @@ def compare_adapter_dirs(
         dirs: adapter directories (``adapter_config.json`` + ``adapter_model.safetensors``).
         out_dir: where :func:`write_geometry` writes.
         top_k: subspace dimension for principal angles (the paper uses 10).
-        labels: one per directory; default :func:`label_for_dir` (``"{method}/seed{seed}"`` for
-            ``.../{method}/seed{seed}``). Must be unique.
+        labels: one per directory; default :func:`label_for_dir` (``"{method}/seed{seed}[data{d}]"``
+            for ``.../{method}/seed{seed}[data{d}]``, else the directory's name). Must be unique.
         cache_dir: if given, factor caches are reused from / saved to ``cache_dir/{label}.safetensors``
             (``/`` in the label becomes ``_``; reused only when the adapter's content fingerprint matches).
         progress: tqdm bars over adapters and modules (on stderr).

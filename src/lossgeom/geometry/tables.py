@@ -1,11 +1,12 @@
 """Tables of the pairwise geometry: labelled square matrices, per-layer and long tables, the noise
 floor beside every cross-method value, and per-adapter summaries.
 
-Noise floor: labels ``"{method}/seed{seed}"`` (and data-order replicates ``.../seed{seed}data{d}``)
-define methods (a label that does not parse is its own method). Beside each value,
-``noise_floor.tsv`` gives the floor that matches the comparison (the same method's same-init,
-other-data-order pairs for a shared-init pair; its other-init pairs for a pair of two inits) and
-the value expected for unrelated directions (:func:`lossgeom.geometry.reference.random_reference`).
+Noise floor: labels ``"{method}/seed{seed}"`` (and data-order replicates ``.../seed{seed}data{d}``;
+:class:`lossgeom.labels.Label`) define methods (a label that does not parse is its own method).
+Beside each value, ``noise_floor.tsv`` gives the floor that matches the comparison (the same
+method's same-init, other-data-order pairs for a shared-init pair; its other-init pairs for a pair
+of two inits) and the value expected for unrelated directions
+(:func:`lossgeom.geometry.reference.random_reference`).
 
 * ``orthogonal_fraction``: ``||dW_b - P_a dW_b|| / ||dW_b||`` with ``P_a`` the projection onto the
   direction of ``dW_a`` (global, or per layer with both restricted to the layer). Projection onto a
@@ -17,14 +18,14 @@ the value expected for unrelated directions (:func:`lossgeom.geometry.reference.
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..config import parse_label as config_parse_label
+from ..labels import Label
 from . import lowrank
 from .factors import FactorCache
 from .pairwise import PairGeometry
@@ -32,21 +33,22 @@ from .reductions import nanmean0, naniqr0, nanmedian0
 from .reference import random_reference
 
 
-def parse_label(label: str) -> tuple[str, int | None]:
-    """``"sft/seed42"`` -> ``("sft", 42)``; a label that does not parse is its own method:
-    ``"foo"`` -> ``("foo", None)``."""
-    try:
-        return config_parse_label(label)
-    except ValueError:
-        return label, None
+def _method_seeds(label: str) -> tuple[str, int | None, int | None]:
+    """``(method, init seed, data-order seed)`` of a label; one that does not parse is its own
+    method with unknown seeds: ``"foo"`` -> ``("foo", None, None)``."""
+    parsed = Label.try_parse(label)
+    if parsed is None:
+        return label, None, None
+    return parsed.method, parsed.init_seed, parsed.data_order_seed
 
 
 def label_for_dir(path: str | Path) -> str:
-    """``.../{method}/seed{seed}`` -> ``"{method}/seed{seed}"``; otherwise the directory name."""
-    p = Path(path).resolve()
-    if re.fullmatch(r"seed-?\d+", p.name) and p.parent.name:
-        return f"{p.parent.name}/{p.name}"
-    return p.name
+    """The label of an adapter directory (:meth:`Label.from_dir`: ``.../{method}/seed{seed}`` and
+    ``.../{method}/seed{seed}data{d}``); otherwise the directory's own name."""
+    try:
+        return str(Label.from_dir(path))
+    except ValueError:
+        return Path(os.path.abspath(path)).name  # abspath: "." and ".." have no name of their own
 
 
 # metric -> (value on the diagonal, description); entry [a, b] of each square matrix
@@ -216,16 +218,6 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _data_seed(label: str, init_seed: int | None) -> int | None:
-    """The data-order seed of a label (``.../seed<N>data<M>`` -> M; else the init seed)."""
-    from ..config import data_seed_of
-
-    try:
-        return data_seed_of(label)
-    except ValueError:
-        return init_seed
-
-
 NOISE_FLOOR_COLUMNS = [
     "pair_a", "pair_b", "method_a", "method_b", "kind", "init", "data_order", "metric", "value",
     "seed_floor_a", "seed_floor_b", "n_seed_pairs_a", "n_seed_pairs_b", "seed_floor",
@@ -256,10 +248,10 @@ def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
     """
     vals = _pair_values(geo)
     ref = random_reference(geo)
-    parsed = [parse_label(l) for l in geo.labels]
+    parsed = [_method_seeds(l) for l in geo.labels]
     meth = np.array([p[0] for p in parsed], dtype=object)
     seed = [p[1] for p in parsed]
-    data = [_data_seed(l, s) for l, s in zip(geo.labels, seed)]
+    data = [p[2] for p in parsed]
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
     same = meth[i] == meth[j]
     known = np.array([seed[a] is not None and seed[b] is not None for a, b in zip(i, j)], dtype=bool)
@@ -306,7 +298,7 @@ def adapters_table(caches: Mapping[str, FactorCache]) -> pd.DataFrame:
     mean effective rank, mean stable rank (over modules), Householder fallbacks, fingerprint."""
     rows = []
     for label, c in caches.items():
-        method, seed = parse_label(label)
+        method, seed, _ = _method_seeds(label)
         rows.append({"label": label, "method": method, "seed": seed if seed is not None else "", "source": c.source,
                      "base_model": c.base_model_name_or_path, **c.summary(), "fingerprint": c.fingerprint or ""})
     return pd.DataFrame(rows)
