@@ -311,9 +311,9 @@ def test_parse_label_bad(label):
 # ---------------------------------------------------------------- MethodSpec
 def test_method_spec_is_typed_frozen_and_round_trips(cfg):
     spec = MethodSpec.from_config(cfg, "dpo")
-    assert spec.beta == 0.1 and spec.lora.r == cfg["lora"]["r"] and spec.bias is None
+    assert spec.params.beta == 0.1 and spec.lora.r == cfg["lora"]["r"] and not hasattr(spec.params, "bias")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.beta = 0.2
+        spec.params.beta = 0.2
     again = MethodSpec.from_dict(json.loads(spec.to_json()))
     assert again == spec and again.to_json() == spec.to_json()
 
@@ -346,3 +346,32 @@ def test_rift_spec_needs_its_rewards(cfg):
     del d["positive_reward"]
     with pytest.raises(MethodSpecError, match="needs 'positive_reward'"):
         MethodSpec.from_dict(d)
+
+
+# ---------------------------------------------------------------- the loss registry in the schema
+def test_every_loss_parameter_is_in_the_schema_from_its_module():
+    """The method entry's per-loss keys and the list of losses come from the registry, where each
+    parameter is declared once with its default, type and documentation."""
+    from lossgeom.config import load_schema
+    from lossgeom.losses import LOSSES
+
+    method = load_schema(SCHEMA)["$defs"]["method"]["properties"]
+    assert method["loss"]["enum"] == list(LOSSES)
+    for loss in LOSSES.values():
+        for key, prop in loss.Params.schema().items():
+            assert method[key]["description"] and {k: v for k, v in method[key].items() if k != "description"} == {
+                k: v for k, v in prop.items() if k != "description"}, (loss.name, key)
+    assert "negative_prob" not in yaml.safe_load(SCHEMA.read_text())["$defs"]["method"]["properties"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("negative_prob", "tokens", r"methods\.rift\.negative_prob: 'tokens' is not one of \['token', 'sequence'\]"),
+    ("positive_reward", "one", r"methods\.rift\.positive_reward: expected number"),
+])
+def test_a_bad_loss_parameter_is_named_by_the_schema(tmp_path, key, value, message):
+    config = yaml.safe_load(DEFAULT.read_text())
+    config["methods"]["rift"][key] = value
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        load(bad, SCHEMA)

@@ -44,9 +44,9 @@ def test_extended_holds_the_contrastive_family_online_grpo_and_the_lr_variant(ex
     assert specs["sft_lr10x"].learning_rate == pytest.approx(10 * specs["sft"].learning_rate)
     online = specs["online_grpo"]
     # toy-scaled online GRPO: K=4, short completions, the rollouts' temperature and grader, the default LoRA
-    assert (online.num_generations, online.max_new_tokens, online.temperature, online.grader) == (4, 64, extended["rollouts"]["temperature"], "exact")
+    assert (online.params.num_generations, online.params.max_new_tokens, online.params.temperature, online.params.grader) == (4, 64, extended["rollouts"]["temperature"], "exact")
     assert online.steps < specs["sft"].steps and online.analysis_step == online.steps
-    assert online.lora == specs["sft"].lora and online.generation == "hf"
+    assert online.lora == specs["sft"].lora and online.params.generation == "hf"
     assert claim_roles(extended) == {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "grpo",
                                      "dpo": "dpo", "online_grpo": "online_grpo", "lr10x": "sft_lr10x"}
 
@@ -63,10 +63,10 @@ def test_the_new_methods_would_run_in_the_default_study():
 def test_paper_online_grpo_has_the_papers_settings():
     paper = load(PAPER, SCHEMA)
     spec = MethodSpec.from_config(paper, "online_grpo")
-    assert (spec.steps, spec.num_generations, spec.analysis_step) == (600, 8, 600)
+    assert (spec.steps, spec.params.num_generations, spec.analysis_step) == (600, 8, 600)
     assert (spec.lora.r, spec.lora.alpha, tuple(spec.lora.target_modules)) == (32, 64, ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert spec.batch_size * spec.grad_accum == 32  # the paper's effective batch: 4 prompts x 8 samples
-    assert (spec.grader, spec.max_new_tokens, spec.generation) == ("math_verify", 4096, "vllm")
+    assert (spec.params.grader, spec.params.max_new_tokens, spec.params.generation) == ("math_verify", 4096, "vllm")
     assert claim_roles(paper)["online_grpo"] == "online_grpo"
 
 
@@ -89,11 +89,11 @@ def test_bad_new_method_entries_stop_in_one_line(change, message):
 def test_online_grpo_sampling_backend_follows_the_generation_section():
     cfg = yaml.safe_load(DEFAULT.read_text())
     cfg["methods"]["og"] = {"loss": "online_grpo"}
-    assert MethodSpec.from_config(cfg, "og").generation == "hf"
+    assert MethodSpec.from_config(cfg, "og").params.generation == "hf"
     cfg["generation"] = {"backend": "vllm"}
-    assert MethodSpec.from_config(cfg, "og").generation == "vllm"
+    assert MethodSpec.from_config(cfg, "og").params.generation == "vllm"
     cfg["generation"] = {"backend": "vllm", "stages": {"training": "hf"}}
-    assert MethodSpec.from_config(cfg, "og").generation == "hf"
+    assert MethodSpec.from_config(cfg, "og").params.generation == "hf"
     cfg["generation"] = {"backend": "openai", "stages": {"evaluation": "hf", "lmc": "hf"},
                          "openai": {"base_url": "http://x", "model": "m"}}
-    assert MethodSpec.from_config(cfg, "og").generation == "hf"  # an API teacher cannot sample the student
+    assert MethodSpec.from_config(cfg, "og").params.generation == "hf"  # an API teacher cannot sample the student

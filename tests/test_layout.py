@@ -93,9 +93,11 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def test_ground_floor_does_not_import_stages():
-    """config, methods, fsutil, devices, modeling and data/ sit below every stage."""
+    """config, methods, labels, fsutil, devices, modeling, losses/ and data/ sit below every stage."""
     graph = module_graph()
-    floor = ["lossgeom.config", "lossgeom.methods", "lossgeom.fsutil", "lossgeom.devices", "lossgeom.modeling"]
+    floor = ["lossgeom.config", "lossgeom.methods", "lossgeom.fsutil", "lossgeom.devices", "lossgeom.modeling",
+             "lossgeom.labels"]
+    floor += [m for m in graph if m.startswith("lossgeom.losses")]  # the loss registry: read by config and training
     floor += [m for m in graph if m.startswith("lossgeom.data")]
     for m in floor:
         stages = {d for d in graph[m] if d.split(".")[1] in STAGES}
@@ -128,3 +130,20 @@ def test_cli_subcommands_are_unchanged():
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         used |= set(re.findall(r'"lossgeom ([a-z-]+)', smk.read_text()))
     assert used and used <= set(sub.choices)
+
+
+def test_figure_rules_track_exactly_the_figure_modules_they_run():
+    """One figure rule per figure module, tracking it and figures/common.py (``figure_code("<module>")`` in
+    workflow/rules/common.smk), and no figure module imports another but common.py: editing a module
+    reruns exactly the figures drawn by it."""
+    graph = module_graph()
+    figure_modules = {m for m in graph if m.startswith("lossgeom.figures.")}
+    analyses = sorted(m.rsplit(".", 1)[1] for m in figure_modules - {"lossgeom.figures.common"})
+    for name in analyses:
+        assert graph[f"lossgeom.figures.{name}"] & figure_modules == {"lossgeom.figures.common"}, name
+    tracked = []
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        tracked += re.findall(r'figure_code\("(\w+)"\)', smk.read_text())
+    assert sorted(tracked) == analyses
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert re.search(r'def figure_code\(module\):.*?for name in \(module, "common"\)', common, re.S)

@@ -1,4 +1,4 @@
-"""Tests of lossgeom.training.losses against values worked out by hand from the docstring formulas.
+"""Tests of lossgeom.losses (the loss functions) against values worked out by hand from the docstring formulas.
 
 The tiny batch: 2 rows x 3 tokens, token probabilities
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossgeom.training.losses import kl_k3, offline_grpo_loss, rift_loss, weighted_nll
+from lossgeom.losses import kl_k3, offline_grpo_loss, rift_loss, weighted_nll
 from lossgeom.training.views import grpo_advantages
 
 LN2 = math.log(2.0)

@@ -110,7 +110,8 @@ def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_base
     ],
 )
 def test_non_finite_loss_or_gradient_stops_without_adapter(tmp_path, tiny_base, tiny_rollouts, bad, what):
-    spec = dataclasses.replace(method_spec("rift"), **bad)
+    spec = method_spec("rift")
+    spec = dataclasses.replace(spec, params=dataclasses.replace(spec.params, **bad))
     out = tmp_path / "nan" / "adapter"
     with pytest.raises(trainers.NonFiniteError, match=what):
         train_adapter(spec, 1, tiny_rollouts, str(tiny_base), out, tmp_path / "nan" / "ckpt")

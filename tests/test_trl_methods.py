@@ -98,7 +98,7 @@ def test_kto_sees_correct_rollouts_as_desirable(tmp_path, tiny_base, tiny_rollou
     assert data["label"] == [bool(x) for x in view["label"]]
     decoded = [tok.decode(ids, skip_special_tokens=True) for ids in data["completion_ids"]]
     assert decoded == view["completion"].tolist()
-    assert trainer.loss_type == "kto" and trainer.beta == spec.beta
+    assert trainer.loss_type == "kto" and trainer.beta == spec.params.beta
     assert trainer.ref_model is None and "ref" in trainer.model.peft_config  # reference: the initial adapter = base
 
 
@@ -119,7 +119,9 @@ def test_kto_view_without_a_correct_rollout_stops_with_one_line(tmp_path, tiny_b
 
 
 def test_a_missing_trl_trainer_stops_with_one_line(tmp_path, tiny_base, tiny_rollouts, monkeypatch):
-    monkeypatch.setitem(trl_methods.TRL_TRAINERS, "simpo", [("trl.experimental.no_such_module", "CPOConfig", "CPOTrainer")])
+    from lossgeom.losses import LOSSES
+
+    monkeypatch.setattr(type(LOSSES["simpo"]), "trl_trainers", (("trl.experimental.no_such_module", "CPOConfig", "CPOTrainer"),))
     with pytest.raises(MethodSpecError, match=r"^method 'm' \(simpo\): TRL's trl\.experimental\.no_such_module\.CPOTrainer "
                                               r"is not available in the installed trl \(.*\); install trl>=1\.0,<2$"):
         train_adapter(method_spec("simpo"), 1, tiny_rollouts, str(tiny_base), tmp_path / "o", tmp_path / "c")

@@ -230,7 +230,7 @@ def test_grpo_all_wrong_groups_zero_or_bias():
                                [0.0, 0.0, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
     np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="bias"),
                                [0.1, 0.1, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
-    assert GRPO.all_wrong == "zero"
+    assert GRPO.params.all_wrong == "zero"
     view, counts = build_view(_rollouts({"p1": [1, 0, 0, 0], "p3": [0, 0, 0, 0]}), GRPO, seed=0)
     assert view.loc[view["prompt_id"] == "p3", "weight"].tolist() == [0.0] * 4
     assert counts["all_wrong_groups"] == 1

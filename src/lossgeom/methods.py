@@ -18,40 +18,20 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .losses import LOSSES as LOSS_REGISTRY
+from .losses import Loss, LossParams, MethodSpecError, get_loss
+
 # Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
 # GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
 OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
               "save_steps", "analysis_step", "checkpoint_every", "truncated")
-# Losses whose rows this project tokenises itself (EOS appended by lossgeom.data.prompting), so a
-# truncated rollout can be trained without EOS; TRL's trainers append EOS to every completion.
-OWN_TOKENISED_LOSSES = ("sft", "rft", "dft", "rift", "offline_grpo")
 TRUNCATED_POLICIES = ("drop", "no_eos")
-# Per loss: its own parameters and their built-in defaults (the losses' documentation: README).
-LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {},
-    "rft": {},
-    "dft": {},
-    "rift": {"positive_reward": 1.0, "negative_reward": -0.2, "negative_prob": "token"},
-    "offline_grpo": {"bias": 0.1, "std_normalize": False, "kl_coef": 0.0, "all_wrong": "zero"},
-    "dpo": {"beta": 0.1, "dpo_loss_type": "sigmoid", "pairs_per_prompt": 1},
-    # The contrastive family, each on TRL's own trainer (README, "The contrastive family"): IPO is
-    # DPOTrainer(loss_type="ipo"); SimPO is CPOTrainer(loss_type="simpo", cpo_alpha=0); KTO is KTOTrainer.
-    "ipo": {"beta": 0.1, "pairs_per_prompt": 1},
-    "simpo": {"beta": 2.0, "simpo_gamma": 1.0, "pairs_per_prompt": 1},
-    "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
-    # Online GRPO on TRL's GRPOTrainer. ``None``: taken from the config's rollout section
-    # (:data:`FROM_ROLLOUTS`), so the online samples share the offline rollouts' length, temperature
-    # and grader unless the method says otherwise; ``generation`` from ``generation.stages.training``.
-    "online_grpo": {"num_generations": 4, "max_new_tokens": None, "temperature": None, "grader": None,
-                    "kl_coef": 0.0, "std_normalize": True, "grpo_loss_type": "dapo", "generation": None},
-}
-# Loss parameters whose default is the rollout section's key of the same name.
-FROM_ROLLOUTS = ("max_new_tokens", "temperature", "grader")
-# Losses trained on (chosen, rejected) pairs of one prompt by the seeded rule of ``views.dpo_pairs``.
-PAIRWISE_LOSSES = ("dpo", "ipo", "simpo")
-LOSSES = tuple(LOSS_DEFAULTS)
-LOSS_KEYS = {loss: tuple(d) for loss, d in LOSS_DEFAULTS.items()}
-ALL_LOSS_KEYS = tuple(dict.fromkeys(k for d in LOSS_DEFAULTS.values() for k in d))
+# Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
+# loss: lossgeom.losses); kept here as names other modules read.
+LOSSES = tuple(LOSS_REGISTRY)
+LOSS_DEFAULTS: dict[str, dict[str, Any]] = {name: loss.Params.defaults() for name, loss in LOSS_REGISTRY.items()}
+LOSS_KEYS = {name: loss.Params.keys() for name, loss in LOSS_REGISTRY.items()}
+ALL_LOSS_KEYS = tuple(dict.fromkeys(k for keys in LOSS_KEYS.values() for k in keys))
 TRAINING_DEFAULTS: dict[str, Any] = {
     "grad_accum": 1,
     "lr_scheduler": "cosine",
@@ -65,10 +45,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "truncated": "drop",
 }
 LORA_DEFAULTS = {"dropout": 0.0, "use_rslora": False}
-
-
-class MethodSpecError(ValueError):
-    """A method spec is incomplete or inconsistent; the message names the method and the key."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +65,8 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method's resolved training spec.
+    """One method's resolved training spec: the shared training and LoRA settings and the loss's own
+    parameters (``params``, the loss's :class:`~lossgeom.losses.base.LossParams`).
 
     Attributes:
         method: the config's name for it (``"dpo_lrmatched"``); loss: one of :data:`LOSSES`.
@@ -102,23 +79,14 @@ class MethodSpec:
         max_grad_norm, max_length (tokens of prompt + completion), precision (``fp32`` | ``bf16``),
         threads (CPU threads for torch). truncated: what training does with a rollout cut at the
             token limit (``finish_reason == "length"``): ``drop`` it (the default) or train it
-            without EOS (``no_eos``: the losses of :data:`OWN_TOKENISED_LOSSES` only), so the
-            student never learns to stop mid-derivation.
+            without EOS (``no_eos``: losses whose ``eos_optional`` is set, those whose rows this
+            project tokenises), so the student never learns to stop mid-derivation.
         data_seed: the data-order seed for every seed of this method (``None``: the job's seed).
-        positive_reward, negative_reward: RIFT's rewards; negative_prob: ``token`` | ``sequence``,
-        the probability in RIFT's negative term (see :func:`lossgeom.training.losses.rift_loss`).
-        bias, std_normalize, kl_coef: offline GRPO's advantage bias ``b``, group-std normalisation
-        and k3-KL coefficient; all_wrong: ``zero`` | ``bias``, the advantage of a group whose
-        rollouts are all wrong (see :func:`lossgeom.training.views.grpo_advantages`). beta,
-        dpo_loss_type, pairs_per_prompt: DPO's (``beta`` and ``pairs_per_prompt`` also IPO's and
-        SimPO's; ``beta`` KTO's). simpo_gamma: SimPO's target margin (in nats of the length-normalised
-        log-likelihood difference, before ``beta``). desirable_weight, undesirable_weight: KTO's
-        weights of correct / incorrect rollouts.
-        num_generations (K samples per prompt), max_new_tokens, temperature, grader (``exact`` |
-        ``math_verify``), kl_coef (TRL's ``beta``: KL to the base), std_normalize (divide advantages
-        by the group's reward std: TRL's ``scale_rewards="group"``, else ``"none"``), grpo_loss_type
-        (TRL's GRPO ``loss_type``), generation (``hf`` | ``vllm``; vLLM only where CUDA is): online
-        GRPO's. Parameters of other losses are ``None``.
+        params: the loss's parameters, documented where its module declares them
+            (``lossgeom/losses/<loss>.py``).
+
+    The serialised form (:meth:`to_dict`) is flat: the shared keys and the loss's parameters side by side,
+    as a config's method entry writes them.
     """
 
     method: str
@@ -129,6 +97,7 @@ class MethodSpec:
     analysis_step: int
     batch_size: int
     learning_rate: float
+    params: LossParams
     grad_accum: int = 1
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
@@ -141,54 +110,21 @@ class MethodSpec:
     truncated: str = "drop"
     checkpoint_every: int | None = None
     prompt_template: str = "{question}"
-    positive_reward: float | None = None
-    negative_reward: float | None = None
-    negative_prob: str | None = None
-    bias: float | None = None
-    std_normalize: bool | None = None
-    kl_coef: float | None = None
-    all_wrong: str | None = None
-    beta: float | None = None
-    dpo_loss_type: str | None = None
-    pairs_per_prompt: int | None = None
-    simpo_gamma: float | None = None
-    desirable_weight: float | None = None
-    undesirable_weight: float | None = None
-    num_generations: int | None = None
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    grader: str | None = None
-    grpo_loss_type: str | None = None
-    generation: str | None = None
 
     def __post_init__(self):
         where = f"method {self.method!r}"
-        if self.loss not in LOSS_DEFAULTS:
-            raise MethodSpecError(f"{where}: unknown loss {self.loss!r}; expected one of {list(LOSSES)}")
-        own = LOSS_KEYS[self.loss]
-        for key in ALL_LOSS_KEYS:
-            value = getattr(self, key)
-            if key in own and value is None:
-                raise MethodSpecError(f"{where}: loss {self.loss!r} needs {key!r}")
-            if key not in own and value is not None:
-                raise MethodSpecError(f"{where}: {key!r} does not apply to loss {self.loss!r}; its keys: {list(own)}")
-        if self.negative_prob is not None and self.negative_prob not in ("token", "sequence"):
-            raise MethodSpecError(f"{where}: negative_prob {self.negative_prob!r} is not 'token' or 'sequence'")
-        if self.all_wrong is not None and self.all_wrong not in ("zero", "bias"):
-            raise MethodSpecError(f"{where}: all_wrong {self.all_wrong!r} is not 'zero' or 'bias'")
-        if self.grader is not None and self.grader not in ("exact", "math_verify"):
-            raise MethodSpecError(f"{where}: grader {self.grader!r} is not 'exact' or 'math_verify'")
-        if self.generation is not None and self.generation not in ("hf", "vllm"):
-            raise MethodSpecError(f"{where}: generation {self.generation!r} is not 'hf' or 'vllm'")
-        if self.num_generations is not None:
-            if self.num_generations < 2:
-                raise MethodSpecError(f"{where}: num_generations {self.num_generations} must be >= 2 (a group needs two samples)")
-            if (self.batch_size * self.grad_accum) % self.num_generations:
-                raise MethodSpecError(f"{where}: batch_size x grad_accum = {self.batch_size * self.grad_accum} completions per "
-                                      f"step must be a multiple of num_generations {self.num_generations}")
+        loss = get_loss(self.loss, where)
+        if type(self.params) is not loss.Params:
+            raise MethodSpecError(f"{where}: params of loss {self.loss!r} must be {loss.Params.__name__}, "
+                                  f"got {type(self.params).__name__}")
+        unset = [k for k, v in dataclasses.asdict(self.params).items() if v is None]
+        if unset:
+            raise MethodSpecError(f"{where}: loss {self.loss!r} needs {unset[0]!r}")
+        self.params.check(where)
+        loss.check_spec(self, where)
         if self.truncated not in TRUNCATED_POLICIES:
             raise MethodSpecError(f"{where}: truncated {self.truncated!r} is not one of {list(TRUNCATED_POLICIES)}")
-        if self.truncated == "no_eos" and self.loss not in OWN_TOKENISED_LOSSES + ("online_grpo",):
+        if self.truncated == "no_eos" and not loss.eos_optional:
             raise MethodSpecError(f"{where}: truncated 'no_eos' does not apply to loss {self.loss!r} (TRL's trainer "
                                   f"appends EOS to every completion); set methods.{self.method}.truncated: drop")
         if self.precision not in ("fp32", "bf16"):
@@ -202,6 +138,11 @@ class MethodSpec:
                                   "analysis_step for a shorter method")
 
     # -- derived ---------------------------------------------------------------------------------
+    @property
+    def loss_def(self) -> Loss:
+        """The registered loss this spec trains (its view and trainer hooks)."""
+        return LOSS_REGISTRY[self.loss]
+
     @property
     def checkpoint_interval(self) -> int:
         """Steps between resumable checkpoints."""
@@ -222,24 +163,18 @@ class MethodSpec:
         if method not in config["methods"]:
             raise MethodSpecError(f"method {method!r} is not in the config's methods {sorted(config['methods'])}")
         entry = config["methods"][method]
-        loss = entry.get("loss")
-        if loss not in LOSS_DEFAULTS:
-            raise MethodSpecError(f"methods.{method}.loss {loss!r} is not one of {list(LOSSES)}")
-        allowed = {"loss", "description", "seeds", *OPTIM_KEYS, *LOSS_KEYS[loss]}
+        name = entry.get("loss")
+        if name not in LOSS_REGISTRY:
+            raise MethodSpecError(f"methods.{method}.loss {name!r} is not one of {list(LOSSES)}")
+        loss = LOSS_REGISTRY[name]
+        allowed = {"loss", "description", "seeds", *OPTIM_KEYS, *loss.Params.keys()}
         extra = sorted(set(entry) - allowed)
         if extra:
-            raise MethodSpecError(f"methods.{method}.{extra[0]} does not apply to loss {loss!r}; "
+            raise MethodSpecError(f"methods.{method}.{extra[0]} does not apply to loss {name!r}; "
                                   f"allowed: {sorted(allowed)}")
-        values = {**TRAINING_DEFAULTS, **config["training"], **LOSS_DEFAULTS[loss]}
+        values = {**TRAINING_DEFAULTS, **config["training"], **loss.Params.defaults()}
         values.update({k: v for k, v in entry.items() if k not in ("description", "seeds")})  # not training settings
-        for key in FROM_ROLLOUTS:
-            if key in values and values[key] is None:
-                values[key] = config["rollouts"].get(key, "exact" if key == "grader" else None)
-        if "generation" in values and values["generation"] is None:
-            gen = config.get("generation", {})
-            values["generation"] = gen.get("stages", {}).get("training", gen.get("backend", "hf"))
-            if values["generation"] not in ("hf", "vllm"):  # an API teacher's backend: sampling here is local
-                values["generation"] = "hf"
+        loss.resolve(values, config)
         values["method"] = method
         values["lora"] = {**LORA_DEFAULTS, **config["lora"]}
         values["save_steps"] = sorted(set(values["save_steps"]) | {values["analysis_step"]})
@@ -248,17 +183,22 @@ class MethodSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MethodSpec":
-        """Rebuild a spec from :meth:`to_dict` (e.g. the JSON the train rule passes)."""
+        """Rebuild a spec from :meth:`to_dict` (e.g. the JSON the train rule passes): the shared keys and
+        the loss's parameters, flat."""
         where = f"method {d.get('method', '?')!r}"
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
+        loss = get_loss(d.get("loss"), where)
+        shared = {f.name for f in dataclasses.fields(cls)} - {"params"}
+        unknown = sorted(set(d) - shared - set(loss.Params.keys()))
         if unknown:
+            if unknown[0] in ALL_LOSS_KEYS:
+                raise MethodSpecError(f"{where}: {unknown[0]!r} does not apply to loss {loss.name!r}; its keys: "
+                                      f"{list(loss.Params.keys())}")
             raise MethodSpecError(f"{where}: unknown spec key {unknown[0]!r}")
         missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.default is dataclasses.MISSING and f.name not in d)
+                         if f.default is dataclasses.MISSING and f.name not in d and f.name != "params")
         if missing:
             raise MethodSpecError(f"{where}: spec lacks {missing[0]!r}")
-        values = dict(d)
+        values = {k: v for k, v in d.items() if k in shared}
         lora = values["lora"]
         if not isinstance(lora, LoraSpec):
             lora_fields = {f.name for f in dataclasses.fields(LoraSpec)}
@@ -268,17 +208,22 @@ class MethodSpec:
             lora = LoraSpec(**{**lora, "target_modules": tuple(lora["target_modules"])})
         values["lora"] = lora
         values["save_steps"] = tuple(values["save_steps"])
+        absent = [k for k in loss.Params.keys() if k not in d]  # the serialised form holds every parameter
+        if absent:
+            raise MethodSpecError(f"{where}: loss {loss.name!r} needs {absent[0]!r}")
+        values["params"] = loss.Params(**{k: d[k] for k in loss.Params.keys()})
         return cls(**values)
 
     def to_dict(self) -> dict:
-        """A flat JSON-able dict: the training keys, this loss's own parameters (not the other
-        losses' ``None``), ``lora`` as a dict; ``checkpoint_every`` only when set."""
+        """A flat JSON-able dict: the shared keys, this loss's own parameters, ``lora`` as a dict;
+        ``checkpoint_every`` only when set."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if (f.name in ALL_LOSS_KEYS or f.name == "checkpoint_every") and v is None:
+            if f.name == "params" or (f.name == "checkpoint_every" and v is None):
                 continue
             out[f.name] = v
+        out.update(dataclasses.asdict(self.params))
         out["lora"] = self.lora.to_dict()
         out["save_steps"] = list(self.save_steps)
         return out

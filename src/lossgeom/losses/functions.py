@@ -12,7 +12,10 @@ scaled by its detached probability); DPO uses TRL's ``DPOTrainer``. The two belo
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a loss is computed: the registry is read at config time
+    import torch
 
 
 def weighted_nll(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, num_tokens) -> torch.Tensor:
@@ -51,6 +54,8 @@ def rift_loss(
     so the negatives would stop counting; the token form keeps every token of a wrong trace in play.
     With ``negative_reward >= 0`` both forms reduce to the weighted NLL ``R- * -log p_t``.
     """
+    import torch
+
     if negative_prob not in ("token", "sequence"):
         raise ValueError(f"rift_loss: negative_prob must be 'token' or 'sequence', got {negative_prob!r}")
     correct = (rewards > 0.5)[:, None]

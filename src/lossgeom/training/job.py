@@ -39,7 +39,7 @@ from ..modeling import load_model, load_tokenizer
 from ..data.prompting import prompt_completion
 from ..data.rollouts import read_rollouts
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
-from .trl_methods import TRL_LOSSES, trl_classes, trl_trainer
+from .trl_methods import trl_classes, trl_trainer
 from .views import build_view
 from ..methods import MethodSpec
 
@@ -135,7 +135,7 @@ def train_adapter(
 ) -> dict:
     """Train one adapter as described in the module docstring; returns ``train_info``."""
     torch.set_num_threads(spec.threads)
-    if spec.loss in TRL_LOSSES:
+    if spec.loss_def.trainer == "trl":
         trl_classes(spec)  # a TRL without this method's trainer stops here, in one line, before any work
     rollouts = read_rollouts(rollouts_path)
     data_seed = spec.data_order_seed(seed)
@@ -149,7 +149,7 @@ def train_adapter(
         log.info("resuming from %s", resume)
     saves = Path(ckpt_dir) / "saved"
     callbacks = [FiniteGradCallback(), SaveAdapterCallback(spec.save_steps, saves), MetricsCallback()]
-    if spec.loss in TRL_LOSSES:
+    if spec.loss_def.trainer == "trl":
         trainer = trl_trainer(spec, model, _common_args(spec, seed, Path(ckpt_dir)), view, tokenizer, callbacks)
     else:
         from trl import SFTConfig
@@ -157,7 +157,7 @@ def train_adapter(
         args = SFTConfig(
             **_common_args(spec, seed, Path(ckpt_dir)),
             completion_only_loss=True,
-            loss_type="dft" if spec.loss == "dft" else "nll",
+            loss_type=spec.loss_def.sft_loss_type or "nll",  # TRL's loss where the loss defers to it
         )
         trainer = OfflineLossTrainer(
             model=model, args=args, train_dataset=tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length),

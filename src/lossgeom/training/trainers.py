@@ -1,11 +1,12 @@
-"""The one trainer of the NLL family (SFT, RFT, DFT, RIFT, Offline GRPO), built on TRL's SFTTrainer,
-and the callbacks every training job uses (DPO runs on TRL's DPOTrainer with the same callbacks).
+"""The one trainer of the offline losses (``Loss.trainer == "offline"``: SFT, RFT, DFT, RIFT, Offline
+GRPO), built on TRL's SFTTrainer, and the callbacks every training job uses (TRL's own trainers,
+for DPO and the rest, get the same callbacks).
 
 ``OfflineLossTrainer`` takes pre-tokenised rows (input_ids, completion_mask) plus two per-row
-numbers, ``row_weight`` (GRPO advantage; 1 otherwise) and ``row_reward`` (0/1). SFT, RFT and DFT
-defer to TRL's own ``compute_loss`` (``loss_type="nll"`` / ``"dft"``); RIFT and Offline GRPO run the
-same fused forward (TRL's fused LM head: per-token log-probs without materialising the logits)
-and apply ``lossgeom.training.losses``.
+numbers, ``row_weight`` (GRPO advantage; 1 otherwise) and ``row_reward`` (0/1). A loss with an
+``sft_loss_type`` (SFT, RFT: ``"nll"``; DFT: ``"dft"``) defers to TRL's own ``compute_loss``; the
+others (RIFT, Offline GRPO) run one fused forward (TRL's fused LM head: per-token log-probs without
+materialising the logits) and their registered ``token_loss`` (:mod:`lossgeom.losses`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from ..methods import MethodSpec
-from . import losses
 
 ROW_FIELDS = ("row_weight", "row_reward")
 
@@ -42,9 +41,10 @@ class RowFieldsCollator:
 
 
 class OfflineLossTrainer(SFTTrainer):
-    """SFTTrainer with the offline losses of this study; ``loss_spec`` is the method's spec."""
+    """SFTTrainer with the offline losses of this study; ``loss_spec`` is the method's
+    :class:`~lossgeom.methods.MethodSpec`."""
 
-    def __init__(self, *args, loss_spec: MethodSpec, **kwargs):
+    def __init__(self, *args, loss_spec, **kwargs):
         self.loss_spec = loss_spec
         super().__init__(*args, **kwargs)
         self.data_collator = RowFieldsCollator(self.data_collator)
@@ -56,8 +56,8 @@ class OfflineLossTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("row_weight")
         rewards = inputs.pop("row_reward")
-        name = self.loss_spec.loss
-        if name in ("sft", "rft", "dft"):
+        loss_def = self.loss_spec.loss_def
+        if loss_def.sft_loss_type is not None:  # TRL's own loss (SFTConfig.loss_type, set by the job)
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
             inputs["use_cache"] = False
@@ -66,21 +66,7 @@ class OfflineLossTrainer(SFTTrainer):
             num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
             num_tokens = torch.as_tensor(num_tokens, device=mask.device).clamp(min=1)
             logp = outputs.log_probs
-            if name == "rift":
-                loss = losses.rift_loss(
-                    logp, mask, rewards.to(logp.device), self.loss_spec.positive_reward,
-                    self.loss_spec.negative_reward, num_tokens, self.loss_spec.negative_prob or "token",
-                )
-            elif name == "offline_grpo":
-                ref_logp = None
-                if self.loss_spec.kl_coef > 0:
-                    with torch.no_grad(), model.disable_adapter():
-                        ref_logp = model(**inputs, fused_lm_head=True).log_probs
-                loss = losses.offline_grpo_loss(
-                    logp, mask, weights.to(logp.device), num_tokens, ref_logp, self.loss_spec.kl_coef
-                )
-            else:
-                raise ValueError(f"OfflineLossTrainer cannot train loss {name!r}")
+            loss = loss_def.token_loss(self.loss_spec, model, inputs, logp, mask, weights, rewards, num_tokens)
             if self.model.training:
                 self._metrics["train"]["mean_logp"].append(float((logp * mask).sum() / mask.sum().clamp(min=1)))
             loss = (loss, outputs) if return_outputs else loss

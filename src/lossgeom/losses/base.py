@@ -1,0 +1,125 @@
+"""What a loss is to the rest of the project: its typed parameters and the hooks the stages call.
+
+Every loss is one module of this package holding a :class:`LossParams` subclass (its parameters, with
+their defaults and documentation, as TRL's ``XConfig`` classes) and a :class:`Loss` subclass (its view
+of the rollouts and its trainer or loss function), instantiated once as the module's ``LOSS``; the
+package's registry finds it by name. Nothing outside this package branches on a loss's name.
+
+Two kinds of trainer (``Loss.trainer``):
+
+- ``"offline"``: :class:`lossgeom.training.trainers.OfflineLossTrainer` on pre-tokenised rows with a
+  per-row ``weight`` and ``reward``; either TRL's SFTTrainer computes the loss itself
+  (``sft_loss_type``: ``"nll"`` or ``"dft"``) or :meth:`Loss.token_loss` does, from per-token
+  log-probabilities.
+- ``"trl"``: one of TRL's own trainers (``trl_trainers``: where TRL keeps its config and trainer
+  classes), with :meth:`Loss.trl_args` and :meth:`Loss.dataset`.
+
+This module imports nothing heavy: the workflow reads the registry when it validates a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+
+class ViewError(ValueError):
+    """The rollouts give a method nothing to train on; the message has the method and the counts."""
+
+
+class MethodSpecError(ValueError):
+    """A method spec is incomplete or inconsistent; the message names the method and the key."""
+
+
+def param(default, schema: Mapping, doc: str):
+    """A loss parameter: its default, its JSON-schema (the config's ``methods.<m>.<key>``) and its doc."""
+    return dataclasses.field(default=default, metadata={"schema": dict(schema), "doc": doc})
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """A loss's own parameters (none for the base class). Fields are declared with :func:`param`."""
+
+    def check(self, where: str) -> None:
+        """Stop with a :class:`MethodSpecError` naming ``where`` when a value is out of its range
+        (the schema checks a config; this checks a spec built by hand too)."""
+        for f in dataclasses.fields(self):
+            schema, value = f.metadata.get("schema", {}), getattr(self, f.name)
+            if "enum" in schema and value not in schema["enum"]:
+                raise MethodSpecError(f"{where}: {f.name} {value!r} is not one of {schema['enum']}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if "minimum" in schema and value < schema["minimum"]:
+                    raise MethodSpecError(f"{where}: {f.name} {value!r} must be >= {schema['minimum']}")
+                if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+                    raise MethodSpecError(f"{where}: {f.name} {value!r} must be > {schema['exclusiveMinimum']}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def schema(cls) -> dict[str, dict]:
+        """The JSON-schema properties of these parameters, each with its doc as the description."""
+        return {f.name: {**f.metadata["schema"], "description": f.metadata["doc"]} for f in dataclasses.fields(cls)}
+
+
+class Loss:
+    """One training loss (see the module docstring). Subclasses set the class attributes and override
+    the hooks of their trainer kind."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[LossParams]] = LossParams
+    trainer: ClassVar[str] = "offline"
+    # offline losses TRL's SFTTrainer computes itself (its ``loss_type``); None: :meth:`token_loss`
+    sft_loss_type: ClassVar[str | None] = None
+    # (module, config class, trainer class) where TRL keeps this loss's trainer, in order of preference
+    trl_trainers: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    # parameters whose default (None) is the key of the same name in the config's rollouts section
+    from_rollouts: ClassVar[tuple[str, ...]] = ()
+    # whether a truncated rollout may be trained without EOS (``truncated: no_eos``): the losses whose
+    # rows this project tokenises; TRL's trainers append EOS to every completion
+    eos_optional: ClassVar[bool] = True
+    # whether the view drops truncated rollouts under ``truncated: drop`` (online GRPO samples its own)
+    reads_completions: ClassVar[bool] = True
+
+    # -- resolution --------------------------------------------------------------------------------
+    def resolve(self, values: dict, config: Mapping) -> None:
+        """Fill, in ``values`` (the method's resolved keys), the defaults taken from elsewhere in the
+        config: ``from_rollouts`` keys left at None come from the rollouts section."""
+        for key in self.from_rollouts:
+            if values.get(key) is None:
+                values[key] = config["rollouts"].get(key)
+
+    def check_spec(self, spec, where: str) -> None:
+        """Checks that need the shared settings too (e.g. a batch that must hold whole groups)."""
+
+    # -- data ----------------------------------------------------------------------------------------
+    def view(self, rollouts, rows, spec, seed: int, counts: dict):
+        """The rows this loss trains on. ``rollouts``: the table (truncated rows already dropped where
+        the spec says so); ``rows``: its prompt_id, prompt, completion, reward and eos columns; ``counts``
+        (rollouts, correct, prompts, mixed_groups, ...) may be extended. Raises ``ViewError`` when empty."""
+        raise NotImplementedError
+
+    # -- offline trainer -------------------------------------------------------------------------------
+    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens):
+        """The loss of one micro-batch from per-token log-probs ``logp`` and ``mask`` (batch, T), per-row
+        ``weights`` and ``rewards`` (batch,), normalised by ``num_tokens`` (see :mod:`.functions`)."""
+        raise NotImplementedError(f"loss {self.name!r} has no token loss")
+
+    # -- TRL trainer -----------------------------------------------------------------------------------
+    def trl_args(self, spec) -> dict:
+        """This loss's keyword arguments of its TRL config class."""
+        raise NotImplementedError(f"loss {self.name!r} is not trained by TRL")
+
+    def dataset(self, view, tokenizer, template: str):
+        """The view as the ``datasets.Dataset`` its TRL trainer reads."""
+        raise NotImplementedError(f"loss {self.name!r} is not trained by TRL")
+
+    def trainer_kwargs(self, spec, view, args: dict) -> dict:
+        """Extra keyword arguments of the TRL trainer (e.g. reward functions); may adjust ``args``."""
+        return {}
