@@ -375,3 +375,29 @@ def test_a_bad_loss_parameter_is_named_by_the_schema(tmp_path, key, value, messa
     bad.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
         load(bad, SCHEMA)
+
+
+# ---------------------------------------------------------------- typed settings: one place per default
+def test_sections_take_their_keys_defaults_and_docs_from_the_settings_classes():
+    from lossgeom.config import load_schema, section
+    from lossgeom.settings import SECTIONS
+
+    schema = load_schema(SCHEMA)["properties"]
+    config = yaml.safe_load(DEFAULT.read_text())
+    for key, cls in SECTIONS.items():
+        assert set(schema[key]["properties"]) == set(cls.keys()), key
+        assert all(p["description"] for p in schema[key]["properties"].values()), key
+        resolved = section({**config, key: {}}, key)
+        assert {k: v for k, v in resolved.items() if k != "test_set"} == {
+            k: v for k, v in cls.defaults().items() if k != "test_set"}
+        assert set(config.get(key, {})) <= set(cls.keys())
+    assert section({"test_sets": {"a": {}, "b": {}}, "cka": {}}, "cka")["test_set"] == "a"
+
+
+def test_training_defaults_are_the_method_spec_s_own():
+    import dataclasses
+
+    from lossgeom.methods import TRAINING_DEFAULTS
+
+    fields = {f.name: f.default for f in dataclasses.fields(MethodSpec)}
+    assert TRAINING_DEFAULTS and all(fields[k] == v for k, v in TRAINING_DEFAULTS.items())

@@ -16,6 +16,7 @@ import yaml
 
 from .labels import Label
 from .methods import MethodSpec, MethodSpecError
+from .settings import SECTIONS
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,8 @@ def load_schema(schema_path: Path | str) -> dict:
     if clash:
         raise ConfigError(f"{schema_path}: method key {clash[0]!r} is declared both in the schema and by a loss")
     method["properties"].update(method_schema())
+    for key, cls in SECTIONS.items():
+        schema["properties"][key].update(description=(cls.__doc__ or "").strip(), properties=cls.schema())
     return schema
 
 
@@ -182,17 +185,12 @@ def geometry_labels(config: dict) -> list[str]:
     return adapter_labels(config) + replicate_labels(config)
 
 
-EVALUATION_DEFAULTS = {"max_new_tokens": 256, "batch_size": 32, "ci": "wilson", "n_boot": 10_000, "mid_p": False}
-LMC_DEFAULTS = {"alphas": 11, "limit": 100, "accuracy_subset": 50, "pairs": "first_seed"}
-CKA_DEFAULTS = {"n_probe": 100, "pooling": "completion_mean", "batch_size": 32}
-
-
 def section(config: dict, key: str) -> dict:
-    """The ``evaluation``, ``lmc`` or ``cka`` section with defaults filled in (``test_set``: the first test set)."""
-    defaults = {"evaluation": EVALUATION_DEFAULTS, "lmc": LMC_DEFAULTS, "cka": CKA_DEFAULTS}[key]
-    out = {**defaults, **config.get(key, {})}
-    if key != "evaluation":
-        out.setdefault("test_set", next(iter(config["test_sets"])))
+    """The ``evaluation``, ``lmc``, ``cka`` or ``geometry`` section with the defaults of its settings
+    class filled in (:data:`lossgeom.settings.SECTIONS`; ``test_set``: the first test set when unset)."""
+    out = SECTIONS[key].filled(config.get(key))
+    if out.get("test_set", "") is None:
+        out["test_set"] = next(iter(config["test_sets"]))
     return out
 
 

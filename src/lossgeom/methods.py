@@ -32,18 +32,6 @@ LOSSES = tuple(LOSS_REGISTRY)
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {name: loss.Params.defaults() for name, loss in LOSS_REGISTRY.items()}
 LOSS_KEYS = {name: loss.Params.keys() for name, loss in LOSS_REGISTRY.items()}
 ALL_LOSS_KEYS = tuple(dict.fromkeys(k for keys in LOSS_KEYS.values() for k in keys))
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "grad_accum": 1,
-    "lr_scheduler": "cosine",
-    "warmup_ratio": 0.05,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "max_length": 1024,
-    "precision": "fp32",
-    "data_seed": None,
-    "threads": 1,
-    "truncated": "drop",
-}
 LORA_DEFAULTS = {"dropout": 0.0, "use_rslora": False}
 
 
@@ -231,3 +219,11 @@ class MethodSpec:
     def to_json(self) -> str:
         """Compact, key-sorted JSON: a stable rule param (Snakemake reruns a job when it changes)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+# The training keys a config may leave out, with their defaults: MethodSpec's own field defaults (one place).
+TRAINING_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(MethodSpec)
+    if f.name in ("grad_accum", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
+                  "precision", "data_seed", "threads", "truncated")
+}

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
+
+from ..settings import Settings, setting
 
 
 class ViewError(ValueError):
@@ -32,13 +34,12 @@ class MethodSpecError(ValueError):
     """A method spec is incomplete or inconsistent; the message names the method and the key."""
 
 
-def param(default, schema: Mapping, doc: str):
-    """A loss parameter: its default, its JSON-schema (the config's ``methods.<m>.<key>``) and its doc."""
-    return dataclasses.field(default=default, metadata={"schema": dict(schema), "doc": doc})
+# a loss parameter is declared as any setting is: its default, its JSON-schema and its doc
+param = setting
 
 
 @dataclass(frozen=True)
-class LossParams:
+class LossParams(Settings):
     """A loss's own parameters (none for the base class). Fields are declared with :func:`param`."""
 
     def check(self, where: str) -> None:
@@ -53,19 +54,6 @@ class LossParams:
                     raise MethodSpecError(f"{where}: {f.name} {value!r} must be >= {schema['minimum']}")
                 if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
                     raise MethodSpecError(f"{where}: {f.name} {value!r} must be > {schema['exclusiveMinimum']}")
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return {f.name: f.default for f in dataclasses.fields(cls)}
-
-    @classmethod
-    def schema(cls) -> dict[str, dict]:
-        """The JSON-schema properties of these parameters, each with its doc as the description."""
-        return {f.name: {**f.metadata["schema"], "description": f.metadata["doc"]} for f in dataclasses.fields(cls)}
 
 
 class Loss:
