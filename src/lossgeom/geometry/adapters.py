@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -209,6 +209,91 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
+class _ModuleMeta(NamedTuple):
+    """What ``load_adapter`` knows of one module before reading its factors."""
+
+    name: str  # canonical module name
+    path: str  # the module's path in the safetensors keys
+    d_out: int
+    d_in: int
+    r: int
+    scale: float
+    keys: dict  # "A" / "B" -> tensor key
+
+
+def _factor_keys(keys: list[str], wpath: Path) -> dict[str, dict[str, str]]:
+    """module path -> {"A": key, "B": key}; a tensor that is not a plain LoRA factor stops here."""
+    parts: dict[str, dict[str, str]] = {}
+    for k in keys:
+        m = _KEY_RE.match(k)
+        if m is None:
+            if "lora_embedding" in k:
+                why = "embedding LoRA is not supported"
+            elif "lora_magnitude_vector" in k:
+                why = "DoRA magnitude vectors are not supported"
+            elif ".lora_" in k:
+                why = "unsupported LoRA tensor (only lora_A.weight / lora_B.weight)"
+            else:
+                why = "not a LoRA factor (full weights such as modules_to_save are not supported)"
+            raise _fail(wpath, f"tensor {k!r}: {why}", UnsupportedAdapterError)
+        parts.setdefault(m.group("path"), {})[m.group("ab")] = k
+    if not parts:
+        raise _fail(wpath, "no lora_A / lora_B tensors found")
+    return parts
+
+
+def _module_metas(parts: dict, shapes: dict, cfg: dict, wpath: Path) -> list[_ModuleMeta]:
+    """Every module's shapes, rank and scale, checked against each other and the config; sorted by
+    (layer, name), the order of :attr:`LoraAdapter.modules`."""
+    use_rslora = bool(cfg.get("use_rslora", False))
+    metas = []
+    for mpath, ab in parts.items():
+        name = canonical_module_name(mpath)
+        for which in ("A", "B"):
+            if which not in ab:
+                raise _fail(wpath, f"module {name!r} has lora_{'B' if which == 'A' else 'A'} but no lora_{which}")
+        sa, sb = shapes[ab["A"]], shapes[ab["B"]]
+        if len(sa) != 2 or len(sb) != 2:
+            raise _fail(wpath, f"module {name!r}: factors must be 2-D, got A {sa} and B {sb}")
+        if sa[0] != sb[1]:
+            raise _fail(wpath, f"module {name!r}: shape mismatch, lora_A {sa} is (r, d_in) and lora_B {sb} "
+                        f"is (d_out, r) with different r ({sa[0]} vs {sb[1]})")
+        r_cfg, alpha = resolve_rank_alpha(cfg, mpath)
+        if sa[0] != r_cfg:
+            raise _fail(wpath, f"module {name!r}: rank {sa[0]} in the weights but {r_cfg} from the config "
+                        f"(r / rank_pattern)")
+        metas.append(_ModuleMeta(name, mpath, sb[0], sa[1], sa[0], lora_scale(sa[0], alpha, use_rslora), ab))
+    names = [m.name for m in metas]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise _fail(wpath, f"module names collide after canonicalisation: {dup[:3]}")
+    metas.sort(key=lambda m: (layer_of(m.name) if layer_of(m.name) is not None else -1, m.name))
+    return metas
+
+
+def _read_groups(f, metas: list[_ModuleMeta], bf16: bool) -> tuple[dict, dict[str, ModuleDelta]]:
+    """The factors as one float64 array per shape (each module's factors are views into it, so batched
+    linear algebra later needs no extra copy): (shape -> ShapeGroup, name -> ModuleDelta in ``metas``'
+    order). ``f``: the open safetensors file (torch framework when ``bf16``: numpy has no bfloat16)."""
+    by_shape: dict[tuple[int, int, int], list[_ModuleMeta]] = {}
+    for m in metas:
+        by_shape.setdefault((m.d_out, m.d_in, m.r), []).append(m)
+    groups: dict[tuple[int, int, int], ShapeGroup] = {}
+    deltas: dict[str, ModuleDelta] = {}
+    for (d_out, d_in, r), ms in by_shape.items():
+        Bg = np.empty((len(ms), d_out, r), dtype=np.float64)
+        Ag = np.empty((len(ms), r, d_in), dtype=np.float64)
+        for i, m in enumerate(ms):
+            for which, dest in (("A", Ag), ("B", Bg)):
+                t = f.get_tensor(m.keys[which])
+                dest[i] = t.float().numpy() if bf16 else t  # widened to float64 on assignment
+        scales = np.array([m.scale for m in ms], dtype=np.float64)
+        groups[(d_out, d_in, r)] = ShapeGroup(tuple(m.name for m in ms), Bg, Ag, scales)
+        for i, m in enumerate(ms):
+            deltas[m.name] = ModuleDelta(B=Bg[i], A=Ag[i], scale=float(scales[i]), layer=layer_of(m.name))
+    return groups, {m.name: deltas[m.name] for m in metas}
+
+
 def load_adapter(path: str | Path) -> LoraAdapter:
     """Read a PEFT LoRA adapter directory into float64 factors.
 
@@ -236,8 +321,6 @@ def load_adapter(path: str | Path) -> LoraAdapter:
             path / "adapter_model.bin"
         ).is_file() else ""
         raise _fail(path, f"missing {WEIGHTS_NAME}{extra}")
-    use_rslora = bool(cfg.get("use_rslora", False))
-
     try:
         with safe_open(str(wpath), framework="np") as f:
             has_bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
@@ -246,67 +329,9 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     # numpy cannot hold bfloat16: read such files through torch (bf16 -> f32 is exact)
     with safe_open(str(wpath), framework="pt" if has_bf16 else "np") as f:
         keys = list(f.keys())
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-        parts: dict[str, dict[str, str]] = {}
-        for k in keys:
-            m = _KEY_RE.match(k)
-            if m is None:
-                if "lora_embedding" in k:
-                    why = "embedding LoRA is not supported"
-                elif "lora_magnitude_vector" in k:
-                    why = "DoRA magnitude vectors are not supported"
-                elif ".lora_" in k:
-                    why = "unsupported LoRA tensor (only lora_A.weight / lora_B.weight)"
-                else:
-                    why = "not a LoRA factor (full weights such as modules_to_save are not supported)"
-                raise _fail(wpath, f"tensor {k!r}: {why}", UnsupportedAdapterError)
-            parts.setdefault(m.group("path"), {})[m.group("ab")] = k
-        if not parts:
-            raise _fail(wpath, "no lora_A / lora_B tensors found")
-
-        metas = []
-        for mpath, ab in parts.items():
-            name = canonical_module_name(mpath)
-            for which in ("A", "B"):
-                if which not in ab:
-                    raise _fail(wpath, f"module {name!r} has lora_{'B' if which == 'A' else 'A'} but no lora_{which}")
-            sa, sb = shapes[ab["A"]], shapes[ab["B"]]
-            if len(sa) != 2 or len(sb) != 2:
-                raise _fail(wpath, f"module {name!r}: factors must be 2-D, got A {sa} and B {sb}")
-            if sa[0] != sb[1]:
-                raise _fail(wpath, f"module {name!r}: shape mismatch, lora_A {sa} is (r, d_in) and lora_B {sb} "
-                            f"is (d_out, r) with different r ({sa[0]} vs {sb[1]})")
-            r_cfg, alpha = resolve_rank_alpha(cfg, mpath)
-            if sa[0] != r_cfg:
-                raise _fail(wpath, f"module {name!r}: rank {sa[0]} in the weights but {r_cfg} from the config "
-                            f"(r / rank_pattern)")
-            metas.append((name, mpath, sb[0], sa[1], sa[0], lora_scale(sa[0], alpha, use_rslora), ab))
-        names = [m[0] for m in metas]
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise _fail(wpath, f"module names collide after canonicalisation: {dup[:3]}")
-
-        # One float64 array per shape; each module's factors are views into it, so batched linear
-        # algebra later needs no extra copy.
-        metas.sort(key=lambda m: (layer_of(m[0]) if layer_of(m[0]) is not None else -1, m[0]))
-        by_shape: dict[tuple[int, int, int], list] = {}
-        for m in metas:
-            by_shape.setdefault((m[2], m[3], m[4]), []).append(m)
-        groups: dict[tuple[int, int, int], ShapeGroup] = {}
-        modules_unsorted: dict[str, ModuleDelta] = {}
-        for (d_out, d_in, r), ms in by_shape.items():
-            Bg = np.empty((len(ms), d_out, r), dtype=np.float64)
-            Ag = np.empty((len(ms), r, d_in), dtype=np.float64)
-            for i, (name, _, _, _, _, scale, ab) in enumerate(ms):
-                for which, dest in (("A", Ag), ("B", Bg)):
-                    t = f.get_tensor(ab[which])
-                    dest[i] = t.float().numpy() if has_bf16 else t  # widened to float64 on assignment
-            scales = np.array([m[5] for m in ms], dtype=np.float64)
-            groups[(d_out, d_in, r)] = ShapeGroup(tuple(m[0] for m in ms), Bg, Ag, scales)
-            for i, m in enumerate(ms):
-                modules_unsorted[m[0]] = ModuleDelta(B=Bg[i], A=Ag[i], scale=float(scales[i]), layer=layer_of(m[0]))
-    modules = {m[0]: modules_unsorted[m[0]] for m in metas}
-
+        parts = _factor_keys(keys, wpath)
+        metas = _module_metas(parts, {k: tuple(f.get_slice(k).get_shape()) for k in keys}, cfg, wpath)
+        groups, modules = _read_groups(f, metas, has_bf16)
     tm = cfg.get("target_modules")
     target_modules = tm if isinstance(tm, str) else tuple(sorted(tm or ()))
     return LoraAdapter(
@@ -315,7 +340,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         target_modules=target_modules,
         r=int(cfg["r"]),
         lora_alpha=float(cfg["lora_alpha"]),
-        use_rslora=use_rslora,
+        use_rslora=bool(cfg.get("use_rslora", False)),
         rank_pattern=dict(cfg.get("rank_pattern") or {}),
         alpha_pattern=dict(cfg.get("alpha_pattern") or {}),
         modules=modules,

@@ -101,6 +101,80 @@ def _stack_columns(mats: Sequence[np.ndarray], widths: Sequence[int], out: np.nd
     return out
 
 
+class _Scratch:
+    """Scratch arrays for one role (``"B"``, ``"A"``, ``"left"``, ``"right"``), reused across modules to
+    avoid page-faulting fresh memory. Keyed by role, never by shape: two roles alive at once (stacked B
+    and stacked A) must never share memory, even when their shapes coincide (a square module with
+    ``d == n * r``)."""
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, role: str, shape: tuple[int, int]) -> np.ndarray:
+        b = self.buffers.get(role)
+        if b is None or b.shape != shape:
+            b = self.buffers[role] = np.empty(shape)
+        return b
+
+
+def _module_inner(mods: list, buf: _Scratch) -> np.ndarray:
+    """(n, n) Frobenius inner products <dW_i, dW_j> of one module across the n adapters:
+    tr((B_i^T B_j)(A_j A_i^T)) = sum((B_i^T B_j) * (A_i A_j^T)), from the Grams of all adapters'
+    factors stacked side by side (one syrk per side)."""
+    d_out, d_in = mods[0].shape
+    offs = np.concatenate([[0], np.cumsum([m.rank for m in mods])])
+    R, n = int(offs[-1]), len(mods)
+    Bs = buf("B", (d_out, R))
+    for i, m in enumerate(mods):
+        Bs[:, offs[i] : offs[i + 1]] = m.B
+    As = buf("A", (R, d_in))
+    for i, m in enumerate(mods):
+        As[offs[i] : offs[i + 1]] = m.A
+    GB = dsyrk(1.0, Bs.T, trans=0)  # upper triangle of Bs^T Bs; strict lower is 0
+    GA = dsyrk(1.0, As.T, trans=1)  # upper triangle of As As^T
+    blocks = np.add.reduceat(np.add.reduceat(GB * GA, offs[:-1], axis=0), offs[:-1], axis=1)
+    scl = np.array([m.scale for m in mods])
+    ip = np.triu(blocks, 1) * np.outer(scl, scl)
+    ip = ip + ip.T
+    ip[np.diag_indices(n)] = [float(np.sum(m.S**2)) for m in mods]  # diagonal blocks: only half in syrk
+    return ip
+
+
+def _module_subspaces(vecs: list[np.ndarray], mods: list, kk: int, iu, X: np.ndarray):
+    """One side (left: U, right: V) of one module: for every pair p of ``iu``, the cosines of the
+    principal angles between the two top-k subspaces (singular values of U_i^T U_j, (P, kk)), the k
+    used (P,) and |cos| of the two top-1 directions (P,; NaN where k = 0). ``X``: (dim, n * kk) scratch."""
+    n = len(mods)
+    widths = [min(kk, v.shape[1], m.numerical_rank) for v, m in zip(vecs, mods)]
+    X = _stack_columns(vecs, widths, X)
+    G = dsyrk(1.0, X.T, trans=0).reshape(n, kk, n, kk).transpose(0, 2, 1, 3)
+    C = G[iu]  # (P, kk, kk): C[p] = X_i^T X_j
+    k_pair = np.minimum(np.asarray(widths)[iu[0]], np.asarray(widths)[iu[1]])
+    # Both subspaces of a pair are k_pair-dimensional: keep only U_i[:, :k]^T U_j[:, :k].
+    # (The wider adapter's extra vectors are non-zero; left in, they would give angles
+    # between a k-dim and a wider subspace, which are too small.)
+    C[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # rows beyond k
+    C.transpose(0, 2, 1)[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # columns beyond k
+    return np.linalg.svd(C, compute_uv=False), k_pair, np.where(k_pair > 0, np.abs(C[:, 0, 0]), np.nan)
+
+
+def _angles(cosines: np.ndarray, k_used: np.ndarray, side: str, cs: list, names: list, iu) -> tuple[np.ndarray, int]:
+    """Principal angles (radians, ascending; NaN beyond each pair's k) from their cosines (M, P, kk), with
+    the smallest redone by the sine formula (arccos loses accuracy there: error ~ eps / sin theta).
+    Returns (angles, how many module-pairs were redone)."""
+    kk = cosines.shape[2]
+    ang = np.arccos(np.clip(cosines, -1.0, 1.0))
+    ang[np.arange(kk)[None, None, :] >= k_used[:, :, None]] = np.nan
+    small = np.argwhere(ang[:, :, 0] < SMALL_ANGLE_SWITCH_RAD)
+    for mi, p in small:
+        i, j = iu[0][p], iu[1][p]
+        k = int(k_used[mi, p])
+        mi_, mj_ = cs[i].modules[names[mi]], cs[j].modules[names[mi]]
+        Qi, Qj = (mi_.U, mj_.U) if side == "left" else (mi_.V, mj_.V)
+        ang[mi, p, :k] = lowrank.principal_angles(Qi[:, :k], Qj[:, :k])
+    return ang, len(small)
+
+
 def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progress: bool = False) -> PairGeometry:
     """All-pairs geometry from factor caches (see the module docstring for the metrics).
 
@@ -131,82 +205,25 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     cosines = {s: np.full((M, P, kk), np.nan) for s in ("left", "right")}
     k_used = {s: np.zeros((M, P), dtype=np.int64) for s in ("left", "right")}
     agreement = {s: np.full((M, P), np.nan) for s in ("left", "right")}
-    shapes = []
-    layers = np.empty(M, dtype=np.int64)
-    buffers: dict[str, np.ndarray] = {}
-
-    def buf(role: str, shape: tuple[int, int]) -> np.ndarray:
-        """Scratch array for one role (``"B"``, ``"A"``, ``"left"``, ``"right"``), reused across
-        modules to avoid page-faulting fresh memory. Keyed by role, never by shape: two roles
-        alive at once (stacked B and stacked A) must never share memory, even when their shapes
-        coincide (a square module with ``d == n * r``)."""
-        b = buffers.get(role)
-        if b is None or b.shape != shape:
-            b = buffers[role] = np.empty(shape)
-        return b
-
+    shapes, layers, buf = [], np.empty(M, dtype=np.int64), _Scratch()
     it = range(M)
     if progress:
         from tqdm import tqdm
 
         it = tqdm(it, desc="geometry: modules", unit="module")
     for mi in it:
-        name = names[mi]
-        mods = [c.modules[name] for c in cs]
+        mods = [c.modules[names[mi]] for c in cs]
         d_out, d_in = mods[0].shape
         shapes.append((d_out, d_in))
         layers[mi] = mods[0].layer
-        ranks = [m.rank for m in mods]
-        offs = np.concatenate([[0], np.cumsum(ranks)])
-        R = int(offs[-1])
-        # Frobenius inner products: tr((B_i^T B_j)(A_j A_i^T)) = sum((B_i^T B_j) * (A_i A_j^T)),
-        # from the Grams of all adapters' factors stacked side by side (one syrk per side).
-        Bs = buf("B", (d_out, R))
-        for i, m in enumerate(mods):
-            Bs[:, offs[i] : offs[i + 1]] = m.B
-        As = buf("A", (R, d_in))
-        for i, m in enumerate(mods):
-            As[offs[i] : offs[i + 1]] = m.A
-        GB = dsyrk(1.0, Bs.T, trans=0)  # upper triangle of Bs^T Bs; strict lower is 0
-        GA = dsyrk(1.0, As.T, trans=1)  # upper triangle of As As^T
-        blocks = np.add.reduceat(np.add.reduceat(GB * GA, offs[:-1], axis=0), offs[:-1], axis=1)
-        scl = np.array([m.scale for m in mods])
-        ip = np.triu(blocks, 1) * np.outer(scl, scl)
-        ip = ip + ip.T
-        ip[np.diag_indices(n)] = [float(np.sum(m.S**2)) for m in mods]  # diagonal blocks: only half in syrk
-        inner[mi] = ip
-        # Top-k subspaces: cosines of principal angles are the singular values of U_i^T U_j.
+        inner[mi] = _module_inner(mods, buf)
         for side, vecs, dim in (("left", [m.U for m in mods], d_out), ("right", [m.V for m in mods], d_in)):
-            widths = [min(kk, v.shape[1], m.numerical_rank) for v, m in zip(vecs, mods)]
-            X = _stack_columns(vecs, widths, buf(side, (dim, n * kk)))
-            G = dsyrk(1.0, X.T, trans=0).reshape(n, kk, n, kk).transpose(0, 2, 1, 3)
-            C = G[iu]  # (P, kk, kk): C[p] = X_i^T X_j
-            k_pair = np.minimum(np.asarray(widths)[iu[0]], np.asarray(widths)[iu[1]])
-            # Both subspaces of a pair are k_pair-dimensional: keep only U_i[:, :k]^T U_j[:, :k].
-            # (The wider adapter's extra vectors are non-zero; left in, they would give angles
-            # between a k-dim and a wider subspace, which are too small.)
-            C[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # rows beyond k
-            C.transpose(0, 2, 1)[np.arange(kk)[None, :] >= k_pair[:, None]] = 0.0  # columns beyond k
-            k_used[side][mi] = k_pair
-            cosines[side][mi] = np.linalg.svd(C, compute_uv=False)
-            agreement[side][mi] = np.where(k_pair > 0, np.abs(C[:, 0, 0]), np.nan)
-
-    angles = {}
-    n_sine = 0
+            cosines[side][mi], k_used[side][mi], agreement[side][mi] = _module_subspaces(
+                vecs, mods, kk, iu, buf(side, (dim, n * kk)))
+    angles, n_sine = {}, 0
     for side in ("left", "right"):
-        cos = np.clip(cosines[side], -1.0, 1.0)
-        ang = np.arccos(cos)  # ascending
-        ang[np.arange(kk)[None, None, :] >= k_used[side][:, :, None]] = np.nan
-        # Small angles: arccos loses accuracy (error ~ eps / sin theta); redo with the sine formula.
-        small = np.argwhere(ang[:, :, 0] < SMALL_ANGLE_SWITCH_RAD)
-        for mi, p in small:
-            i, j = iu[0][p], iu[1][p]
-            k = int(k_used[side][mi, p])
-            mi_, mj_ = cs[i].modules[names[mi]], cs[j].modules[names[mi]]
-            Qi, Qj = (mi_.U, mj_.U) if side == "left" else (mi_.V, mj_.V)
-            ang[mi, p, :k] = lowrank.principal_angles(Qi[:, :k], Qj[:, :k])
-            n_sine += 1
-        angles[side] = ang
+        angles[side], redone = _angles(cosines[side], k_used[side], side, cs, names, iu)
+        n_sine += redone
     return PairGeometry(
         labels=labels, module_names=names, module_layers=layers, module_shapes=shapes,
         pairs=np.stack(iu, axis=1), inner=inner, angles=angles, k_used=k_used, agreement=agreement,
