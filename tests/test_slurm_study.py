@@ -39,7 +39,8 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
     # 4 evaluations, 4 activation extractions, 2 sweeps: all through sbatch
     assert config["data_order_replicate"], "the count below assumes one replicate per method"
     assert submitted == 1 + 3 + 3 + 4 + 4 + 2, proc.stdout[-4000:]
-    for rule in ("geometry", "eval_stats", "cka", "lmc_summary", "behaviour_figures", "toy_world", "import_rollouts"):
+    for rule in ("geometry", "eval_stats", "cka", "lmc_summary", "accuracy_figures", "connectivity_figures",
+                 "representations_figures", "toy_world", "import_rollouts", "rollouts_summary"):
         assert f"localrule {rule}:" in proc.stdout, rule
     cos = pd.read_csv(tmp_path / "results" / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)
     methods = ["sft", "rift", "dpo"]

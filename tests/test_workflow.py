@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,15 +14,29 @@ import pytest
 import yaml
 
 from conftest import REPO
+from lossgeom.geometry.tables import SQUARE_METRICS
 
 TINY = REPO / "tests" / "data" / "tiny_config.yaml"
 METHODS = ("sft", "rft", "dft", "rift", "grpo", "dpo")
 LABELS = [f"{m}/seed{s}" for m in METHODS for s in (1, 2)]
 REPLICATES = [f"{m}/seed1data5" for m in METHODS]  # data_order_replicate of the tiny config
-GEOMETRY_FIGURES = {f"results/figures/{n}.png" for n in
-                    ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global", "per_layer_profiles",
-                     "cosine_methods", "top1_angle_methods")}
-BEHAVIOUR_FIGURES = {f"results/figures/{n}.png" for n in ("lmc", "lmc_pairs", "cka_profiles", "cka_last_layer", "accuracy_toy", "mcnemar_toy")}
+
+def figures(*names: str) -> set[str]:
+    """Each figure's PNG and the PDF written beside it (both declared outputs of its rule)."""
+    return {f"results/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")}
+
+
+GEOMETRY_FIGURES = figures("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global", "per_layer_profiles",
+                           "cosine_methods", "top1_angle_methods")
+ACCURACY_FIGURES = figures("accuracy_toy", "mcnemar_toy")  # one of each per test set of the tiny config
+CONNECTIVITY_FIGURES = figures("lmc", "lmc_pairs")
+REPRESENTATIONS_FIGURES = figures("cka_profiles", "cka_last_layer")
+TRAINING_FIGURES = figures("training_curves")
+BEHAVIOUR_FIGURES = ACCURACY_FIGURES | CONNECTIVITY_FIGURES | REPRESENTATIONS_FIGURES
+ALL_FIGURES = GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | TRAINING_FIGURES
+# every table the geometry job writes (the tiny config has no base_alignment.tsv: geometry.base_alignment is off)
+GEOMETRY_TABLES = {f"results/geometry/{n}.tsv" for n in (*SQUARE_METRICS, "per_layer", "adapters", "adapter_modules",
+                                                          "noise_floor", "long")} | {"results/geometry/settings.json"}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900, snakefile: Path | None = None):
@@ -115,11 +130,36 @@ def test_immediate_rerun_schedules_nothing(study):
     assert "Nothing to be done" in run.stdout + run.stderr
 
 
+def result_targets(results: Path) -> list[str]:
+    """Every file under ``results/`` as a target name (logs and benchmarks aside): a file inside a
+    directory output (adapters, the toy world and models; Snakemake marks them with .snakemake_timestamp)
+    by that directory."""
+    targets = set()
+    for path in results.rglob("*"):
+        rel = path.relative_to(results)
+        if not path.is_file() or rel.parts[0] in ("logs", "benchmarks"):
+            continue
+        owner = next((d for d in reversed(rel.parents) if (results / d / ".snakemake_timestamp").exists()), rel)
+        targets.add(str(Path("results") / owner))
+    return sorted(targets)
+
+
+@pytest.mark.slow
+def test_every_result_file_is_a_declared_output(study):
+    """Each file the study wrote can be asked for by name: some rule declares it (one dry run for all)."""
+    targets = result_targets(study / "results")
+    assert len(targets) > 80 and "results/geometry/adapters.tsv" in targets and "results/adapters/sft/seed1" in targets
+    assert ALL_FIGURES | GEOMETRY_TABLES <= set(targets)  # a figure or table the study stopped writing would pass below
+    run = snakemake(study, "-n", *targets)
+    assert "No rule to produce" not in run.stdout + run.stderr, (run.stdout + run.stderr)[-2000:]
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Nothing to be done" in run.stdout + run.stderr
+
+
 AGGREGATES = {
-    "results/geometry/cosine_global.tsv", "results/geometry/long.tsv", "results/geometry/noise_floor.tsv",
     "results/eval/accuracy.tsv", "results/eval/pairwise.tsv", "results/eval/cochran.json", "results/cka/cka.tsv",
-    "results/claims.tsv", "results/figures/training_curves.png",
-} | GEOMETRY_FIGURES | BEHAVIOUR_FIGURES
+    "results/claims.tsv",
+} | GEOMETRY_TABLES | ALL_FIGURES
 
 
 @pytest.mark.slow
@@ -140,10 +180,26 @@ def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(s
 def test_adding_a_seed_schedules_only_its_adapters_and_the_aggregates(study, tmp_path):
     changed = with_config(tmp_path, lambda c: c.update(seeds=[1, 2, 3]))
     planned = planned_outputs(snakemake(study, "-n", configfile=changed))
-    expected = set(AGGREGATES)
+    expected = AGGREGATES - CONNECTIVITY_FIGURES  # seed 3 is in no LMC pair: the sweeps and their figures stand
     for m in ("sft", "rft", "dft", "rift", "grpo", "dpo"):
         expected |= {f"results/adapters/{m}/seed3", f"results/eval/{m}/seed3.parquet", f"results/activations/{m}/seed3.npz"}
     assert planned == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, planned", [
+    ("accuracy", ACCURACY_FIGURES), ("connectivity", CONNECTIVITY_FIGURES), ("common", ALL_FIGURES)])
+def test_each_figure_rule_tracks_exactly_its_modules(study, module, planned):
+    """An edited figure module reruns the figures of the rules that import it (common.py: all of them), no
+    others (a dry run; the edit is undone after)."""
+    code = study / "workflow_copy" / "src" / "lossgeom" / "figures" / f"{module}.py"
+    text, before = code.read_text(), code.stat()
+    code.write_text(text + "\n# an edit\n")  # content, not just mtime: Snakemake checksums small inputs
+    try:
+        assert planned_outputs(snakemake(study, "-n")) == planned
+    finally:
+        code.write_text(text)
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 @pytest.mark.slow
@@ -162,7 +218,7 @@ def test_report_holds_every_figure_and_the_claims_table(study):
     run = snakemake(study, "--report", "report.html", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     html = (study / "report.html").read_text(errors="replace")
-    for name in sorted(GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | {"results/figures/training_curves.png"}):
+    for name in sorted(f for f in ALL_FIGURES if f.endswith(".png")):
         assert Path(name).name in html, f"{name} is not in the report"
     for table in ("claims.tsv", "noise_floor.tsv", "accuracy.tsv", "pairwise.tsv", "summary.tsv"):
         assert table in html, f"{table} is not in the report"

@@ -134,17 +134,9 @@ def cmd_geometry(a):
 
 
 def cmd_geometry_figures(a):
-    import pandas as pd
+    from .figures.geometry import geometry_figures
 
-    from .figures.geometry import DEFAULT_HEATMAPS, plot_geometry_heatmap, plot_layer_profiles, plot_method_summary
-
-    for metric in DEFAULT_HEATMAPS:
-        plot_geometry_heatmap(a.tables / f"{metric}.tsv", a.out / f"{metric}.png", metric=metric)
-    for metric, name in (("cosine_global", "cosine_methods"), ("top1_angle_left_median", "top1_angle_methods")):
-        plot_method_summary(a.tables / "noise_floor.tsv", metric, a.out / f"{name}.png")
-    labels = pd.read_csv(a.tables / "cosine_global.tsv", sep="\t", index_col=0).index.tolist()
-    reference = a.reference or labels[0]
-    plot_layer_profiles(a.tables / "per_layer.tsv", reference, a.out / "per_layer_profiles.png")
+    geometry_figures(a.tables, a.out, a.reference)
 
 
 def _adapter(text: str) -> Path | None:
@@ -198,31 +190,28 @@ def cmd_cka(a):
     cka_tables(dict(a.activations), a.out)
 
 
-def cmd_behaviour_figures(a):
-    import pandas as pd
+def cmd_accuracy_figures(a):
+    from .figures.accuracy import accuracy_figures
 
-    from .figures import behaviour as fig
+    accuracy_figures(a.accuracy, a.pairwise, a.out)
 
-    acc = pd.read_csv(a.eval_dir / "accuracy.tsv", sep="\t")
-    pairs = pd.read_csv(a.eval_dir / "pairwise.tsv", sep="\t")
-    for t in acc["test_set"].unique():
-        fig.plot_accuracy(acc[acc["test_set"] == t].set_index("model"), a.out / f"accuracy_{t}.png", title=f"greedy pass@1 on {t}")
-        fig.plot_pairwise_pvalues(pairs[pairs["test_set"] == t], a.out / f"mcnemar_{t}.png",
-                                  title=f"exact McNemar, Holm-adjusted p ({t})")
-    curves = pd.read_csv(a.lmc_dir / "curves.tsv", sep="\t")
-    fig.plot_lmc_pairs(curves, pd.read_csv(a.lmc_dir / "summary.tsv", sep="\t"), a.out / "lmc_pairs.png")
-    curves["pair"] = curves["pair_a"] + " -> " + curves["pair_b"]
-    fig.plot_lmc(curves[["pair", "alpha", "metric", "value"]], a.out / "lmc.png", ylabels={
-        "answer_ce": "answer-only CE (nats/token)", "solution_ce": "full-solution CE (nats/token)", "accuracy": "accuracy (fraction)"})
-    cka = pd.read_csv(a.cka, sep="\t")
-    fig.plot_cka_profiles(cka, "base", a.out / "cka_profiles.png")
-    fig.plot_cka_heatmap(cka, int(cka["layer"].max()), a.out / "cka_last_layer.png")
+
+def cmd_connectivity_figures(a):
+    from .figures.connectivity import connectivity_figures
+
+    connectivity_figures(a.summary, a.curves, a.out)
+
+
+def cmd_representations_figures(a):
+    from .figures.representations import representations_figures
+
+    representations_figures(a.cka, a.out)
 
 
 def cmd_training_figures(a):
-    from .figures.training import plot_training_curves
+    from .figures.training import training_figures
 
-    plot_training_curves({label: path / "metrics.tsv" for label, path in a.adapters}, a.out, a.analysis_step)
+    training_figures(dict(a.adapters), a.out, a.analysis_step)
 
 
 def cmd_claims(a):
@@ -383,11 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
     sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
 
-    sp = add("behaviour-figures", cmd_behaviour_figures, "accuracy, McNemar, LMC and CKA figures")
-    sp.add_argument("--eval-dir", type=Path, required=True)
-    sp.add_argument("--lmc-dir", type=Path, required=True)
-    sp.add_argument("--cka", type=Path, required=True)
-    sp.add_argument("--out", type=Path, required=True)
+    sp = add("accuracy-figures", cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set")
+    sp.add_argument("--accuracy", type=Path, required=True, help="accuracy.tsv written by 'eval-stats'")
+    sp.add_argument("--pairwise", type=Path, required=True, help="pairwise.tsv written by 'eval-stats'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+    sp = add("connectivity-figures", cmd_connectivity_figures, "LMC curves of every pair, and per pair with its barrier")
+    sp.add_argument("--summary", type=Path, required=True, help="summary.tsv written by 'lmc-summary'")
+    sp.add_argument("--curves", type=Path, required=True, help="curves.tsv written by 'lmc-summary'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+    sp = add("representations-figures", cmd_representations_figures, "CKA per layer vs the base, and at the last layer")
+    sp.add_argument("--cka", type=Path, required=True, help="cka.tsv written by 'cka'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
     return p
 
 

@@ -17,7 +17,7 @@ rule evaluate:
         **model_input("base"),
         **toy_input(*config["test_sets"].values()),
     output:
-        f"{RESULTS}/eval/{{model}}.parquet",
+        evaluation=f"{RESULTS}/eval/{{model}}.parquet",
     params:
         base=model_arg("base"),
         adapter=adapter_arg,
@@ -50,11 +50,11 @@ rule evaluate:
 
 rule eval_stats:
     input:
-        [f"{RESULTS}/eval/{m}.parquet" for m in MODELS],
+        expand(rules.evaluate.output.evaluation, model=MODELS),
     output:
-        report(f"{RESULTS}/eval/accuracy.tsv", caption="../report/accuracy_table.rst", category="Accuracy"),
-        report(f"{RESULTS}/eval/pairwise.tsv", caption="../report/pairwise_table.rst", category="Accuracy"),
-        f"{RESULTS}/eval/cochran.json",
+        accuracy=report(f"{RESULTS}/eval/accuracy.tsv", caption="../report/accuracy_table.rst", category="Accuracy"),
+        pairwise=report(f"{RESULTS}/eval/pairwise.tsv", caption="../report/pairwise_table.rst", category="Accuracy"),
+        cochran=f"{RESULTS}/eval/cochran.json",
     params:
         evaluations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
         ci=EVAL["ci"],
@@ -81,7 +81,7 @@ rule lmc:
         **model_input("base"),
         **toy_input(config["test_sets"][LMC["test_set"]]),
     output:
-        f"{RESULTS}/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv",
+        sweep=f"{RESULTS}/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv",
     wildcard_constraints:
         ma="|".join(config["methods"]),
         mb="|".join(config["methods"]),
@@ -143,7 +143,7 @@ rule activations:
         **model_input("base"),
         **toy_input(config["test_sets"][CKA["test_set"]]),
     output:
-        f"{RESULTS}/activations/{{model}}.npz",
+        activations=f"{RESULTS}/activations/{{model}}.npz",
     params:
         base=model_arg("base"),
         adapter=adapter_arg,
@@ -176,9 +176,9 @@ rule activations:
 
 rule cka:
     input:
-        [f"{RESULTS}/activations/{m}.npz" for m in MODELS],
+        expand(rules.activations.output.activations, model=MODELS),
     output:
-        f"{RESULTS}/cka/cka.tsv",
+        cka=f"{RESULTS}/cka/cka.tsv",
     params:
         activations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
     resources:
@@ -194,24 +194,20 @@ rule cka:
         "lossgeom cka {params.activations} --out {output} > {log} 2>&1"
 
 
-rule behaviour_figures:
+# The figures of each analysis: one rule per figure module (lossgeom.figures.<analysis>), reading
+# exactly its tables and tracking exactly its code.
+rule accuracy_figures:
     input:
-        accuracy=f"{RESULTS}/eval/accuracy.tsv",
-        lmc=f"{RESULTS}/lmc/summary.tsv",
-        cka=f"{RESULTS}/cka/cka.tsv",
-        code=FIGURE_CODE / "behaviour.py",
+        accuracy=rules.eval_stats.output.accuracy,
+        pairwise=rules.eval_stats.output.pairwise,
+        code=figure_code("accuracy"),
     output:
-        report(f"{RESULTS}/figures/lmc.png", caption="../report/lmc.rst", category="Connectivity"),
-        report(f"{RESULTS}/figures/lmc_pairs.png", caption="../report/lmc_pairs.rst", category="Connectivity"),
-        report(f"{RESULTS}/figures/cka_profiles.png", caption="../report/cka.rst", category="Representations"),
-        report(f"{RESULTS}/figures/cka_last_layer.png", caption="../report/cka_last_layer.rst", category="Representations"),
-        *[report(f"{RESULTS}/figures/accuracy_{t}.png", caption="../report/accuracy.rst", category="Accuracy")
-          for t in config["test_sets"]],
-        *[report(f"{RESULTS}/figures/mcnemar_{t}.png", caption="../report/mcnemar.rst", category="Accuracy")
-          for t in config["test_sets"]],
+        # one pair of figures per test set: the names follow the config
+        **figure_outputs(*(f"accuracy_{t}" for t in config["test_sets"]), caption="../report/accuracy.rst",
+                         category="Accuracy"),
+        **figure_outputs(*(f"mcnemar_{t}" for t in config["test_sets"]), caption="../report/mcnemar.rst",
+                         category="Accuracy"),
     params:
-        eval_dir=lambda w, input: str(Path(input.accuracy).parent),
-        lmc_dir=lambda w, input: str(Path(input.lmc).parent),
         out=parent_of(0),
     resources:
         mem_mb=RES["cpu_mem_mb"],
@@ -219,9 +215,53 @@ rule behaviour_figures:
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/behaviour_figures.log",
+        f"{RESULTS}/logs/accuracy_figures.log",
     benchmark:
-        f"{RESULTS}/benchmarks/behaviour_figures.tsv"
+        f"{RESULTS}/benchmarks/accuracy_figures.tsv"
     shell:
-        "lossgeom behaviour-figures --eval-dir {params.eval_dir} --lmc-dir {params.lmc_dir} --cka {input.cka}"
-        " --out {params.out} > {log} 2>&1"
+        "lossgeom accuracy-figures --accuracy {input.accuracy} --pairwise {input.pairwise} --out {params.out} > {log} 2>&1"
+
+
+rule connectivity_figures:
+    input:
+        summary=rules.lmc_summary.output.summary,
+        curves=rules.lmc_summary.output.curves,
+        code=figure_code("connectivity"),
+    output:
+        **figure_outputs("lmc", caption="../report/lmc.rst", category="Connectivity"),
+        **figure_outputs("lmc_pairs", caption="../report/lmc_pairs.rst", category="Connectivity"),
+    params:
+        out=parent_of(0),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/connectivity_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/connectivity_figures.tsv"
+    shell:
+        "lossgeom connectivity-figures --summary {input.summary} --curves {input.curves} --out {params.out} > {log} 2>&1"
+
+
+rule representations_figures:
+    input:
+        cka=rules.cka.output.cka,
+        code=figure_code("representations"),
+    output:
+        **figure_outputs("cka_profiles", caption="../report/cka.rst", category="Representations"),
+        **figure_outputs("cka_last_layer", caption="../report/cka_last_layer.rst", category="Representations"),
+    params:
+        out=parent_of(0),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/representations_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/representations_figures.tsv"
+    shell:
+        "lossgeom representations-figures --cka {input.cka} --out {params.out} > {log} 2>&1"

@@ -5,17 +5,19 @@ CLAIM_ROLES = cfg.claim_roles(config)
 
 rule claims:
     input:
-        geometry=f"{RESULTS}/geometry/cosine_global.tsv",
-        accuracy=f"{RESULTS}/eval/pairwise.tsv",
-        lmc=f"{RESULTS}/lmc/summary.tsv",
-        cka=f"{RESULTS}/cka/cka.tsv",
+        # the tables lossgeom.claims.check reads
+        noise_floor=rules.geometry.output.noise_floor,
+        adapters=rules.geometry.output.adapters,
+        pairwise=rules.eval_stats.output.pairwise,
+        lmc=rules.lmc_summary.output.summary,
+        cka=rules.cka.output.cka,
     output:
-        report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
+        claims=report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
     params:
         roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
         seed=config["seeds"][0],
-        geometry=parent_of(0, "input"),
-        eval_dir=parent_of(1, "input"),
+        geometry=parent_of("noise_floor", "input"),
+        eval_dir=parent_of("pairwise", "input"),
     resources:
         mem_mb=RES["cpu_mem_mb"],
         runtime=RES["cpu_runtime"],

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, paths, and the narrow params each job receives.
 
 import json
+import os
 from pathlib import Path
 
 from lossgeom import config as cfg
@@ -16,8 +17,10 @@ except cfg.ConfigError as err:
 
 RESULTS = "results"
 # Figure code is tracked as an input of the figure rules, so editing it reruns the figures (cheap);
-# edits to compute code are not tracked: rerun those stages with --forcerun (see the README).
-FIGURE_CODE = Path(workflow.basedir) / "src" / "lossgeom" / "figures"
+# edits to compute code are not tracked: rerun those stages with --forcerun (see the README). Relative
+# to the working directory, like every input path Snakemake records, so a study copied or moved with
+# its workflow (the repository root) does not rerun its figures.
+FIGURE_CODE = Path(os.path.relpath(Path(workflow.basedir) / "src" / "lossgeom" / "figures"))
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
@@ -44,7 +47,9 @@ localrules:
     eval_stats,
     lmc_summary,
     cka,
-    behaviour_figures,
+    accuracy_figures,
+    connectivity_figures,
+    representations_figures,
     claims,
     training_figures,
 
@@ -78,9 +83,15 @@ def model_arg(name):
     return lambda wildcards, input: input.model if "model" in input.keys() else model_path(name)
 
 
-def parent_of(index=0, kind="output"):
-    """A param giving the directory of a job's input/output file (lint-clean, no hard-coded prefix)."""
-    return lambda wildcards, input, output: str(Path((output if kind == "output" else input)[index]).parent)
+def parent_of(key=0, kind="output"):
+    """A param giving the directory of a job's input/output file, by position or name (lint-clean, no
+    hard-coded prefix)."""
+
+    def parent(wildcards, input, output):
+        files = output if kind == "output" else input
+        return str(Path(files[key] if isinstance(key, int) else getattr(files, key)).parent)
+
+    return parent
 
 
 def toy_input(*sources):
@@ -93,17 +104,36 @@ def adapter_dir(label):
     return f"{RESULTS}/adapters/{label}"
 
 
+def figure_code(module):
+    """A figure rule's code inputs: the figure module it runs and figures/common.py, which every figure
+    module imports (tests/test_layout.py checks that a module imports no other figure module)."""
+    return [str(FIGURE_CODE / f"{name}.py") for name in (module, "common")]
+
+
+def figure_outputs(*names, caption, category):
+    """Named outputs of a figure rule: each figure's PNG (``name``, shown in the report under
+    ``category``) and the PDF written beside it (``name_pdf``)."""
+    out = {}
+    for name in names:
+        out[name] = report(f"{RESULTS}/figures/{name}.png", caption=caption, category=category)
+        out[f"{name}_pdf"] = f"{RESULTS}/figures/{name}.pdf"
+    return out
+
+
 def all_targets():
+    """The default target: the claims and every aggregate table and figure (named by their rules)."""
     return [
-        f"{RESULTS}/geometry/cosine_global.tsv",
-        f"{RESULTS}/figures/cosine_global.png",
-        f"{RESULTS}/eval/accuracy.tsv",
-        f"{RESULTS}/lmc/summary.tsv",
-        f"{RESULTS}/cka/cka.tsv",
-        f"{RESULTS}/figures/lmc.png",
-        f"{RESULTS}/claims.tsv",
-        f"{RESULTS}/figures/training_curves.png",
-        f"{RESULTS}/rollouts/summary.tsv",
+        *rules.geometry.output,
+        *rules.eval_stats.output,
+        *rules.lmc_summary.output,
+        *rules.cka.output,
+        *rules.claims.output,
+        *rules.rollouts_summary.output,
+        *rules.geometry_figures.output,
+        *rules.accuracy_figures.output,
+        *rules.connectivity_figures.output,
+        *rules.representations_figures.output,
+        *rules.training_figures.output,
     ]
 
 
@@ -121,5 +151,6 @@ def toy_dir_arg(wildcards, input):
 
 
 def lmc_sweep(a, b):
+    """The sweep table of the adapter pair (a, b), alpha = 0 at a and 1 at b (an output of the lmc rule)."""
     (ma, sa), (mb, sb) = cfg.parse_label(a), cfg.parse_label(b)
-    return f"{RESULTS}/lmc/{ma}/seed{sa}/{mb}/seed{sb}.tsv"
+    return rules.lmc.output.sweep.format(ma=ma, sa=sa, mb=mb, sb=sb)

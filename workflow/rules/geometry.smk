@@ -1,6 +1,13 @@
 # Weight-space geometry of every adapter pair, from the LoRA factors (cheap: one aggregate job).
 
-BASE_ALIGNMENT = config.get("geometry", {}).get("base_alignment", False)
+from lossgeom.geometry.tables import SQUARE_METRICS
+
+GEOMETRY = cfg.section(config, "geometry")  # with the defaults of lossgeom.settings.GeometrySettings
+BASE_ALIGNMENT = GEOMETRY["base_alignment"]
+# Every table the geometry job writes (lossgeom.geometry.write_geometry), by name: one square matrix
+# per metric of SQUARE_METRICS, then the long-form tables; base_alignment.tsv only with a base model.
+GEOMETRY_TABLES = [*SQUARE_METRICS, "per_layer", "adapters", "adapter_modules", "noise_floor", "long"]
+GEOMETRY_TABLES += ["base_alignment"] if BASE_ALIGNMENT else []
 
 
 rule geometry:
@@ -8,12 +15,12 @@ rule geometry:
         [adapter_dir(label) for label in GEOMETRY_LABELS],
         **(model_input("base") if BASE_ALIGNMENT else {}),
     output:
-        f"{RESULTS}/geometry/cosine_global.tsv",
-        f"{RESULTS}/geometry/long.tsv",
-        report(f"{RESULTS}/geometry/noise_floor.tsv", caption="../report/noise_floor.rst", category="Geometry"),
+        **{name: f"{RESULTS}/geometry/{name}.tsv" for name in GEOMETRY_TABLES if name != "noise_floor"},
+        noise_floor=report(f"{RESULTS}/geometry/noise_floor.tsv", caption="../report/noise_floor.rst", category="Geometry"),
+        settings=f"{RESULTS}/geometry/settings.json",
     params:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
-        top_k=config.get("geometry", {}).get("top_k", 10),
+        top_k=GEOMETRY["top_k"],
         out=parent_of(0),
         base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
     resources:
@@ -31,19 +38,23 @@ rule geometry:
 
 rule geometry_figures:
     input:
-        f"{RESULTS}/geometry/cosine_global.tsv",
-        f"{RESULTS}/geometry/noise_floor.tsv",
-        code=FIGURE_CODE / "geometry.py",
+        # the tables lossgeom.figures.geometry.geometry_figures reads: its heatmaps, the labels, the
+        # noise floor and the per-layer profiles
+        cosine_global=rules.geometry.output.cosine_global,
+        top1_angle_left_median=rules.geometry.output.top1_angle_left_median,
+        orthogonal_fraction_global=rules.geometry.output.orthogonal_fraction_global,
+        noise_floor=rules.geometry.output.noise_floor,
+        per_layer=rules.geometry.output.per_layer,
+        code=figure_code("geometry"),
     output:
-        report(f"{RESULTS}/figures/cosine_methods.png", caption="../report/cosine_methods.rst", category="Geometry"),
-        report(f"{RESULTS}/figures/cosine_global.png", caption="../report/cosine_global.rst", category="Geometry"),
-        report(f"{RESULTS}/figures/top1_angle_methods.png", caption="../report/top1_angle_methods.rst", category="Geometry"),
-        report(f"{RESULTS}/figures/top1_angle_left_median.png", caption="../report/top1_angle.rst", category="Geometry"),
-        report(f"{RESULTS}/figures/orthogonal_fraction_global.png", caption="../report/orthogonal_fraction.rst",
-               category="Geometry"),
-        report(f"{RESULTS}/figures/per_layer_profiles.png", caption="../report/per_layer.rst", category="Geometry"),
+        **figure_outputs("cosine_methods", caption="../report/cosine_methods.rst", category="Geometry"),
+        **figure_outputs("cosine_global", caption="../report/cosine_global.rst", category="Geometry"),
+        **figure_outputs("top1_angle_methods", caption="../report/top1_angle_methods.rst", category="Geometry"),
+        **figure_outputs("top1_angle_left_median", caption="../report/top1_angle.rst", category="Geometry"),
+        **figure_outputs("orthogonal_fraction_global", caption="../report/orthogonal_fraction.rst", category="Geometry"),
+        **figure_outputs("per_layer_profiles", caption="../report/per_layer.rst", category="Geometry"),
     params:
-        tables=parent_of(0, "input"),
+        tables=parent_of("cosine_global", "input"),
         out=parent_of(0),
     resources:
         mem_mb=RES["cpu_mem_mb"],

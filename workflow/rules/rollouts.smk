@@ -10,7 +10,7 @@ if config["rollouts"].get("import"):
         input:
             config["rollouts"]["import"],
         output:
-            f"{RESULTS}/rollouts/rollouts.parquet",
+            rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
         resources:
             mem_mb=RES["cpu_mem_mb"],
             runtime=RES["cpu_runtime"],
@@ -33,7 +33,7 @@ else:
             **({} if ROLLOUT_API else model_input(config["rollouts"].get("sampler", "teacher"))),
             **toy_input(config["prompts"]),
         output:
-            f"{RESULTS}/rollouts/rollouts.parquet",
+            rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
         params:
             model=model_arg(config["rollouts"].get("sampler", "teacher")),
             problems=as_json(config["prompts"]),
@@ -61,6 +61,10 @@ else:
             " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
 
 
+# The rollout table, whichever rule wrote it: what training and the summary read.
+ROLLOUTS = (rules.import_rollouts if config["rollouts"].get("import") else rules.rollouts).output.rollouts
+
+
 localrules:
     rollouts_summary,
 
@@ -69,10 +73,17 @@ localrules:
 # report's Rollouts page. A rule of its own, so it serves sampled and imported tables alike.
 rule rollouts_summary:
     input:
-        f"{RESULTS}/rollouts/rollouts.parquet",
+        ROLLOUTS,
     output:
-        report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts"),
+        summary=report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts"),
+    resources:
+        mem_mb=RES["cpu_mem_mb"],
+        runtime=RES["cpu_runtime"],
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/rollouts_summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rollouts_summary.tsv"
     shell:
         "lossgeom rollouts-summary --rollouts {input} --out {output} > {log} 2>&1"

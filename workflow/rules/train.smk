@@ -4,10 +4,10 @@
 
 rule train:
     input:
-        rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
+        rollouts=ROLLOUTS,
         **model_input("base"),
     output:
-        directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
+        adapter=directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
     params:
         spec=lambda w: MethodSpec.from_config(config, w.method).to_json(),
         base=model_arg("base"),
@@ -31,45 +31,29 @@ rule train:
         " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
 
 
-rule train_replicate:
-    # A data-order replicate: the LoRA init of {seed}, the data order of {data_seed} (the geometry's
-    # data-order noise floor; config key data_order_replicate).
-    input:
-        rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
-        **model_input("base"),
+# A data-order replicate: the LoRA init of {seed}, the data order of {data_seed} (the geometry's
+# data-order noise floor; config key data_order_replicate). The same job as train, but for the data
+# seed in its spec and its own paths.
+use rule train as train_replicate with:
     output:
-        directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}data{{data_seed}}"),
+        adapter=directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}data{{data_seed}}"),
     wildcard_constraints:
         data_seed=r"\d+",
     params:
         spec=lambda w: MethodSpec.from_config(config, w.method).with_data_seed(int(w.data_seed)).to_json(),
-        base=model_arg("base"),
         checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}data{{data_seed}}",
-        dtype=DTYPE,
-        remote=REMOTE,
-    threads: lambda w: config["training"].get("threads", 1)
-    resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
-    conda:
-        ENV
     log:
         f"{RESULTS}/logs/train/{{method}}/seed{{seed}}data{{data_seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{method}}/seed{{seed}}data{{data_seed}}.tsv"
-    shell:
-        "lossgeom train --spec {params.spec:q} --seed {wildcards.seed} --rollouts {input.rollouts}"
-        " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
-        " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
 
 
 rule training_figures:
     input:
         [adapter_dir(label) for label in LABELS],
-        code=FIGURE_CODE / "training.py",
+        code=figure_code("training"),
     output:
-        report(f"{RESULTS}/figures/training_curves.png", caption="../report/training_curves.rst", category="Training"),
+        **figure_outputs("training_curves", caption="../report/training_curves.rst", category="Training"),
     params:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
         analysis_step=config["training"]["analysis_step"],
@@ -83,4 +67,5 @@ rule training_figures:
     benchmark:
         f"{RESULTS}/benchmarks/training_figures.tsv"
     shell:
-        "lossgeom training-figures {params.adapters} --analysis-step {params.analysis_step} --out {output} > {log} 2>&1"
+        "lossgeom training-figures {params.adapters} --analysis-step {params.analysis_step}"
+        " --out {output.training_curves} > {log} 2>&1"

@@ -1,6 +1,7 @@
 """What every figure shares: an explicit Agg canvas (no pyplot, no GUI backend), a seaborn style
-applied only inside the figure's own ``with`` block, and an atomic PNG + PDF save without volatile
-metadata (so re-running a figure job gives byte-identical files)."""
+applied only inside the figure's own ``with`` block, an atomic PNG + PDF save without volatile
+metadata (so re-running a figure job gives byte-identical files), one colour and name per method, and
+the table helpers of the model x model figures. Every figure rule tracks this module as an input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import os
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Iterable, Mapping
 
+import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -76,3 +80,41 @@ def method_colour(method: str) -> str:
 def method_name(method: str) -> str:
     """A readable name for a config method name (``grpo`` -> ``Offline GRPO``)."""
     return METHOD_NAMES.get(method, method)
+
+
+# Tables of model pairs (model_a, model_b, ...) and the legends of the per-model figures.
+def pair_legend(fig: Figure, labels: Iterable[str], palette: Mapping[str, object], title: str):
+    """One legend entry per label (its palette colour, a marker), outside the axes on the right."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=palette[lab], marker="o", markersize=4, label=lab)
+               for lab in labels]
+    fig.legend(handles=handles, title=title, loc="outside right center", fontsize=7,
+               title_fontsize=7, frameon=False)
+
+
+def require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    """Stop with one line naming the table (``what``) and its missing columns."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
+
+
+def ordered_models(df: pd.DataFrame) -> list[str]:
+    """Model labels in order of first appearance, reading model_a then model_b row by row."""
+    seq = np.column_stack([df["model_a"].astype(str), df["model_b"].astype(str)]).ravel()
+    return list(dict.fromkeys(seq))
+
+
+def symmetric_matrix(df: pd.DataFrame, models: list[str], column: str, diagonal: float,
+                     overwrite_diagonal: bool = True) -> pd.DataFrame:
+    """k x k frame with ``df[column]`` at (a, b) and (b, a); unset cells NaN."""
+    mat = pd.DataFrame(np.nan, index=models, columns=models, dtype=float)
+    for a, b, v in zip(df["model_a"].astype(str), df["model_b"].astype(str), df[column]):
+        mat.loc[a, b] = mat.loc[b, a] = float(v)
+    for m in models:
+        if overwrite_diagonal or not np.isfinite(mat.loc[m, m]):
+            mat.loc[m, m] = diagonal
+    return mat

@@ -1,4 +1,4 @@
-"""Figures for the weight-space geometry (analyses 1-3 of PAPER.md).
+"""Figures for the weight-space geometry (analyses 1-3 of PAPER.md; rule ``geometry_figures``).
 
 Inputs are the tables written by :func:`lossgeom.geometry.write_geometry` (a path to a ``.tsv``
 or the DataFrame itself); every function writes a PNG at ``out_path`` (must end in ``.png``) and a
@@ -21,6 +21,7 @@ from ..config import data_seed_of, parse_label
 from .common import figure, method_colour, method_name, save, style
 
 __all__ = [
+    "geometry_figures",
     "plot_geometry_heatmap",
     "plot_geometry_heatmaps",
     "plot_layer_profiles",
@@ -43,6 +44,25 @@ HEATMAP_STYLES: dict[str, tuple[str, str, float | None, float | None, str, str]]
     "norm_ratio": ("||dW_col|| / ||dW_row||", "crest", None, None, ".2f", "Norm ratio of the deltas"),
 }
 DEFAULT_HEATMAPS = ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global")
+# noise_floor.tsv metric -> the methods x methods figure of it
+METHOD_SUMMARIES = {"cosine_global": "cosine_methods", "top1_angle_left_median": "top1_angle_methods"}
+
+
+def geometry_figures(tables: str | os.PathLike, out_dir: str | os.PathLike, reference: str | None = None) -> list[Path]:
+    """Every geometry figure from the directory the geometry job wrote (it reads the heatmap metrics'
+    ``{metric}.tsv``, ``noise_floor.tsv`` and ``per_layer.tsv``) into ``out_dir``: a heatmap per metric of
+    :data:`DEFAULT_HEATMAPS` (``{metric}.png``), the methods x methods summaries of
+    :data:`METHOD_SUMMARIES` and ``per_layer_profiles.png`` against ``reference`` (default: the first
+    adapter of ``cosine_global.tsv``), each with its PDF; returns the written paths."""
+    tables, out_dir = Path(tables), Path(out_dir)
+    written = []
+    for metric in DEFAULT_HEATMAPS:
+        written += plot_geometry_heatmap(tables / f"{metric}.tsv", out_dir / f"{metric}.png", metric=metric)
+    for metric, name in METHOD_SUMMARIES.items():
+        written += plot_method_summary(tables / "noise_floor.tsv", metric, out_dir / f"{name}.png")
+    labels = pd.read_csv(tables / "cosine_global.tsv", sep="\t", index_col=0).index.tolist()
+    written += plot_layer_profiles(tables / "per_layer.tsv", reference or labels[0], out_dir / "per_layer_profiles.png")
+    return written
 
 
 def _read(table: pd.DataFrame | str | os.PathLike, index: bool) -> pd.DataFrame:

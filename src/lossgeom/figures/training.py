@@ -1,7 +1,7 @@
 """Training curves: per-method loss, gradient norm and learning rate against the optimiser step,
 from each adapter's ``metrics.tsv`` (columns ``step, loss, grad_norm, learning_rate, ...``, one row
 per logging step). One colour per method (:func:`.common.method_colour`), one line style per seed;
-a dotted vertical line marks the analysis step every later stage reads."""
+a dotted vertical line marks the analysis step every later stage reads (rule ``training_figures``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ from .common import figure, method_colour, method_name, save, style
 PANELS = (("loss", "training loss (method's own objective)"), ("grad_norm", "gradient norm (before clipping)"),
           ("learning_rate", "learning rate"))
 LINESTYLES = ("-", "--", ":", "-.")
+
+
+def training_figures(adapters: Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
+                     analysis_step: int | None = None) -> tuple[Path, Path]:
+    """The training curves of adapters given as label -> adapter directory (each holds the
+    ``metrics.tsv`` its training job wrote) at ``out_path`` (.png, and its PDF)."""
+    return plot_training_curves({label: Path(path) / "metrics.tsv" for label, path in adapters.items()}, out_path,
+                                analysis_step)
 
 
 def plot_training_curves(metrics: Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
