@@ -6,7 +6,7 @@ real PEFT directories ({method}/seed{seed}, 6 methods x 2 seeds) in a temporary 
 measures, side by side in one run:
 
 1. plain loading: every tensor of the 12 safetensors files read into memory (float32, no checks);
-   and the project's loader (lossgeom.geometry.adapters.load_adapter: validation + float64);
+   and the project's loader (lossgeom.lora.adapters.load_adapter: validation + float64);
 2. the full suite: lossgeom.geometry.compare_adapter_dirs (load + factor caches + all pairs +
    writing every table; no figures), end to end; then the same stages timed one by one;
 3. a dense baseline: form each delta dW = s B A (d_out x d_in) and take its SVD with numpy, plus
@@ -128,7 +128,7 @@ def best_of(fn, repeat: int) -> tuple[float, list[float]]:
 
 def dense_baseline(d: Path, layers: int, n_adapters: int) -> dict:
     """Time dense forming + SVD of one module per shape, dense inner products and angles; scale up."""
-    from lossgeom.geometry.adapters import load_adapter
+    from lossgeom.lora.adapters import load_adapter
 
     ad = load_adapter(d)
     n_pairs = n_adapters * (n_adapters - 1) // 2
@@ -177,7 +177,7 @@ def main() -> None:
                          "advice makes first touches of fresh memory several times slower")
     args = ap.parse_args()
 
-    from lossgeom.geometry.adapters import load_adapter
+    from lossgeom.lora.adapters import load_adapter
     from lossgeom.geometry import build_factor_cache, compare_adapter_dirs, label_for_dir, write_geometry
 
     print(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "

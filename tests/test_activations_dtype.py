@@ -20,7 +20,7 @@ import torch
 
 from lossgeom.behaviour import activations
 from lossgeom.data.problemsets import load_problems
-from lossgeom.generation.adapters import merge_adapter
+from lossgeom.engines.adapters import merge_adapter
 from lossgeom.modeling import load_model, load_tokenizer
 
 TEST_SET = {"source": "toy", "split": "test", "grader": "exact"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lossgeom.geometry.adapters import (
+from lossgeom.lora.adapters import (
     AdapterMismatchError,
     adapter_fingerprint,
     canonical_module_name,

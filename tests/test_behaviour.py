@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lossgeom.behaviour import accuracy, activations, cka, connectivity
-from lossgeom.geometry.adapters import load_adapter
+from lossgeom.lora.adapters import load_adapter
 from lossgeom.behaviour.interpolation import alpha_grid, barrier
-from lossgeom.generation.adapters import LoraPath
+from lossgeom.engines.adapters import LoraPath
 from lossgeom.modeling import load_model
 from lossgeom.data.problemsets import ProblemSetError
 
@@ -140,8 +140,8 @@ def test_answer_ce_scores_the_answer_in_the_format_the_prompt_asks_for(tiny_base
     "#### <answer>"; the config's model.answer_template overrides both."""
     from lossgeom.behaviour.evaluation import continuation_ce, cross_entropies
     from lossgeom.data.problemsets import load_problems
-    from lossgeom.generation.backends import open_engine
-    from lossgeom.generation.engine import GenerationSpec
+    from lossgeom.engines.backends import open_engine
+    from lossgeom.engines.engine import GenerationSpec
 
     problems = load_problems({**TEST_SET, "limit": 3}, toy_world)
     finals = [a.rsplit("#### ", 1)[1] for a in problems["answer"]]

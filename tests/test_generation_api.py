@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from lossgeom.data.rollouts import ROLLOUT_META, served_models
-from lossgeom.generation.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
-from lossgeom.generation.openai_api import (ApiTeacher, Journal, build_completion, finish_reason, fingerprint,
+from lossgeom.engines.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
+from lossgeom.engines.openai_api import (ApiTeacher, Journal, build_completion, finish_reason, fingerprint,
                                             response_meta)
 from lossgeom.generation.sampling import sample_rollouts
 

@@ -26,8 +26,8 @@ if os.environ.get("LOSSGEOM_REQUIRE_VLLM") != "1":
 
 from lossgeom.behaviour.evaluation import cross_entropies, greedy_pass_at_1  # noqa: E402
 from lossgeom.data.problemsets import load_problems  # noqa: E402
-from lossgeom.generation.engine import AdapterDir, GenerationError, PathPoint, Sampling  # noqa: E402
-from lossgeom.generation.hf import HFEngine  # noqa: E402
+from lossgeom.engines.engine import AdapterDir, GenerationError, PathPoint, Sampling  # noqa: E402
+from lossgeom.engines.hf import HFEngine  # noqa: E402
 from lossgeom.generation.sampling import sample_rollouts  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -84,7 +84,7 @@ def adapters(teacher, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(teacher):
-    from lossgeom.generation.vllm_engine import VLLMEngine
+    from lossgeom.engines.vllm_engine import VLLMEngine
 
     hf = HFEngine(str(teacher), batch_size=50)
     vl = VLLMEngine(str(teacher), dtype="float32", **VLLM)
@@ -180,7 +180,7 @@ def test_adapter_rank_above_the_engines_maximum_is_one_line(engines, teacher, tm
 
 
 def test_unsupported_head_dim_and_missing_model_are_one_line(tmp_path):
-    from lossgeom.generation.vllm_engine import VLLMEngine
+    from lossgeom.engines.vllm_engine import VLLMEngine
 
     with pytest.raises(GenerationError, match="does not exist"):
         VLLMEngine(str(tmp_path / "no_model"), **VLLM)

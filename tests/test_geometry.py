@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from lossgeom import geometry as G
-from lossgeom.geometry import lowrank as lr
-from lossgeom.geometry.adapters import AdapterMismatchError, load_adapter
+from lossgeom.lora import lowrank as lr
+from lossgeom.lora.adapters import AdapterMismatchError, load_adapter
 
 TOL = 1e-8
 SHAPES = {"q_proj": (12, 8), "k_proj": (6, 8), "v_proj": (6, 8), "o_proj": (8, 12)}  # (d_out, d_in)
@@ -294,7 +294,7 @@ def test_real_peft_adapters_end_to_end(tmp_path):
 
 
 def test_cache_of_hand_built_adapter(world):
-    from lossgeom.geometry.adapters import LoraAdapter
+    from lossgeom.lora.adapters import LoraAdapter
 
     ad = load_adapter(world[0])
     hand = LoraAdapter(path=ad.path, base_model_name_or_path=ad.base_model_name_or_path,

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from lossgeom import geometry as G
-from lossgeom.geometry.adapters import load_adapter
+from lossgeom.lora.adapters import load_adapter
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 N_CASES = 40

@@ -104,6 +104,35 @@ def test_ground_floor_does_not_import_stages():
         assert not stages, f"{m} imports stage modules {sorted(stages)}"
 
 
+SHARED_FLOOR = ("engines", "lora")  # what several stages share: generation engines, LoRA reading and maths
+
+
+def test_shared_floor_imports_only_downward():
+    """engines/ and lora/ sit above the ground floor and below every stage: they import neither a
+    stage nor the figures (lora/ not even engines/)."""
+    graph = module_graph()
+    above = set(STAGES) | {"figures", "cli"}
+    for m, deps in graph.items():
+        part = m.split(".")[1] if "." in m else ""
+        if part not in SHARED_FLOOR:
+            continue
+        up = sorted(d for d in deps if d.split(".")[1] in above or (part == "lora" and d.split(".")[1] == "engines"))
+        assert not up, f"{m} imports {up}"
+
+
+def test_stages_do_not_import_each_other():
+    """A stage imports the floors only; what two stages share lives on the shared floor. Only the CLI
+    (the top) imports stages."""
+    graph = module_graph()
+    stages = set(STAGES) | {"figures"}
+    for m, deps in graph.items():
+        part = m.split(".")[1] if "." in m else ""
+        if part not in stages:
+            continue
+        other = sorted(d for d in deps if d.split(".")[1] in stages and d.split(".")[1] != part)
+        assert not other, f"{m} imports other stages {other}"
+
+
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_modules_stay_small(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES

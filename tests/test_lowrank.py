@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg as sl
 
-from lossgeom.geometry import lowrank as lr
+from lossgeom.lora import lowrank as lr
 
 TOL = 1e-8
 

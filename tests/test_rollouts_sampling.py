@@ -7,7 +7,7 @@ import pandas as pd
 
 from lossgeom.data.problemsets import load_problems
 from lossgeom.data.rollouts import ROLLOUT_COLUMNS
-from lossgeom.generation.hf import HFEngine
+from lossgeom.engines.hf import HFEngine
 from lossgeom.generation.sampling import sample_rollouts
 from lossgeom.modeling import load_model, load_tokenizer
 

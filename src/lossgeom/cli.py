@@ -59,8 +59,8 @@ def cmd_rollouts(a):
     from .data.problemsets import load_problems, parse_golds
     from .data.rollouts import summarize
     from .fsutil import write_table
-    from .generation.backends import open_engine
-    from .generation.engine import GenerationSpec
+    from .engines.backends import open_engine
+    from .engines.engine import GenerationSpec
     from .generation.sampling import rollout_sampling, sample_rollouts
 
     problems = load_problems(a.problems, a.toy_dir)
@@ -74,7 +74,7 @@ def cmd_rollouts(a):
     kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
               grader=grader, template=a.template, seed=spec.get("seed", 0), golds=golds)
     if gen.backend == "openai":
-        from .generation.openai_api import ApiTeacher, Journal, fingerprint
+        from .engines.openai_api import ApiTeacher, Journal, fingerprint
 
         if a.journal is None:
             raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
@@ -147,7 +147,7 @@ def _adapter(text: str) -> Path | None:
 def cmd_evaluate(a):
     from .behaviour.accuracy import evaluate_model
 
-    from .generation.engine import GenerationSpec
+    from .engines.engine import GenerationSpec
 
     evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
                    batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
@@ -162,7 +162,7 @@ def cmd_eval_stats(a):
 
 def cmd_lmc(a):
     from .behaviour.connectivity import connectivity_sweep
-    from .generation.engine import GenerationSpec
+    from .engines.engine import GenerationSpec
 
     connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
                        accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,

@@ -17,8 +17,8 @@ import pandas as pd
 
 from ..data.problemsets import load_test_set
 from ..fsutil import atomic_path, write_table
-from ..generation.backends import open_engine
-from ..generation.engine import AdapterDir, GenerationSpec
+from ..engines.backends import open_engine
+from ..engines.engine import AdapterDir, GenerationSpec
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .stats import accuracy_table, cochran_summary, pairwise_tests
 

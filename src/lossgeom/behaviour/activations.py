@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from ..data.problemsets import load_problems
 from ..fsutil import atomic_path
-from ..generation.adapters import merge_adapter
+from ..engines.adapters import merge_adapter
 from ..modeling import load_model, load_tokenizer
 from .evaluation import gold_answer_text, reference_solution
 from ..data.prompting import answer_template, answer_text, prompt_completion, right_padded
@@ -114,7 +114,7 @@ def activation_model(base: str, adapter: Path | None, *, dtype: str = "float32",
     """The float32 model whose activations are compared: ``base`` loaded in ``dtype`` (the configured
     weights) and moved to the device, upcast there to float32 (exact for bf16/fp16 weights; with a GPU
     the host never holds a float32 copy), with ``adapter`` merged into the float32 weights when given
-    (read and checked against the base first, :func:`~lossgeom.generation.adapters.merge_adapter`).
+    (read and checked against the base first, :func:`~lossgeom.engines.adapters.merge_adapter`).
     The base (``adapter=None``) goes through the same path, so a difference between two models'
     activations is the delta's, not a dtype's. Why float32: the module docstring."""
     model = load_model(base, dtype, trust_remote_code).float()

@@ -13,8 +13,8 @@ import pandas as pd
 
 from ..data.problemsets import load_test_set
 from ..fsutil import write_table
-from ..generation.backends import open_engine
-from ..generation.engine import GenerationSpec, PathPoint
+from ..engines.backends import open_engine
+from ..engines.engine import GenerationSpec, PathPoint
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .interpolation import alpha_grid, barrier
 

@@ -1,5 +1,5 @@
 """What a model does on a problem set: greedy pass@1 per item, and per-item cross-entropies, through
-any generation engine (:mod:`lossgeom.generation`) with an optional adapter.
+any generation engine (:mod:`lossgeom.engines`) with an optional adapter.
 
 Shared by the evaluation jobs (base and every adapter), the connectivity sweeps (every point of a
 path) and nothing else, so an endpoint of a sweep is measured exactly like the adapter itself.
@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..data.grading import extract_hash_answer, get_grader
 from ..data.prompting import answer_template, answer_text, prompt_completion, prompt_ids
-from ..generation.engine import Adapter, Engine, Sampling
+from ..engines.engine import Adapter, Engine, Sampling
 
 
 def gold_answer_text(gold: str) -> str:

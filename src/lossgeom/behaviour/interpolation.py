@@ -1,6 +1,6 @@
 """Linear mode connectivity: the grid along the straight path between two adapters' deltas, and the
 barrier of a curve measured along it. (The path's points themselves are put on the model by the
-generation engines: :mod:`lossgeom.generation.adapters`.) ``a = 0`` is adapter 1, ``a = 1`` adapter 2.
+generation engines: :mod:`lossgeom.engines.adapters`.) ``a = 0`` is adapter 1, ``a = 1`` adapter 2.
 
 ``barrier`` summarises a curve: the largest excess of the curve over the straight line between its
 endpoints (for a loss; for an accuracy, the largest shortfall below it).

@@ -31,7 +31,7 @@ and the columns an API teacher fills (``ROLLOUT_META``, null for local engines a
     system_fingerprint str? the endpoint's backend configuration id, where it reports one
     prompt_tokens, completion_tokens, reasoning_tokens  int?  the endpoint's token usage of the request
 
-Rollouts are sampled from the teacher (or the base) by :mod:`lossgeom.generation`, or imported from a JSONL/parquet file with at
+Rollouts are sampled from the teacher (or the base) by :mod:`lossgeom.generation` (through :mod:`lossgeom.engines`), or imported from a JSONL/parquet file with at
 least prompt_id, prompt, completion and reward; a bad row stops the import with its line number.
 """
 

@@ -2,5 +2,5 @@
 
 Reads a sampler model (the teacher, or the base) and a problem source; writes
 ``results/rollouts/rollouts.parquet`` in the table format of :mod:`lossgeom.data.rollouts`.
-:mod:`.sampling` samples with Hugging Face ``generate``.
+:mod:`.sampling` samples through any engine of :mod:`lossgeom.engines` (hf, vllm, or an API teacher).
 """

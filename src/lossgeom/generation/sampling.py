@@ -14,7 +14,7 @@ import pandas as pd
 from ..data.grading import get_grader
 from ..data.prompting import prompt_ids, prompt_text
 from ..data.rollouts import ROLLOUT_COLUMNS, ROLLOUT_META
-from .engine import Completion, Engine, Sampling
+from ..engines.engine import Completion, Engine, Sampling
 
 
 def sample_completions(sampler, problems: pd.DataFrame, sampling: Sampling, *, template: str,

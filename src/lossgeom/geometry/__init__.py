@@ -4,12 +4,12 @@ Reads PEFT adapter directories (``results/adapters/{method}/seed{seed}[data{d}]`
 :class:`lossgeom.labels.Label` says) and, optionally, the base model's weights; writes
 ``results/geometry/`` (``cosine_global.tsv``, one square matrix per metric, ``per_layer.tsv``,
 ``long.tsv``, ``noise_floor.tsv``, ...). Never forms a dense delta: everything comes from the
-factors (:mod:`.lowrank`), read by :mod:`.adapters`, summarised per adapter in :mod:`.factors`,
+factors (:mod:`lossgeom.lora.lowrank`), read by :mod:`lossgeom.lora.adapters`, summarised per adapter in :mod:`.factors`,
 compared in :mod:`.pairwise`, set against random levels in :mod:`.reference`, tabulated in
 :mod:`.tables`, and written by :mod:`.compare` (the CLI's ``lossgeom geometry``).
 """
 
-from .adapters import AdapterMismatchError, LoraAdapter, load_adapter
+from ..lora.adapters import AdapterMismatchError, LoraAdapter, load_adapter
 from .alignment import base_alignment
 from .compare import compare_adapter_dirs, write_geometry
 from .factors import FactorCache, FactorCacheError, build_factor_cache, factor_cache_for_dir, load_factor_cache, save_factor_cache

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .adapters import AdapterMismatchError, canonical_module_name
+from ..lora.adapters import AdapterMismatchError, canonical_module_name
 from .factors import FactorCache
 
 

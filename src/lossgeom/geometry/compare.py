@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..fsutil import atomic_path, write_table
-from .adapters import check_compatible, load_adapter
+from ..lora.adapters import check_compatible, load_adapter
 from .alignment import base_alignment
 from .factors import FactorCache, build_factor_cache, factor_cache_for_dir
 from .pairwise import SMALL_ANGLE_SWITCH_RAD, PairGeometry, pairwise_geometry

@@ -10,7 +10,7 @@ Numerics (all float64). Per-module SVDs use CholeskyQR, batched over modules of 
 of ``B = Q R`` is the Cholesky factor of ``B^T B``, and ``U_k = B R^{-1} W_k`` costs one
 ``(d, r) x (r, k)`` product. Modules where this could lose accuracy (a failed Cholesky, ``cond(B)``
 or ``cond(A)`` above ``CHOLQR_MAX_COND``, or ``s ||B|| ||A|| / sigma_k`` above
-``CHOLQR_MAX_KAPPA``) take Householder QR instead (:func:`lossgeom.geometry.lowrank.thin_svd`).
+``CHOLQR_MAX_KAPPA``) take Householder QR instead (:func:`lossgeom.lora.lowrank.thin_svd`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..fsutil import atomic_path
-from . import lowrank
-from .adapters import LoraAdapter, ShapeGroup, adapter_fingerprint, load_adapter
+from ..lora import lowrank
+from ..lora.adapters import LoraAdapter, ShapeGroup, adapter_fingerprint, load_adapter
 
 CACHE_FORMAT = "lossgeom.factor_cache"
 CACHE_VERSION = 1
@@ -114,7 +114,7 @@ class FactorCache:
 
     Attributes:
         source: the adapter directory it was built from. label: e.g. ``"sft/seed42"`` (optional).
-        fingerprint: :func:`lossgeom.geometry.adapters.adapter_fingerprint` of the adapter (``None`` if not
+        fingerprint: :func:`lossgeom.lora.adapters.adapter_fingerprint` of the adapter (``None`` if not
             computed). base_model_name_or_path, target_modules: from the adapter config.
         top_k: number of singular vectors stored per module (``U``, ``V`` have ``min(top_k, r)``).
         groups: ``(d_out, d_in, r)`` -> :class:`FactorGroup`. modules: name -> :class:`ModuleFactors`
@@ -267,7 +267,7 @@ def build_factor_cache(
     """Per-module thin SVD summaries of one adapter (batched over modules of equal shape).
 
     Args:
-        adapter: from :func:`lossgeom.geometry.adapters.load_adapter`.
+        adapter: from :func:`lossgeom.lora.adapters.load_adapter`.
         top_k: singular vectors to keep per module (clamped to the rank); the pairwise suite can
             use any ``k <= top_k``.
         label: optional label such as ``"sft/seed42"``. fingerprint: optional content hash.

@@ -12,7 +12,7 @@ Metrics (``a``, ``b`` adapters; ``dW = s B A`` per module; all maths in float64)
   (cosines) of the ``k x k`` products ``U_a^T U_b``, whose angle error is about
   ``eps / sin(theta)``; where a top-1 angle is below ``SMALL_ANGLE_SWITCH_RAD`` the module's angles
   are recomputed with the sine formula on the explicit vectors
-  (:func:`lossgeom.geometry.lowrank.principal_angles`, the algorithm of
+  (:func:`lossgeom.lora.lowrank.principal_angles`, the algorithm of
   ``scipy.linalg.subspace_angles``), so near-zero angles keep full relative accuracy.
 * ``agreement``: ``|<u1_a, u1_b>|`` (left) and ``|<v1_a, v1_b>|`` (right) per module.
 
@@ -32,8 +32,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
-from . import lowrank
-from .adapters import check_compatible
+from ..lora import lowrank
+from ..lora.adapters import check_compatible
 from .factors import FactorCache
 
 SMALL_ANGLE_SWITCH_RAD = 1e-3  # below: recompute angles with the sine formula on explicit vectors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lowrank
+from ..lora import lowrank
 from .pairwise import PairGeometry
 from .reductions import nanmedian0
 
@@ -29,12 +29,12 @@ def random_reference(geo: PairGeometry) -> dict[str, np.ndarray]:
     """Per pair (``(P,)`` arrays), the value each headline metric takes for unrelated adapters.
 
     * ``cosine_global``: exact ``E|cos|`` of uniform random directions in ``R^D``,
-      ``D = sum_modules d_out d_in`` (:func:`lossgeom.geometry.lowrank.expected_abs_cosine_random`).
+      ``D = sum_modules d_out d_in`` (:func:`lossgeom.lora.lowrank.expected_abs_cosine_random`).
     * ``orthogonal_fraction_global``: exact ``E sqrt(1 - cos^2)`` in ``R^D``.
     * ``top1_angle_{side}_median`` / ``worst_angle_{side}_median``: the median over modules of the
       expected smallest / largest principal angle (degrees) between random ``k``-dim subspaces of
       ``R^d`` (``d = d_out`` left, ``d_in`` right; ``k`` the pair's ``k`` at that module), by the
-      seeded Monte Carlo of :func:`lossgeom.geometry.lowrank.random_principal_angles` (standard error
+      seeded Monte Carlo of :func:`lossgeom.lora.lowrank.random_principal_angles` (standard error
       below 0.05 degrees).
     * ``u1_agreement`` / ``v1_agreement``: mean over modules of the exact ``E|<u, u'>|`` in ``R^d``.
     * IQRs and ``norm_ratio`` have no reference (``nan``).

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..labels import Label
-from . import lowrank
+from ..lora import lowrank
 from .factors import FactorCache
 from .pairwise import PairGeometry
 from .reductions import nanmean0, naniqr0, nanmedian0

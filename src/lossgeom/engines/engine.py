@@ -1,6 +1,6 @@
 """The generation interface every stage that turns prompts into text goes through.
 
-One interface, several engines (:func:`lossgeom.generation.backends.open_engine`):
+One interface, several engines (:func:`lossgeom.engines.backends.open_engine`):
 
 - ``hf``: Hugging Face ``generate`` and forward passes (:mod:`.hf`). The default: the toy and
   CPU-only machines. Adapters are merged into the weights, as the paper evaluates them.
@@ -39,7 +39,7 @@ VLLM_DEFAULTS = {
     "enforce_eager": False,
     "cpu_kvcache_gib": 4,
 }
-# API-teacher options (generation.openai), with their defaults: see lossgeom.generation.openai_api.
+# API-teacher options (generation.openai), with their defaults: see lossgeom.engines.openai_api.
 OPENAI_DEFAULTS = {
     "base_url": None,
     "model": None,

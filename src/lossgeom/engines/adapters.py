@@ -2,7 +2,7 @@
 between two adapters' deltas.
 
 The point ``a`` of the path from adapter 1 to adapter 2 is ``(1 - a) dW1 + a dW2`` per module, itself a
-LoRA of rank r1 + r2 (:func:`lossgeom.geometry.lowrank.interpolate`): ``B = [(1-a) s1 B1 | a s2 B2]``,
+LoRA of rank r1 + r2 (:func:`lossgeom.lora.lowrank.interpolate`): ``B = [(1-a) s1 B1 | a s2 B2]``,
 ``A = [A1; A2]``, scale 1. Deltas are interpolated, never factors (factor interpolation depends on the
 gauge B -> BG, A -> G^-1 A). Two ways to put it on a model, exact to rounding and both rank
 ``R = max_m(r1 + r2)`` with ``lora_alpha = R`` (scale 1), modules of smaller rank zero-padded (which
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..fsutil import atomic_dir
-from ..geometry.adapters import (AdapterMismatchError, LoraAdapter, UnsupportedAdapterError, canonical_module_name,
+from ..lora.adapters import (AdapterMismatchError, LoraAdapter, UnsupportedAdapterError, canonical_module_name,
                                  check_compatible, load_adapter)
-from ..geometry.lowrank import interpolate
+from ..lora.lowrank import interpolate
 
 
 def path_rank(first: LoraAdapter, second: LoraAdapter) -> int:
@@ -99,8 +99,8 @@ class LoraPath:
 
 
 def check_adapter_fits(adapter: LoraAdapter, model, base: str) -> None:
-    """Raise one :class:`~lossgeom.geometry.adapters.AdapterMismatchError` line when a loaded adapter
-    (:class:`~lossgeom.geometry.adapters.LoraAdapter`) adapts a module ``model`` lacks or one of
+    """Raise one :class:`~lossgeom.lora.adapters.AdapterMismatchError` line when a loaded adapter
+    (:class:`~lossgeom.lora.adapters.LoraAdapter`) adapts a module ``model`` lacks or one of
     another shape (an adapter of another base model), before PEFT fails with a size-mismatch traceback."""
     linear = {canonical_module_name(n): tuple(m.weight.shape) for n, m in model.named_modules()
               if isinstance(m, torch.nn.Linear)}
@@ -115,7 +115,7 @@ def check_adapter_fits(adapter: LoraAdapter, model, base: str) -> None:
 
 def merge_adapter(model, adapter: Path, base: str):
     """``model`` with the PEFT adapter directory ``adapter`` merged into its weights. A LoRA adapter is
-    read and checked first (:func:`~lossgeom.geometry.adapters.load_adapter`, :func:`check_adapter_fits`),
+    read and checked first (:func:`~lossgeom.lora.adapters.load_adapter`, :func:`check_adapter_fits`),
     so a truncated file, a missing factor or an adapter of another base model stops with one line naming
     it; variants the geometry cannot read (DoRA, ...) are left to PEFT, which merges them."""
     from peft import PeftModel

@@ -95,7 +95,7 @@ class VLLMEngine(Engine):
         if isinstance(adapter, PathPoint):
             key = (str(adapter.first), str(adapter.second), float(adapter.alpha))
             if key not in self._points:
-                from ..geometry.adapters import load_adapter
+                from ..lora.adapters import load_adapter
                 from .adapters import save_path_point
 
                 pair = (str(adapter.first), str(adapter.second))
@@ -115,7 +115,7 @@ class VLLMEngine(Engine):
         if not cfg_path.is_file():
             raise GenerationError(f"adapter {path}: no adapter_config.json (not a PEFT adapter directory)")
         if isinstance(adapter, AdapterDir) and str(path.resolve()) not in self._lora_ids:
-            from ..geometry.adapters import UnsupportedAdapterError, load_adapter
+            from ..lora.adapters import UnsupportedAdapterError, load_adapter
 
             try:
                 load_adapter(path)  # a truncated file, bad JSON, a missing B: one line naming it, not a dead engine

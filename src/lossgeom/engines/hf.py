@@ -40,7 +40,7 @@ class HFEngine(Engine):
         """The torch model for ``adapter`` (see the module docstring); loads only on a change."""
         if isinstance(adapter, PathPoint):
             if self._path is None or self._path[:2] != (adapter.first, adapter.second):
-                from ..geometry.adapters import load_adapter
+                from ..lora.adapters import load_adapter
                 from .adapters import LoraPath, check_adapter_fits
 
                 self._held = (None, None)
