@@ -41,8 +41,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.yaml"
         path.write_text(yaml.safe_dump(grid_config(), sort_keys=False))
-        cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", tmp,
-               "--configfile", str(path), "--quiet", "rules", "--workflow-profile", "none", "--cores", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(path),
+            "--quiet",
+            "rules",
+            "--workflow-profile",
+            "none",
+            "--cores",
+            "1",
+        ]
         start = time.perf_counter()
         run = subprocess.run(cmd, capture_output=True, text=True)
         elapsed = time.perf_counter() - start

@@ -17,8 +17,8 @@ engine's ``batch_size``); vLLM schedules all prompts at once (``max_num_seqs``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import gc
+import importlib.util
 import json
 import os
 import sys
@@ -28,13 +28,31 @@ from pathlib import Path
 
 SHAPES = {
     # Qwen3-4B-Instruct-2507's config.json (architecture only)
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=32768,
-                     rope_theta=5_000_000.0, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=5_000_000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    ),
     # the toy world's model family at the size vLLM's CPU attention supports (head_dim 32)
-    "toy": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=32, vocab_size=400, max_position_embeddings=1024,
-                tie_word_embeddings=True),
+    "toy": dict(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        vocab_size=400,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -69,15 +87,23 @@ def bench_hf(model_dir, prompts, new_tokens, batch, dtype, reps):
         for i in range(0, len(prompts), batch):
             ids = torch.tensor(prompts[i : i + batch], device=dev)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
-                                     eos_token_id=None)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )
             n += (out.shape[1] - ids.shape[1]) * ids.shape[0]
         return n
 
     run_small = prompts[: min(batch, len(prompts))]
     with torch.no_grad():  # warm-up
-        model.generate(input_ids=torch.tensor(run_small[:2], device=dev), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        model.generate(
+            input_ids=torch.tensor(run_small[:2], device=dev), max_new_tokens=4, do_sample=False, pad_token_id=0
+        )
     best = 0.0
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -99,8 +125,14 @@ def bench_vllm(model_dir, prompts, new_tokens, dtype, reps, max_model_len):
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     t0 = time.perf_counter()
-    llm = LLM(model=str(model_dir), skip_tokenizer_init=True, dtype=dtype, max_model_len=max_model_len, seed=0,
-              max_num_seqs=max(1, min(256, len(prompts))))
+    llm = LLM(
+        model=str(model_dir),
+        skip_tokenizer_init=True,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        seed=0,
+        max_num_seqs=max(1, min(256, len(prompts))),
+    )
     start = time.perf_counter() - t0
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True, detokenize=False)
     inputs = [{"prompt_token_ids": p} for p in prompts]
@@ -138,11 +170,22 @@ def main():
             print("vllm: not installed, skipped (its columns are NaN)")
             v_start = v_tps = float("nan")
         else:
-            v_start, v_tps = bench_vllm(model_dir, prompts, a.new_tokens, a.dtype, a.reps, a.prompt_len + a.new_tokens + 8)
-    res = {"model": str(a.model or a.shape), "dtype": a.dtype, "prompts": a.prompts, "prompt_len": a.prompt_len,
-           "new_tokens": a.new_tokens, "hf_batch": a.hf_batch, "hf_start_s": round(hf_start, 1),
-           "hf_tokens_per_s": round(hf_tps, 1), "vllm_start_s": round(v_start, 1), "vllm_tokens_per_s": round(v_tps, 1),
-           "ratio_vllm_over_hf": round(v_tps / hf_tps, 2)}
+            v_start, v_tps = bench_vllm(
+                model_dir, prompts, a.new_tokens, a.dtype, a.reps, a.prompt_len + a.new_tokens + 8
+            )
+    res = {
+        "model": str(a.model or a.shape),
+        "dtype": a.dtype,
+        "prompts": a.prompts,
+        "prompt_len": a.prompt_len,
+        "new_tokens": a.new_tokens,
+        "hf_batch": a.hf_batch,
+        "hf_start_s": round(hf_start, 1),
+        "hf_tokens_per_s": round(hf_tps, 1),
+        "vllm_start_s": round(v_start, 1),
+        "vllm_tokens_per_s": round(v_tps, 1),
+        "ratio_vllm_over_hf": round(v_tps / hf_tps, 2),
+    }
     print(f"model {res['model']} ({a.dtype}), {a.prompts} prompts x {a.prompt_len} tokens -> {a.new_tokens} new tokens")
     print(f"  hf   : start {hf_start:6.1f} s  {hf_tps:10.1f} tokens/s  (batch {a.hf_batch})")
     print(f"  vllm : start {v_start:6.1f} s  {v_tps:10.1f} tokens/s")

@@ -43,8 +43,11 @@ from pathlib import Path
 
 if __name__ == "__main__":  # thread settings must precede the first numpy import
     for i, a in enumerate(sys.argv):
-        v = a.split("=", 1)[1] if a.startswith("--blas-threads=") else (
-            sys.argv[i + 1] if a == "--blas-threads" and i + 1 < len(sys.argv) else None)
+        v = (
+            a.split("=", 1)[1]
+            if a.startswith("--blas-threads=")
+            else (sys.argv[i + 1] if a == "--blas-threads" and i + 1 < len(sys.argv) else None)
+        )
         if v:
             for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 os.environ[var] = v
@@ -80,10 +83,23 @@ def write_adapters(root: Path, n: int, layers: int, r: int, seed: int = 0) -> li
         d = root / method / f"seed{s}"
         d.mkdir(parents=True)
         save_file(tensors, str(d / "adapter_model.safetensors"))
-        (d / "adapter_config.json").write_text(json.dumps({
-            "peft_type": "LORA", "base_model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507", "r": r,
-            "lora_alpha": 2 * r, "lora_dropout": 0.0, "target_modules": sorted(SHAPES), "use_rslora": False,
-            "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "task_type": "CAUSAL_LM"}))
+        (d / "adapter_config.json").write_text(
+            json.dumps(
+                {
+                    "peft_type": "LORA",
+                    "base_model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507",
+                    "r": r,
+                    "lora_alpha": 2 * r,
+                    "lora_dropout": 0.0,
+                    "target_modules": sorted(SHAPES),
+                    "use_rslora": False,
+                    "rank_pattern": {},
+                    "alpha_pattern": {},
+                    "bias": "none",
+                    "task_type": "CAUSAL_LM",
+                }
+            )
+        )
         dirs.append(d)
     return dirs
 
@@ -172,31 +188,39 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the adapters (default: a temp dir)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--blas-threads", default=None, help="BLAS threads (set before numpy is imported)")
-    ap.add_argument("--no-hugepage", action="store_true",
-                    help="NUMPY_MADVISE_HUGEPAGE=0: on hosts whose THP defrag is 'madvise', numpy's huge-page "
-                         "advice makes first touches of fresh memory several times slower")
+    ap.add_argument(
+        "--no-hugepage",
+        action="store_true",
+        help="NUMPY_MADVISE_HUGEPAGE=0: on hosts whose THP defrag is 'madvise', numpy's huge-page "
+        "advice makes first touches of fresh memory several times slower",
+    )
     args = ap.parse_args()
 
-    from lossgeom.lora.adapters import load_adapter
     from lossgeom.geometry import build_factor_cache, compare_adapter_dirs, label_for_dir, write_geometry
+    from lossgeom.lora.adapters import load_adapter
 
-    print(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-          f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset')}, "
-          f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
+    print(
+        f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"NUMPY_MADVISE_HUGEPAGE={os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset')}, "
+        f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}"
+    )
     root = Path(tempfile.mkdtemp(prefix="bench_geometry_", dir=args.workdir))
     try:
         t = time.perf_counter()
         dirs = write_adapters(root / "adapters", args.adapters, args.layers, args.rank)
         size = sum((d / "adapter_model.safetensors").stat().st_size for d in dirs)
-        print(f"wrote {len(dirs)} adapters ({args.layers} layers, rank {args.rank}, {size / 2**20:.0f} MiB of "
-              f"safetensors) in {time.perf_counter() - t:.1f} s")
+        print(
+            f"wrote {len(dirs)} adapters ({args.layers} layers, rank {args.rank}, {size / 2**20:.0f} MiB of "
+            f"safetensors) in {time.perf_counter() - t:.1f} s"
+        )
         labels = [label_for_dir(d) for d in dirs]
 
         t_plain, all_plain = best_of(lambda: plain_load(dirs), args.repeat)
         t_load64, all_load64 = best_of(lambda: [load_adapter(d) for d in dirs], args.repeat)
         out = root / "geometry"
         t_suite, all_suite = best_of(
-            lambda: compare_adapter_dirs(dirs, out, top_k=args.top_k, labels=labels, progress=False), args.repeat)
+            lambda: compare_adapter_dirs(dirs, out, top_k=args.top_k, labels=labels, progress=False), args.repeat
+        )
 
         # the same suite, stage by stage
         t0 = time.perf_counter()
@@ -216,25 +240,37 @@ def main() -> None:
         print(f"plain loading, 12 files -> float32 in memory : {t_plain:8.2f} s   (runs: {_fmt(all_plain)})")
         print(f"lossgeom load_adapter (validate + float64)   : {t_load64:8.2f} s   (runs: {_fmt(all_load64)})")
         print(f"full suite compare_adapter_dirs              : {t_suite:8.2f} s   (runs: {_fmt(all_suite)})")
-        print(f"  stages: load {t1 - t0:.2f} s | factor caches {t2 - t1:.2f} s | all pairs {t3 - t2:.2f} s | "
-              f"pairs + writing tables {t4 - t3:.2f} s")
-        print(f"  {len(geo.labels)} adapters, {len(geo.pairs)} pairs, {len(geo.module_names)} modules, "
-              f"sine-formula recomputations: {geo.n_sine_recomputed}")
+        print(
+            f"  stages: load {t1 - t0:.2f} s | factor caches {t2 - t1:.2f} s | all pairs {t3 - t2:.2f} s | "
+            f"pairs + writing tables {t4 - t3:.2f} s"
+        )
+        print(
+            f"  {len(geo.labels)} adapters, {len(geo.pairs)} pairs, {len(geo.module_names)} modules, "
+            f"sine-formula recomputations: {geo.n_sine_recomputed}"
+        )
 
         floor = gram_floor(args.layers, args.adapters, args.rank)
-        print(f"  BLAS floor: the all-pairs Grams are {floor['gflop']:.0f} GFLOP of float64 syrk; at the syrk rate "
-              f"measured here ({floor['gflops']:.0f} GFLOP/s) that alone takes {floor['seconds']:.2f} s")
+        print(
+            f"  BLAS floor: the all-pairs Grams are {floor['gflop']:.0f} GFLOP of float64 syrk; at the syrk rate "
+            f"measured here ({floor['gflops']:.0f} GFLOP/s) that alone takes {floor['seconds']:.2f} s"
+        )
 
         ratios = {"suite / plain loading": t_suite / t_plain, "suite / load_adapter": t_suite / t_load64}
         if not args.no_dense:
             dense = dense_baseline(dirs[0], args.layers, args.adapters)
             print("\n== dense baseline (timed on one module per shape, scaled; see docstring) ==")
-            print("per-module dense form+SVD: " + ", ".join(f"{k[4:-2]} {v:.2f} s" for k, v in dense.items()
-                                                             if k.startswith("svd_") and k != "svd_total_s"))
+            print(
+                "per-module dense form+SVD: "
+                + ", ".join(
+                    f"{k[4:-2]} {v:.2f} s" for k, v in dense.items() if k.startswith("svd_") and k != "svd_total_s"
+                )
+            )
             print(f"dense SVDs, {args.adapters} adapters x {args.layers * 4} modules: {dense['svd_total_s']:10.0f} s")
             print(f"dense inner products + angles, all pairs      : {dense['pairs_total_s']:10.0f} s")
-            print(f"dense total (estimate)                        : {dense['total_s']:10.0f} s "
-                  f"({dense['total_s'] / 3600:.1f} h)")
+            print(
+                f"dense total (estimate)                        : {dense['total_s']:10.0f} s "
+                f"({dense['total_s'] / 3600:.1f} h)"
+            )
             ratios["dense / suite"] = dense["total_s"] / t_suite
         print("\n== ratios ==")
         for k, v in ratios.items():

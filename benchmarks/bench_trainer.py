@@ -23,10 +23,24 @@ from transformers import Qwen3Config, Qwen3ForCausalLM, TrainerCallback
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = {
     # Qwen3-4B: 36 layers, hidden 2560, 32 query / 8 kv heads of 128, MLP 9728, vocab 151936.
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, vocab_size=151936),
-    "toy": dict(hidden_size=96, intermediate_size=288, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=24, vocab_size=400),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+    ),
+    "toy": dict(
+        hidden_size=96,
+        intermediate_size=288,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        vocab_size=400,
+    ),
 }
 
 
@@ -52,8 +66,14 @@ def make_rows(n, prompt_len, completion_len, vocab, seed=0):
     rows = []
     for i in range(n):
         ids = torch.randint(10, vocab, (prompt_len + completion_len,), generator=g).tolist()
-        rows.append({"input_ids": ids, "completion_mask": [0] * prompt_len + [1] * completion_len,
-                     "row_weight": 1.0 if i % 2 else -0.15, "row_reward": float(i % 2)})
+        rows.append(
+            {
+                "input_ids": ids,
+                "completion_mask": [0] * prompt_len + [1] * completion_len,
+                "row_weight": 1.0 if i % 2 else -0.15,
+                "row_reward": float(i % 2),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -77,31 +97,59 @@ def run(loss, base_state, cfg, rows, a, out_dir):
         model = Qwen3ForCausalLM(cfg).to(dtype)
     model.load_state_dict(base_state)
     name = "sft" if loss == "trl-sft" else loss
-    spec = MethodSpec.from_dict({
-        "method": name, "loss": name, "steps": a.steps, "save_steps": [a.steps], "analysis_step": a.steps,
-        "batch_size": a.batch_size, "learning_rate": 1e-5, **LOSS_DEFAULTS[name],
-        "lora": {"r": a.rank, "alpha": 2 * a.rank, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
+    spec = MethodSpec.from_dict(
+        {
+            "method": name,
+            "loss": name,
+            "steps": a.steps,
+            "save_steps": [a.steps],
+            "analysis_step": a.steps,
+            "batch_size": a.batch_size,
+            "learning_rate": 1e-5,
+            **LOSS_DEFAULTS[name],
+            "lora": {"r": a.rank, "alpha": 2 * a.rank, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        }
+    )
     model = lora_model(model, spec, seed=42)
     if torch.cuda.is_available():
         model = model.cuda()
     timer = StepTimer()
-    args = SFTConfig(output_dir=str(out_dir), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                     learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=10_000, seed=42,
-                     data_seed=42, bf16=a.bf16, use_cpu=not torch.cuda.is_available(), completion_only_loss=True,
-                     remove_unused_columns=False, disable_tqdm=True, max_length=None,
-                     gradient_checkpointing=a.gradient_checkpointing)
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch_size,
+        learning_rate=1e-5,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        seed=42,
+        data_seed=42,
+        bf16=a.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        completion_only_loss=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        max_length=None,
+        gradient_checkpointing=a.gradient_checkpointing,
+    )
     data = Dataset.from_pandas(rows)
     if loss == "trl-sft":
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data.remove_columns(["row_weight", "row_reward"]),
-                             processing_class=TOKENIZER, callbacks=[timer])
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.remove_columns(["row_weight", "row_reward"]),
+            processing_class=TOKENIZER,
+            callbacks=[timer],
+        )
     else:
-        trainer = OfflineLossTrainer(model=model, args=args, train_dataset=data, processing_class=TOKENIZER,
-                                     callbacks=[timer], loss_spec=spec)
+        trainer = OfflineLossTrainer(
+            model=model, args=args, train_dataset=data, processing_class=TOKENIZER, callbacks=[timer], loss_spec=spec
+        )
     trainer.train()
     del trainer, model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return timer.times[a.warmup:]
+    return timer.times[a.warmup :]
 
 
 def main():
@@ -135,8 +183,10 @@ def main():
             for loss in losses:
                 times[loss] += run(loss, base_state, cfg, rows, a, Path(tmp) / f"{loss}{r}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"shape={a.shape} layers={shape['num_hidden_layers']} device={device} bf16={a.bf16} "
-          f"batch={a.batch_size} tokens/row={a.prompt_len + a.completion_len} rank={a.rank}")
+    print(
+        f"shape={a.shape} layers={shape['num_hidden_layers']} device={device} bf16={a.bf16} "
+        f"batch={a.batch_size} tokens/row={a.prompt_len + a.completion_len} rank={a.rank}"
+    )
     ref = statistics.median(times["trl-sft"])
     print(f"{'loss':<14}{'median step (s)':>18}{'ratio to TRL SFT':>20}")
     for loss in losses:

@@ -27,13 +27,38 @@ import os
 import sys
 from pathlib import Path
 
-WORLD = {"seed": 11, "n_train": 1500, "n_test": 60, "tokenizer_vocab": 400, "max_operand": 9, "max_start": 15,
-         "models": {}}
+WORLD = {
+    "seed": 11,
+    "n_train": 1500,
+    "n_test": 60,
+    "tokenizer_vocab": 400,
+    "max_operand": 9,
+    "max_start": 15,
+    "models": {},
+}
 MODELS = {
-    "base": {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-             "steps": 120, "batch_size": 32, "learning_rate": 3e-3, "max_position_embeddings": 512},
-    "teacher": {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-                "steps": 300, "batch_size": 32, "learning_rate": 3e-3, "max_position_embeddings": 512},
+    "base": {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "steps": 120,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "max_position_embeddings": 512,
+    },
+    "teacher": {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "steps": 300,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "max_position_embeddings": 512,
+    },
 }
 SERVED_NAME = "rehearsal-teacher"
 KEY_ENV = "LOSSGEOM_REHEARSAL_KEY"
@@ -61,7 +86,8 @@ def prepare(out: Path, threads: int = 2) -> None:
         for p in prompts:
             f.write(json.dumps({"problem": p.question, "answer": str(p.answer), "solution": p.solution}) + "\n")
     pd.DataFrame({"question": [p.question for p in test[:30]], "answer": [p.solution for p in test[:30]]}).to_parquet(
-        data / "gsm8k_test.parquet")
+        data / "gsm8k_test.parquet"
+    )
     with open(data / "aime.jsonl", "w") as f:
         for p in test[30:60]:
             f.write(json.dumps({"problem": p.question, "answer": str(p.answer)}) + "\n")
@@ -71,9 +97,24 @@ def prepare(out: Path, threads: int = 2) -> None:
 def serve_command(out: Path, port: int) -> list[str]:
     """The server's command line; it reads the key it requires from $VLLM_API_KEY (not argv, which
     other users of the host can read)."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(out / "models" / "teacher"),
-            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-            "--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(out / "models" / "teacher"),
+        "--served-model-name",
+        SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--enforce-eager",
+    ]
 
 
 def main() -> None:

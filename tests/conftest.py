@@ -63,8 +63,17 @@ def tiny_rollouts(toy_world, tmp_path_factory) -> Path:
             answer = p.answer if correct else p.answer + k + 1
             completion = p.solution.rsplit("####", 1)[0] + f"#### {answer}"
             rows.append(
-                {"prompt_id": p.id, "prompt": p.question, "completion": completion, "gold": str(p.answer),
-                 "answer": str(answer), "reward": float(correct), "sample_index": k, "logprobs": [], "source": "test"}
+                {
+                    "prompt_id": p.id,
+                    "prompt": p.question,
+                    "completion": completion,
+                    "gold": str(p.answer),
+                    "answer": str(answer),
+                    "reward": float(correct),
+                    "sample_index": k,
+                    "logprobs": [],
+                    "source": "test",
+                }
             )
     out = tmp_path_factory.mktemp("rollouts") / "rollouts.parquet"
     pd.DataFrame(rows).to_parquet(out)
@@ -84,8 +93,15 @@ def method_spec(loss: str, method: str = "m", **overrides):
         "test_sets": {"t": {"source": "x"}},
         "rollouts": {"k": 4, "temperature": 1.0, "max_new_tokens": 8},
         "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "r": 4, "alpha": 8},
-        "training": {"steps": 6, "save_steps": [3, 6], "analysis_step": 3, "batch_size": 4, "learning_rate": 1e-2,
-                     "checkpoint_every": 2, "max_length": 128},
+        "training": {
+            "steps": 6,
+            "save_steps": [3, 6],
+            "analysis_step": 3,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "checkpoint_every": 2,
+            "max_length": 128,
+        },
         "methods": {method: {"loss": loss, **overrides}},
     }
     cfg.validate(config, SCHEMA)
@@ -125,7 +141,9 @@ def two_adapters(tiny_base, tiny_rollouts, tmp_path_factory):
     return out
 
 
-def random_adapter(model_dir_or_model, out: Path, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r: int = 4, seed: int = 0) -> Path:
+def random_adapter(
+    model_dir_or_model, out: Path, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r: int = 4, seed: int = 0
+) -> Path:
     """A PEFT LoRA with random (non-zero) A and B on a tiny model, saved like a trained one."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -135,6 +153,8 @@ def random_adapter(model_dir_or_model, out: Path, targets=("q_proj", "k_proj", "
     if isinstance(model, (str, Path)):
         model = AutoModelForCausalLM.from_pretrained(str(model))
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    )
     peft_model.save_pretrained(str(out))
     return out

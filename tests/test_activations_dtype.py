@@ -54,7 +54,9 @@ def small_adapter(base_dir, out, rel: float, r: int = 8, seed: int = 1):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(TARGETS), lora_dropout=0.0))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(TARGETS), lora_dropout=0.0)
+    )
     g = torch.Generator().manual_seed(seed)
     deltas = {}
     with torch.no_grad():
@@ -74,8 +76,9 @@ def small_adapter(base_dir, out, rel: float, r: int = 8, seed: int = 1):
 def pooled(model, base_dir, toy_world) -> np.ndarray:
     """The job's pooled hidden states (float64 copy of its float32 output), (LAYERS, N_PROBE, HIDDEN)."""
     problems = load_problems({**TEST_SET, "limit": N_PROBE}, toy_world)
-    acts = activations.hidden_states(model, load_tokenizer(str(base_dir)), problems, template="{question}",
-                                     pooling="completion_mean", batch_size=4)
+    acts = activations.hidden_states(
+        model, load_tokenizer(str(base_dir)), problems, template="{question}", pooling="completion_mean", batch_size=4
+    )
     return acts.astype(np.float64)
 
 
@@ -130,7 +133,9 @@ def test_float32_path_keeps_the_change_of_a_small_delta(setting, rel):
     adapter, reference = setting["cases"][rel]
     tuned_model = activations.activation_model(str(base), adapter, dtype="bfloat16")
     assert {p.dtype for p in tuned_model.parameters()} == {torch.float32}
-    change = pooled(tuned_model, base, world) - pooled(activations.activation_model(str(base), None, dtype="bfloat16"), base, world)
+    change = pooled(tuned_model, base, world) - pooled(
+        activations.activation_model(str(base), None, dtype="bfloat16"), base, world
+    )
     # the reference change is the expected size: ~rel (at least rel / 2) of the activations' norm
     assert all(np.linalg.norm(r) > 0.5 * rel * np.linalg.norm(b) for r, b in zip(reference, setting["base64"]))
     stats = change_vs_reference(change, reference)
@@ -168,7 +173,9 @@ def test_extract_activations_of_a_bf16_base_end_to_end(setting, tmp_path):
     assert stats[:, 0].min() > COS, stats
     assert np.abs(stats[:, 1] - 1).max() < NORM_TOL, stats
     # the expected amount: about 1e-4 .. 1e-3 of the activations' norm (rel 1e-4 of the weights)
-    size = np.linalg.norm(change.reshape(LAYERS, -1), axis=1) / np.linalg.norm(setting["base64"].reshape(LAYERS, -1), axis=1)
+    size = np.linalg.norm(change.reshape(LAYERS, -1), axis=1) / np.linalg.norm(
+        setting["base64"].reshape(LAYERS, -1), axis=1
+    )
     assert ((5e-5 < size) & (size < 1e-3)).all(), size
 
 

@@ -20,8 +20,21 @@ from lossgeom.lora.adapters import (
 SHAPES = {"q_proj": (12, 8), "k_proj": (4, 8), "v_proj": (4, 8), "o_proj": (8, 12)}  # (d_out, d_in)
 
 
-def write_fake_adapter(path, *, r=4, alpha=8, layers=2, shapes=SHAPES, base="tiny/base", seed=0,
-                       ranks=None, drop=None, config_extra=None, dtype=torch.float32, extra_tensors=None):
+def write_fake_adapter(
+    path,
+    *,
+    r=4,
+    alpha=8,
+    layers=2,
+    shapes=SHAPES,
+    base="tiny/base",
+    seed=0,
+    ranks=None,
+    drop=None,
+    config_extra=None,
+    dtype=torch.float32,
+    extra_tensors=None,
+):
     """A PEFT-format LoRA directory; ``ranks``: module suffix -> rank override (written to the file)."""
     g = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -36,8 +49,16 @@ def write_fake_adapter(path, *, r=4, alpha=8, layers=2, shapes=SHAPES, base="tin
     tensors.update(extra_tensors or {})
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": sorted(shapes),
-           "base_model_name_or_path": base, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}
+    cfg = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": sorted(shapes),
+        "base_model_name_or_path": base,
+        "use_rslora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     cfg.update(config_extra or {})
     (path / "adapter_config.json").write_text(json.dumps(cfg))
     return path
@@ -72,7 +93,10 @@ def test_rslora_and_patterns(tmp_path):
     d = write_fake_adapter(tmp_path / "rs2", r=4, alpha=8, config_extra={"use_rslora": True})
     assert load_adapter(d).modules["layers.0.self_attn.k_proj"].scale == pytest.approx(8 / math.sqrt(4))
     d = write_fake_adapter(
-        tmp_path / "pat", r=4, alpha=8, ranks={"q_proj": 6},
+        tmp_path / "pat",
+        r=4,
+        alpha=8,
+        ranks={"q_proj": 6},
         config_extra={"rank_pattern": {"q_proj": 6}, "alpha_pattern": {"layers.1.self_attn.k_proj": 32}},
     )
     ad = load_adapter(d)
@@ -110,7 +134,9 @@ def test_check_compatible(tmp_path):
     a = load_adapter(write_fake_adapter(tmp_path / "a"))
     check_compatible([a, load_adapter(write_fake_adapter(tmp_path / "r8", r=8, seed=1))])  # ranks may differ
     b = load_adapter(write_fake_adapter(tmp_path / "b", base="other/base"))
-    with pytest.raises(AdapterMismatchError, match=r"/b vs reference .*/a: different base models.*'tiny/base'.*'other/base'"):
+    with pytest.raises(
+        AdapterMismatchError, match=r"/b vs reference .*/a: different base models.*'tiny/base'.*'other/base'"
+    ):
         check_compatible([a, b])
     c = load_adapter(write_fake_adapter(tmp_path / "c", shapes={k: v for k, v in SHAPES.items() if k != "o_proj"}))
     with pytest.raises(AdapterMismatchError, match="different target_modules"):
@@ -119,15 +145,25 @@ def test_check_compatible(tmp_path):
     with pytest.raises(AdapterMismatchError, match=r"different adapted modules.*extra \['layers.2"):
         check_compatible([a, d])
     e = load_adapter(write_fake_adapter(tmp_path / "e", shapes={**SHAPES, "k_proj": (6, 8)}))
-    with pytest.raises(AdapterMismatchError, match=r"module 'layers.0.self_attn.k_proj'.*expected .* \(4, 8\), found \(6, 8\)"):
+    with pytest.raises(
+        AdapterMismatchError, match=r"module 'layers.0.self_attn.k_proj'.*expected .* \(4, 8\), found \(6, 8\)"
+    ):
         check_compatible([a, e])
 
 
 def _tiny_qwen3():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=8, vocab_size=64, max_position_embeddings=64)
+    cfg = Qwen3Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return Qwen3ForCausalLM(cfg)
 
@@ -137,10 +173,15 @@ def test_real_peft_adapter_round_trip(tmp_path, rslora):
     from peft import LoraConfig, get_peft_model
 
     model = _tiny_qwen3()
-    lcfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      init_lora_weights=False, use_rslora=rslora,
-                      rank_pattern={} if rslora else {"layers.1.self_attn.v_proj": 2},
-                      alpha_pattern={} if rslora else {"o_proj": 16})
+    lcfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        use_rslora=rslora,
+        rank_pattern={} if rslora else {"layers.1.self_attn.v_proj": 2},
+        alpha_pattern={} if rslora else {"o_proj": 16},
+    )
     pm = get_peft_model(model, lcfg)
     pm.save_pretrained(tmp_path / "peft")
     ad = load_adapter(tmp_path / "peft")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from lossgeom.behaviour import accuracy, activations, cka, connectivity
-from lossgeom.lora.adapters import load_adapter
 from lossgeom.behaviour.interpolation import alpha_grid, barrier
-from lossgeom.engines.adapters import LoraPath
-from lossgeom.modeling import load_model
 from lossgeom.data.problemsets import ProblemSetError
+from lossgeom.engines.adapters import LoraPath
+from lossgeom.lora.adapters import load_adapter
+from lossgeom.modeling import load_model
 
 TEST_SET = {"source": "toy", "split": "test", "grader": "exact"}
 
@@ -61,13 +61,26 @@ def test_path_endpoints_are_the_adapters_and_midpoints_the_dense_merge(tiny_base
 def test_sweep_endpoints_equal_the_adapters_own_evaluation(tiny_base, two_adapters, toy_world, tmp_path):
     kw = dict(template="{question}", max_new_tokens=8, batch_size=4)
     sweep = connectivity.connectivity_sweep(
-        str(tiny_base), (("sft", two_adapters["sft"]), ("rift", two_adapters["rift"])), TEST_SET, toy_world,
-        tmp_path / "sweep.tsv", alphas=3, limit=6, accuracy_subset=6, **kw,
+        str(tiny_base),
+        (("sft", two_adapters["sft"]), ("rift", two_adapters["rift"])),
+        TEST_SET,
+        toy_world,
+        tmp_path / "sweep.tsv",
+        alphas=3,
+        limit=6,
+        accuracy_subset=6,
+        **kw,
     )
     assert sorted(sweep["alpha"].unique()) == [0.0, 0.5, 1.0]
     for alpha, name in ((0.0, "sft"), (1.0, "rift")):
-        own = accuracy.evaluate_model(str(tiny_base), two_adapters[name], {"toy": {**TEST_SET, "limit": 6}}, toy_world,
-                                       tmp_path / f"{name}.parquet", **kw)
+        own = accuracy.evaluate_model(
+            str(tiny_base),
+            two_adapters[name],
+            {"toy": {**TEST_SET, "limit": 6}},
+            toy_world,
+            tmp_path / f"{name}.parquet",
+            **kw,
+        )
         at = sweep[sweep["alpha"] == alpha].set_index("metric")["value"]
         assert at["answer_ce"] == pytest.approx(own["answer_ce"].mean(), abs=1e-5)
         assert at["solution_ce"] == pytest.approx(own["solution_ce"].mean(), abs=1e-5)
@@ -79,14 +92,24 @@ def test_sweep_endpoints_equal_the_adapters_own_evaluation(tiny_base, two_adapte
 
 
 def test_unparsable_gold_is_counted_not_dropped(tmp_path):
-    rows = pd.DataFrame({"test_set": "t", "id": ["a", "b", "c", "d"], "correct": [1, 0, np.nan, 1],
-                         "gold_ok": [True, True, False, True], "extracted": None, "completion": "",
-                         "answer_ce": 1.0, "solution_ce": 1.0})
+    rows = pd.DataFrame(
+        {
+            "test_set": "t",
+            "id": ["a", "b", "c", "d"],
+            "correct": [1, 0, np.nan, 1],
+            "gold_ok": [True, True, False, True],
+            "extracted": None,
+            "completion": "",
+            "answer_ce": 1.0,
+            "solution_ce": 1.0,
+        }
+    )
     other = rows.assign(correct=[0, 0, np.nan, 1])
     rows.to_parquet(tmp_path / "m1.parquet")
     other.to_parquet(tmp_path / "m2.parquet")
-    accuracy.accuracy_statistics({"m1": tmp_path / "m1.parquet", "m2": tmp_path / "m2.parquet"}, tmp_path,
-                                  n_boot=100, mid_p=False)
+    accuracy.accuracy_statistics(
+        {"m1": tmp_path / "m1.parquet", "m2": tmp_path / "m2.parquet"}, tmp_path, n_boot=100, mid_p=False
+    )
     acc = pd.read_csv(tmp_path / "accuracy.tsv", sep="\t").set_index("model")
     assert acc.loc["m1", "n"] == 3 and acc.loc["m1", "n_unparsable_gold"] == 1
     assert acc.loc["m1", "accuracy"] == pytest.approx(2 / 3)
@@ -97,18 +120,44 @@ def test_empty_probe_or_test_set_stops(tiny_base, toy_world, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ProblemSetError, match="empty"):
-        activations.extract_activations(str(tiny_base), None, {"source": str(empty)}, None, tmp_path / "a.npz",
-                                      n_probe=4, pooling="last", template="{question}", batch_size=2)
+        activations.extract_activations(
+            str(tiny_base),
+            None,
+            {"source": str(empty)},
+            None,
+            tmp_path / "a.npz",
+            n_probe=4,
+            pooling="last",
+            template="{question}",
+            batch_size=2,
+        )
     with pytest.raises(ProblemSetError, match="empty"):
-        accuracy.evaluate_model(str(tiny_base), None, {"t": {"source": str(empty)}}, None, tmp_path / "e.parquet",
-                                 template="{question}", max_new_tokens=4, batch_size=2)
+        accuracy.evaluate_model(
+            str(tiny_base),
+            None,
+            {"t": {"source": str(empty)}},
+            None,
+            tmp_path / "e.parquet",
+            template="{question}",
+            max_new_tokens=4,
+            batch_size=2,
+        )
     assert not (tmp_path / "a.npz").exists() and not (tmp_path / "e.parquet").exists()
 
 
 def test_activations_shapes_and_cka_of_a_model_with_itself(tiny_base, toy_world, tmp_path):
     for pooling in ("completion_mean", "last", "mean"):
-        activations.extract_activations(str(tiny_base), None, TEST_SET, toy_world, tmp_path / f"{pooling}.npz",
-                                      n_probe=6, pooling=pooling, template="{question}", batch_size=4)
+        activations.extract_activations(
+            str(tiny_base),
+            None,
+            TEST_SET,
+            toy_world,
+            tmp_path / f"{pooling}.npz",
+            n_probe=6,
+            pooling=pooling,
+            template="{question}",
+            batch_size=4,
+        )
         with np.load(tmp_path / f"{pooling}.npz") as z:
             assert z["acts"].shape == (2, 6, 32)
     table = cka.cka_tables({"x": tmp_path / "last.npz", "y": tmp_path / "last.npz"}, tmp_path / "cka.tsv")
@@ -128,7 +177,9 @@ def test_reference_solution_for_the_full_solution_ce(tmp_path):
     bare = pd.Series({"question": "q", "answer": "\\frac{1}{2}", "solution": None})
     assert reference_solution(bare) is None and gold_answer_text(bare["answer"]) == "\\frac{1}{2}"
     path = tmp_path / "p.csv"
-    pd.DataFrame({"question": ["a", "b"], "answer": ["1", "2"], "solution": ["1 = 1\n#### 1", None]}).to_csv(path, index=False)
+    pd.DataFrame({"question": ["a", "b"], "answer": ["1", "2"], "solution": ["1 = 1\n#### 1", None]}).to_csv(
+        path, index=False
+    )
     from lossgeom.data.problemsets import load_problems
 
     rows = load_problems({"source": str(path)})
@@ -147,6 +198,7 @@ def test_answer_ce_scores_the_answer_in_the_format_the_prompt_asks_for(tiny_base
     finals = [a.rsplit("#### ", 1)[1] for a in problems["answer"]]
     boxed_prompt = "{question}\nPut your final answer within \\boxed{}."
     with open_engine(GenerationSpec(), str(tiny_base), batch_size=4) as engine:
+
         def score(texts, template):
             return continuation_ce(engine, problems, texts, template=template, add_eos=False)
 
@@ -154,6 +206,8 @@ def test_answer_ce_scores_the_answer_in_the_format_the_prompt_asks_for(tiny_base
         np.testing.assert_allclose(got, score([f"\\boxed{{{f}}}" for f in finals], boxed_prompt), rtol=1e-6)
         got = cross_entropies(engine, problems, template="{question}")["answer_ce"]
         np.testing.assert_allclose(got, score([f"#### {f}" for f in finals], "{question}"), rtol=1e-6)
-        got = cross_entropies(engine, problems, template=boxed_prompt, answer_format="The answer is {answer}.")["answer_ce"]
+        got = cross_entropies(engine, problems, template=boxed_prompt, answer_format="The answer is {answer}.")[
+            "answer_ce"
+        ]
         np.testing.assert_allclose(got, score([f"The answer is {f}." for f in finals], boxed_prompt), rtol=1e-6)
         assert not np.allclose(got, cross_entropies(engine, problems, template=boxed_prompt)["answer_ce"])

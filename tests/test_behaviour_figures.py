@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from lossgeom.behaviour.cka import cka_matrix
+from lossgeom.behaviour.stats import accuracy_table, pairwise_tests
 from lossgeom.cli import main
 from lossgeom.figures.accuracy import plot_accuracy, plot_pairwise_pvalues
 from lossgeom.figures.connectivity import plot_lmc
 from lossgeom.figures.representations import plot_cka_heatmap, plot_cka_profiles
-from lossgeom.behaviour.stats import accuracy_table, pairwise_tests
 
 MODELS = ["SFT", "RFT", "DFT", "DPO"]
 
@@ -54,8 +54,7 @@ def test_lmc(tmp_path):
         for metric in ["answer_ce", "answer_ce_per_token"]
         for a in alphas
     ]
-    out = plot_lmc(pd.DataFrame(rows), tmp_path / "lmc.png",
-                   ylabels={"answer_ce": "answer CE (nats)"})
+    out = plot_lmc(pd.DataFrame(rows), tmp_path / "lmc.png", ylabels={"answer_ce": "answer CE (nats)"})
     _check(out, tmp_path)
     bad = pd.DataFrame(rows).assign(alpha=lambda d: d.alpha * 2)
     with pytest.raises(ValueError, match="alpha"):
@@ -76,8 +75,16 @@ def test_rejects_non_png_path(tmp_path, cka_df):
 
 def test_accuracy_grouped_by_method_with_base_line(tmp_path):
     """Labels method/seed are grouped by method; the base is a reference line, not a bar."""
-    t = pd.DataFrame({"model": ["base", "sft/seed1", "dpo/seed1", "sft/seed2"], "n": 30, "accuracy": [0.1, 0.2, 0.3, 0.0],
-                      "ci_low": [0.03, 0.1, 0.15, 0.0], "ci_high": [0.25, 0.37, 0.48, 0.114], "ci_method": "wilson"})
+    t = pd.DataFrame(
+        {
+            "model": ["base", "sft/seed1", "dpo/seed1", "sft/seed2"],
+            "n": 30,
+            "accuracy": [0.1, 0.2, 0.3, 0.0],
+            "ci_low": [0.03, 0.1, 0.15, 0.0],
+            "ci_high": [0.25, 0.37, 0.48, 0.114],
+            "ci_method": "wilson",
+        }
+    )
     _check(plot_accuracy(t, tmp_path / "acc.png"), tmp_path)
 
 
@@ -85,11 +92,25 @@ def test_lmc_pairs_marks_the_barrier(tmp_path):
     from lossgeom.figures.connectivity import plot_lmc_pairs
 
     alphas = np.linspace(0, 1, 5)
-    rows = [{"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": "answer_ce", "value": 3.8 + 4.8 * a + 3 * a * (1 - a)}
-            for a in alphas]
-    rows += [{"pair_a": "sft/seed1", "pair_b": "sft/seed2", "alpha": a, "metric": "answer_ce", "value": 2.0} for a in alphas]
-    summary = pd.DataFrame([{"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "metric": "answer_ce", "barrier": 0.75},
-                            {"pair_a": "sft/seed1", "pair_b": "sft/seed2", "metric": "answer_ce", "barrier": 0.0}])
+    rows = [
+        {
+            "pair_a": "rift/seed1",
+            "pair_b": "dpo/seed1",
+            "alpha": a,
+            "metric": "answer_ce",
+            "value": 3.8 + 4.8 * a + 3 * a * (1 - a),
+        }
+        for a in alphas
+    ]
+    rows += [
+        {"pair_a": "sft/seed1", "pair_b": "sft/seed2", "alpha": a, "metric": "answer_ce", "value": 2.0} for a in alphas
+    ]
+    summary = pd.DataFrame(
+        [
+            {"pair_a": "rift/seed1", "pair_b": "dpo/seed1", "metric": "answer_ce", "barrier": 0.75},
+            {"pair_a": "sft/seed1", "pair_b": "sft/seed2", "metric": "answer_ce", "barrier": 0.0},
+        ]
+    )
     _check(plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "pairs.png"), tmp_path)
     with pytest.raises(ValueError, match="no metric"):
         plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "x.png", metric="accuracy")
@@ -102,8 +123,14 @@ def test_training_curves_and_method_summary(tmp_path):
     paths = {}
     for label in ("sft/seed1", "dpo/seed1", "sft/seed2"):
         path = tmp_path / (label.replace("/", "_") + ".tsv")
-        pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "grad_norm": [1.0, 0.8, 0.7],
-                      "learning_rate": [1e-3, 8e-4, 1e-4]}).to_csv(path, sep="\t", index=False)
+        pd.DataFrame(
+            {
+                "step": [1, 2, 3],
+                "loss": [3.0, 2.0, 1.5],
+                "grad_norm": [1.0, 0.8, 0.7],
+                "learning_rate": [1e-3, 8e-4, 1e-4],
+            }
+        ).to_csv(path, sep="\t", index=False)
         paths[label] = path
     _check(plot_training_curves(paths, tmp_path / "curves.png", analysis_step=2), tmp_path)
     bad = tmp_path / "bad.tsv"
@@ -111,11 +138,26 @@ def test_training_curves_and_method_summary(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         plot_training_curves({"sft/seed1": bad}, tmp_path / "bad.png")
     rows = []
-    for a, b, init, data, v in (("sft/seed1", "dpo/seed1", "shared", "same", 0.1), ("sft/seed2", "dpo/seed2", "shared", "same", 0.2),
-                                ("sft/seed1", "sft/seed1data5", "shared", "other", 0.97), ("sft/seed1", "sft/seed2", "other", "other", 0.2),
-                                ("sft/seed1", "dpo/seed2", "other", "other", 0.0)):
-        rows.append({"pair_a": a, "pair_b": b, "method_a": a.split("/")[0], "method_b": b.split("/")[0], "init": init,
-                     "data_order": data, "metric": "cosine_global", "value": v, "random": 0.0})
+    for a, b, init, data, v in (
+        ("sft/seed1", "dpo/seed1", "shared", "same", 0.1),
+        ("sft/seed2", "dpo/seed2", "shared", "same", 0.2),
+        ("sft/seed1", "sft/seed1data5", "shared", "other", 0.97),
+        ("sft/seed1", "sft/seed2", "other", "other", 0.2),
+        ("sft/seed1", "dpo/seed2", "other", "other", 0.0),
+    ):
+        rows.append(
+            {
+                "pair_a": a,
+                "pair_b": b,
+                "method_a": a.split("/")[0],
+                "method_b": b.split("/")[0],
+                "init": init,
+                "data_order": data,
+                "metric": "cosine_global",
+                "value": v,
+                "random": 0.0,
+            }
+        )
     _check(plot_method_summary(pd.DataFrame(rows), "cosine_global", tmp_path / "summary.png"), tmp_path)
 
 
@@ -126,28 +168,67 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
     table = correct.iloc[:, :3].set_axis(models, axis=1)
     frames = []
     for t in ("toy", "gsm8k"):  # one pair of accuracy figures per test set
-        frames.append((accuracy_table(table, n_boot=100).reset_index().assign(test_set=t),
-                       pairwise_tests(table).assign(test_set=t)))
+        frames.append(
+            (
+                accuracy_table(table, n_boot=100).reset_index().assign(test_set=t),
+                pairwise_tests(table).assign(test_set=t),
+            )
+        )
     pd.concat([f[0] for f in frames]).to_csv(tmp_path / "accuracy.tsv", sep="\t", index=False)
     pd.concat([f[1] for f in frames]).to_csv(tmp_path / "pairwise.tsv", sep="\t", index=False)
     alphas = np.linspace(0, 1, 3)
-    pd.DataFrame([{"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": m, "value": 2 + a * (1 - a)}
-                  for m in ("answer_ce", "accuracy") for a in alphas]).to_csv(tmp_path / "curves.tsv", sep="\t", index=False)
-    pd.DataFrame([{"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "metric": m, "barrier": 0.25}
-                  for m in ("answer_ce", "accuracy")]).to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        [
+            {"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "alpha": a, "metric": m, "value": 2 + a * (1 - a)}
+            for m in ("answer_ce", "accuracy")
+            for a in alphas
+        ]
+    ).to_csv(tmp_path / "curves.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        [
+            {"pair_a": "sft/seed1", "pair_b": "dpo/seed1", "metric": m, "barrier": 0.25}
+            for m in ("answer_ce", "accuracy")
+        ]
+    ).to_csv(tmp_path / "summary.tsv", sep="\t", index=False)
     rng = np.random.default_rng(2)
     base = rng.normal(size=(3, 10, 4))
     cka_matrix({m: base + s * rng.normal(size=base.shape) for m, s in zip(models, (0, 0.1, 1.0))}).to_csv(
-        tmp_path / "cka.tsv", sep="\t", index=False)
+        tmp_path / "cka.tsv", sep="\t", index=False
+    )
     out = tmp_path / "figures"
     out.mkdir()
     d = str(tmp_path)
-    assert main(["accuracy-figures", "--accuracy", f"{d}/accuracy.tsv", "--pairwise", f"{d}/pairwise.tsv", "--out", str(out)]) == 0
-    assert main(["connectivity-figures", "--summary", f"{d}/summary.tsv", "--curves", f"{d}/curves.tsv", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "accuracy-figures",
+                "--accuracy",
+                f"{d}/accuracy.tsv",
+                "--pairwise",
+                f"{d}/pairwise.tsv",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["connectivity-figures", "--summary", f"{d}/summary.tsv", "--curves", f"{d}/curves.tsv", "--out", str(out)]
+        )
+        == 0
+    )
     assert main(["representations-figures", "--cka", f"{d}/cka.tsv", "--out", str(out)]) == 0
-    names = ["accuracy_toy", "accuracy_gsm8k", "mcnemar_toy", "mcnemar_gsm8k", "lmc", "lmc_pairs", "cka_profiles",
-             "cka_last_layer"]
+    names = [
+        "accuracy_toy",
+        "accuracy_gsm8k",
+        "mcnemar_toy",
+        "mcnemar_gsm8k",
+        "lmc",
+        "lmc_pairs",
+        "cka_profiles",
+        "cka_last_layer",
+    ]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{ext}" for n in names for ext in ("png", "pdf"))
     for n in names:
         _check((out / f"{n}.png", out / f"{n}.pdf"), out)
-

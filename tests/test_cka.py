@@ -23,9 +23,7 @@ def _hsic_u(K, L):
     K, L = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
     one = np.ones(n)
     return (
-        np.trace(K @ L)
-        + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
-        - 2.0 / (n - 2) * (one @ K @ L @ one)
+        np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (one @ K @ L @ one)
     ) / (n * (n - 3))
 
 
@@ -111,17 +109,14 @@ def test_cka_matrix(rng):
     assert list(df.columns) == ["model_a", "model_b", "layer", "cka", "cka_debiased"]
     assert len(df) == n_layers * 3 * 4 // 2
     pairs = set(zip(df.model_a, df.model_b))
-    assert pairs == {("sft", "sft"), ("sft", "rift"), ("sft", "dpo"), ("rift", "rift"),
-                     ("rift", "dpo"), ("dpo", "dpo")}
+    assert pairs == {("sft", "sft"), ("sft", "rift"), ("sft", "dpo"), ("rift", "rift"), ("rift", "dpo"), ("dpo", "dpo")}
     self_rows = df[df.model_a == df.model_b]
     np.testing.assert_allclose(self_rows[["cka", "cka_debiased"]], 1.0, atol=1e-12)
     sr = df[(df.model_a == "sft") & (df.model_b == "rift")]
     np.testing.assert_allclose(sr["cka"], 1.0, atol=1e-10)
     row = df[(df.model_a == "sft") & (df.model_b == "dpo") & (df.layer == 1)].iloc[0]
     assert row.cka == pytest.approx(linear_cka(acts["sft"][1], acts["dpo"][1]), rel=1e-12)
-    assert row.cka_debiased == pytest.approx(
-        debiased_linear_cka(acts["sft"][1], acts["dpo"][1]), rel=1e-10
-    )
+    assert row.cka_debiased == pytest.approx(debiased_linear_cka(acts["sft"][1], acts["dpo"][1]), rel=1e-10)
 
 
 def test_cka_matrix_rejects_mismatch(rng):

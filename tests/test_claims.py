@@ -7,16 +7,30 @@ import itertools
 import pandas as pd
 import pytest
 
-from lossgeom.claims.check import OUTPUT_COLUMNS, CHECKS, write_claims
+from lossgeom.claims.check import CHECKS, OUTPUT_COLUMNS, write_claims
 from lossgeom.claims.paper import paper_claims
 from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
 from lossgeom.labels import Label
 
 ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "grpo", "dpo": "dpo"}
 # shared-init cosines of a run shaped like the paper's
-COS = {("sft", "rft"): 0.97, ("sft", "rift"): 0.96, ("rft", "rift"): 0.97, ("dft", "sft"): 0.55, ("dft", "rift"): 0.5,
-       ("dft", "rft"): 0.5, ("dpo", "sft"): 0.05, ("dpo", "rft"): 0.06, ("dpo", "rift"): 0.04, ("dpo", "dft"): 0.1,
-       ("grpo", "sft"): 0.74, ("grpo", "rft"): 0.75, ("grpo", "rift"): 0.73, ("grpo", "dft"): 0.4, ("grpo", "dpo"): 0.1}
+COS = {
+    ("sft", "rft"): 0.97,
+    ("sft", "rift"): 0.96,
+    ("rft", "rift"): 0.97,
+    ("dft", "sft"): 0.55,
+    ("dft", "rift"): 0.5,
+    ("dft", "rft"): 0.5,
+    ("dpo", "sft"): 0.05,
+    ("dpo", "rft"): 0.06,
+    ("dpo", "rift"): 0.04,
+    ("dpo", "dft"): 0.1,
+    ("grpo", "sft"): 0.74,
+    ("grpo", "rft"): 0.75,
+    ("grpo", "rift"): 0.73,
+    ("grpo", "dft"): 0.4,
+    ("grpo", "dpo"): 0.1,
+}
 ANGLE = {"rft": 6.7, "rift": 8.2, "grpo": 18.5, "dft": 26.7, "dpo": 54.6}
 
 
@@ -32,18 +46,39 @@ def _noise_floor(data_floor=0.98) -> pd.DataFrame:
         shared, same_data = la.init_seed == lb.init_seed, la.data_order_seed == lb.data_order_seed
         for metric in ("cosine_global", "top1_angle_left_median", "u1_agreement", "v1_agreement", "norm_ratio"):
             if ma == mb:
-                v = {"cosine_global": data_floor if shared else 0.2, "top1_angle_left_median": 3.0,
-                     "u1_agreement": 0.99 if not shared else 1.0, "v1_agreement": 0.1 if not shared else 1.0,
-                     "norm_ratio": 1.0}[metric]
+                v = {
+                    "cosine_global": data_floor if shared else 0.2,
+                    "top1_angle_left_median": 3.0,
+                    "u1_agreement": 0.99 if not shared else 1.0,
+                    "v1_agreement": 0.1 if not shared else 1.0,
+                    "norm_ratio": 1.0,
+                }[metric]
             elif shared:
-                v = {"cosine_global": _cos(ma, mb), "top1_angle_left_median": ANGLE.get(mb if ma == "sft" else ma, 40.0),
-                     "u1_agreement": 0.5, "v1_agreement": 0.5, "norm_ratio": 1.0}[metric]
+                v = {
+                    "cosine_global": _cos(ma, mb),
+                    "top1_angle_left_median": ANGLE.get(mb if ma == "sft" else ma, 40.0),
+                    "u1_agreement": 0.5,
+                    "v1_agreement": 0.5,
+                    "norm_ratio": 1.0,
+                }[metric]
             else:
                 v = 0.05
-            rows.append({"pair_a": a, "pair_b": b, "method_a": ma, "method_b": mb,
-                         "kind": "same-method" if ma == mb else "cross-method", "init": "shared" if shared else "other",
-                         "data_order": "same" if same_data else "other", "metric": metric, "value": v,
-                         "data_floor": data_floor, "seed_floor": 0.2, "random": 0.0})
+            rows.append(
+                {
+                    "pair_a": a,
+                    "pair_b": b,
+                    "method_a": ma,
+                    "method_b": mb,
+                    "kind": "same-method" if ma == mb else "cross-method",
+                    "init": "shared" if shared else "other",
+                    "data_order": "same" if same_data else "other",
+                    "metric": metric,
+                    "value": v,
+                    "data_floor": data_floor,
+                    "seed_floor": 0.2,
+                    "random": 0.0,
+                }
+            )
     df = pd.DataFrame(rows)
     return df.reindex(columns=NOISE_FLOOR_COLUMNS)
 
@@ -52,25 +87,66 @@ def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0, data_floor=0.95):
     geo = tmp_path / "geometry"
     geo.mkdir()
     _noise_floor(data_floor).to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
-    pd.DataFrame({"label": [f"{m}/seed42" for m in ROLES], "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2],
-                  "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1]}).to_csv(geo / "adapters.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "label": [f"{m}/seed42" for m in ROLES],
+            "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2],
+            "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1],
+        }
+    ).to_csv(geo / "adapters.tsv", sep="\t", index=False)
     ev = tmp_path / "eval"
     ev.mkdir()
     models = ["base"] + [f"{m}/seed42" for m in ROLES]
-    acc = {"base": 0.2, "sft/seed42": 0.6, "rft/seed42": 0.6, "dft/seed42": 0.6, "rift/seed42": 0.61,
-           "grpo/seed42": 0.6, "dpo/seed42": dpo_acc}
+    acc = {
+        "base": 0.2,
+        "sft/seed42": 0.6,
+        "rft/seed42": 0.6,
+        "dft/seed42": 0.6,
+        "rift/seed42": 0.61,
+        "grpo/seed42": 0.6,
+        "dpo/seed42": dpo_acc,
+    }
     rows = []
     for a, b in itertools.combinations(models, 2):
         p = 1.0 if abs(acc[a] - acc[b]) < 0.05 else 1e-6
         rows.append({"test_set": "toy", "model_a": a, "model_b": b, "acc_a": acc[a], "acc_b": acc[b], "p_holm": p})
     pd.DataFrame(rows).to_csv(ev / "pairwise.tsv", sep="\t", index=False)
-    lmc = pd.DataFrame([
-        {"pair_a": "sft/seed42", "pair_b": "grpo/seed42", "metric": "answer_ce", "value_a": 2.0, "value_b": 5.0, "barrier": 0.0},
-        {"pair_a": "grpo/seed42", "pair_b": "rift/seed42", "metric": "answer_ce", "value_a": 5.0, "value_b": 2.2, "barrier": 0.1},
-        {"pair_a": "rift/seed42", "pair_b": "dpo/seed42", "metric": "answer_ce", "value_a": 3.8, "value_b": 8.6,
-         "barrier": barrier_rift_dpo},
-        {"pair_a": "sft/seed42", "pair_b": "sft/seed123", "metric": "answer_ce", "value_a": 2.0, "value_b": 2.0, "barrier": 0.0},
-    ])
+    lmc = pd.DataFrame(
+        [
+            {
+                "pair_a": "sft/seed42",
+                "pair_b": "grpo/seed42",
+                "metric": "answer_ce",
+                "value_a": 2.0,
+                "value_b": 5.0,
+                "barrier": 0.0,
+            },
+            {
+                "pair_a": "grpo/seed42",
+                "pair_b": "rift/seed42",
+                "metric": "answer_ce",
+                "value_a": 5.0,
+                "value_b": 2.2,
+                "barrier": 0.1,
+            },
+            {
+                "pair_a": "rift/seed42",
+                "pair_b": "dpo/seed42",
+                "metric": "answer_ce",
+                "value_a": 3.8,
+                "value_b": 8.6,
+                "barrier": barrier_rift_dpo,
+            },
+            {
+                "pair_a": "sft/seed42",
+                "pair_b": "sft/seed123",
+                "metric": "answer_ce",
+                "value_a": 2.0,
+                "value_b": 2.0,
+                "barrier": 0.0,
+            },
+        ]
+    )
     lmc.to_csv(tmp_path / "lmc.tsv", sep="\t", index=False)
     cka = []
     for layer in range(4):
@@ -123,40 +199,73 @@ def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:
     """noise_floor rows of SFT against an sft_lr10x and an online_grpo adapter (shared init, seed 42), in the
     row orders the geometry writes them (norm_ratio = ||dW_b|| / ||dW_a|| of the row's pair)."""
     rows = []
-    for b, cos, ratio, sft_first in (("sft_lr10x/seed42", cos_lr, ratio_lr, True), ("online_grpo/seed42", cos_online, ratio_online, False)):
+    for b, cos, ratio, sft_first in (
+        ("sft_lr10x/seed42", cos_lr, ratio_lr, True),
+        ("online_grpo/seed42", cos_online, ratio_online, False),
+    ):
         a = "sft/seed42"
         pa, pb, r = (a, b, ratio) if sft_first else (b, a, 1 / ratio)
-        for metric, v in (("cosine_global", cos), ("orthogonal_fraction_global", (1 - cos ** 2) ** 0.5), ("norm_ratio", r)):
-            rows.append({"pair_a": pa, "pair_b": pb, "method_a": Label.parse(pa).method, "method_b": Label.parse(pb).method,
-                         "kind": "cross-method", "init": "shared", "data_order": "same", "metric": metric, "value": v,
-                         "data_floor": 0.98, "seed_floor": 0.2, "random": 0.0})
+        for metric, v in (
+            ("cosine_global", cos),
+            ("orthogonal_fraction_global", (1 - cos**2) ** 0.5),
+            ("norm_ratio", r),
+        ):
+            rows.append(
+                {
+                    "pair_a": pa,
+                    "pair_b": pb,
+                    "method_a": Label.parse(pa).method,
+                    "method_b": Label.parse(pb).method,
+                    "kind": "cross-method",
+                    "init": "shared",
+                    "data_order": "same",
+                    "metric": metric,
+                    "value": v,
+                    "data_floor": 0.98,
+                    "seed_floor": 0.2,
+                    "random": 0.0,
+                }
+            )
     return pd.DataFrame(rows).reindex(columns=NOISE_FLOOR_COLUMNS)
 
 
-@pytest.mark.parametrize("cos_lr, ratio_lr, cos_on, ratio_on, verdicts", [
-    (0.55, 3.0, 0.025, 0.30, ("holds", "holds")),   # the paper's numbers
-    (0.95, 1.1, 0.6, 0.30, ("fails", "fails")),     # 10x LR barely longer; online GRPO aligned with SFT
-    (0.1, 3.0, 0.0, 1.5, ("fails", "fails")),       # 10x LR unrelated; online GRPO larger than SFT
-])
-def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(tmp_path, cos_lr, ratio_lr, cos_on, ratio_on, verdicts):
+@pytest.mark.parametrize(
+    "cos_lr, ratio_lr, cos_on, ratio_on, verdicts",
+    [
+        (0.55, 3.0, 0.025, 0.30, ("holds", "holds")),  # the paper's numbers
+        (0.95, 1.1, 0.6, 0.30, ("fails", "fails")),  # 10x LR barely longer; online GRPO aligned with SFT
+        (0.1, 3.0, 0.0, 1.5, ("fails", "fails")),  # 10x LR unrelated; online GRPO larger than SFT
+    ],
+)
+def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
+    tmp_path, cos_lr, ratio_lr, cos_on, ratio_on, verdicts
+):
     geo, ev = _write_run(tmp_path)
     nf = pd.read_csv(geo / "noise_floor.tsv", sep="\t")
-    pd.concat([nf, _extra_rows(cos_lr, ratio_lr, cos_on, ratio_on)]).to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
+    pd.concat([nf, _extra_rows(cos_lr, ratio_lr, cos_on, ratio_on)]).to_csv(
+        geo / "noise_floor.tsv", sep="\t", index=False
+    )
     roles = {**ROLES, "lr10x": "sft_lr10x", "online_grpo": "online_grpo"}
-    out = write_claims(geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv").set_index("claim_id")
+    out = write_claims(
+        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv"
+    ).set_index("claim_id")
     assert (out.loc["lr10x", "verdict"], out.loc["online_grpo", "verdict"]) == verdicts
     assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]
-    assert f"orthogonal fraction {(1 - cos_on ** 2) ** 0.5:.3g}, ||dW|| ratio {ratio_on:.3g}" in out.loc["online_grpo", "this_run"]
+    assert (
+        f"orthogonal fraction {(1 - cos_on**2) ** 0.5:.3g}, ||dW|| ratio {ratio_on:.3g}"
+        in out.loc["online_grpo", "this_run"]
+    )
     assert (out.drop(["lr10x", "online_grpo"])["verdict"] == "holds").all()  # the six methods' rows are untouched
 
 
 def _rename_method(tables_dir, old: str, new: str) -> None:
     """Rename method ``old`` to ``new`` in every table of a run: its labels ``old/seed...`` and its
     ``method_a``/``method_b`` cells."""
+
     def rename(cell):
         if cell == old:
             return new
-        return new + cell[len(old):] if isinstance(cell, str) and cell.startswith(old + "/") else cell
+        return new + cell[len(old) :] if isinstance(cell, str) and cell.startswith(old + "/") else cell
 
     for path in tables_dir.rglob("*.tsv"):
         df = pd.read_csv(path, sep="\t")
@@ -169,12 +278,21 @@ def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
     with either lost its seed pairs (``seed_lmc`` not run) or crashed the job (``int("mix/")``)."""
     (tmp_path / "ref").mkdir()
     geo, ev = _write_run(tmp_path / "ref")
-    want = write_claims(geo, ev, tmp_path / "ref" / "lmc.tsv", tmp_path / "ref" / "cka.tsv", ROLES, 42, tmp_path / "ref.tsv")
+    want = write_claims(
+        geo, ev, tmp_path / "ref" / "lmc.tsv", tmp_path / "ref" / "cka.tsv", ROLES, 42, tmp_path / "ref.tsv"
+    )
     (tmp_path / "run").mkdir()
     geo, ev = _write_run(tmp_path / "run")
     _rename_method(tmp_path / "run", "sft", name)
-    got = write_claims(geo, ev, tmp_path / "run" / "lmc.tsv", tmp_path / "run" / "cka.tsv", {**ROLES, "sft": name}, 42,
-                       tmp_path / "claims.tsv")
+    got = write_claims(
+        geo,
+        ev,
+        tmp_path / "run" / "lmc.tsv",
+        tmp_path / "run" / "cka.tsv",
+        {**ROLES, "sft": name},
+        42,
+        tmp_path / "claims.tsv",
+    )
     assert got["verdict"].tolist() == want["verdict"].tolist()
     assert got.set_index("claim_id").loc["seed_lmc", "verdict"] == "holds"
     assert f"{name}/seed42 -> {name}/seed123" in got.set_index("claim_id").loc["seed_lmc", "this_run"]

@@ -12,8 +12,19 @@ from lossgeom.cli import main
 
 def test_geometry_of_any_adapters_with_base_alignment(two_adapters, tiny_base, tmp_path, capsys):
     out = tmp_path / "geo"
-    rc = main(["geometry", f"a={two_adapters['sft']}", f"b={two_adapters['rift']}", "--top-k", "2",
-               "--base-model", str(tiny_base), "--out", str(out)])
+    rc = main(
+        [
+            "geometry",
+            f"a={two_adapters['sft']}",
+            f"b={two_adapters['rift']}",
+            "--top-k",
+            "2",
+            "--base-model",
+            str(tiny_base),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     cos = pd.read_csv(out / "cosine_global.tsv", sep="\t", index_col=0)
     assert list(cos.index) == ["a", "b"]

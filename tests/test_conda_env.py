@@ -240,13 +240,9 @@ def test_env_file_mirrors_pyproject_dependencies():
                 continue
             have[canonicalize_name(name)] = Requirement(f"x{spec}").specifier
 
-    assert sorted(have) == sorted(wanted), (
-        "envs/lossgeom.yaml and pyproject.toml name other packages"
-    )
+    assert sorted(have) == sorted(wanted), "envs/lossgeom.yaml and pyproject.toml name other packages"
     for name, (pyname, specifier) in wanted.items():
-        assert have[name] == specifier, (
-            f"{name}: {have[name]} here, {pyname}{specifier} in pyproject"
-        )
+        assert have[name] == specifier, f"{name}: {have[name]} here, {pyname}{specifier} in pyproject"
 
 
 def test_snakemake_builds_env_from_its_copy_with_package_from_checkout(tmp_path, deploy):

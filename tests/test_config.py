@@ -18,6 +18,7 @@ def method_spec(config: dict, method: str) -> dict:
     """The resolved spec as the dict the train job records (``train_info.json``)."""
     return MethodSpec.from_config(config, method).to_dict()
 
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT = ROOT / "config" / "config.yaml"
@@ -281,8 +282,11 @@ def test_a_method_may_have_seeds_of_its_own(cfg):
 
     cfg["seeds"] = [42, 123]
     cfg["data_order_replicate"] = {"seed": 42, "data_seed": 7}
-    cfg["methods"] = {"sft": {"loss": "sft"}, "sft_lr10x": {"loss": "sft", "learning_rate": 1.0e-2, "seeds": [42]},
-                      "late": {"loss": "rft", "seeds": [123]}}
+    cfg["methods"] = {
+        "sft": {"loss": "sft"},
+        "sft_lr10x": {"loss": "sft", "learning_rate": 1.0e-2, "seeds": [42]},
+        "late": {"loss": "rft", "seeds": [123]},
+    }
     cfg["lmc"] = {"pairs": "first_seed", "alphas": 3}
     validate(cfg, SCHEMA)
     assert adapter_labels(cfg) == ["sft/seed42", "sft/seed123", "sft_lr10x/seed42", "late/seed123"]
@@ -302,7 +306,9 @@ def test_parse_label():
     assert parse_label("dpo-lr5e-6/seed123") == ("dpo-lr5e-6", 123)
 
 
-@pytest.mark.parametrize("label", ["sft", "sft/42", "sft/seed", "sft/seedx", "/seed1", "a/b/seed1", "sft/seed1/x", "sft/seed-1"])
+@pytest.mark.parametrize(
+    "label", ["sft", "sft/42", "sft/seed", "sft/seedx", "/seed1", "a/b/seed1", "sft/seed1/x", "sft/seed-1"]
+)
 def test_parse_label_bad(label):
     with pytest.raises(ValueError, match="label"):
         parse_label(label)
@@ -326,14 +332,17 @@ def test_method_spec_json_is_the_flat_dict_of_earlier_versions(cfg):
     assert d["method"] == "grpo" and d["checkpoint_every"] == cfg["training"]["checkpoint_every"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"loss": "ppo"}, "unknown loss 'ppo'"),
-    ({"beta": 0.3}, "'beta' does not apply to loss 'sft'"),
-    ({"save_steps": [60, 40]}, "must be sorted"),
-    ({"save_steps": [1, 2, 600], "analysis_step": 2}, "exceeds"),
-    ({"precision": "fp8"}, "precision"),
-    ({"no_such_key": 1}, "unknown spec key 'no_such_key'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"loss": "ppo"}, "unknown loss 'ppo'"),
+        ({"beta": 0.3}, "'beta' does not apply to loss 'sft'"),
+        ({"save_steps": [60, 40]}, "must be sorted"),
+        ({"save_steps": [1, 2, 600], "analysis_step": 2}, "exceeds"),
+        ({"precision": "fp8"}, "precision"),
+        ({"no_such_key": 1}, "unknown spec key 'no_such_key'"),
+    ],
+)
 def test_method_spec_from_dict_rejects_bad_specs_in_one_line(cfg, change, message):
     d = {**MethodSpec.from_config(cfg, "sft").to_dict(), **change}
     with pytest.raises(MethodSpecError, match=message) as info:
@@ -360,14 +369,18 @@ def test_every_loss_parameter_is_in_the_schema_from_its_module():
     for loss in LOSSES.values():
         for key, prop in loss.Params.schema().items():
             assert method[key]["description"] and {k: v for k, v in method[key].items() if k != "description"} == {
-                k: v for k, v in prop.items() if k != "description"}, (loss.name, key)
+                k: v for k, v in prop.items() if k != "description"
+            }, (loss.name, key)
     assert "negative_prob" not in yaml.safe_load(SCHEMA.read_text())["$defs"]["method"]["properties"]
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("negative_prob", "tokens", r"methods\.rift\.negative_prob: 'tokens' is not one of \['token', 'sequence'\]"),
-    ("positive_reward", "one", r"methods\.rift\.positive_reward: expected number"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("negative_prob", "tokens", r"methods\.rift\.negative_prob: 'tokens' is not one of \['token', 'sequence'\]"),
+        ("positive_reward", "one", r"methods\.rift\.positive_reward: expected number"),
+    ],
+)
 def test_a_bad_loss_parameter_is_named_by_the_schema(tmp_path, key, value, message):
     config = yaml.safe_load(DEFAULT.read_text())
     config["methods"]["rift"][key] = value
@@ -389,7 +402,8 @@ def test_sections_take_their_keys_defaults_and_docs_from_the_settings_classes():
         assert all(p["description"] for p in schema[key]["properties"].values()), key
         resolved = section({**config, key: {}}, key)
         assert {k: v for k, v in resolved.items() if k != "test_set"} == {
-            k: v for k, v in cls.defaults().items() if k != "test_set"}
+            k: v for k, v in cls.defaults().items() if k != "test_set"
+        }
         assert set(config.get(key, {})) <= set(cls.keys())
     assert section({"test_sets": {"a": {}, "b": {}}, "cka": {}}, "cka")["test_set"] == "a"
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, method_spec, random_adapter
 
 pytestmark = pytest.mark.slow  # about 1.5 min on 2 cores: 12 subprocesses that each import torch
@@ -62,24 +61,34 @@ TIMEOUT = 300
 
 
 def run(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "lossgeom.cli", *argv], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossgeom.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def kill_at(argv: list[str], target: str, nth: int, tmp: Path, env: dict | None = None,
-            ready=None) -> str:
+def kill_at(argv: list[str], target: str, nth: int, tmp: Path, env: dict | None = None, ready=None) -> str:
     """Start the hooked command; SIGKILL it once ``ready()`` holds (default: the marker exists)."""
     marker = tmp / f"marker-{time.monotonic_ns()}"
     log = tmp / f"killed-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", HOOK, target, str(nth), str(marker), *argv],
-                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOOK, target, str(nth), str(marker), *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.monotonic() + TIMEOUT
         try:
             while not (ready() if ready else marker.exists()):
-                assert proc.poll() is None, f"exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+                assert proc.poll() is None, (
+                    f"exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+                )
                 assert time.monotonic() < deadline, "kill point not reached in time"
                 time.sleep(0.05)
             os.kill(proc.pid, signal.SIGKILL)
@@ -94,7 +103,11 @@ def kill_at(argv: list[str], target: str, nth: int, tmp: Path, env: dict | None 
 def leftovers(out: Path) -> list[Path]:
     """The output itself or a temporary sibling of it (``.name.pid.uuid.tmp``)."""
     parent = out.parent
-    return [p for p in parent.iterdir() if p.name == out.name or p.name.startswith(f".{out.name}.")] if parent.exists() else []
+    return (
+        [p for p in parent.iterdir() if p.name == out.name or p.name.startswith(f".{out.name}.")]
+        if parent.exists()
+        else []
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +120,21 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_bytes(tiny_base,
     spec = method_spec("rift").to_json()  # 6 steps, adapters saved at 3 and 6, checkpoints every 2 steps
 
     def argv(name):
-        return ["train", "--spec", spec, "--seed", "1", "--rollouts", str(tiny_rollouts), "--base", str(tiny_base),
-                "--out", str(tmp_path / name / "adapter"), "--checkpoints", str(tmp_path / name / "ckpt")]
+        return [
+            "train",
+            "--spec",
+            spec,
+            "--seed",
+            "1",
+            "--rollouts",
+            str(tiny_rollouts),
+            "--base",
+            str(tiny_base),
+            "--out",
+            str(tmp_path / name / "adapter"),
+            "--checkpoints",
+            str(tmp_path / name / "ckpt"),
+        ]
 
     run(argv("full"))
     kill_at(argv("killed"), "lossgeom.training.trainers:SaveAdapterCallback.on_step_end", 5, tmp_path)
@@ -119,16 +145,32 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_bytes(tiny_base,
     assert "resuming from" in rerun.stderr and "checkpoint-4" in rerun.stderr
     for sub in ("", "step6"):
         for name in ("adapter_model.safetensors", "adapter_config.json"):
-            assert (out / sub / name).read_bytes() == (tmp_path / "full" / "adapter" / sub / name).read_bytes(), f"{sub}/{name}"
+            assert (out / sub / name).read_bytes() == (tmp_path / "full" / "adapter" / sub / name).read_bytes(), (
+                f"{sub}/{name}"
+            )
     assert json.loads((out / "train_info.json").read_text())["resumed_from"].endswith("checkpoint-4")
     assert not ckpt.exists()
 
 
 def test_evaluation_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base, adapters, tmp_path):
     def argv(out):
-        return ["evaluate", "--base", str(tiny_base), "--adapter", str(adapters[0]), "--toy-dir", str(toy_world),
-                "--test-sets", json.dumps({"toy": {"source": "toy", "split": "test"}}), "--max-new-tokens", "8",
-                "--batch-size", "8", "--out", str(out)]
+        return [
+            "evaluate",
+            "--base",
+            str(tiny_base),
+            "--adapter",
+            str(adapters[0]),
+            "--toy-dir",
+            str(toy_world),
+            "--test-sets",
+            json.dumps({"toy": {"source": "toy", "split": "test"}}),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
 
     full, killed = tmp_path / "full" / "eval.parquet", tmp_path / "killed" / "eval.parquet"
     run(argv(full))
@@ -140,9 +182,29 @@ def test_evaluation_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base
 
 def test_lmc_sweep_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base, adapters, tmp_path):
     def argv(out):
-        return ["lmc", "--base", str(tiny_base), "--first", f"a={adapters[0]}", "--second", f"b={adapters[1]}",
-                "--toy-dir", str(toy_world), "--test-set", json.dumps({"source": "toy", "split": "test"}),
-                "--alphas", "3", "--limit", "6", "--accuracy-subset", "4", "--max-new-tokens", "6", "--out", str(out)]
+        return [
+            "lmc",
+            "--base",
+            str(tiny_base),
+            "--first",
+            f"a={adapters[0]}",
+            "--second",
+            f"b={adapters[1]}",
+            "--toy-dir",
+            str(toy_world),
+            "--test-set",
+            json.dumps({"source": "toy", "split": "test"}),
+            "--alphas",
+            "3",
+            "--limit",
+            "6",
+            "--accuracy-subset",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(out),
+        ]
 
     full, killed = tmp_path / "full" / "sweep.tsv", tmp_path / "killed" / "sweep.tsv"
     run(argv(full))
@@ -172,17 +234,40 @@ def test_api_teacher_rollouts_killed_mid_way_ask_only_for_the_rest(tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     problems = tmp_path / "problems.jsonl"
-    problems.write_text("".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n"
-                                for i, q, a in PROBLEMS.itertuples(index=False)))
-    gen = {"backend": "openai", "openai": {"base_url": url, "model": "teacher", "api_key_env": "LOSSGEOM_TEST_KEY",
-                                           "max_concurrency": 1, "max_retries": 0, "timeout_s": 60}}
+    problems.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, q, a in PROBLEMS.itertuples(index=False)
+        )
+    )
+    gen = {
+        "backend": "openai",
+        "openai": {
+            "base_url": url,
+            "model": "teacher",
+            "api_key_env": "LOSSGEOM_TEST_KEY",
+            "max_concurrency": 1,
+            "max_retries": 0,
+            "timeout_s": 60,
+        },
+    }
     env = {"LOSSGEOM_TEST_KEY": KEY}
 
     def argv(name):
-        return ["rollouts", "--model", "unused", "--problems", json.dumps({"source": str(problems)}),
-                "--spec", json.dumps({"k": 2, "temperature": 1.0, "max_new_tokens": 16, "seed": 5}),
-                "--generation", json.dumps(gen), "--journal", str(tmp_path / name / "journal.jsonl"),
-                "--out", str(tmp_path / name / "rollouts.parquet")]
+        return [
+            "rollouts",
+            "--model",
+            "unused",
+            "--problems",
+            json.dumps({"source": str(problems)}),
+            "--spec",
+            json.dumps({"k": 2, "temperature": 1.0, "max_new_tokens": 16, "seed": 5}),
+            "--generation",
+            json.dumps(gen),
+            "--journal",
+            str(tmp_path / name / "journal.jsonl"),
+            "--out",
+            str(tmp_path / name / "rollouts.parquet"),
+        ]
 
     gate.set()
     try:
@@ -225,8 +310,9 @@ def test_study_killed_mid_training_reruns_after_unlock_to_the_same_adapter(tmp_p
     its checkpoint (the profile's rerun-incomplete) to the adapter an uninterrupted study writes."""
     from test_workflow import snakemake, with_config, write_rollouts
 
-    config = with_config(tmp_path, lambda c: c["training"].update(steps=40, save_steps=[20, 40], analysis_step=20,
-                                                                     checkpoint_every=10))
+    config = with_config(
+        tmp_path, lambda c: c["training"].update(steps=40, save_steps=[20, 40], analysis_step=20, checkpoint_every=10)
+    )
     target = "results/adapters/sft/seed1"
     full, killed = tmp_path / "full", tmp_path / "killed"
     for workdir in (full, killed):
@@ -235,8 +321,20 @@ def test_study_killed_mid_training_reruns_after_unlock_to_the_same_adapter(tmp_p
     run = snakemake(full, "--cores", "1", target, configfile=config)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(killed),
-           "--configfile", str(config), "--cores", "1", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(killed),
+        "--configfile",
+        str(config),
+        "--cores",
+        "1",
+        target,
+    ]
     checkpoint = killed / "results" / "checkpoints" / "sft" / "seed1" / "checkpoint-10"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + TIMEOUT
@@ -261,4 +359,6 @@ def test_study_killed_mid_training_reruns_after_unlock_to_the_same_adapter(tmp_p
     assert "resuming from" in log or "removing incomplete checkpoint" in log
     for sub in ("", "step40"):
         for name in ("adapter_model.safetensors", "adapter_config.json"):
-            assert (killed / target / sub / name).read_bytes() == (full / target / sub / name).read_bytes(), f"{sub}/{name}"
+            assert (killed / target / sub / name).read_bytes() == (full / target / sub / name).read_bytes(), (
+                f"{sub}/{name}"
+            )

@@ -119,9 +119,10 @@ def test_sets_and_restores_env_and_is_reentrant(two_gpus):
             assert b == "0"
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
         child = subprocess.run(
-            [sys.executable, "-c", "from lossgeom.devices import claim_gpu\n"
-             "with claim_gpu(timeout=1) as d: print(d)"],
-            capture_output=True, text=True, timeout=TIMEOUT,
+            [sys.executable, "-c", "from lossgeom.devices import claim_gpu\nwith claim_gpu(timeout=1) as d: print(d)"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
         assert child.stdout.strip() == "0", child.stderr
     assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -44,11 +44,24 @@ def test_extended_holds_the_contrastive_family_online_grpo_and_the_lr_variant(ex
     assert specs["sft_lr10x"].learning_rate == pytest.approx(10 * specs["sft"].learning_rate)
     online = specs["online_grpo"]
     # toy-scaled online GRPO: K=4, short completions, the rollouts' temperature and grader, the default LoRA
-    assert (online.params.num_generations, online.params.max_new_tokens, online.params.temperature, online.params.grader) == (4, 64, extended["rollouts"]["temperature"], "exact")
+    assert (
+        online.params.num_generations,
+        online.params.max_new_tokens,
+        online.params.temperature,
+        online.params.grader,
+    ) == (4, 64, extended["rollouts"]["temperature"], "exact")
     assert online.steps < specs["sft"].steps and online.analysis_step == online.steps
     assert online.lora == specs["sft"].lora and online.params.generation == "hf"
-    assert claim_roles(extended) == {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "grpo",
-                                     "dpo": "dpo", "online_grpo": "online_grpo", "lr10x": "sft_lr10x"}
+    assert claim_roles(extended) == {
+        "sft": "sft",
+        "rft": "rft",
+        "dft": "dft",
+        "rift": "rift",
+        "grpo": "grpo",
+        "dpo": "dpo",
+        "online_grpo": "online_grpo",
+        "lr10x": "sft_lr10x",
+    }
 
 
 def test_the_new_methods_would_run_in_the_default_study():
@@ -64,20 +77,37 @@ def test_paper_online_grpo_has_the_papers_settings():
     paper = load(PAPER, SCHEMA)
     spec = MethodSpec.from_config(paper, "online_grpo")
     assert (spec.steps, spec.params.num_generations, spec.analysis_step) == (600, 8, 600)
-    assert (spec.lora.r, spec.lora.alpha, tuple(spec.lora.target_modules)) == (32, 64, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert (spec.lora.r, spec.lora.alpha, tuple(spec.lora.target_modules)) == (
+        32,
+        64,
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    )
     assert spec.batch_size * spec.grad_accum == 32  # the paper's effective batch: 4 prompts x 8 samples
     assert (spec.params.grader, spec.params.max_new_tokens, spec.params.generation) == ("math_verify", 4096, "vllm")
     assert claim_roles(paper)["online_grpo"] == "online_grpo"
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["methods"].update(x={"loss": "online_grpo", "num_generations": 3}),
-     "batch_size x grad_accum = 16 completions per step must be a multiple of num_generations 3"),
-    (lambda c: c["methods"].update(x={"loss": "online_grpo", "steps": 40}),
-     "exceeds methods.x steps 40; set methods.x.save_steps and analysis_step"),
-    (lambda c: c["methods"].update(x={"loss": "kto", "simpo_gamma": 1.0}), "methods.x.simpo_gamma does not apply to loss 'kto'"),
-    (lambda c: c["methods"].update(x={"loss": "simpo", "grader": "exact"}), "methods.x.grader does not apply to loss 'simpo'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["methods"].update(x={"loss": "online_grpo", "num_generations": 3}),
+            "batch_size x grad_accum = 16 completions per step must be a multiple of num_generations 3",
+        ),
+        (
+            lambda c: c["methods"].update(x={"loss": "online_grpo", "steps": 40}),
+            "exceeds methods.x steps 40; set methods.x.save_steps and analysis_step",
+        ),
+        (
+            lambda c: c["methods"].update(x={"loss": "kto", "simpo_gamma": 1.0}),
+            "methods.x.simpo_gamma does not apply to loss 'kto'",
+        ),
+        (
+            lambda c: c["methods"].update(x={"loss": "simpo", "grader": "exact"}),
+            "methods.x.grader does not apply to loss 'simpo'",
+        ),
+    ],
+)
 def test_bad_new_method_entries_stop_in_one_line(change, message):
     cfg = copy.deepcopy(yaml.safe_load(DEFAULT.read_text()))
     change(cfg)
@@ -94,6 +124,9 @@ def test_online_grpo_sampling_backend_follows_the_generation_section():
     assert MethodSpec.from_config(cfg, "og").params.generation == "vllm"
     cfg["generation"] = {"backend": "vllm", "stages": {"training": "hf"}}
     assert MethodSpec.from_config(cfg, "og").params.generation == "hf"
-    cfg["generation"] = {"backend": "openai", "stages": {"evaluation": "hf", "lmc": "hf"},
-                         "openai": {"base_url": "http://x", "model": "m"}}
+    cfg["generation"] = {
+        "backend": "openai",
+        "stages": {"evaluation": "hf", "lmc": "hf"},
+        "openai": {"base_url": "http://x", "model": "m"},
+    }
     assert MethodSpec.from_config(cfg, "og").params.generation == "hf"  # an API teacher cannot sample the student

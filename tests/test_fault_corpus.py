@@ -45,8 +45,8 @@ from typing import Callable
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import random_adapter
+
 from lossgeom.cli import main
 from lossgeom.config import ConfigError, load
 
@@ -75,14 +75,18 @@ def w(toy_world, tiny_base, tiny_rollouts, tmp_path_factory):
     # an adapter of another base model: same architecture, another width
     tok = load_tokenizer(toy_world / "tokenizer")
     torch.manual_seed(0)
-    wider = Qwen3ForCausalLM(qwen3_config({"hidden_size": 48, "num_layers": 2, "num_attention_heads": 4,
-                                           "num_key_value_heads": 2}, len(tok), tok))
+    wider = Qwen3ForCausalLM(
+        qwen3_config(
+            {"hidden_size": 48, "num_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}, len(tok), tok
+        )
+    )
     other = random_adapter(wider, adapters / "other_base", seed=4)
     cfg = json.loads((other / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "some/other-model"
     (other / "adapter_config.json").write_text(json.dumps(cfg))
-    return SimpleNamespace(world=toy_world, base=tiny_base, rollouts=tiny_rollouts, good=good, good2=good2, mlp=mlp,
-                           other_base=other)
+    return SimpleNamespace(
+        world=toy_world, base=tiny_base, rollouts=tiny_rollouts, good=good, good2=good2, mlp=mlp, other_base=other
+    )
 
 
 # ---- helpers that make one bad input --------------------------------------------------------------
@@ -128,8 +132,9 @@ def _copy_model(w, tmp: Path, drop=(), edit: Callable[[Path], None] | None = Non
 
 
 def _jsonl(path: Path, rows: list, raw: bytes | None = None) -> Path:
-    path.write_bytes(raw if raw is not None else "".join(
-        (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode())
+    path.write_bytes(
+        raw if raw is not None else "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+    )
     return path
 
 
@@ -148,15 +153,42 @@ def _geometry(*adapters, out):
 
 
 def _evaluate(w, out, base=None, adapter="none", test_sets=None, generation=None):
-    argv = ["evaluate", "--base", str(base or w.base), "--adapter", str(adapter), "--toy-dir", str(w.world),
-            "--test-sets", json.dumps(test_sets or {"toy": {"source": "toy", "split": "test"}}),
-            "--max-new-tokens", "2", "--batch-size", "8", "--out", str(out)]
+    argv = [
+        "evaluate",
+        "--base",
+        str(base or w.base),
+        "--adapter",
+        str(adapter),
+        "--toy-dir",
+        str(w.world),
+        "--test-sets",
+        json.dumps(test_sets or {"toy": {"source": "toy", "split": "test"}}),
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+    ]
     return argv + (["--generation", json.dumps(generation)] if generation else [])
 
 
 def _activations(w, out, adapter):
-    return ["activations", "--base", str(w.base), "--adapter", str(adapter), "--toy-dir", str(w.world),
-            "--test-set", json.dumps({"source": "toy", "split": "test"}), "--n-probe", "2", "--out", str(out)]
+    return [
+        "activations",
+        "--base",
+        str(w.base),
+        "--adapter",
+        str(adapter),
+        "--toy-dir",
+        str(w.world),
+        "--test-set",
+        json.dumps({"source": "toy", "split": "test"}),
+        "--n-probe",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def _import(path, out):
@@ -166,20 +198,51 @@ def _import(path, out):
 def _train(w, out, rollouts=None, base=None):
     from conftest import method_spec
 
-    return ["train", "--spec", method_spec("sft").to_json(), "--seed", "1", "--rollouts", str(rollouts or w.rollouts),
-            "--base", str(base or w.base), "--out", str(out), "--checkpoints", str(out.parent / "ckpt")]
+    return [
+        "train",
+        "--spec",
+        method_spec("sft").to_json(),
+        "--seed",
+        "1",
+        "--rollouts",
+        str(rollouts or w.rollouts),
+        "--base",
+        str(base or w.base),
+        "--out",
+        str(out),
+        "--checkpoints",
+        str(out.parent / "ckpt"),
+    ]
 
 
 def _rollouts(w, out, problems, generation=None, journal=None, spec=None):
-    argv = ["rollouts", "--model", str(w.base), "--problems", json.dumps(problems),
-            "--spec", json.dumps(spec or {"k": 2, "temperature": 1.0, "max_new_tokens": 2}), "--out", str(out)]
+    argv = [
+        "rollouts",
+        "--model",
+        str(w.base),
+        "--problems",
+        json.dumps(problems),
+        "--spec",
+        json.dumps(spec or {"k": 2, "temperature": 1.0, "max_new_tokens": 2}),
+        "--out",
+        str(out),
+    ]
     argv += ["--generation", json.dumps(generation)] if generation else []
     return argv + (["--journal", str(journal)] if journal else [])
 
 
 def _openai(url, **kw):
-    return {"backend": "openai", "openai": {"base_url": url, "model": "teacher", "api_key_env": "LOSSGEOM_CORPUS_KEY",
-                                            "max_retries": 0, "timeout_s": 5, **kw}}
+    return {
+        "backend": "openai",
+        "openai": {
+            "base_url": url,
+            "model": "teacher",
+            "api_key_env": "LOSSGEOM_CORPUS_KEY",
+            "max_retries": 0,
+            "timeout_s": 5,
+            **kw,
+        },
+    }
 
 
 def _free_port() -> int:
@@ -205,145 +268,615 @@ def _out(tmp, name="out.parquet"):
 
 CASES = [
     # -- rollout files (import-rollouts) ---------------------------------------------------------
-    Case("rollouts/missing-column-jsonl", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(), {"prompt_id": "p1"}]), _out(t)), _out(t)),
-         r"r\.jsonl:2: missing required field\(s\) \['prompt', 'completion', 'reward'\]"),
-    Case("rollouts/missing-column-parquet", lambda w, t, c: (_import(_parquet(t / "r.parquet", pd.DataFrame([_row()]).drop(columns="reward")), _out(t)), _out(t)),
-         r"r\.parquet row 0: missing required field\(s\) \['reward'\]"),
-    Case("rollouts/reward-not-a-number", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(reward="yes")]), _out(t)), _out(t)),
-         r"r\.jsonl:1: reward 'yes' is not a number"),
-    Case("rollouts/prompt-wrong-dtype", lambda w, t, c: (_import(_parquet(t / "r.parquet", pd.DataFrame([_row(prompt=7)])), _out(t)), _out(t)),
-         r"row 0: field 'prompt' must be a string, got int"),
-    Case("rollouts/reward-not-binary", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(reward=0.5)]), _out(t)), _out(t)),
-         r"r\.jsonl:1: reward must be 0 or 1"),
-    Case("rollouts/nan-reward-jsonl", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", ['{"prompt_id": "p", "prompt": "q", "completion": "c", "reward": NaN}']), _out(t)), _out(t)),
-         r"r\.jsonl:1: field 'reward' is NaN"),
-    Case("rollouts/nan-reward-parquet", lambda w, t, c: (_import(_parquet(t / "r.parquet", pd.DataFrame([_row(reward=1.0), _row(reward=float("nan"), prompt_id="p1")])), _out(t)), _out(t)),
-         r"r\.parquet row 1: field 'reward' is NaN"),
-    Case("rollouts/positive-logprobs", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(logprobs=[-0.5, 0.3])]), _out(t)), _out(t)),
-         r"r\.jsonl:1: logprobs must be a list of numbers <= 0"),
-    Case("rollouts/empty-file", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [], raw=b"\n\n"), _out(t)), _out(t)),
-         r"rollout file .*r\.jsonl has no rows"),
-    Case("rollouts/duplicated-ids", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(sample_index=0), _row(sample_index=1), _row(sample_index=0)]), _out(t)), _out(t)),
-         r"duplicate row for prompt_id 'p0' sample_index 0"),
-    Case("rollouts/one-id-two-prompts", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(), _row(prompt="2 + 2?")]), _out(t)), _out(t)),
-         r"prompt_id 'p0' has rows with different prompts"),
-    Case("rollouts/non-utf8", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [], raw=(json.dumps(_row()) + "\n").encode() + b'{"prompt": "\xff\xfe"}\n'), _out(t)), _out(t)),
-         r"r\.jsonl:2: not UTF-8 text"),
-    Case("rollouts/not-json", lambda w, t, c: (_import(_jsonl(t / "r.jsonl", ["{prompt_id: p0"]), _out(t)), _out(t)),
-         r"r\.jsonl:1: not valid JSON"),
-    Case("rollouts/not-parquet", lambda w, t, c: (_import(_jsonl(t / "r.parquet", [], raw=b"PAR1 but not really"), _out(t)), _out(t)),
-         r"r\.parquet: not a readable parquet file"),
-    Case("rollouts/wrong-suffix", lambda w, t, c: (_import(_jsonl(t / "r.csv", [_row()]), _out(t)), _out(t)),
-         r"r\.csv must be \.jsonl or \.parquet"),
-    Case("rollouts/missing-file", lambda w, t, c: (_import(t / "nope.jsonl", _out(t)), _out(t)),
-         r"rollout file .*nope\.jsonl does not exist"),
+    Case(
+        "rollouts/missing-column-jsonl",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(), {"prompt_id": "p1"}]), _out(t)), _out(t)),
+        r"r\.jsonl:2: missing required field\(s\) \['prompt', 'completion', 'reward'\]",
+    ),
+    Case(
+        "rollouts/missing-column-parquet",
+        lambda w, t, c: (
+            _import(_parquet(t / "r.parquet", pd.DataFrame([_row()]).drop(columns="reward")), _out(t)),
+            _out(t),
+        ),
+        r"r\.parquet row 0: missing required field\(s\) \['reward'\]",
+    ),
+    Case(
+        "rollouts/reward-not-a-number",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(reward="yes")]), _out(t)), _out(t)),
+        r"r\.jsonl:1: reward 'yes' is not a number",
+    ),
+    Case(
+        "rollouts/prompt-wrong-dtype",
+        lambda w, t, c: (_import(_parquet(t / "r.parquet", pd.DataFrame([_row(prompt=7)])), _out(t)), _out(t)),
+        r"row 0: field 'prompt' must be a string, got int",
+    ),
+    Case(
+        "rollouts/reward-not-binary",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(reward=0.5)]), _out(t)), _out(t)),
+        r"r\.jsonl:1: reward must be 0 or 1",
+    ),
+    Case(
+        "rollouts/nan-reward-jsonl",
+        lambda w, t, c: (
+            _import(
+                _jsonl(t / "r.jsonl", ['{"prompt_id": "p", "prompt": "q", "completion": "c", "reward": NaN}']), _out(t)
+            ),
+            _out(t),
+        ),
+        r"r\.jsonl:1: field 'reward' is NaN",
+    ),
+    Case(
+        "rollouts/nan-reward-parquet",
+        lambda w, t, c: (
+            _import(
+                _parquet(t / "r.parquet", pd.DataFrame([_row(reward=1.0), _row(reward=float("nan"), prompt_id="p1")])),
+                _out(t),
+            ),
+            _out(t),
+        ),
+        r"r\.parquet row 1: field 'reward' is NaN",
+    ),
+    Case(
+        "rollouts/positive-logprobs",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(logprobs=[-0.5, 0.3])]), _out(t)), _out(t)),
+        r"r\.jsonl:1: logprobs must be a list of numbers <= 0",
+    ),
+    Case(
+        "rollouts/empty-file",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [], raw=b"\n\n"), _out(t)), _out(t)),
+        r"rollout file .*r\.jsonl has no rows",
+    ),
+    Case(
+        "rollouts/duplicated-ids",
+        lambda w, t, c: (
+            _import(_jsonl(t / "r.jsonl", [_row(sample_index=0), _row(sample_index=1), _row(sample_index=0)]), _out(t)),
+            _out(t),
+        ),
+        r"duplicate row for prompt_id 'p0' sample_index 0",
+    ),
+    Case(
+        "rollouts/one-id-two-prompts",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", [_row(), _row(prompt="2 + 2?")]), _out(t)), _out(t)),
+        r"prompt_id 'p0' has rows with different prompts",
+    ),
+    Case(
+        "rollouts/non-utf8",
+        lambda w, t, c: (
+            _import(
+                _jsonl(t / "r.jsonl", [], raw=(json.dumps(_row()) + "\n").encode() + b'{"prompt": "\xff\xfe"}\n'),
+                _out(t),
+            ),
+            _out(t),
+        ),
+        r"r\.jsonl:2: not UTF-8 text",
+    ),
+    Case(
+        "rollouts/not-json",
+        lambda w, t, c: (_import(_jsonl(t / "r.jsonl", ["{prompt_id: p0"]), _out(t)), _out(t)),
+        r"r\.jsonl:1: not valid JSON",
+    ),
+    Case(
+        "rollouts/not-parquet",
+        lambda w, t, c: (_import(_jsonl(t / "r.parquet", [], raw=b"PAR1 but not really"), _out(t)), _out(t)),
+        r"r\.parquet: not a readable parquet file",
+    ),
+    Case(
+        "rollouts/wrong-suffix",
+        lambda w, t, c: (_import(_jsonl(t / "r.csv", [_row()]), _out(t)), _out(t)),
+        r"r\.csv must be \.jsonl or \.parquet",
+    ),
+    Case(
+        "rollouts/missing-file",
+        lambda w, t, c: (_import(t / "nope.jsonl", _out(t)), _out(t)),
+        r"rollout file .*nope\.jsonl does not exist",
+    ),
     # -- the rollout table a training job reads ---------------------------------------------------
-    Case("train/rollout-table-lacks-column", lambda w, t, c: (_train(w, _out(t, "adapter"), _parquet(t / "r.parquet", pd.read_parquet(w.rollouts).drop(columns="reward"))), _out(t, "adapter")),
-         r"rollout table .*r\.parquet lacks column\(s\) \['reward'\]"),
-    Case("train/rollout-table-truncated", lambda w, t, c: (_train(w, _out(t, "adapter"), _truncate(shutil.copy(w.rollouts, t / "r.parquet") and t / "r.parquet", 0.5)), _out(t, "adapter")),
-         r"r\.parquet: not a readable parquet file"),
+    Case(
+        "train/rollout-table-lacks-column",
+        lambda w, t, c: (
+            _train(
+                w, _out(t, "adapter"), _parquet(t / "r.parquet", pd.read_parquet(w.rollouts).drop(columns="reward"))
+            ),
+            _out(t, "adapter"),
+        ),
+        r"rollout table .*r\.parquet lacks column\(s\) \['reward'\]",
+    ),
+    Case(
+        "train/rollout-table-truncated",
+        lambda w, t, c: (
+            _train(w, _out(t, "adapter"), _truncate(shutil.copy(w.rollouts, t / "r.parquet") and t / "r.parquet", 0.5)),
+            _out(t, "adapter"),
+        ),
+        r"r\.parquet: not a readable parquet file",
+    ),
     # -- adapters (geometry, evaluation, activations) ---------------------------------------------
-    Case("adapters/truncated-safetensors", lambda w, t, c: (_geometry(w.good, _truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.6).parent, out=_out(t, "geo")), _out(t, "geo")),
-         r"bad/adapter_model\.safetensors: not a readable safetensors file .*truncated or corrupt"),
-    Case("adapters/header-only-safetensors", lambda w, t, c: (_geometry(w.good, _truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 20).parent, out=_out(t, "geo")), _out(t, "geo")),
-         r"bad/adapter_model\.safetensors: not a readable safetensors file \(.*header"),
-    Case("adapters/garbage-safetensors", lambda w, t, c: (_geometry(w.good, _jsonl(_copy_adapter(w.good, t) / "adapter_model.safetensors", [], raw=b"\x10" * 64).parent, out=_out(t, "geo")), _out(t, "geo")),
-         r"bad/adapter_model\.safetensors: not a readable safetensors file"),
-    Case("adapters/config-rank-mismatch", lambda w, t, c: (_geometry(w.good, _edit_adapter_config(_copy_adapter(w.good, t), r=8, lora_alpha=16), out=_out(t, "geo")), _out(t, "geo")),
-         r"module 'layers\.0\.self_attn\.\w_proj': rank 4 in the weights but 8 from the config"),
-    Case("adapters/missing-B", lambda w, t, c: (_geometry(w.good, _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {k: v for k, v in d.items() if not ("layers.1.self_attn.v_proj" in k and "lora_B" in k)}), out=_out(t, "geo")), _out(t, "geo")),
-         r"module 'layers\.1\.self_attn\.v_proj' has lora_A but no lora_B"),
-    Case("adapters/A-B-inner-dims", lambda w, t, c: (_geometry(w.good, _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {k: (v[:, :3].contiguous() if "layers.0.self_attn.q_proj.lora_B" in k else v) for k, v in d.items()}), out=_out(t, "geo")), _out(t, "geo")),
-         r"module 'layers\.0\.self_attn\.q_proj': shape mismatch"),
-    Case("adapters/dora", lambda w, t, c: (_geometry(w.good, _edit_adapter_config(_copy_adapter(w.good, t), use_dora=True), out=_out(t, "geo")), _out(t, "geo")),
-         r"adapter_config\.json: use_dora=true is not supported"),
-    Case("adapters/dora-magnitude-tensor", lambda w, t, c: (_geometry(w.good, _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {**d, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": d[next(iter(d))][0].clone()}), out=_out(t, "geo")), _out(t, "geo")),
-         r"DoRA magnitude vectors are not supported"),
-    Case("adapters/non-attention-targets", lambda w, t, c: (_geometry(w.good, w.mlp, out=_out(t, "geo")), _out(t, "geo")),
-         r"different target_modules"),
-    Case("adapters/other-base-model", lambda w, t, c: (_geometry(w.good, _edit_adapter_config(_copy_adapter(w.good2, t), base_model_name_or_path="some/other-model"), out=_out(t, "geo")), _out(t, "geo")),
-         r"different base models: expected .*, found 'some/other-model'"),
-    Case("adapters/no-config", lambda w, t, c: (_geometry(w.good, _unlink(_copy_adapter(w.good, t) / "adapter_config.json"), out=_out(t, "geo")), _out(t, "geo")),
-         r"bad: missing adapter_config\.json"),
-    Case("adapters/config-not-json", lambda w, t, c: (_geometry(w.good, _jsonl(_copy_adapter(w.good, t) / "adapter_config.json", [], raw=b"{r: 4").parent, out=_out(t, "geo")), _out(t, "geo")),
-         r"adapter_config\.json: invalid JSON"),
-    Case("adapters/config-not-utf8", lambda w, t, c: (_geometry(w.good, _jsonl(_copy_adapter(w.good, t) / "adapter_config.json", [], raw=b'{"r": 4, "x": "\xff"}').parent, out=_out(t, "geo")), _out(t, "geo")),
-         r"adapter_config\.json: invalid JSON"),
-    Case("adapters/pickle-only", lambda w, t, c: (_geometry(w.good, _pickle_only(_copy_adapter(w.good, t)), out=_out(t, "geo")), _out(t, "geo")),
-         r"only adapter_model\.bin found: pickles are not loaded"),
-    Case("adapters/missing-dir", lambda w, t, c: (_geometry(w.good, t / "nope", out=_out(t, "geo")), _out(t, "geo")),
-         r"nope: adapter directory does not exist"),
-    Case("evaluate/adapter-of-another-base", lambda w, t, c: (_evaluate(w, _out(t), adapter=w.other_base), _out(t)),
-         r"other_base: adapter of base model 'some/other-model' does not fit .*: module 'layers\.0\.self_attn\.\w_proj' is \(\d+, 48\)"),
-    Case("evaluate/truncated-adapter", lambda w, t, c: (_evaluate(w, _out(t), adapter=_truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.5).parent), _out(t)),
-         r"bad/adapter_model\.safetensors: not a readable safetensors file"),
-    Case("evaluate/truncated-dora-adapter", lambda w, t, c: (_evaluate(w, _out(t), adapter=_truncate(_edit_adapter_config(_copy_adapter(w.good, t), use_dora=True) / "adapter_model.safetensors", 0.5).parent), _out(t)),
-         r"bad/adapter_model\.safetensors: not a readable safetensors file"),
-    Case("activations/missing-B", lambda w, t, c: (_activations(w, _out(t, "act.npz"), _edit_adapter_tensors(_copy_adapter(w.good, t), lambda d: {k: v for k, v in d.items() if not ("layers.0.self_attn.o_proj" in k and "lora_B" in k)})), _out(t, "act.npz")),
-         r"module 'layers\.0\.self_attn\.o_proj' has lora_A but no lora_B"),
-    Case("lmc/adapter-of-another-base", lambda w, t, c: (["lmc", "--base", str(w.base), "--first", f"a={w.other_base}", "--second", f"b={_edit_adapter_config(_copy_adapter(w.other_base, t), base_model_name_or_path='some/other-model')}",
-                                                           "--toy-dir", str(w.world), "--test-set", json.dumps({"source": "toy", "split": "test"}), "--alphas", "2", "--limit", "2",
-                                                           "--accuracy-subset", "1", "--max-new-tokens", "2", "--out", str(_out(t, "sweep.tsv"))], _out(t, "sweep.tsv")),
-         r"other_base: adapter of base model 'some/other-model' does not fit"),
+    Case(
+        "adapters/truncated-safetensors",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.6).parent,
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"bad/adapter_model\.safetensors: not a readable safetensors file .*truncated or corrupt",
+    ),
+    Case(
+        "adapters/header-only-safetensors",
+        lambda w, t, c: (
+            _geometry(
+                w.good, _truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 20).parent, out=_out(t, "geo")
+            ),
+            _out(t, "geo"),
+        ),
+        r"bad/adapter_model\.safetensors: not a readable safetensors file \(.*header",
+    ),
+    Case(
+        "adapters/garbage-safetensors",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _jsonl(_copy_adapter(w.good, t) / "adapter_model.safetensors", [], raw=b"\x10" * 64).parent,
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"bad/adapter_model\.safetensors: not a readable safetensors file",
+    ),
+    Case(
+        "adapters/config-rank-mismatch",
+        lambda w, t, c: (
+            _geometry(w.good, _edit_adapter_config(_copy_adapter(w.good, t), r=8, lora_alpha=16), out=_out(t, "geo")),
+            _out(t, "geo"),
+        ),
+        r"module 'layers\.0\.self_attn\.\w_proj': rank 4 in the weights but 8 from the config",
+    ),
+    Case(
+        "adapters/missing-B",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t),
+                    lambda d: {k: v for k, v in d.items() if not ("layers.1.self_attn.v_proj" in k and "lora_B" in k)},
+                ),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"module 'layers\.1\.self_attn\.v_proj' has lora_A but no lora_B",
+    ),
+    Case(
+        "adapters/A-B-inner-dims",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t),
+                    lambda d: {
+                        k: (v[:, :3].contiguous() if "layers.0.self_attn.q_proj.lora_B" in k else v)
+                        for k, v in d.items()
+                    },
+                ),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"module 'layers\.0\.self_attn\.q_proj': shape mismatch",
+    ),
+    Case(
+        "adapters/dora",
+        lambda w, t, c: (
+            _geometry(w.good, _edit_adapter_config(_copy_adapter(w.good, t), use_dora=True), out=_out(t, "geo")),
+            _out(t, "geo"),
+        ),
+        r"adapter_config\.json: use_dora=true is not supported",
+    ),
+    Case(
+        "adapters/dora-magnitude-tensor",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t),
+                    lambda d: {
+                        **d,
+                        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": d[next(iter(d))][
+                            0
+                        ].clone(),
+                    },
+                ),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"DoRA magnitude vectors are not supported",
+    ),
+    Case(
+        "adapters/non-attention-targets",
+        lambda w, t, c: (_geometry(w.good, w.mlp, out=_out(t, "geo")), _out(t, "geo")),
+        r"different target_modules",
+    ),
+    Case(
+        "adapters/other-base-model",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_config(_copy_adapter(w.good2, t), base_model_name_or_path="some/other-model"),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"different base models: expected .*, found 'some/other-model'",
+    ),
+    Case(
+        "adapters/no-config",
+        lambda w, t, c: (
+            _geometry(w.good, _unlink(_copy_adapter(w.good, t) / "adapter_config.json"), out=_out(t, "geo")),
+            _out(t, "geo"),
+        ),
+        r"bad: missing adapter_config\.json",
+    ),
+    Case(
+        "adapters/config-not-json",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _jsonl(_copy_adapter(w.good, t) / "adapter_config.json", [], raw=b"{r: 4").parent,
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"adapter_config\.json: invalid JSON",
+    ),
+    Case(
+        "adapters/config-not-utf8",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _jsonl(_copy_adapter(w.good, t) / "adapter_config.json", [], raw=b'{"r": 4, "x": "\xff"}').parent,
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"adapter_config\.json: invalid JSON",
+    ),
+    Case(
+        "adapters/pickle-only",
+        lambda w, t, c: (_geometry(w.good, _pickle_only(_copy_adapter(w.good, t)), out=_out(t, "geo")), _out(t, "geo")),
+        r"only adapter_model\.bin found: pickles are not loaded",
+    ),
+    Case(
+        "adapters/missing-dir",
+        lambda w, t, c: (_geometry(w.good, t / "nope", out=_out(t, "geo")), _out(t, "geo")),
+        r"nope: adapter directory does not exist",
+    ),
+    Case(
+        "evaluate/adapter-of-another-base",
+        lambda w, t, c: (_evaluate(w, _out(t), adapter=w.other_base), _out(t)),
+        r"other_base: adapter of base model 'some/other-model' does not fit .*: module 'layers\.0\.self_attn\.\w_proj' is \(\d+, 48\)",
+    ),
+    Case(
+        "evaluate/truncated-adapter",
+        lambda w, t, c: (
+            _evaluate(
+                w, _out(t), adapter=_truncate(_copy_adapter(w.good, t) / "adapter_model.safetensors", 0.5).parent
+            ),
+            _out(t),
+        ),
+        r"bad/adapter_model\.safetensors: not a readable safetensors file",
+    ),
+    Case(
+        "evaluate/truncated-dora-adapter",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                adapter=_truncate(
+                    _edit_adapter_config(_copy_adapter(w.good, t), use_dora=True) / "adapter_model.safetensors", 0.5
+                ).parent,
+            ),
+            _out(t),
+        ),
+        r"bad/adapter_model\.safetensors: not a readable safetensors file",
+    ),
+    Case(
+        "activations/missing-B",
+        lambda w, t, c: (
+            _activations(
+                w,
+                _out(t, "act.npz"),
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t),
+                    lambda d: {k: v for k, v in d.items() if not ("layers.0.self_attn.o_proj" in k and "lora_B" in k)},
+                ),
+            ),
+            _out(t, "act.npz"),
+        ),
+        r"module 'layers\.0\.self_attn\.o_proj' has lora_A but no lora_B",
+    ),
+    Case(
+        "lmc/adapter-of-another-base",
+        lambda w, t, c: (
+            [
+                "lmc",
+                "--base",
+                str(w.base),
+                "--first",
+                f"a={w.other_base}",
+                "--second",
+                f"b={_edit_adapter_config(_copy_adapter(w.other_base, t), base_model_name_or_path='some/other-model')}",
+                "--toy-dir",
+                str(w.world),
+                "--test-set",
+                json.dumps({"source": "toy", "split": "test"}),
+                "--alphas",
+                "2",
+                "--limit",
+                "2",
+                "--accuracy-subset",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--out",
+                str(_out(t, "sweep.tsv")),
+            ],
+            _out(t, "sweep.tsv"),
+        ),
+        r"other_base: adapter of base model 'some/other-model' does not fit",
+    ),
     # -- problem sets (evaluation and rollout prompts) --------------------------------------------
-    Case("datasets/missing-field", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "solution": "#### 1"}]))}}), _out(t)),
-         r"gsm\.jsonl' \(split 'train'\) has no field 'answer'"),
-    Case("datasets/unparsable-gold-evaluation", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "answer": "#### 3"}, {"question": "r", "answer": "three"}]))}}), _out(t)),
-         r"test set gsm .*: item 'gsm-train-1': gold answer 'three' is not a number, which grader 'exact' needs \(1 of 2 "
-         r"gold answers .*unparsable_gold: drop"),
-    Case("datasets/unparsable-gold-rollouts", lambda w, t, c: (_rollouts(w, _out(t), {"source": str(_jsonl(t / "p.jsonl", [{"id": "a", "question": "q", "answer": "n/a"}]))}), _out(t)),
-         r"prompts .*: item 'p-train-0': gold answer 'n/a' is not a number"),
-    Case("datasets/duplicate-ids", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"id": 1, "question": "q", "answer": "1"}] * 2)), "id_field": "id"}}), _out(t)),
-         r"has duplicate id '1'"),
-    Case("datasets/empty", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [], raw=b""))}}), _out(t)),
-         r"gsm\.jsonl' \(split 'train'\) is empty"),
-    Case("datasets/non-utf8", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [], raw=b'{"question": "\xe9", "answer": "1"}\n'))}}), _out(t)),
-         r"gsm\.jsonl:1: not UTF-8 text"),
-    Case("datasets/missing-file", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(t / "gsm.jsonl")}}), _out(t)),
-         r"problem file .*gsm\.jsonl does not exist"),
-    Case("datasets/not-parquet", lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.parquet", [], raw=b"nope"))}}), _out(t)),
-         r"gsm\.parquet: not a readable parquet file"),
+    Case(
+        "datasets/missing-field",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [{"question": "q", "solution": "#### 1"}]))}},
+            ),
+            _out(t),
+        ),
+        r"gsm\.jsonl' \(split 'train'\) has no field 'answer'",
+    ),
+    Case(
+        "datasets/unparsable-gold-evaluation",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                test_sets={
+                    "gsm": {
+                        "source": str(
+                            _jsonl(
+                                t / "gsm.jsonl",
+                                [{"question": "q", "answer": "#### 3"}, {"question": "r", "answer": "three"}],
+                            )
+                        )
+                    }
+                },
+            ),
+            _out(t),
+        ),
+        r"test set gsm .*: item 'gsm-train-1': gold answer 'three' is not a number, which grader 'exact' needs \(1 of 2 "
+        r"gold answers .*unparsable_gold: drop",
+    ),
+    Case(
+        "datasets/unparsable-gold-rollouts",
+        lambda w, t, c: (
+            _rollouts(
+                w, _out(t), {"source": str(_jsonl(t / "p.jsonl", [{"id": "a", "question": "q", "answer": "n/a"}]))}
+            ),
+            _out(t),
+        ),
+        r"prompts .*: item 'p-train-0': gold answer 'n/a' is not a number",
+    ),
+    Case(
+        "datasets/duplicate-ids",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                test_sets={
+                    "gsm": {
+                        "source": str(_jsonl(t / "gsm.jsonl", [{"id": 1, "question": "q", "answer": "1"}] * 2)),
+                        "id_field": "id",
+                    }
+                },
+            ),
+            _out(t),
+        ),
+        r"has duplicate id '1'",
+    ),
+    Case(
+        "datasets/empty",
+        lambda w, t, c: (
+            _evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.jsonl", [], raw=b""))}}),
+            _out(t),
+        ),
+        r"gsm\.jsonl' \(split 'train'\) is empty",
+    ),
+    Case(
+        "datasets/non-utf8",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                test_sets={
+                    "gsm": {"source": str(_jsonl(t / "gsm.jsonl", [], raw=b'{"question": "\xe9", "answer": "1"}\n'))}
+                },
+            ),
+            _out(t),
+        ),
+        r"gsm\.jsonl:1: not UTF-8 text",
+    ),
+    Case(
+        "datasets/missing-file",
+        lambda w, t, c: (_evaluate(w, _out(t), test_sets={"gsm": {"source": str(t / "gsm.jsonl")}}), _out(t)),
+        r"problem file .*gsm\.jsonl does not exist",
+    ),
+    Case(
+        "datasets/not-parquet",
+        lambda w, t, c: (
+            _evaluate(w, _out(t), test_sets={"gsm": {"source": str(_jsonl(t / "gsm.parquet", [], raw=b"nope"))}}),
+            _out(t),
+        ),
+        r"gsm\.parquet: not a readable parquet file",
+    ),
     # -- model and tokenizer directories ----------------------------------------------------------
-    Case("models/missing-dir", lambda w, t, c: (_evaluate(w, _out(t), base=t / "nope"), _out(t)),
-         r"tokenizer directory .*nope does not exist"),
-    Case("models/no-weights", lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, drop=["model.safetensors"])), _out(t)),
-         r"model: cannot load the model \(OSError: .*model\.safetensors"),
-    Case("models/truncated-weights", lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, edit=lambda d: _truncate(d / "model.safetensors", 0.5))), _out(t)),
-         r"model: cannot load the model \(SafetensorError: .*"),
-    Case("models/no-config", lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, drop=["config.json"])), _out(t)),
-         r"model: cannot load the model \(ValueError: .*config\.json"),
-    Case("models/config-not-json", lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, edit=lambda d: (d / "config.json").write_text("{x"))), _out(t)),
-         r"model: cannot load the (model|tokenizer) \(\w+: .*config\.json"),
-    Case("models/no-tokenizer-files", lambda w, t, c: (_train(w, _out(t, "adapter"), base=_copy_model(w, t, drop=["tokenizer*"])), _out(t, "adapter")),
-         r"model: no tokenizer files"),
+    Case(
+        "models/missing-dir",
+        lambda w, t, c: (_evaluate(w, _out(t), base=t / "nope"), _out(t)),
+        r"tokenizer directory .*nope does not exist",
+    ),
+    Case(
+        "models/no-weights",
+        lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, drop=["model.safetensors"])), _out(t)),
+        r"model: cannot load the model \(OSError: .*model\.safetensors",
+    ),
+    Case(
+        "models/truncated-weights",
+        lambda w, t, c: (
+            _evaluate(w, _out(t), base=_copy_model(w, t, edit=lambda d: _truncate(d / "model.safetensors", 0.5))),
+            _out(t),
+        ),
+        r"model: cannot load the model \(SafetensorError: .*",
+    ),
+    Case(
+        "models/no-config",
+        lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, drop=["config.json"])), _out(t)),
+        r"model: cannot load the model \(ValueError: .*config\.json",
+    ),
+    Case(
+        "models/config-not-json",
+        lambda w, t, c: (
+            _evaluate(w, _out(t), base=_copy_model(w, t, edit=lambda d: (d / "config.json").write_text("{x"))),
+            _out(t),
+        ),
+        r"model: cannot load the (model|tokenizer) \(\w+: .*config\.json",
+    ),
+    Case(
+        "models/no-tokenizer-files",
+        lambda w, t, c: (
+            _train(w, _out(t, "adapter"), base=_copy_model(w, t, drop=["tokenizer*"])),
+            _out(t, "adapter"),
+        ),
+        r"model: no tokenizer files",
+    ),
     # -- the workflow's own intermediates, handed over by hand --------------------------------------
-    Case("intermediates/eval-stats-not-parquet", lambda w, t, c: (["eval-stats", f"m={_jsonl(t / 'e.parquet', [], raw=b'garbage')}", "--out", str(_out(t, "stats"))], _out(t, "stats")),
-         r"e\.parquet.*(Parquet|parquet)"),
-    Case("intermediates/cka-not-npz", lambda w, t, c: (["cka", f"a={_jsonl(t / 'a.npz', [], raw=b'garbage')}", f"b={t / 'a.npz'}", "--out", str(_out(t, "cka.tsv"))], _out(t, "cka.tsv")),
-         r"a\.npz: not an activations file of 'lossgeom activations'"),
-    Case("intermediates/lmc-sweep-wrong-columns", lambda w, t, c: (["lmc-summary", str(_jsonl(t / "s.tsv", [], raw=b"x\ty\n1\t2\n")), "--out", str(_out(t, "summary.tsv"))], _out(t, "summary.tsv")),
-         r"s\.tsv: not a sweep table of 'lossgeom lmc'"),
+    Case(
+        "intermediates/eval-stats-not-parquet",
+        lambda w, t, c: (
+            ["eval-stats", f"m={_jsonl(t / 'e.parquet', [], raw=b'garbage')}", "--out", str(_out(t, "stats"))],
+            _out(t, "stats"),
+        ),
+        r"e\.parquet.*(Parquet|parquet)",
+    ),
+    Case(
+        "intermediates/cka-not-npz",
+        lambda w, t, c: (
+            [
+                "cka",
+                f"a={_jsonl(t / 'a.npz', [], raw=b'garbage')}",
+                f"b={t / 'a.npz'}",
+                "--out",
+                str(_out(t, "cka.tsv")),
+            ],
+            _out(t, "cka.tsv"),
+        ),
+        r"a\.npz: not an activations file of 'lossgeom activations'",
+    ),
+    Case(
+        "intermediates/lmc-sweep-wrong-columns",
+        lambda w, t, c: (
+            ["lmc-summary", str(_jsonl(t / "s.tsv", [], raw=b"x\ty\n1\t2\n")), "--out", str(_out(t, "summary.tsv"))],
+            _out(t, "summary.tsv"),
+        ),
+        r"s\.tsv: not a sweep table of 'lossgeom lmc'",
+    ),
     # -- the generation layer ---------------------------------------------------------------------
-    Case("generation/unknown-backend", lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "tgi"}), _out(t)),
-         r"unknown generation backend 'tgi'"),
-    Case("generation/unknown-key", lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "vllm", "vllm": {"max_lora_rnak": 8}}), _out(t)),
-         r"unknown generation\.vllm key 'max_lora_rnak'"),
-    Case("generation/openai-for-evaluation", lambda w, t, c: (_evaluate(w, _out(t), generation=_openai("http://127.0.0.1:9/v1")), _out(t)),
-         r"the openai backend samples rollouts from an API teacher only"),
-    Case("generation/openai-without-journal", lambda w, t, c: (_rollouts(w, _out(t), {"source": "toy"}, generation=_openai("http://127.0.0.1:9/v1")) + ["--toy-dir", str(w.world)], _out(t)),
-         r"the openai backend needs --journal"),
-    Case("generation/openai-key-not-set", lambda w, t, c: (_rollouts(w, _out(t), {"source": "toy", "limit": 2}, generation=_openai("http://127.0.0.1:9/v1"), journal=t / "j.jsonl") + ["--toy-dir", str(w.world)], _out(t)),
-         r"api_key_env names \$LOSSGEOM_CORPUS_KEY, which is not set"),
-    Case("generation/openai-401", lambda w, t, c: (_rollouts(w, _out(t), {"source": str(c.problems)}, generation=_openai(c.url), journal=t / "j.jsonl"), _out(t)),
-         r"refused the API key in \$LOSSGEOM_CORPUS_KEY \(401", needs="server-wrong-key"),
-    Case("generation/openai-unreachable", lambda w, t, c: (_rollouts(w, _out(t), {"source": str(c.problems)}, generation=_openai(f"http://127.0.0.1:{_free_port()}/v1"), journal=t / "j.jsonl"), _out(t)),
-         r"cannot reach http://127\.0\.0\.1:\d+/v1 after 0 retries", needs="key"),
-    Case("generation/openai-5xx-after-retries", lambda w, t, c: (_rollouts(w, _out(t), {"source": str(c.problems)}, generation=_openai(c.url), journal=t / "j.jsonl"), _out(t)),
-         r"500.*after 0 retries", needs="server-500"),
+    Case(
+        "generation/unknown-backend",
+        lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "tgi"}), _out(t)),
+        r"unknown generation backend 'tgi'",
+    ),
+    Case(
+        "generation/unknown-key",
+        lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "vllm", "vllm": {"max_lora_rnak": 8}}), _out(t)),
+        r"unknown generation\.vllm key 'max_lora_rnak'",
+    ),
+    Case(
+        "generation/openai-for-evaluation",
+        lambda w, t, c: (_evaluate(w, _out(t), generation=_openai("http://127.0.0.1:9/v1")), _out(t)),
+        r"the openai backend samples rollouts from an API teacher only",
+    ),
+    Case(
+        "generation/openai-without-journal",
+        lambda w, t, c: (
+            _rollouts(w, _out(t), {"source": "toy"}, generation=_openai("http://127.0.0.1:9/v1"))
+            + ["--toy-dir", str(w.world)],
+            _out(t),
+        ),
+        r"the openai backend needs --journal",
+    ),
+    Case(
+        "generation/openai-key-not-set",
+        lambda w, t, c: (
+            _rollouts(
+                w,
+                _out(t),
+                {"source": "toy", "limit": 2},
+                generation=_openai("http://127.0.0.1:9/v1"),
+                journal=t / "j.jsonl",
+            )
+            + ["--toy-dir", str(w.world)],
+            _out(t),
+        ),
+        r"api_key_env names \$LOSSGEOM_CORPUS_KEY, which is not set",
+    ),
+    Case(
+        "generation/openai-401",
+        lambda w, t, c: (
+            _rollouts(w, _out(t), {"source": str(c.problems)}, generation=_openai(c.url), journal=t / "j.jsonl"),
+            _out(t),
+        ),
+        r"refused the API key in \$LOSSGEOM_CORPUS_KEY \(401",
+        needs="server-wrong-key",
+    ),
+    Case(
+        "generation/openai-unreachable",
+        lambda w, t, c: (
+            _rollouts(
+                w,
+                _out(t),
+                {"source": str(c.problems)},
+                generation=_openai(f"http://127.0.0.1:{_free_port()}/v1"),
+                journal=t / "j.jsonl",
+            ),
+            _out(t),
+        ),
+        r"cannot reach http://127\.0\.0\.1:\d+/v1 after 0 retries",
+        needs="key",
+    ),
+    Case(
+        "generation/openai-5xx-after-retries",
+        lambda w, t, c: (
+            _rollouts(w, _out(t), {"source": str(c.problems)}, generation=_openai(c.url), journal=t / "j.jsonl"),
+            _out(t),
+        ),
+        r"500.*after 0 retries",
+        needs="server-500",
+    ),
 ]
 if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_generation_vllm.py runs it
-    CASES.append(Case("generation/vllm-not-installed", lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "vllm"}), _out(t)),
-                      r"the vllm backend needs vLLM .*pip install"))
+    CASES.append(
+        Case(
+            "generation/vllm-not-installed",
+            lambda w, t, c: (_evaluate(w, _out(t), generation={"backend": "vllm"}), _out(t)),
+            r"the vllm backend needs vLLM .*pip install",
+        )
+    )
 
 
 def _unlink(path: Path) -> Path:
@@ -376,8 +909,11 @@ def endpoint(request, tmp_path, monkeypatch):
 
     needs = request.param
     ctx = SimpleNamespace(url=None, problems=tmp_path / "problems.jsonl")
-    ctx.problems.write_text("".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n"
-                                    for i, q, a in PROBLEMS.itertuples(index=False)))
+    ctx.problems.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, q, a in PROBLEMS.itertuples(index=False)
+        )
+    )
     if needs in ("key", "server-500"):
         monkeypatch.setenv("LOSSGEOM_CORPUS_KEY", KEY)
     elif needs == "server-wrong-key":
@@ -398,8 +934,9 @@ def endpoint(request, tmp_path, monkeypatch):
         httpd.server_close()
 
 
-@pytest.mark.parametrize("case, endpoint", [(c, c.needs) for c in CASES], ids=[c.id for c in CASES],
-                         indirect=["endpoint"])
+@pytest.mark.parametrize(
+    "case, endpoint", [(c, c.needs) for c in CASES], ids=[c.id for c in CASES], indirect=["endpoint"]
+)
 def test_cli_case(case, endpoint, w, tmp_path, capsys):
     argv, out = case.make(w, tmp_path, endpoint)
     capsys.readouterr()
@@ -411,22 +948,74 @@ def test_cli_case(case, endpoint, w, tmp_path, capsys):
 # ---- out of memory on a GPU job --------------------------------------------------------------------
 
 OOM_CASES = [
-    ("train", "lossgeom.training.job.train_adapter", lambda w, out: _train(w, out),
-     r"GPU out of memory in train \(lossgeom train\) at batch size 4: lower training\.batch_size \(or methods\.m\.batch_size"),
-    ("evaluate", "lossgeom.behaviour.accuracy.evaluate_model", lambda w, out: _evaluate(w, out),
-     r"GPU out of memory in evaluate \(lossgeom evaluate\) at batch size 8: lower evaluation\.batch_size"),
-    ("lmc", "lossgeom.behaviour.connectivity.connectivity_sweep",
-     lambda w, out: ["lmc", "--base", str(w.base), "--first", f"a={w.good}", "--second", f"b={w.good2}", "--toy-dir",
-                     str(w.world), "--test-set", json.dumps({"source": "toy", "split": "test"}), "--batch-size", "4",
-                     "--out", str(out)],
-     r"GPU out of memory in lmc \(lossgeom lmc\) at batch size 4: lower evaluation\.batch_size"),
-    ("activations", "lossgeom.behaviour.activations.extract_activations", lambda w, out: _activations(w, out, w.good),
-     r"GPU out of memory in activations .* at batch size 32: lower cka\.batch_size"),
-    ("toy-model", "lossgeom.toy.pretrain.pretrain",
-     lambda w, out: ["toy-model", "--spec", json.dumps({"batch_size": 64}), "--world", str(w.world), "--out", str(out.parent / "base")],
-     r"GPU out of memory in toy_model \(lossgeom toy-model\) at batch size 64: lower toy\.models\.base\.batch_size"),
-    ("rollouts", "lossgeom.generation.sampling.sample_rollouts", lambda w, out: _rollouts(w, out, {"source": "toy", "limit": 2}, spec={"k": 2, "temperature": 1.0, "max_new_tokens": 2, "batch_size": 16}) + ["--toy-dir", str(w.world)],
-     r"GPU out of memory in rollouts .* at batch size 16: lower rollouts\.batch_size"),
+    (
+        "train",
+        "lossgeom.training.job.train_adapter",
+        lambda w, out: _train(w, out),
+        r"GPU out of memory in train \(lossgeom train\) at batch size 4: lower training\.batch_size \(or methods\.m\.batch_size",
+    ),
+    (
+        "evaluate",
+        "lossgeom.behaviour.accuracy.evaluate_model",
+        lambda w, out: _evaluate(w, out),
+        r"GPU out of memory in evaluate \(lossgeom evaluate\) at batch size 8: lower evaluation\.batch_size",
+    ),
+    (
+        "lmc",
+        "lossgeom.behaviour.connectivity.connectivity_sweep",
+        lambda w, out: [
+            "lmc",
+            "--base",
+            str(w.base),
+            "--first",
+            f"a={w.good}",
+            "--second",
+            f"b={w.good2}",
+            "--toy-dir",
+            str(w.world),
+            "--test-set",
+            json.dumps({"source": "toy", "split": "test"}),
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+        r"GPU out of memory in lmc \(lossgeom lmc\) at batch size 4: lower evaluation\.batch_size",
+    ),
+    (
+        "activations",
+        "lossgeom.behaviour.activations.extract_activations",
+        lambda w, out: _activations(w, out, w.good),
+        r"GPU out of memory in activations .* at batch size 32: lower cka\.batch_size",
+    ),
+    (
+        "toy-model",
+        "lossgeom.toy.pretrain.pretrain",
+        lambda w, out: [
+            "toy-model",
+            "--spec",
+            json.dumps({"batch_size": 64}),
+            "--world",
+            str(w.world),
+            "--out",
+            str(out.parent / "base"),
+        ],
+        r"GPU out of memory in toy_model \(lossgeom toy-model\) at batch size 64: lower toy\.models\.base\.batch_size",
+    ),
+    (
+        "rollouts",
+        "lossgeom.generation.sampling.sample_rollouts",
+        lambda w, out: (
+            _rollouts(
+                w,
+                out,
+                {"source": "toy", "limit": 2},
+                spec={"k": 2, "temperature": 1.0, "max_new_tokens": 2, "batch_size": 16},
+            )
+            + ["--toy-dir", str(w.world)]
+        ),
+        r"GPU out of memory in rollouts .* at batch size 16: lower rollouts\.batch_size",
+    ),
 ]
 
 
@@ -458,6 +1047,7 @@ def _set(path: str, value):
         for k in head:
             node = node.setdefault(k, {})
         node[last] = value
+
     return edit
 
 
@@ -468,6 +1058,7 @@ def _drop(path: str):
         for k in head:
             node = node[k]
         del node[last]
+
     return edit
 
 
@@ -480,26 +1071,58 @@ CONFIG_CASES = [
     ("missing-section", _drop("methods"), r"'methods' is a required property"),
     ("unknown-loss", _set("methods.ppo_run", {"loss": "ppo"}), r"methods\.ppo_run\.loss: 'ppo' is not one of"),
     ("loss-key-of-another-loss", _set("methods.sft.beta", 0.1), r"methods\.sft\.beta does not apply to loss 'sft'"),
-    ("analysis-step-not-saved", _set("training.analysis_step", 9), r"training\.analysis_step/save_steps value 9 exceeds methods\.\w+ steps 4"),
+    (
+        "analysis-step-not-saved",
+        _set("training.analysis_step", 9),
+        r"training\.analysis_step/save_steps value 9 exceeds methods\.\w+ steps 4",
+    ),
     ("save-step-beyond-steps", _set("training.save_steps", [2, 8]), r"value 8 exceeds methods\.\w+ steps 4"),
     ("top-k-above-rank", _set("geometry.top_k", 5), r"geometry\.top_k 5 exceeds lora\.r 4"),
-    ("lmc-pair-unknown-method", _set("lmc.pairs", [["sft/seed1", "ppo/seed1"]]), r"lmc\.pairs names 'ppo/seed1', which is not an adapter"),
+    (
+        "lmc-pair-unknown-method",
+        _set("lmc.pairs", [["sft/seed1", "ppo/seed1"]]),
+        r"lmc\.pairs names 'ppo/seed1', which is not an adapter",
+    ),
     ("lmc-pair-unknown-seed", _set("lmc.pairs", [["sft/seed1", "sft/seed9"]]), r"lmc\.pairs names 'sft/seed9'"),
     ("lmc-test-set-unknown", _set("lmc.test_set", "gsm8k"), r"lmc\.test_set 'gsm8k' is not a key of test_sets"),
     ("cka-test-set-unknown", _set("cka.test_set", "aime"), r"cka\.test_set 'aime' is not a key of test_sets"),
     ("generation-unknown-backend", _set("generation", {"backend": "tgi"}), r"generation\.backend: 'tgi' is not one of"),
-    ("openai-for-evaluation", _set("generation", {"backend": "openai", "openai": {"base_url": "http://x/v1", "model": "m"}}),
-     r"generation\.backend 'openai' serves rollouts only; set generation\.stages\.evaluation"),
-    ("openai-without-base-url", _set("generation", {"stages": {"rollouts": "openai"}}), r"generation\.openai\.base_url is required"),
-    ("openai-and-import", _set("generation", {"stages": {"rollouts": "openai"}, "openai": {"base_url": "http://x/v1", "model": "m"}}),
-     r"rollouts\.import and an openai rollout backend exclude each other"),
-    ("vllm-max-lora-rank-below-rank", _set("generation", {"backend": "vllm", "vllm": {"max_lora_rank": 1}}),
-     r"generation\.vllm\.max_lora_rank 1 is below the rank 4 the evaluation stage serves"),
-    ("vllm-max-lora-rank-below-pair", _set("generation", {"stages": {"lmc": "vllm"}, "vllm": {"max_lora_rank": 1}}),
-     r"generation\.vllm\.max_lora_rank 1 is below the rank 8 the lmc stage serves \(lora\.r 4 x 2"),
+    (
+        "openai-for-evaluation",
+        _set("generation", {"backend": "openai", "openai": {"base_url": "http://x/v1", "model": "m"}}),
+        r"generation\.backend 'openai' serves rollouts only; set generation\.stages\.evaluation",
+    ),
+    (
+        "openai-without-base-url",
+        _set("generation", {"stages": {"rollouts": "openai"}}),
+        r"generation\.openai\.base_url is required",
+    ),
+    (
+        "openai-and-import",
+        _set("generation", {"stages": {"rollouts": "openai"}, "openai": {"base_url": "http://x/v1", "model": "m"}}),
+        r"rollouts\.import and an openai rollout backend exclude each other",
+    ),
+    (
+        "vllm-max-lora-rank-below-rank",
+        _set("generation", {"backend": "vllm", "vllm": {"max_lora_rank": 1}}),
+        r"generation\.vllm\.max_lora_rank 1 is below the rank 4 the evaluation stage serves",
+    ),
+    (
+        "vllm-max-lora-rank-below-pair",
+        _set("generation", {"stages": {"lmc": "vllm"}, "vllm": {"max_lora_rank": 1}}),
+        r"generation\.vllm\.max_lora_rank 1 is below the rank 8 the lmc stage serves \(lora\.r 4 x 2",
+    ),
     ("no-toy-section", _drop("toy"), r"a model or problem source is 'toy' but there is no 'toy' section"),
-    ("template-without-question", _set("model.prompt_template", "Solve it."), r"model\.prompt_template: 'Solve it\.' does not match"),
-    ("temperature-zero-sampling", _set("rollouts.temperature", 0), r"rollouts\.temperature: 0 is less than or equal to the minimum"),
+    (
+        "template-without-question",
+        _set("model.prompt_template", "Solve it."),
+        r"model\.prompt_template: 'Solve it\.' does not match",
+    ),
+    (
+        "temperature-zero-sampling",
+        _set("rollouts.temperature", 0),
+        r"rollouts\.temperature: 0 is less than or equal to the minimum",
+    ),
     ("batch-size-zero", _set("evaluation.batch_size", 0), r"evaluation\.batch_size: 0 is less than the minimum of 1"),
     ("method-name-with-slash", _set("methods.a/b", {"loss": "sft"}), r"methods: 'a/b' does not match"),
 ]
@@ -518,8 +1141,11 @@ def test_config_case(edit, expect, tmp_path):
     assert re.search(expect, msg), f"{msg!r} does not match {expect!r}"
 
 
-@pytest.mark.parametrize("text, expect", [("seeds: [1\n", r"is not valid YAML"), ("- 1\n- 2\n", r"must hold a mapping")],
-                         ids=["yaml-syntax", "yaml-not-a-mapping"])
+@pytest.mark.parametrize(
+    "text, expect",
+    [("seeds: [1\n", r"is not valid YAML"), ("- 1\n- 2\n", r"must hold a mapping")],
+    ids=["yaml-syntax", "yaml-not-a-mapping"],
+)
 def test_config_file_case(text, expect, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -539,14 +1165,32 @@ def test_snakemake_stops_on_a_bad_config(tmp_path):
     config["geometry"]["top_k"] = 9
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path),
-                           "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "wd")],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "--configfile",
+            str(path),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path / "wd"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert [line for line in text.splitlines() if "config error:" in line] == [
         "config error: geometry.top_k 9 exceeds lora.r 4 (an adapter's update has at most 4 singular directions); "
-        "lower geometry.top_k"]
+        "lower geometry.top_k"
+    ]
     assert "Traceback" not in text
     assert not (tmp_path / "wd" / "results").exists()
 
@@ -556,8 +1200,10 @@ def test_a_dora_adapter_is_not_a_fault_for_evaluation(w, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(w.base)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(w.base)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True),
+    )
     model.save_pretrained(str(tmp_path / "dora"))
     out = tmp_path / "eval.parquet"
     argv = _evaluate(w, out, adapter=tmp_path / "dora")
@@ -567,4 +1213,3 @@ def test_a_dora_adapter_is_not_a_fault_for_evaluation(w, tmp_path):
 
 def test_the_corpus_is_large_enough():
     assert len(CASES) + len(OOM_CASES) + len(CONFIG_CASES) + 2 + 1 >= 40  # + the YAML files, + through Snakemake
-

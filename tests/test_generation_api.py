@@ -20,13 +20,13 @@ import yaml
 
 from lossgeom.data.rollouts import ROLLOUT_META, served_models
 from lossgeom.engines.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
-from lossgeom.engines.openai_api import (ApiTeacher, Journal, build_completion, finish_reason, fingerprint,
-                                            response_meta)
+from lossgeom.engines.openai_api import ApiTeacher, Journal, build_completion, fingerprint, finish_reason, response_meta
 from lossgeom.generation.sampling import sample_rollouts
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a"
-PROBLEMS = pd.DataFrame({"id": ["p0", "p1", "p2"], "question": ["1 + 1?", "2 + 5?", "3 * 3?"],
-                         "answer": ["2", "7", "9"]})
+PROBLEMS = pd.DataFrame(
+    {"id": ["p0", "p1", "p2"], "question": ["1 + 1?", "2 + 5?", "3 * 3?"], "answer": ["2", "7", "9"]}
+)
 
 
 ANSWERS = {"1 + 1?": "2", "2 + 5?": "7", "3 * 3?": "8"}  # the last one is wrong
@@ -68,25 +68,49 @@ class Script:
         extra = {}
         if self.style == "openai":
             message.update(refusal=None, annotations=[])
-            usage = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
-                     "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                                   "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+            usage = {
+                "prompt_tokens": 19,
+                "completion_tokens": 10,
+                "total_tokens": 29,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            }
             extra = {"service_tier": "default", "system_fingerprint": "fp_44709d6fcb"}
         elif self.style == "deepseek":
             if self.reasoning is not None:
                 message[self.reasoning_field] = self.reasoning
-            usage = {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52,
-                     "prompt_tokens_details": {"cached_tokens": 0},
-                     "completion_tokens_details": {"reasoning_tokens": 30},
-                     "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 12}
+            usage = {
+                "prompt_tokens": 12,
+                "completion_tokens": 40,
+                "total_tokens": 52,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 30},
+                "prompt_cache_hit_tokens": 0,
+                "prompt_cache_miss_tokens": 12,
+            }
             extra = {"system_fingerprint": "fp_8802369eaa_prod0623"}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
         if self.logprobs and body.get("logprobs"):
-            choice["logprobs"] = {"content": [{"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []}
-                                              for t in ("work", "\n", "####", " ", answer)]}
-        return {"id": "930c60df-bf64-41c9-a88e-3ec75f81e00e", "object": "chat.completion", "created": 1760000000,
-                "model": model, "choices": [choice], "usage": usage, **extra}
+            choice["logprobs"] = {
+                "content": [
+                    {"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []}
+                    for t in ("work", "\n", "####", " ", answer)
+                ]
+            }
+        return {
+            "id": "930c60df-bf64-41c9-a88e-3ec75f81e00e",
+            "object": "chat.completion",
+            "created": 1760000000,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+            **extra,
+        }
 
 
 def make_handler(script: Script):
@@ -118,9 +142,17 @@ def make_handler(script: Script):
                 if status == 200:
                     script.ok += 1
             if status == 400:  # OpenAI's error body for a parameter a model does not take
-                self._send(400, {"error": {"message": f"Unsupported parameter: '{script.refuse}' is not supported "
-                                                      "with this model.", "type": "invalid_request_error",
-                                           "param": script.refuse, "code": "unsupported_parameter"}})
+                self._send(
+                    400,
+                    {
+                        "error": {
+                            "message": f"Unsupported parameter: '{script.refuse}' is not supported with this model.",
+                            "type": "invalid_request_error",
+                            "param": script.refuse,
+                            "code": "unsupported_parameter",
+                        }
+                    },
+                )
             elif status != 200:
                 self._send(status, {"error": {"message": f"scripted {status}", "type": "x", "code": status}})
             else:
@@ -142,9 +174,19 @@ def server():
 
 
 def options(url, **kw):
-    spec = GenerationSpec.from_dict({"backend": "openai", "openai": {"base_url": url, "model": "teacher",
-                                                                     "api_key_env": "LOSSGEOM_TEST_KEY",
-                                                                     "max_retries": 3, "timeout_s": 10, **kw}})
+    spec = GenerationSpec.from_dict(
+        {
+            "backend": "openai",
+            "openai": {
+                "base_url": url,
+                "model": "teacher",
+                "api_key_env": "LOSSGEOM_TEST_KEY",
+                "max_retries": 3,
+                "timeout_s": 10,
+                **kw,
+            },
+        }
+    )
     return spec.openai
 
 
@@ -153,10 +195,21 @@ SAMPLING = Sampling(max_new_tokens=16, n=2, temperature=1.0, seed=5, logprobs=Tr
 
 def run(url, journal_path, **kw):
     teacher = ApiTeacher(options(url, **kw))
-    journal = Journal(journal_path, fingerprint(teacher.options, SAMPLING, "{question}",
-                                                list(zip(PROBLEMS["id"], PROBLEMS["question"]))))
-    return sample_rollouts(teacher, PROBLEMS, k=2, temperature=1.0, max_new_tokens=16, grader="exact", seed=5,
-                           journal=journal, source=teacher.source), journal
+    journal = Journal(
+        journal_path,
+        fingerprint(teacher.options, SAMPLING, "{question}", list(zip(PROBLEMS["id"], PROBLEMS["question"]))),
+    )
+    return sample_rollouts(
+        teacher,
+        PROBLEMS,
+        k=2,
+        temperature=1.0,
+        max_new_tokens=16,
+        grader="exact",
+        seed=5,
+        journal=journal,
+        source=teacher.source,
+    ), journal
 
 
 def test_rollouts_from_an_endpoint(server, tmp_path, monkeypatch):
@@ -256,13 +309,34 @@ def test_cli_writes_the_key_nowhere(server, tmp_path, monkeypatch, capsys, caplo
     caplog.set_level(logging.DEBUG)  # every logger, the openai client's and httpx's included
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(json.dumps({"id": i, "question": q, "answer": a}) + "\n"
-                                for i, q, a in PROBLEMS.itertuples(index=False)))
-    gen = {"backend": "openai", "openai": {"base_url": server.url, "model": "teacher", "api_key_env": "LOSSGEOM_TEST_KEY"}}
+    problems.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "answer": a}) + "\n" for i, q, a in PROBLEMS.itertuples(index=False)
+        )
+    )
+    gen = {
+        "backend": "openai",
+        "openai": {"base_url": server.url, "model": "teacher", "api_key_env": "LOSSGEOM_TEST_KEY"},
+    }
     out, journal = tmp_path / "out" / "rollouts.parquet", tmp_path / "journals" / "rollouts.jsonl"
-    rc = main(["-v", "rollouts", "--model", "unused", "--problems", json.dumps({"source": str(problems)}),
-               "--spec", json.dumps({"k": 2, "temperature": 1.0, "max_new_tokens": 16, "seed": 5}),
-               "--generation", json.dumps(gen), "--journal", str(journal), "--out", str(out)])
+    rc = main(
+        [
+            "-v",
+            "rollouts",
+            "--model",
+            "unused",
+            "--problems",
+            json.dumps({"source": str(problems)}),
+            "--spec",
+            json.dumps({"k": 2, "temperature": 1.0, "max_new_tokens": 16, "seed": 5}),
+            "--generation",
+            json.dumps(gen),
+            "--journal",
+            str(journal),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert len(pd.read_parquet(out)) == 6 and not journal.exists()  # the journal goes once the table is written
     captured = capsys.readouterr()
@@ -285,13 +359,20 @@ def test_schema_and_defaults_name_the_same_openai_settings():
     assert OPENAI_DEFAULTS["reasoning_effort"] is None and OPENAI_DEFAULTS["completion"] == "reasoning+answer"
 
 
-@pytest.mark.parametrize("setting, value, named", [
-    ({"completion": "both"}, "'both'", "generation.openai.completion must be one of ['answer', 'reasoning+answer']"),
-    ({"thinking": 1}, "1", "generation.openai.thinking must be null, true or false"),
-    ({"thinking": "enabled"}, "'enabled'", "generation.openai.thinking must be null, true or false"),
-    ({"reasoning_effort": ""}, "''", "generation.openai.reasoning_effort must be null or a string"),
-    ({"max_tokens": 0}, "0", "generation.openai.max_tokens must be null or a positive integer"),
-])
+@pytest.mark.parametrize(
+    "setting, value, named",
+    [
+        (
+            {"completion": "both"},
+            "'both'",
+            "generation.openai.completion must be one of ['answer', 'reasoning+answer']",
+        ),
+        ({"thinking": 1}, "1", "generation.openai.thinking must be null, true or false"),
+        ({"thinking": "enabled"}, "'enabled'", "generation.openai.thinking must be null, true or false"),
+        ({"reasoning_effort": ""}, "''", "generation.openai.reasoning_effort must be null or a string"),
+        ({"max_tokens": 0}, "0", "generation.openai.max_tokens must be null or a positive integer"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_it(setting, value, named, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     with pytest.raises(GenerationError) as info:
@@ -302,23 +383,30 @@ def test_a_bad_setting_is_one_line_naming_it(setting, value, named, monkeypatch)
 def sample_direct(url, journal_path, problems=PROBLEMS, sampling=SAMPLING, **kw):
     """ApiTeacher.sample on its own (no grading): the completions, the teacher and the journal."""
     teacher = ApiTeacher(options(url, **kw))
-    journal = Journal(journal_path, fingerprint(teacher.options, sampling, "{question}",
-                                                list(zip(problems["id"], problems["question"]))))
+    journal = Journal(
+        journal_path,
+        fingerprint(teacher.options, sampling, "{question}", list(zip(problems["id"], problems["question"]))),
+    )
     return teacher.sample(list(problems["question"]), sampling, journal, seed_base=5), teacher, journal
 
 
 BASE_BODY = {"model": "teacher", "n": 1, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
 
 
-@pytest.mark.parametrize("settings, fields", [
-    ({}, {}),  # the defaults send none of the optional fields: no logprobs, thinking, reasoning_effort
-    ({"thinking": True}, {"thinking": {"type": "enabled"}}),
-    ({"thinking": False}, {"thinking": {"type": "disabled"}}),
-    ({"reasoning_effort": "high"}, {"reasoning_effort": "high"}),
-    ({"thinking": True, "reasoning_effort": "max", "logprobs": True},
-     {"thinking": {"type": "enabled"}, "reasoning_effort": "max", "logprobs": True}),
-    ({"max_tokens": 32768}, {"max_tokens": 32768}),  # a budget for the reasoning, over rollouts.max_new_tokens
-])
+@pytest.mark.parametrize(
+    "settings, fields",
+    [
+        ({}, {}),  # the defaults send none of the optional fields: no logprobs, thinking, reasoning_effort
+        ({"thinking": True}, {"thinking": {"type": "enabled"}}),
+        ({"thinking": False}, {"thinking": {"type": "disabled"}}),
+        ({"reasoning_effort": "high"}, {"reasoning_effort": "high"}),
+        (
+            {"thinking": True, "reasoning_effort": "max", "logprobs": True},
+            {"thinking": {"type": "enabled"}, "reasoning_effort": "max", "logprobs": True},
+        ),
+        ({"max_tokens": 32768}, {"max_tokens": 32768}),  # a budget for the reasoning, over rollouts.max_new_tokens
+    ],
+)
 def test_the_request_body_each_setting_sends(server, tmp_path, monkeypatch, settings, fields):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     one = PROBLEMS.iloc[:1]
@@ -333,6 +421,7 @@ def test_the_request_body_each_setting_sends(server, tmp_path, monkeypatch, sett
 
 # ---- reasoning models ----------------------------------------------------------------------------
 
+
 def deepseek(server, **kw):
     """The server as DeepSeek's endpoint: a thinking model, served under a dated name."""
     server.style, server.served_model = "deepseek", "deepseek-v4-flash-2026-11-01"
@@ -346,8 +435,10 @@ def test_a_thinking_response_keeps_reasoning_and_answer_apart(server, tmp_path, 
     deepseek(server)
     df, _ = run(server.url, tmp_path / "j.jsonl", completion=mode, thinking=True)
     reasoning = "The user asks a sum. Adding: the total is what we need."
-    expected = [f"<think>\n{reasoning}\n</think>\n\nwork\n#### {a}" if mode == "reasoning+answer" else f"work\n#### {a}"
-                for a in np.repeat(["2", "7", "8"], 2)]
+    expected = [
+        f"<think>\n{reasoning}\n</think>\n\nwork\n#### {a}" if mode == "reasoning+answer" else f"work\n#### {a}"
+        for a in np.repeat(["2", "7", "8"], 2)
+    ]
     assert df["completion"].tolist() == expected
     assert (df["reasoning"] == REASONING).all()  # as returned, newlines and all
     assert df["content"].tolist() == [f"work\n#### {a}" for a in np.repeat(["2", "7", "8"], 2)]
@@ -378,8 +469,14 @@ def test_an_openai_response_records_its_served_model_and_usage(server, tmp_path,
     c = comps[0][0]
     assert c.text == "work\n#### 2" and c.finish_reason == "stop"  # no reasoning: the answer alone
     assert {m: c.meta[m] for m in ROLLOUT_META} == {
-        "reasoning": None, "content": "work\n#### 2", "served_model": "gpt-4o-mini-2024-07-18",
-        "system_fingerprint": "fp_44709d6fcb", "prompt_tokens": 19, "completion_tokens": 10, "reasoning_tokens": 0}
+        "reasoning": None,
+        "content": "work\n#### 2",
+        "served_model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_44709d6fcb",
+        "prompt_tokens": 19,
+        "completion_tokens": 10,
+        "reasoning_tokens": 0,
+    }
 
 
 def test_a_plain_response_leaves_what_it_does_not_say_null(server, tmp_path, monkeypatch):
@@ -408,8 +505,14 @@ def test_an_answer_the_model_did_not_end_is_length_and_says_why(server, tmp_path
 
 
 def test_finish_reasons_and_the_completion_layout():
-    assert [finish_reason(r) for r in ("stop", "eos", None, "length", "content_filter", "tool_calls")] == \
-        ["stop", "stop", "stop", "length", "length", "length"]
+    assert [finish_reason(r) for r in ("stop", "eos", None, "length", "content_filter", "tool_calls")] == [
+        "stop",
+        "stop",
+        "stop",
+        "length",
+        "length",
+        "length",
+    ]
     assert build_completion("\nr\n", "\n\nA", "reasoning+answer") == "<think>\nr\n</think>\n\nA"
     assert build_completion("r", "A", "answer") == "A"
     assert build_completion(None, "A", "reasoning+answer") == build_completion("", "A", "reasoning+answer") == "A"
@@ -426,6 +529,7 @@ def test_response_meta_names_the_rollout_meta_columns():
 
 
 # ---- log-probs refused ---------------------------------------------------------------------------
+
 
 def test_an_endpoint_refusing_logprobs_stops_with_one_line(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -454,12 +558,14 @@ def test_another_400_is_one_line_without_retries(server, tmp_path, monkeypatch):
     server.refuse = "seed"  # a field no setting controls: the message says what the endpoint said
     with pytest.raises(GenerationError) as info:
         sample_direct(server.url, tmp_path / "j.jsonl", max_concurrency=1)
-    assert str(info.value) == (f"{server.url} answered 400 Bad Request: Unsupported parameter: 'seed' is not "
-                               "supported with this model.")
+    assert str(info.value) == (
+        f"{server.url} answered 400 Bad Request: Unsupported parameter: 'seed' is not supported with this model."
+    )
     assert len(server.requests) == 1
 
 
 # ---- journal -------------------------------------------------------------------------------------
+
 
 def test_the_journal_restores_the_meta(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -474,11 +580,22 @@ def test_the_journal_restores_the_meta(server, tmp_path, monkeypatch):
     assert again[2][1].meta["reasoning"] == REASONING and again[2][1].finish_reason == "length"
 
 
-@pytest.mark.parametrize("setting, value", [("thinking", True), ("thinking", False), ("reasoning_effort", "low"),
-                                            ("completion", "answer"), ("logprobs", True), ("model", "other"),
-                                            ("max_tokens", 32768)])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("thinking", True),
+        ("thinking", False),
+        ("reasoning_effort", "low"),
+        ("completion", "answer"),
+        ("logprobs", True),
+        ("model", "other"),
+        ("max_tokens", 32768),
+    ],
+)
 def test_the_fingerprint_changes_with_each_request_setting(setting, value):
-    spec = lambda **kw: GenerationSpec.from_dict({"openai": {"base_url": "http://x/v1", "model": "m", **kw}}).openai
+    def spec(**kw):
+        return GenerationSpec.from_dict({"openai": {"base_url": "http://x/v1", "model": "m", **kw}}).openai
+
     problems = [("p0", "1 + 1?")]
     base = fingerprint(spec(), SAMPLING, "{question}", problems)
     assert fingerprint(spec(), SAMPLING, "{question}", problems) == base
@@ -498,11 +615,18 @@ def test_a_changed_setting_re_requests(server, tmp_path, monkeypatch):
 
 # ---- served models -------------------------------------------------------------------------------
 
+
 def test_served_models_summarises_models_and_fingerprints():
-    df = pd.DataFrame({"served_model": ["ds-2026-11-01"] * 3 + ["ds-2026-12-01", None],
-                       "system_fingerprint": ["fp_a", "fp_a", None, "fp_b", None]})
-    assert served_models(df) == ("ds-2026-11-01 (system_fingerprint fp_a): 2 rows; ds-2026-11-01: 1 row; "
-                                 "ds-2026-12-01 (system_fingerprint fp_b): 1 row; not recorded: 1 row")
+    df = pd.DataFrame(
+        {
+            "served_model": ["ds-2026-11-01"] * 3 + ["ds-2026-12-01", None],
+            "system_fingerprint": ["fp_a", "fp_a", None, "fp_b", None],
+        }
+    )
+    assert served_models(df) == (
+        "ds-2026-11-01 (system_fingerprint fp_a): 2 rows; ds-2026-11-01: 1 row; "
+        "ds-2026-12-01 (system_fingerprint fp_b): 1 row; not recorded: 1 row"
+    )
     assert served_models(pd.DataFrame({"prompt": ["q"]})) == "not recorded"
     big = pd.DataFrame({"served_model": ["m"] * 1234, "system_fingerprint": [float("nan")] * 1234})  # parquet nulls
     assert served_models(big) == "m: 1,234 rows"

@@ -33,12 +33,34 @@ from lossgeom.generation.sampling import sample_rollouts  # noqa: E402
 pytestmark = pytest.mark.vllm
 
 # A toy teacher vLLM's CPU attention can serve (head_dim 32), trained long enough to be right often.
-TOY = {"seed": 0, "n_train": 2000, "n_test": 100, "tokenizer_vocab": 400, "max_operand": 9, "max_start": 15,
-       "models": {}}
-TEACHER = {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
-           "steps": 300, "batch_size": 32, "learning_rate": 3e-3, "max_position_embeddings": 256}
-VLLM = {"max_model_len": 256, "max_lora_rank": 16, "max_loras": 2, "max_num_seqs": 128, "enforce_eager": True,
-        "cpu_kvcache_gib": 1}
+TOY = {
+    "seed": 0,
+    "n_train": 2000,
+    "n_test": 100,
+    "tokenizer_vocab": 400,
+    "max_operand": 9,
+    "max_start": 15,
+    "models": {},
+}
+TEACHER = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "steps": 300,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "max_position_embeddings": 256,
+}
+VLLM = {
+    "max_model_len": 256,
+    "max_lora_rank": 16,
+    "max_loras": 2,
+    "max_num_seqs": 128,
+    "enforce_eager": True,
+    "cpu_kvcache_gib": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +79,9 @@ def teacher(world, tmp_path_factory):
     from lossgeom.toy.world import read_split
 
     out = tmp_path_factory.mktemp("vllm") / "teacher"
-    pretrain(TEACHER, load_tokenizer(world / "tokenizer"), read_split(world, "train"), "{question}", out, seed=1, threads=2)
+    pretrain(
+        TEACHER, load_tokenizer(world / "tokenizer"), read_split(world, "train"), "{question}", out, seed=1, threads=2
+    )
     return out
 
 
@@ -72,8 +96,10 @@ def adapters(teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm") / "adapters"
     for i, rslora in ((1, False), (2, True)):
         torch.manual_seed(i)
-        model = get_peft_model(load_model(str(teacher)), LoraConfig(
-            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_rslora=rslora))
+        model = get_peft_model(
+            load_model(str(teacher)),
+            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_rslora=rslora),
+        )
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B" in n:
@@ -100,8 +126,12 @@ def test_problems(world):
 def test_greedy_text_agrees_with_hf(engines, test_problems, adapters):
     hf, vl = engines
     for adapter in (None, AdapterDir(adapters[0]), AdapterDir(adapters[1])):
-        a = greedy_pass_at_1(hf, test_problems, grader="exact", template="{question}", max_new_tokens=48, adapter=adapter)
-        b = greedy_pass_at_1(vl, test_problems, grader="exact", template="{question}", max_new_tokens=48, adapter=adapter)
+        a = greedy_pass_at_1(
+            hf, test_problems, grader="exact", template="{question}", max_new_tokens=48, adapter=adapter
+        )
+        b = greedy_pass_at_1(
+            vl, test_problems, grader="exact", template="{question}", max_new_tokens=48, adapter=adapter
+        )
         same = float(np.mean(a["completion"].to_numpy() == b["completion"].to_numpy()))
         assert same >= 0.95, f"{adapter}: identical greedy text on {same:.0%} of items"
 
@@ -169,9 +199,12 @@ def test_adapter_rank_above_the_engines_maximum_is_one_line(engines, teacher, tm
 
     _, vl = engines
     torch.manual_seed(0)
-    get_peft_model(load_model(str(teacher)), LoraConfig(r=32, lora_alpha=32, target_modules=["q_proj"])).save_pretrained(
-        str(tmp_path / "r32"))
-    with pytest.raises(GenerationError, match="rank 32, above the engine's maximum 16: raise generation.vllm.max_lora_rank"):
+    get_peft_model(
+        load_model(str(teacher)), LoraConfig(r=32, lora_alpha=32, target_modules=["q_proj"])
+    ).save_pretrained(str(tmp_path / "r32"))
+    with pytest.raises(
+        GenerationError, match="rank 32, above the engine's maximum 16: raise generation.vllm.max_lora_rank"
+    ):
         vl.generate([[1, 2, 3]], Sampling(max_new_tokens=2), adapter=AdapterDir(tmp_path / "r32"))
     with pytest.raises(GenerationError, match="no adapter_config.json"):
         vl.generate([[1, 2, 3]], Sampling(max_new_tokens=2), adapter=AdapterDir(tmp_path / "missing"))
@@ -198,9 +231,26 @@ def vllm_server(teacher, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
-           "--served-model-name", "toy-teacher", "--api-key", "sk-local-test"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(teacher),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--enforce-eager",
+        "--served-model-name",
+        "toy-teacher",
+        "--api-key",
+        "sk-local-test",
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -231,15 +281,38 @@ def test_api_teacher_resumes_from_its_journal_after_a_kill(vllm_server, world, t
     url, server_log = vllm_server
     problems = tmp_path / "prompts.jsonl"
     train = load_problems({"source": "toy", "split": "train", "limit": 60}, world)
-    problems.write_text("".join(json.dumps({"id": r.id, "question": r.question, "answer": r.answer}) + "\n"
-                                for r in train.itertuples()))
-    gen = {"backend": "openai", "openai": {"base_url": url, "model": "toy-teacher", "api_key_env": "LOSSGEOM_TEST_KEY",
-                                           "max_concurrency": 2, "logprobs": True}}  # off by default
+    problems.write_text(
+        "".join(json.dumps({"id": r.id, "question": r.question, "answer": r.answer}) + "\n" for r in train.itertuples())
+    )
+    gen = {
+        "backend": "openai",
+        "openai": {
+            "base_url": url,
+            "model": "toy-teacher",
+            "api_key_env": "LOSSGEOM_TEST_KEY",
+            "max_concurrency": 2,
+            "logprobs": True,
+        },
+    }  # off by default
     journal, out = tmp_path / "journal.jsonl", tmp_path / "rollouts.parquet"
-    cmd = [sys.executable, "-m", "lossgeom.cli", "rollouts", "--model", "unused",
-           "--problems", json.dumps({"source": str(problems)}),
-           "--spec", json.dumps({"k": 4, "temperature": 1.0, "max_new_tokens": 48, "seed": 7, "grader": "exact"}),
-           "--generation", json.dumps(gen), "--journal", str(journal), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lossgeom.cli",
+        "rollouts",
+        "--model",
+        "unused",
+        "--problems",
+        json.dumps({"source": str(problems)}),
+        "--spec",
+        json.dumps({"k": 4, "temperature": 1.0, "max_new_tokens": 48, "seed": 7, "grader": "exact"}),
+        "--generation",
+        json.dumps(gen),
+        "--journal",
+        str(journal),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "LOSSGEOM_TEST_KEY": "sk-local-test"}
     before = n_served(server_log)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

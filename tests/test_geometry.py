@@ -27,9 +27,18 @@ def write_adapter(path, factors, *, r, alpha=8.0, base="tiny/base", rank_pattern
         t[f"{p}.lora_B.weight"] = torch.tensor(B, dtype=torch.float64)
     path.mkdir(parents=True, exist_ok=True)
     save_file(t, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": sorted(SHAPES),
-        "base_model_name_or_path": base, "rank_pattern": rank_pattern or {}}))
+    (path / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": r,
+                "lora_alpha": alpha,
+                "target_modules": sorted(SHAPES),
+                "base_model_name_or_path": base,
+                "rank_pattern": rank_pattern or {},
+            }
+        )
+    )
     return path
 
 
@@ -170,8 +179,11 @@ def test_identical_and_gauge_transformed_adapters(world, tmp_path):
         # alpha 8 -> 20 (scale 2 -> 5): B rescaled by 2/5 keeps the same dW
         f[(layer, mod)] = (m.B @ Gm * (2.0 / 5.0), np.linalg.solve(Gm, m.A))
     d2 = write_adapter(tmp_path / "gauge", f, r=4, alpha=20.0)
-    caches = {"x/seed1": G.build_factor_cache(ad, K), "x/seed2": G.build_factor_cache(load_adapter(d2), K),
-              "y": G.build_factor_cache(load_adapter(world[0]), K)}
+    caches = {
+        "x/seed1": G.build_factor_cache(ad, K),
+        "x/seed2": G.build_factor_cache(load_adapter(d2), K),
+        "y": G.build_factor_cache(load_adapter(world[0]), K),
+    }
     geo = G.pairwise_geometry(caches, top_k=K)
     np.testing.assert_allclose(G.PairGeometry.cosine_of(geo.inner_global()), 1.0, atol=1e-12)
     for side in ("left", "right"):
@@ -207,8 +219,12 @@ def test_write_geometry_tables_and_noise_floor(world, tmp_path):
     g = long[(long.module == "*") & (long.layer == "*") & (long.metric == "cosine")]
     assert len(g) == 15 and g.value.to_numpy() == pytest.approx(cos.to_numpy()[np.triu_indices(6, 1)])
     med = pd.read_csv(out / "top1_angle_left_median.tsv", sep="\t", index_col=0)
-    per_mod = long[(long.pair_a == "a/seed1") & (long.pair_b == "c/seed2") & (long.metric == "angle_top1_deg")
-                   & (long.side == "left")]
+    per_mod = long[
+        (long.pair_a == "a/seed1")
+        & (long.pair_b == "c/seed2")
+        & (long.metric == "angle_top1_deg")
+        & (long.side == "left")
+    ]
     assert len(per_mod) == 8 and med.loc["a/seed1", "c/seed2"] == pytest.approx(np.median(per_mod.value))
     nf = pd.read_csv(out / "noise_floor.tsv", sep="\t")
     row = nf[(nf.pair_a == "a/seed1") & (nf.pair_b == "b/seed2") & (nf.metric == "cosine_global")].iloc[0]
@@ -271,21 +287,39 @@ def test_real_peft_adapters_end_to_end(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=8, vocab_size=64, max_position_embeddings=64)
+    cfg = Qwen3Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     deltas, dirs = [], []
     for seed in (1, 2):
         torch.manual_seed(0)
         model = Qwen3ForCausalLM(cfg)
         torch.manual_seed(seed)
-        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        pm = get_peft_model(
+            model,
+            LoraConfig(
+                r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+            ),
+        )
         d = tmp_path / "toy" / f"seed{seed}"
         pm.save_pretrained(d)
         dirs.append(d)
-        deltas.append(np.concatenate([m.get_delta_weight("default").detach().double().numpy().ravel()
-                                      for n, m in sorted(pm.named_modules(), key=lambda x: x[0])
-                                      if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")]))
+        deltas.append(
+            np.concatenate(
+                [
+                    m.get_delta_weight("default").detach().double().numpy().ravel()
+                    for n, m in sorted(pm.named_modules(), key=lambda x: x[0])
+                    if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")
+                ]
+            )
+        )
     geo = G.compare_adapter_dirs(dirs, tmp_path / "geo", top_k=2, progress=False)
     assert geo.labels == ["toy/seed1", "toy/seed2"]
     cos = pd.read_csv(tmp_path / "geo" / "cosine_global.tsv", sep="\t", index_col=0)
@@ -297,9 +331,17 @@ def test_cache_of_hand_built_adapter(world):
     from lossgeom.lora.adapters import LoraAdapter
 
     ad = load_adapter(world[0])
-    hand = LoraAdapter(path=ad.path, base_model_name_or_path=ad.base_model_name_or_path,
-                       target_modules=ad.target_modules, r=4, lora_alpha=8.0, use_rslora=False,
-                       rank_pattern={}, alpha_pattern={}, modules=dict(ad.modules))  # no groups
+    hand = LoraAdapter(
+        path=ad.path,
+        base_model_name_or_path=ad.base_model_name_or_path,
+        target_modules=ad.target_modules,
+        r=4,
+        lora_alpha=8.0,
+        use_rslora=False,
+        rank_pattern={},
+        alpha_pattern={},
+        modules=dict(ad.modules),
+    )  # no groups
     a, b = G.build_factor_cache(ad, K), G.build_factor_cache(hand, K)
     for name in ad.modules:
         np.testing.assert_array_equal(a.modules[name].S, b.modules[name].S)
@@ -319,5 +361,6 @@ def test_bare_replicate_directories_are_labelled_and_floor_the_shared_init_pairs
     assert (rep.kind, rep.init, rep.data_order) == ("same-method", "shared", "other")
     cross = nf.loc[("a/seed1", "b/seed1")]
     assert cross.floor_kind == "data-order" and cross.n_data_pairs_a == 1 and cross.n_data_pairs_b == 1
-    assert cross.floor == pytest.approx((nf.loc[("a/seed1", "a/seed1data5")].value
-                                         + nf.loc[("b/seed1", "b/seed1data5")].value) / 2)
+    assert cross.floor == pytest.approx(
+        (nf.loc[("a/seed1", "a/seed1data5")].value + nf.loc[("b/seed1", "b/seed1data5")].value) / 2
+    )

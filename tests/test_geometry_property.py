@@ -39,10 +39,19 @@ def _write(path, factors, *, r, alpha, rslora, rank_pattern):
         t[f"{p}.lora_B.weight"] = torch.tensor(B, dtype=torch.float64)
     path.mkdir(parents=True, exist_ok=True)
     save_file(t, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora,
-        "target_modules": list(MODULES), "base_model_name_or_path": "prop/base",
-        "rank_pattern": rank_pattern}))
+    (path / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": r,
+                "lora_alpha": alpha,
+                "use_rslora": rslora,
+                "target_modules": list(MODULES),
+                "base_model_name_or_path": "prop/base",
+                "rank_pattern": rank_pattern,
+            }
+        )
+    )
 
 
 def draw_case(rng: np.random.Generator, case: int) -> dict:
@@ -70,8 +79,17 @@ def draw_case(rng: np.random.Generator, case: int) -> dict:
             shapes[m] = (d_out, d_in)
     rslora = [bool(rng.random() < 0.3) for _ in range(n)]
     alpha = [float(rng.choice([1.0, 8.0, 16.0, 64.0])) for _ in range(n)]
-    return dict(n=n, layers=layers, default_r=default_r, patterns=patterns, ranks=ranks,
-                shapes=shapes, rslora=rslora, alpha=alpha, top_k=int(rng.integers(1, 12)))
+    return dict(
+        n=n,
+        layers=layers,
+        default_r=default_r,
+        patterns=patterns,
+        ranks=ranks,
+        shapes=shapes,
+        rslora=rslora,
+        alpha=alpha,
+        top_k=int(rng.integers(1, 12)),
+    )
 
 
 def build_case(tmp_path, rng, spec):
@@ -88,8 +106,14 @@ def build_case(tmp_path, rng, spec):
                 s = spec["alpha"][i] / (math.sqrt(r) if spec["rslora"][i] else r)
                 W[(layer, m)] = s * B @ A
         d = tmp_path / f"m{i % 3}" / f"seed{i}"
-        _write(d, factors, r=spec["default_r"][i], alpha=spec["alpha"][i], rslora=spec["rslora"][i],
-               rank_pattern=spec["patterns"][i])
+        _write(
+            d,
+            factors,
+            r=spec["default_r"][i],
+            alpha=spec["alpha"][i],
+            rslora=spec["rslora"][i],
+            rank_pattern=spec["patterns"][i],
+        )
         dirs.append(d)
         dense.append(W)
     return dirs, dense
@@ -160,8 +184,11 @@ def test_square_module_with_width_equal_to_stacked_rank(tmp_path):
     ``cosine_global.tsv`` through the CLI's own path, against the dense cosine."""
     rng = np.random.default_rng(14)
     shapes = {"q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64)}
-    shared = {(layer, m): (rng.standard_normal((s[0], 8)), rng.standard_normal((8, s[1])))
-              for layer in range(2) for m, s in shapes.items()}
+    shared = {
+        (layer, m): (rng.standard_normal((s[0], 8)), rng.standard_normal((8, s[1])))
+        for layer in range(2)
+        for m, s in shapes.items()
+    }
     dirs, flat = [], []
     for i in range(8):
         factors = {}

@@ -102,40 +102,68 @@ def test_deepscaler_golds_parse_and_grade_as_math_verify_on_delimited_text(grade
 # (gold as the dataset writes it, an answer, whether it is correct)
 FORMATS = [
     # fractions and \dfrac
-    ("\\frac{3}{4}", "\\dfrac{3}{4}", True), ("\\frac{3}{4}", "0.75", True), ("\\frac{3}{4}", "\\frac{4}{3}", False),
+    ("\\frac{3}{4}", "\\dfrac{3}{4}", True),
+    ("\\frac{3}{4}", "0.75", True),
+    ("\\frac{3}{4}", "\\frac{4}{3}", False),
     ("\\dfrac{7}{2}", "3.5", True),
     # roots
-    ("4\\sqrt{3}", "4\\sqrt{3}", True), ("4\\sqrt{3}", "4", False), ("\\sqrt{51}", "\\sqrt{51}", True),
-    ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\sqrt{51}", "51", False),
+    ("4\\sqrt{3}", "4\\sqrt{3}", True),
+    ("4\\sqrt{3}", "4", False),
+    ("\\sqrt{51}", "\\sqrt{51}", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("\\sqrt{51}", "51", False),
     # multiples of pi
-    ("2\\pi", "2\\pi", True), ("2\\pi", "2", False), ("\\pi", "\\pi", True), ("-\\frac{\\pi}{6}", "-\\frac{\\pi}{6}", True),
-    ("-\\frac{\\pi}{6}", "\\frac{\\pi}{6}", False), ("\\frac{\\pi}{2}", "\\pi", False),
+    ("2\\pi", "2\\pi", True),
+    ("2\\pi", "2", False),
+    ("\\pi", "\\pi", True),
+    ("-\\frac{\\pi}{6}", "-\\frac{\\pi}{6}", True),
+    ("-\\frac{\\pi}{6}", "\\frac{\\pi}{6}", False),
+    ("\\frac{\\pi}{2}", "\\pi", False),
     # sums
-    ("1+\\sqrt{2}", "1+\\sqrt{2}", True), ("1+\\sqrt{2}", "\\sqrt{2}+1", True), ("1+\\sqrt{2}", "1", False),
-    ("3-2\\sqrt{2}", "3-2\\sqrt{2}", True), ("3-2\\sqrt{2}", "3", False),
+    ("1+\\sqrt{2}", "1+\\sqrt{2}", True),
+    ("1+\\sqrt{2}", "\\sqrt{2}+1", True),
+    ("1+\\sqrt{2}", "1", False),
+    ("3-2\\sqrt{2}", "3-2\\sqrt{2}", True),
+    ("3-2\\sqrt{2}", "3", False),
     # intervals
-    ("(2,3]", "(2,3]", True), ("(2,3]", "[2,3]", False), ("(-\\infty, 5)", "(-\\infty,5)", True),
+    ("(2,3]", "(2,3]", True),
+    ("(2,3]", "[2,3]", False),
+    ("(-\\infty, 5)", "(-\\infty,5)", True),
     ("[1, \\infty)", "(1,\\infty)", False),
     # tuples
-    ("(3, -1, 2)", "(3,-1,2)", True), ("(3,-1,2)", "(3,1,2)", False),
+    ("(3, -1, 2)", "(3,-1,2)", True),
+    ("(3,-1,2)", "(3,1,2)", False),
     # choices
-    ("\\text{(B)}", "\\text{(B)}", True), ("\\text{(B)}", "B", True), ("\\text{(B)}", "\\text{(C)}", False),
+    ("\\text{(B)}", "\\text{(B)}", True),
+    ("\\text{(B)}", "B", True),
+    ("\\text{(B)}", "\\text{(C)}", False),
     # units
-    ("5 \\text{ cm}", "5", True), ("5 \\text{ cm}", "5\\text{ cm}", True), ("5 \\text{ cm}", "6", False),
+    ("5 \\text{ cm}", "5", True),
+    ("5 \\text{ cm}", "5\\text{ cm}", True),
+    ("5 \\text{ cm}", "6", False),
     # degrees
-    ("30^\\circ", "30", True), ("30^\\circ", "30^\\circ", True), ("30^\\circ", "60^\\circ", False),
+    ("30^\\circ", "30", True),
+    ("30^\\circ", "30^\\circ", True),
+    ("30^\\circ", "60^\\circ", False),
     # percentages
-    ("10\\%", "10\\%", True), ("10\\%", "20\\%", False),
+    ("10\\%", "10\\%", True),
+    ("10\\%", "20\\%", False),
     # thousands separators
-    ("1,000", "1000", True), ("12{,}345", "12345", True), ("1,000", "100", False),
+    ("1,000", "1000", True),
+    ("12{,}345", "12345", True),
+    ("1,000", "100", False),
     # negatives
-    ("-5", "-5", True), ("-5", "5", False), ("-\\frac{1}{2}", "-0.5", True),
+    ("-5", "-5", True),
+    ("-5", "5", False),
+    ("-\\frac{1}{2}", "-0.5", True),
     # matrices
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}", False),
     # text answers and plain integers (AIME)
-    ("\\text{Evelyn}", "\\text{Evelyn}", True), ("\\text{Evelyn}", "\\text{Bob}", False),
-    ("204", "204", True), ("204", "240", False),
+    ("\\text{Evelyn}", "\\text{Evelyn}", True),
+    ("\\text{Evelyn}", "\\text{Bob}", False),
+    ("204", "204", True),
+    ("204", "240", False),
 ]
 WRAPPERS = {
     "boxed after reasoning": "We compute step by step.\nSo the final answer is $\\boxed{ANSWER}$.",
@@ -180,7 +208,9 @@ def test_a_hash_heading_is_not_a_final_answer(grader):
 
 
 def test_an_unclosed_think_block_has_no_answer(grader):
-    assert grader.grade("<think>\nit is \\boxed{12} I think, but", grader.parse_gold("12")) == Grade(None, 0.0, "no answer")
+    assert grader.grade("<think>\nit is \\boxed{12} I think, but", grader.parse_gold("12")) == Grade(
+        None, 0.0, "no answer"
+    )
 
 
 # ---------------------------------------------------------------- golds read before anything is generated
@@ -190,7 +220,9 @@ def _problems(golds: list[str]) -> pd.DataFrame:
 
 def test_an_unreadable_gold_stops_with_the_item_and_source(grader):
     problems = _problems(["\\frac{1}{2}", "\\sqrt{51}", "\\text{}", ""])
-    with pytest.raises(ProblemSetError, match=r"prompts \(mydata\): item 'q2': .*2 of 4 gold answers.*unparsable_gold: drop"):
+    with pytest.raises(
+        ProblemSetError, match=r"prompts \(mydata\): item 'q2': .*2 of 4 gold answers.*unparsable_gold: drop"
+    ):
         parse_golds(problems, grader, "prompts (mydata)")
 
 
@@ -210,11 +242,32 @@ def test_rollouts_job_reads_golds_before_sending_a_request(tmp_path, monkeypatch
     src = tmp_path / "p.jsonl"
     src.write_text("\n".join(json.dumps({"question": "q", "answer": a}) for a in ["2", "\\text{}"]))
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", "k")
-    gen = {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "model": "m",
-                                           "api_key_env": "LOSSGEOM_TEST_KEY", "max_retries": 0}}
-    rc = main(["rollouts", "--model", "none", "--problems", json.dumps({"source": str(src)}),
-               "--spec", json.dumps({"k": 1, "temperature": 1.0, "max_new_tokens": 8, "grader": "math_verify"}),
-               "--generation", json.dumps(gen), "--journal", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "r.parquet")])
+    gen = {
+        "backend": "openai",
+        "openai": {
+            "base_url": "http://127.0.0.1:9/v1",
+            "model": "m",
+            "api_key_env": "LOSSGEOM_TEST_KEY",
+            "max_retries": 0,
+        },
+    }
+    rc = main(
+        [
+            "rollouts",
+            "--model",
+            "none",
+            "--problems",
+            json.dumps({"source": str(src)}),
+            "--spec",
+            json.dumps({"k": 1, "temperature": 1.0, "max_new_tokens": 8, "grader": "math_verify"}),
+            "--generation",
+            json.dumps(gen),
+            "--journal",
+            str(tmp_path / "j.jsonl"),
+            "--out",
+            str(tmp_path / "r.parquet"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "item 'p-train-1'" in err and "cannot parse the gold answer" in err, err
     assert not (tmp_path / "r.parquet").exists() and not (tmp_path / "j.jsonl").exists()

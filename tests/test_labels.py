@@ -31,15 +31,18 @@ def _random_labels(n: int, seed: int = 0) -> list[Label]:
     return [Label(method(), seed_(), seed_() if rng.random() < 0.4 else None) for _ in range(n)]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("sft/seed42", Label("sft", 42)),
-    ("sft/seed42data7", Label("sft", 42, 7)),
-    ("offline_grpo/seed0", Label("offline_grpo", 0)),
-    ("dpo-lr5e-6/seed123", Label("dpo-lr5e-6", 123)),
-    ("seed1/seed2", Label("seed1", 2)),
-    ("data/seed0data0", Label("data", 0, 0)),
-    ("sft_data/seed10data100", Label("sft_data", 10, 100)),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("sft/seed42", Label("sft", 42)),
+        ("sft/seed42data7", Label("sft", 42, 7)),
+        ("offline_grpo/seed0", Label("offline_grpo", 0)),
+        ("dpo-lr5e-6/seed123", Label("dpo-lr5e-6", 123)),
+        ("seed1/seed2", Label("seed1", 2)),
+        ("data/seed0data0", Label("data", 0, 0)),
+        ("sft_data/seed10data100", Label("sft_data", 10, 100)),
+    ],
+)
 def test_parse_known_labels(text, want):
     got = Label.parse(text)
     assert got == want and str(got) == text
@@ -63,14 +66,35 @@ def test_properties_state_the_conventions():
         plain.seed = 1
 
 
-@pytest.mark.parametrize("text", [
-    "sft", "sft/42", "sft/seed", "sft/seedx", "/seed1", "a/b/seed1", "sft/seed1/x", "sft/seed-1", "sft/seed+1",
-    "sft/seed1data", "sft/seed1data-2", "sft/seed1data2data3", "sft/seed 1", " sft/seed1", "sft/seed1 ",
-    "sft/seed1\n",  # "$" of the old pattern matched before a final newline
-    "sft/seed042", "sft/seed1data07",  # not what f"{n}" writes: would name a directory no job writes
-    "sft/seed١",  # a non-ASCII digit, which "\d" matched and int() read as 1
-    "my.method/seed1", "sft/Seed1", "sft/seed1step2", "", "sft/seed1/step2",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sft",
+        "sft/42",
+        "sft/seed",
+        "sft/seedx",
+        "/seed1",
+        "a/b/seed1",
+        "sft/seed1/x",
+        "sft/seed-1",
+        "sft/seed+1",
+        "sft/seed1data",
+        "sft/seed1data-2",
+        "sft/seed1data2data3",
+        "sft/seed 1",
+        " sft/seed1",
+        "sft/seed1 ",
+        "sft/seed1\n",  # "$" of the old pattern matched before a final newline
+        "sft/seed042",
+        "sft/seed1data07",  # not what f"{n}" writes: would name a directory no job writes
+        "sft/seed١",  # a non-ASCII digit, which "\d" matched and int() read as 1
+        "my.method/seed1",
+        "sft/Seed1",
+        "sft/seed1step2",
+        "",
+        "sft/seed1/step2",
+    ],
+)
 def test_bad_labels_give_one_error_naming_the_text_and_both_forms(text):
     with pytest.raises(ValueError) as e:
         Label.parse(text)
@@ -84,8 +108,20 @@ def test_try_parse_tolerates_what_is_not_a_label():
     assert Label.try_parse("sft/seed1data5") == Label("sft", 1, 5)
 
 
-@pytest.mark.parametrize("fields", [("my.method", 1), ("", 1), ("a/b", 1), ("sft", -1), ("sft", 1.0), ("sft", True),
-                                    ("sft", "1"), ("sft", 1, -3), ("sft", 1, 2.5)])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("my.method", 1),
+        ("", 1),
+        ("a/b", 1),
+        ("sft", -1),
+        ("sft", 1.0),
+        ("sft", True),
+        ("sft", "1"),
+        ("sft", 1, -3),
+        ("sft", 1, 2.5),
+    ],
+)
 def test_fields_are_checked_so_every_label_formats_to_a_parsable_text(fields):
     with pytest.raises(ValueError, match="adapter label"):
         Label(*fields)

@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "lossgeom"
 MAX_LINES = 500
 # stage subpackage -> the rule file that calls it
-STAGES = {"toy": "toy.smk", "generation": "rollouts.smk", "training": "train.smk", "geometry": "geometry.smk",
-          "behaviour": "behaviour.smk", "claims": "claims.smk"}
+STAGES = {
+    "toy": "toy.smk",
+    "generation": "rollouts.smk",
+    "training": "train.smk",
+    "geometry": "geometry.smk",
+    "behaviour": "behaviour.smk",
+    "claims": "claims.smk",
+}
 
 
 def module_name(path: Path) -> str:
@@ -65,7 +71,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for d in sorted(graph.get(n, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:
@@ -95,8 +101,14 @@ def test_cycle_finder_finds_a_cycle():
 def test_ground_floor_does_not_import_stages():
     """config, methods, labels, fsutil, devices, modeling, losses/ and data/ sit below every stage."""
     graph = module_graph()
-    floor = ["lossgeom.config", "lossgeom.methods", "lossgeom.fsutil", "lossgeom.devices", "lossgeom.modeling",
-             "lossgeom.labels"]
+    floor = [
+        "lossgeom.config",
+        "lossgeom.methods",
+        "lossgeom.fsutil",
+        "lossgeom.devices",
+        "lossgeom.modeling",
+        "lossgeom.labels",
+    ]
     floor += [m for m in graph if m.startswith("lossgeom.losses")]  # the loss registry: read by config and training
     floor += [m for m in graph if m.startswith("lossgeom.data")]
     for m in floor:
@@ -176,3 +188,14 @@ def test_figure_rules_track_exactly_the_figure_modules_they_run():
     assert sorted(tracked) == analyses
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert re.search(r'def figure_code\(module\):.*?for name in \(module, "common"\)', common, re.S)
+
+
+def test_functions_stay_short_or_say_why():
+    """No function runs over 60 lines unless its docstring says why ("Long because ...")."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                if "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{path.relative_to(PKG)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -103,7 +103,9 @@ def test_rift_gradient_wrt_logp_by_hand():
     rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
     rift_loss(logp, MASK, rewards, 2.0, -0.2, N).backward()
     # positive tokens: d(R+ * -logp)/dlogp = -R+ / N; negative tokens: d(|R-| e^logp)/dlogp = |R-| p / N
-    expected = torch.tensor([[-2.0 / 5, -2.0 / 5, 0.0], [0.2 * 0.5 / 5, 0.2 * 0.5 / 5, 0.2 * 0.125 / 5]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[-2.0 / 5, -2.0 / 5, 0.0], [0.2 * 0.5 / 5, 0.2 * 0.5 / 5, 0.2 * 0.125 / 5]], dtype=torch.float64
+    )
     torch.testing.assert_close(logp.grad, expected, rtol=1e-12, atol=1e-15)
 
 
@@ -249,8 +251,9 @@ def test_dft_weights_are_detached_probabilities():
 def test_rift_sequence_negative_by_hand():
     """negative_prob='sequence': |R-| * p(y) on each token of a wrong row, p(y) = prod_t p_t."""
     rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    got = rift_loss(_logp(), MASK, rewards, positive_reward=1.0, negative_reward=-0.2, num_tokens=N,
-                    negative_prob="sequence")
+    got = rift_loss(
+        _logp(), MASK, rewards, positive_reward=1.0, negative_reward=-0.2, num_tokens=N, negative_prob="sequence"
+    )
     p_seq = 0.5 * 0.5 * 0.125  # row 2 has all three tokens in the mask
     expected = (-math.log(0.5) - math.log(0.25) + 3 * 0.2 * p_seq) / N
     assert float(got) == pytest.approx(expected, rel=1e-12)

@@ -15,7 +15,6 @@ import urllib.request
 
 import pandas as pd
 import pytest
-
 from conftest import REPO
 
 if os.environ.get("LOSSGEOM_REQUIRE_VLLM") != "1":
@@ -32,11 +31,21 @@ def test_rehearsal_runs_end_to_end(tmp_path):
     work = tmp_path
     rehearsal.prepare(work / "rehearsal")
     # The rules call `lossgeom` from PATH: this interpreter's (the one with vLLM) must come first.
-    env = {**os.environ, rehearsal.KEY_ENV: KEY, "VLLM_API_KEY": KEY, "VLLM_CPU_KVCACHE_SPACE": "1",
-           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        rehearsal.KEY_ENV: KEY,
+        "VLLM_API_KEY": KEY,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     server_log = open(work / "server.log", "w")
-    server = subprocess.Popen(rehearsal.serve_command(work / "rehearsal", 8011), stdout=server_log,
-                              stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = subprocess.Popen(
+        rehearsal.serve_command(work / "rehearsal", 8011),
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while True:
@@ -47,8 +56,19 @@ def test_rehearsal_runs_end_to_end(tmp_path):
             except OSError:
                 assert time.time() < deadline, "vllm serve did not come up"
                 time.sleep(1)
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(REPO / "config" / "rehearsal.yaml"), "--cores", "2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(REPO / "config" / "rehearsal.yaml"),
+            "--cores",
+            "2",
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env=env)
         assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     finally:
@@ -57,7 +77,9 @@ def test_rehearsal_runs_end_to_end(tmp_path):
         server_log.close()
     res = work / "results"
     rollouts = pd.read_parquet(res / "rollouts" / "rollouts.parquet")
-    assert len(rollouts) == 48 * 4 and rollouts["source"].str.contains("rehearsal-teacher @ http://127.0.0.1:8011").all()
+    assert (
+        len(rollouts) == 48 * 4 and rollouts["source"].str.contains("rehearsal-teacher @ http://127.0.0.1:8011").all()
+    )
     assert rollouts["logprobs"].notna().all() and 0 < rollouts["reward"].mean() < 1
     assert not (res / "journals" / "rollouts.jsonl").exists()
     cos = pd.read_csv(res / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)

@@ -88,9 +88,7 @@ def test_bad_parquet_row_names_the_row(tmp_path):
 
 
 def test_good_parquet_imports(tmp_path):
-    df = pd.DataFrame(
-        [_row(logprobs=[-0.1, -0.2], sample_index=0), _row(reward=0.0, logprobs=[-1.0], sample_index=1)]
-    )
+    df = pd.DataFrame([_row(logprobs=[-0.1, -0.2], sample_index=0), _row(reward=0.0, logprobs=[-1.0], sample_index=1)])
     path = tmp_path / "roll.parquet"
     df.to_parquet(path)
     out = import_rollouts(path)
@@ -177,11 +175,19 @@ def test_summarize():
 def test_summary_table_counts_notes_reasons_and_served_models():
     from lossgeom.data.rollouts import summary_table
 
-    df = pd.DataFrame({"prompt_id": ["a", "a", "b"], "reward": [1.0, 0.0, 0.0], "answer": ["1", None, "2"],
-                       "logprobs": [None] * 3, "finish_reason": ["stop", "length", "stop"],
-                       "grade_note": ["ok", "no answer", "timeout: math-verify"],
-                       "served_model": ["ds-1", "ds-1", "ds-2"], "system_fingerprint": [None] * 3,
-                       "completion_tokens": [10, None, 30]})
+    df = pd.DataFrame(
+        {
+            "prompt_id": ["a", "a", "b"],
+            "reward": [1.0, 0.0, 0.0],
+            "answer": ["1", None, "2"],
+            "logprobs": [None] * 3,
+            "finish_reason": ["stop", "length", "stop"],
+            "grade_note": ["ok", "no answer", "timeout: math-verify"],
+            "served_model": ["ds-1", "ds-1", "ds-2"],
+            "system_fingerprint": [None] * 3,
+            "completion_tokens": [10, None, 30],
+        }
+    )
     t = summary_table(df).set_index("quantity")["value"]
     assert t["truncated"] == 1 and t["finish reason: length"] == 1 and t["finish reason: stop"] == 2
     assert t["grade note: timeout: math-verify"] == 1 and t["grade note: no answer"] == 1
@@ -193,7 +199,11 @@ def test_summary_table_counts_notes_reasons_and_served_models():
 def test_local_jsonl_default_fields(tmp_path):
     path = _write_jsonl(
         tmp_path / "gsm.jsonl",
-        [{"question": "q0", "answer": "a\n#### 72"}, {"question": "q1", "answer": "5"}, {"question": "q2", "answer": "x"}],
+        [
+            {"question": "q0", "answer": "a\n#### 72"},
+            {"question": "q1", "answer": "5"},
+            {"question": "q2", "answer": "x"},
+        ],
     )
     df = load_problems({"source": str(path)})
     assert list(df.columns) == ["id", "question", "answer"]
@@ -207,9 +217,16 @@ def test_local_jsonl_default_fields(tmp_path):
 def test_csv_with_custom_fields(tmp_path):
     path = tmp_path / "dsr.csv"
     pd.DataFrame(
-        {"uid": [10, 11, 12], "problem": ["P0", "P1", "P2"], "solution": ["S0\n#### 3", "S1\n#### 4", "S2\n#### 5"], "x": [1, 2, 3]}
+        {
+            "uid": [10, 11, 12],
+            "problem": ["P0", "P1", "P2"],
+            "solution": ["S0\n#### 3", "S1\n#### 4", "S2\n#### 5"],
+            "x": [1, 2, 3],
+        }
     ).to_csv(path, index=False)
-    df = load_problems({"source": str(path), "question_field": "problem", "answer_field": "solution", "id_field": "uid"})
+    df = load_problems(
+        {"source": str(path), "question_field": "problem", "answer_field": "solution", "id_field": "uid"}
+    )
     assert df["id"].tolist() == ["10", "11", "12"]
     assert df["question"].tolist() == ["P0", "P1", "P2"]
     assert df["answer"].tolist() == ["S0\n#### 3", "S1\n#### 4", "S2\n#### 5"]
@@ -224,7 +241,9 @@ def test_csv_numeric_answers_are_strings(tmp_path):
     assert df["answer"].tolist() == ["72", "-3"]
 
 
-@pytest.mark.parametrize("field_key, field", [("question_field", "problem"), ("answer_field", "final"), ("id_field", "uid")])
+@pytest.mark.parametrize(
+    "field_key, field", [("question_field", "problem"), ("answer_field", "final"), ("id_field", "uid")]
+)
 def test_missing_field_names_field_and_columns(tmp_path, field_key, field):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"question": "q", "answer": "1", "extra": 0}])
     with pytest.raises(ProblemSetError) as info:
@@ -325,13 +344,17 @@ def test_toy_source(tmp_path):
 
 
 def test_count_unparsable_gold():
-    df = pd.DataFrame({"answer": ["7", "seven", "1,234", "work\n#### 12", "work\n#### twelve", "", "\\frac{1}{2}", "-3.5"]})
+    df = pd.DataFrame(
+        {"answer": ["7", "seven", "1,234", "work\n#### 12", "work\n#### twelve", "", "\\frac{1}{2}", "-3.5"]}
+    )
     assert count_unparsable_gold(df) == 4  # seven, #### twelve, "", \frac{1}{2}
 
 
 def test_only_missing_sample_indices_are_numbered(tmp_path):
-    rows = [{"prompt_id": "p", "prompt": "q", "completion": c, "reward": 1, **extra}
-            for c, extra in (("a", {"sample_index": 0}), ("b", {}), ("c", {"sample_index": 5}), ("d", {}))]
+    rows = [
+        {"prompt_id": "p", "prompt": "q", "completion": c, "reward": 1, **extra}
+        for c, extra in (("a", {"sample_index": 0}), ("b", {}), ("c", {"sample_index": 5}), ("d", {}))
+    ]
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     assert import_rollouts(path)["sample_index"].tolist() == [0, 6, 5, 7]

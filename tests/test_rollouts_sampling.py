@@ -15,15 +15,19 @@ from lossgeom.modeling import load_model, load_tokenizer
 def _sample(tiny_base, toy_world, seed=0):
     problems = load_problems({"source": "toy", "split": "train", "limit": 5}, toy_world)
     engine = HFEngine(str(tiny_base), batch_size=2)
-    return problems, sample_rollouts(engine, problems, k=3, temperature=1.0, max_new_tokens=12, grader="exact",
-                                     seed=seed, source="tiny")
+    return problems, sample_rollouts(
+        engine, problems, k=3, temperature=1.0, max_new_tokens=12, grader="exact", seed=seed, source="tiny"
+    )
 
 
 def test_rollout_table_schema_and_counts(tiny_base, toy_world):
     problems, df = _sample(tiny_base, toy_world)
     assert list(df.columns) == ROLLOUT_COLUMNS
     assert len(df) == 15
-    assert (df.groupby("prompt_id")["sample_index"].apply(sorted) == pd.Series([[0, 1, 2]] * 5, index=sorted(problems["id"]))).all()
+    assert (
+        df.groupby("prompt_id")["sample_index"].apply(sorted)
+        == pd.Series([[0, 1, 2]] * 5, index=sorted(problems["id"]))
+    ).all()
     assert set(df["reward"]) <= {0.0, 1.0}
     # an untrained model writes no '####' line: no answer, reward 0, and the row is kept
     assert df.loc[df["answer"].isna(), "reward"].eq(0).all()

@@ -95,9 +95,7 @@ def test_three_rule_workflow_through_slurm_profile(tmp_path):
         # the test cluster runs jobs within seconds: poll early
         "--slurm-init-seconds-before-status-checks", "2",
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     report = f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{_tail_logs(tmp_path)}"
     assert proc.returncode != -9 and proc.returncode != 137, "snakemake hung (killed after 300 s)\n" + report
     assert proc.returncode == 0, report

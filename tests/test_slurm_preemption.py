@@ -11,7 +11,6 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO
 from test_workflow import TINY, write_rollouts
 
@@ -39,9 +38,24 @@ def test_requeued_training_job_resumes_from_its_checkpoint(tmp_path):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     write_rollouts(tmp_path)
     target = "results/adapters/sft/seed1"
-    cmd = ["timeout", "-s", "KILL", "600", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
-           "--slurm-init-seconds-before-status-checks", "2", target]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        "600",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(path),
+        "--workflow-profile",
+        str(REPO / "profiles" / "slurm"),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        target,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = tmp_path / "results" / "checkpoints" / "sft" / "seed1"
     requeued = None

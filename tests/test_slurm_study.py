@@ -10,7 +10,6 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
 from test_workflow import TINY, write_rollouts
 
@@ -29,9 +28,25 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
     config_path = tmp_path / "slurm_study.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     write_rollouts(tmp_path)
-    cmd = ["timeout", "-s", "KILL", "900", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(config_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
-           "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        "900",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config_path),
+        "--workflow-profile",
+        str(REPO / "profiles" / "slurm"),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        "4",
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, proc.stdout[-8000:]
     submitted = proc.stdout.count("has been submitted with SLURM jobid")
@@ -39,8 +54,18 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
     # 4 evaluations, 4 activation extractions, 2 sweeps: all through sbatch
     assert config["data_order_replicate"], "the count below assumes one replicate per method"
     assert submitted == 1 + 3 + 3 + 4 + 4 + 2, proc.stdout[-4000:]
-    for rule in ("geometry", "eval_stats", "cka", "lmc_summary", "accuracy_figures", "connectivity_figures",
-                 "representations_figures", "toy_world", "import_rollouts", "rollouts_summary"):
+    for rule in (
+        "geometry",
+        "eval_stats",
+        "cka",
+        "lmc_summary",
+        "accuracy_figures",
+        "connectivity_figures",
+        "representations_figures",
+        "toy_world",
+        "import_rollouts",
+        "rollouts_summary",
+    ):
         assert f"localrule {rule}:" in proc.stdout, rule
     cos = pd.read_csv(tmp_path / "results" / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)
     methods = ["sft", "rift", "dpo"]

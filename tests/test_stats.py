@@ -172,9 +172,7 @@ def test_cochran_summary(frame):
     assert s["n_items"] == 10 and s["models"] == ["A", "B", "C"]
 
 
-@pytest.mark.parametrize(
-    "func", [accuracy_table, pairwise_tests, cochran_summary]
-)
+@pytest.mark.parametrize("func", [accuracy_table, pairwise_tests, cochran_summary])
 def test_validation_names_the_column(frame, func):
     bad = frame.astype(float)
     bad.loc["q3", "B"] = np.nan

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from lossgeom.data.grading import grade_exact
+from lossgeom.modeling import load_tokenizer
 from lossgeom.toy.pretrain import cued, solution_dataset, style_mixture
 from lossgeom.toy.problems import STYLES, generate_splits, make_problem
 from lossgeom.toy.world import build_world, read_split
-from lossgeom.modeling import load_tokenizer
 
 CUE = "Think step by step."
 
@@ -46,8 +46,16 @@ def test_style_mixture_rejects_bad_weights(bad):
 
 
 def test_cue_goes_on_the_cued_rows_only(tmp_path):
-    spec = {"seed": 0, "n_train": 300, "n_test": 10, "tokenizer_vocab": 300, "max_start": 9, "max_operand": 4,
-            "max_double": 0, "models": {"base": {"cue": CUE}}}
+    spec = {
+        "seed": 0,
+        "n_train": 300,
+        "n_test": 10,
+        "tokenizer_vocab": 300,
+        "max_start": 9,
+        "max_operand": 4,
+        "max_double": 0,
+        "models": {"base": {"cue": CUE}},
+    }
     build_world(spec, tmp_path / "world")
     tok = load_tokenizer(tmp_path / "world" / "tokenizer")
     problems = read_split(tmp_path / "world", "train")

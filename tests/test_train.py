@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import kill_then_resume, method_spec
 from safetensors.torch import load_file
 
-from conftest import kill_then_resume, method_spec
 from lossgeom.training import trainers
 from lossgeom.training.job import lora_model, train_adapter
 from lossgeom.training.views import ViewError

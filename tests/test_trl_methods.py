@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import kill_then_resume, method_spec
 from safetensors.torch import load_file
 
-from conftest import kill_then_resume, method_spec
 from lossgeom.data.grading import grade_exact
 from lossgeom.data.prompting import prompt_completion
 from lossgeom.methods import MethodSpecError
@@ -33,8 +33,16 @@ def numeric_base(toy_world, tmp_path_factory):
     from lossgeom.toy.world import read_split
 
     out = tmp_path_factory.mktemp("numeric") / "base"
-    spec = {"hidden_size": 32, "num_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
-            "steps": 60, "batch_size": 32, "learning_rate": 1e-2}
+    spec = {
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "steps": 60,
+        "batch_size": 32,
+        "learning_rate": 1e-2,
+    }
     pretrain(spec, load_tokenizer(toy_world / "tokenizer"), read_split(toy_world, "train"), "{question}", out, 0, 1)
     return out
 
@@ -75,8 +83,11 @@ def test_every_new_loss_trains_and_writes_the_results_contract(tmp_path, tiny_ba
 def test_shared_init_holds_across_the_new_methods(tmp_path, tiny_base, tiny_rollouts):
     """Same seed -> identical LoRA A before training, after each TRL trainer has been built around the
     model (a trainer seeds its RNG and may add a reference adapter: neither may touch the init)."""
-    ref = {n: p.detach().clone() for n, p in lora_model(load_model(str(tiny_base)), method_spec("sft"), 7).named_parameters()
-           if "lora_A.default" in n}
+    ref = {
+        n: p.detach().clone()
+        for n, p in lora_model(load_model(str(tiny_base)), method_spec("sft"), 7).named_parameters()
+        if "lora_A.default" in n
+    }
     assert ref
     for loss in ("dpo", *NEW):
         _, trainer, _ = _trainer(tmp_path / loss, tiny_base, tiny_rollouts, loss, seed=7)
@@ -91,7 +102,9 @@ def test_kto_sees_correct_rollouts_as_desirable(tmp_path, tiny_base, tiny_rollou
     spec, trainer, tok = _trainer(tmp_path, tiny_base, tiny_rollouts, "kto")
     view, counts = build_view(rollouts, spec, 1)
     reward = {(r.prompt, r.completion): r.reward for r in rollouts.itertuples()}
-    assert [bool(lab) for lab in view["label"]] == [reward[(p, c)] == 1 for p, c in zip(view["prompt"], view["completion"])]
+    assert [bool(lab) for lab in view["label"]] == [
+        reward[(p, c)] == 1 for p, c in zip(view["prompt"], view["completion"])
+    ]
     assert counts["desirable"] == int((rollouts["reward"] == 1).sum()) and counts["rows"] == len(rollouts)
     # what TRL's KTOTrainer holds after its own preprocessing: the same rows, in the same order, same labels
     data = trainer.train_dataset
@@ -121,9 +134,14 @@ def test_kto_view_without_a_correct_rollout_stops_with_one_line(tmp_path, tiny_b
 def test_a_missing_trl_trainer_stops_with_one_line(tmp_path, tiny_base, tiny_rollouts, monkeypatch):
     from lossgeom.losses import LOSSES
 
-    monkeypatch.setattr(type(LOSSES["simpo"]), "trl_trainers", (("trl.experimental.no_such_module", "CPOConfig", "CPOTrainer"),))
-    with pytest.raises(MethodSpecError, match=r"^method 'm' \(simpo\): TRL's trl\.experimental\.no_such_module\.CPOTrainer "
-                                              r"is not available in the installed trl \(.*\); install trl>=1\.0,<2$"):
+    monkeypatch.setattr(
+        type(LOSSES["simpo"]), "trl_trainers", (("trl.experimental.no_such_module", "CPOConfig", "CPOTrainer"),)
+    )
+    with pytest.raises(
+        MethodSpecError,
+        match=r"^method 'm' \(simpo\): TRL's trl\.experimental\.no_such_module\.CPOTrainer "
+        r"is not available in the installed trl \(.*\); install trl>=1\.0,<2$",
+    ):
         train_adapter(method_spec("simpo"), 1, tiny_rollouts, str(tiny_base), tmp_path / "o", tmp_path / "c")
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()  # stopped before any work
 
@@ -168,11 +186,13 @@ def test_ipo_reaches_trl_as_the_ipo_loss_against_the_base(tmp_path, tiny_base, t
         got = float(trainer.compute_loss(model, batch))
     expected = []
     for r in view.iloc[:n].itertuples():
+
         def delta(completion):
             pol = _completion_logps(model, tok, r.prompt, completion)
             with model.disable_adapter():
                 base = _completion_logps(model, tok, r.prompt, completion)
             return float((pol - base).mean())
+
         expected.append((delta(r.chosen) - delta(r.rejected) - 1 / (2 * 0.5)) ** 2)
     assert got == pytest.approx(float(np.mean(expected)), rel=1e-4)
 
@@ -202,8 +222,16 @@ def test_online_grpo_rewards_are_the_project_graders(tmp_path, tiny_base, tiny_r
     rows = [trainer.train_dataset[i] for i in range(2)]
     inputs = [rows[0]] * 4 + [rows[1]] * 4
     g0, g1 = rows[0]["gold"], rows[1]["gold"]
-    completions = [f"1 + 2 = 3\n#### {g0}", f"#### {int(g0) + 1}", "no answer", f"#### {g0}.0",
-                   f"#### {g1}", "####", f"#### {g1}", f"{g1}"]
+    completions = [
+        f"1 + 2 = 3\n#### {g0}",
+        f"#### {int(g0) + 1}",
+        "no answer",
+        f"#### {g0}.0",
+        f"#### {g1}",
+        "####",
+        f"#### {g1}",
+        f"{g1}",
+    ]
     rewards = trainer._calculate_rewards(inputs, [r["prompt"] for r in inputs], completions, [[0]] * 8)
     expected = [grade_exact(c, r["gold"])[1] for c, r in zip(completions, inputs)]
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import method_spec
+
 from lossgeom.methods import MethodSpec, MethodSpecError
 from lossgeom.training.views import ViewError, build_view, dpo_pairs, grpo_advantages
 
@@ -19,7 +19,12 @@ def _rollouts(groups: dict[str, list[int]]) -> pd.DataFrame:
     for pid, rewards in groups.items():
         for k, r in enumerate(rewards):
             rows.append(
-                {"prompt_id": pid, "prompt": f"question {pid}", "completion": f"{pid}-{k}-{'ok' if r else 'bad'}", "reward": float(r)}
+                {
+                    "prompt_id": pid,
+                    "prompt": f"question {pid}",
+                    "completion": f"{pid}-{k}-{'ok' if r else 'bad'}",
+                    "reward": float(r),
+                }
             )
     return pd.DataFrame(rows)
 
@@ -42,8 +47,15 @@ def test_all_rows_unit_weight(rollouts, loss):
     assert (view["weight"] == 1.0).all() and view["eos"].all()
     assert view["completion"].tolist() == rollouts["completion"].tolist()
     assert view["reward"].tolist() == rollouts["reward"].tolist()
-    assert counts == {"rollouts": 16, "correct": 7, "prompts": 4, "mixed_groups": 2, "rows": 16,
-                      "truncated": 0, "truncated_policy": "drop"}
+    assert counts == {
+        "rollouts": 16,
+        "correct": 7,
+        "prompts": 4,
+        "mixed_groups": 2,
+        "rows": 16,
+        "truncated": 0,
+        "truncated_policy": "drop",
+    }
 
 
 def test_rft_keeps_only_correct(rollouts):
@@ -181,7 +193,9 @@ def test_dpo_pairs_depend_on_seed_when_there_is_a_choice():
     assert len(pairings) > 1
     # and with no choice (one correct, one incorrect) every seed gives the same pair
     single = _rollouts({"a": [0, 1]})
-    assert {tuple(dpo_pairs(single, 1, seed=s).iloc[0][["chosen", "rejected"]]) for s in range(5)} == {("a-1-ok", "a-0-bad")}
+    assert {tuple(dpo_pairs(single, 1, seed=s).iloc[0][["chosen", "rejected"]]) for s in range(5)} == {
+        ("a-1-ok", "a-0-bad")
+    }
 
 
 # ---------------------------------------------------------------- empty views
@@ -226,10 +240,16 @@ def test_grpo_all_wrong_groups_zero_or_bias():
     A = 0; 'bias' keeps A = b; mixed and all-correct groups are the same under both."""
     r = pd.Series([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     g = pd.Series(["w", "w", "m", "m", "c", "c"])
-    np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="zero"),
-                               [0.0, 0.0, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
-    np.testing.assert_allclose(grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="bias"),
-                               [0.1, 0.1, 0.6, -0.4, 0.1, 0.1], atol=1e-12)
+    np.testing.assert_allclose(
+        grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="zero"),
+        [0.0, 0.0, 0.6, -0.4, 0.1, 0.1],
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        grpo_advantages(r, g, bias=0.1, std_normalize=False, all_wrong="bias"),
+        [0.1, 0.1, 0.6, -0.4, 0.1, 0.1],
+        atol=1e-12,
+    )
     assert GRPO.params.all_wrong == "zero"
     view, counts = build_view(_rollouts({"p1": [1, 0, 0, 0], "p3": [0, 0, 0, 0]}), GRPO, seed=0)
     assert view.loc[view["prompt_id"] == "p3", "weight"].tolist() == [0.0] * 4
@@ -273,8 +293,15 @@ def test_tokenized_truncated_row_has_no_eos(toy_world):
     from lossgeom.training.job import tokenize_view
 
     tok = load_tokenizer(toy_world / "tokenizer")
-    view = pd.DataFrame({"prompt": ["1 + 1?", "1 + 1?"], "completion": ["1 + 1 = 2\n#### 2", "1 + 1 = 2\n#### 2"],
-                         "reward": [1.0, 1.0], "weight": [1.0, 1.0], "eos": [True, False]})
+    view = pd.DataFrame(
+        {
+            "prompt": ["1 + 1?", "1 + 1?"],
+            "completion": ["1 + 1 = 2\n#### 2", "1 + 1 = 2\n#### 2"],
+            "reward": [1.0, 1.0],
+            "weight": [1.0, 1.0],
+            "eos": [True, False],
+        }
+    )
     rows = tokenize_view(view, tok, "{question}", 512)
     full, cut = rows["input_ids"]
     assert full[-1] == tok.eos_token_id and cut[-1] != tok.eos_token_id and full[:-1] == cut

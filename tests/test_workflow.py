@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lossgeom.geometry.tables import SQUARE_METRICS
 
 TINY = REPO / "tests" / "data" / "tiny_config.yaml"
@@ -21,13 +21,20 @@ METHODS = ("sft", "rft", "dft", "rift", "grpo", "dpo")
 LABELS = [f"{m}/seed{s}" for m in METHODS for s in (1, 2)]
 REPLICATES = [f"{m}/seed1data5" for m in METHODS]  # data_order_replicate of the tiny config
 
+
 def figures(*names: str) -> set[str]:
     """Each figure's PNG and the PDF written beside it (both declared outputs of its rule)."""
     return {f"results/figures/{n}.{ext}" for n in names for ext in ("png", "pdf")}
 
 
-GEOMETRY_FIGURES = figures("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global", "per_layer_profiles",
-                           "cosine_methods", "top1_angle_methods")
+GEOMETRY_FIGURES = figures(
+    "cosine_global",
+    "top1_angle_left_median",
+    "orthogonal_fraction_global",
+    "per_layer_profiles",
+    "cosine_methods",
+    "top1_angle_methods",
+)
 ACCURACY_FIGURES = figures("accuracy_toy", "mcnemar_toy")  # one of each per test set of the tiny config
 CONNECTIVITY_FIGURES = figures("lmc", "lmc_pairs")
 REPRESENTATIONS_FIGURES = figures("cka_profiles", "cka_last_layer")
@@ -35,14 +42,28 @@ TRAINING_FIGURES = figures("training_curves")
 BEHAVIOUR_FIGURES = ACCURACY_FIGURES | CONNECTIVITY_FIGURES | REPRESENTATIONS_FIGURES
 ALL_FIGURES = GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | TRAINING_FIGURES
 # every table the geometry job writes (the tiny config has no base_alignment.tsv: geometry.base_alignment is off)
-GEOMETRY_TABLES = {f"results/geometry/{n}.tsv" for n in (*SQUARE_METRICS, "per_layer", "adapters", "adapter_modules",
-                                                          "noise_floor", "long")} | {"results/geometry/settings.json"}
+GEOMETRY_TABLES = {
+    f"results/geometry/{n}.tsv"
+    for n in (*SQUARE_METRICS, "per_layer", "adapters", "adapter_modules", "noise_floor", "long")
+} | {"results/geometry/settings.json"}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900, snakefile: Path | None = None):
-    snakefile = snakefile or (workdir / "workflow_copy" / "Snakefile" if (workdir / "workflow_copy").exists() else REPO / "Snakefile")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
-           "--configfile", str(configfile), *args]
+    snakefile = snakefile or (
+        workdir / "workflow_copy" / "Snakefile" if (workdir / "workflow_copy").exists() else REPO / "Snakefile"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -84,8 +105,18 @@ def write_rollouts(workdir: Path) -> None:
             for k in range(4):
                 answer = p.answer if k in (0, 3) else p.answer + k
                 completion = p.solution.rsplit("####", 1)[0] + f"#### {answer}"
-                f.write(json.dumps({"prompt_id": p.id, "prompt": p.question, "completion": completion,
-                                    "reward": int(answer == p.answer), "gold": str(p.answer)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt_id": p.id,
+                            "prompt": p.question,
+                            "completion": completion,
+                            "reward": int(answer == p.answer),
+                            "gold": str(p.answer),
+                        }
+                    )
+                    + "\n"
+                )
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +187,17 @@ def test_every_result_file_is_a_declared_output(study):
     assert "Nothing to be done" in run.stdout + run.stderr
 
 
-AGGREGATES = {
-    "results/eval/accuracy.tsv", "results/eval/pairwise.tsv", "results/eval/cochran.json", "results/cka/cka.tsv",
-    "results/claims.tsv",
-} | GEOMETRY_TABLES | ALL_FIGURES
+AGGREGATES = (
+    {
+        "results/eval/accuracy.tsv",
+        "results/eval/pairwise.tsv",
+        "results/eval/cochran.json",
+        "results/cka/cka.tsv",
+        "results/claims.tsv",
+    }
+    | GEOMETRY_TABLES
+    | ALL_FIGURES
+)
 
 
 @pytest.mark.slow
@@ -168,8 +206,11 @@ def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(s
     planned = planned_outputs(snakemake(study, "-n", configfile=changed))
     expected = AGGREGATES | {"results/lmc/summary.tsv", "results/lmc/curves.tsv"}
     for seed in (1, 2):
-        expected |= {f"results/adapters/rift/seed{seed}", f"results/eval/rift/seed{seed}.parquet",
-                     f"results/activations/rift/seed{seed}.npz"}
+        expected |= {
+            f"results/adapters/rift/seed{seed}",
+            f"results/eval/rift/seed{seed}.parquet",
+            f"results/activations/rift/seed{seed}.npz",
+        }
     expected.add("results/adapters/rift/seed1data5")  # its data-order replicate
     # LMC pairs that read rift: sft/seed1 -> rift/seed1 (reference policy) and rift's seed pair
     expected |= {"results/lmc/sft/seed1/rift/seed1.tsv", "results/lmc/rift/seed1/rift/seed2.tsv"}
@@ -182,13 +223,18 @@ def test_adding_a_seed_schedules_only_its_adapters_and_the_aggregates(study, tmp
     planned = planned_outputs(snakemake(study, "-n", configfile=changed))
     expected = AGGREGATES - CONNECTIVITY_FIGURES  # seed 3 is in no LMC pair: the sweeps and their figures stand
     for m in ("sft", "rft", "dft", "rift", "grpo", "dpo"):
-        expected |= {f"results/adapters/{m}/seed3", f"results/eval/{m}/seed3.parquet", f"results/activations/{m}/seed3.npz"}
+        expected |= {
+            f"results/adapters/{m}/seed3",
+            f"results/eval/{m}/seed3.parquet",
+            f"results/activations/{m}/seed3.npz",
+        }
     assert planned == expected
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, planned", [
-    ("accuracy", ACCURACY_FIGURES), ("connectivity", CONNECTIVITY_FIGURES), ("common", ALL_FIGURES)])
+@pytest.mark.parametrize(
+    "module, planned", [("accuracy", ACCURACY_FIGURES), ("connectivity", CONNECTIVITY_FIGURES), ("common", ALL_FIGURES)]
+)
 def test_each_figure_rule_tracks_exactly_its_modules(study, module, planned):
     """An edited figure module reruns the figures of the rules that import it (common.py: all of them), no
     others (a dry run; the edit is undone after)."""
@@ -260,7 +306,11 @@ def test_extended_config_dry_runs_with_every_method(tmp_path):
             assert f"results/adapters/{m}/seed{s}" in planned, m
             assert f"results/eval/{m}/seed{s}.parquet" in planned and f"results/activations/{m}/seed{s}.npz" in planned
         assert f"results/adapters/{m}/seed42data7" in planned
-    assert {"results/claims.tsv", "results/geometry/cosine_global.tsv", "results/lmc/online_grpo/seed42/online_grpo/seed123.tsv"} <= planned
+    assert {
+        "results/claims.tsv",
+        "results/geometry/cosine_global.tsv",
+        "results/lmc/online_grpo/seed42/online_grpo/seed123.tsv",
+    } <= planned
 
 
 def tiny_extended(tmp_path: Path) -> Path:
@@ -298,4 +348,7 @@ def test_tiny_extended_study_runs_end_to_end(tmp_path):
     claims = pd.read_csv(res / "claims.tsv", sep="\t").set_index("claim_id")
     assert claims.loc["lr10x", "verdict"] in ("holds", "fails")
     # the random tiny base rarely earns a reward, so online GRPO's update may be zero: then its row says why
-    assert claims.loc["online_grpo", "verdict"] in ("holds", "fails") or "zero update" in claims.loc["online_grpo", "this_run"]
+    assert (
+        claims.loc["online_grpo", "verdict"] in ("holds", "fails")
+        or "zero update" in claims.loc["online_grpo", "this_run"]
+    )

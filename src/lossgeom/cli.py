@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import cli_commands as commands
+
 log = logging.getLogger("lossgeom")
 
 
@@ -38,187 +40,9 @@ def _labelled(text: str) -> tuple[str, Path]:
 # ---- subcommands --------------------------------------------------------------------------------
 
 
-def cmd_toy_world(a):
-    from .toy.world import build_world
-
-    log.info("toy world: %s", build_world(a.spec, a.out))
-
-
-def cmd_toy_model(a):
-    from .modeling import load_tokenizer
-    from .toy.pretrain import pretrain
-    from .toy.world import read_split
-
-    tokenizer = load_tokenizer(a.world / "tokenizer")
-    info = pretrain(a.spec, tokenizer, read_split(a.world, "train"), a.template, a.out, a.seed, a.threads)
-    log.info("toy model %s: %s", a.out, info)
-
-
-def cmd_rollouts(a):
-    from .data.grading import get_grader
-    from .data.problemsets import load_problems, parse_golds
-    from .data.rollouts import summarize
-    from .fsutil import write_table
-    from .engines.backends import open_engine
-    from .engines.engine import GenerationSpec
-    from .generation.sampling import rollout_sampling, sample_rollouts
-
-    problems = load_problems(a.problems, a.toy_dir)
-    spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
-    grader = spec.get("grader", "exact")
-    # every gold is read before any request is sent or sample drawn; left-out items are logged there
-    golds = parse_golds(problems, get_grader(grader), f"prompts ({a.problems['source']})",
-                        a.problems.get("unparsable_gold", "stop"))
-    kept = [g is not None for g in golds]
-    problems, golds = problems[kept].reset_index(drop=True), [g for g in golds if g is not None]
-    kw = dict(k=spec["k"], temperature=spec["temperature"], top_p=spec.get("top_p", 1.0), max_new_tokens=spec["max_new_tokens"],
-              grader=grader, template=a.template, seed=spec.get("seed", 0), golds=golds)
-    if gen.backend == "openai":
-        from .engines.openai_api import ApiTeacher, Journal, fingerprint
-
-        if a.journal is None:
-            raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
-        teacher = ApiTeacher(gen.openai)
-        sampling = rollout_sampling(**{k: kw[k] for k in ("k", "temperature", "max_new_tokens", "top_p", "seed")})
-        journal = Journal(a.journal, fingerprint(gen.openai, sampling, a.template,
-                                                 list(zip(problems["id"].astype(str), problems["question"]))))
-        df = sample_rollouts(teacher, problems, **kw, journal=journal,
-                             source=f"{teacher.source} T={spec['temperature']} k={spec['k']}")
-    else:
-        with open_engine(gen, a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                         batch_size=spec.get("batch_size", 32)) as engine:
-            suffix = "" if engine.name == "hf" else f" ({engine.name})"
-            df = sample_rollouts(engine, problems, **kw, source=f"{a.model} T={spec['temperature']} k={spec['k']}{suffix}")
-    write_table(df, a.out)
-    if gen.backend == "openai":
-        journal.remove()  # everything is in the table now
-    log.info("rollouts: %s", summarize(df))
-
-
-def cmd_import_rollouts(a):
-    from .data.rollouts import import_rollouts, summarize
-    from .fsutil import write_table
-
-    df = import_rollouts(a.file)
-    write_table(df, a.out)
-    log.info("imported rollouts: %s", summarize(df))
-
-
-def cmd_rollouts_summary(a):
-    from .data.rollouts import read_rollouts, summary_table
-    from .fsutil import write_table
-
-    write_table(summary_table(read_rollouts(a.rollouts)), a.out)
-
-
-def cmd_train(a):
-    from .methods import MethodSpec
-    from .training.job import train_adapter
-
-    info = train_adapter(MethodSpec.from_dict(a.spec), a.seed, a.rollouts, a.base, a.out, a.checkpoints, trust_remote_code=a.trust_remote_code, dtype=a.dtype)
-    log.info("trained %s/seed%d: %s", info["method"], info["seed"], info["counts"])
-
-
-def cmd_geometry(a):
-    from .geometry import compare_adapter_dirs
-
-    labels = [label for label, _ in a.adapters]
-    dirs = [path for _, path in a.adapters]
-    base_weights = None
-    if a.base_model:
-        from .modeling import base_weights_of
-
-        base_weights = base_weights_of(a.base_model, dirs[0], trust_remote_code=a.trust_remote_code)
-    compare_adapter_dirs(dirs, a.out, top_k=a.top_k, labels=labels, cache_dir=a.cache_dir, progress=True,
-                         base_weights=base_weights)
-
-
-def cmd_geometry_figures(a):
-    from .figures.geometry import geometry_figures
-
-    geometry_figures(a.tables, a.out, a.reference)
-
-
 def _adapter(text: str) -> Path | None:
     """An adapter directory, or 'none' for the base model itself."""
     return None if text == "none" else Path(text)
-
-
-def cmd_evaluate(a):
-    from .behaviour.accuracy import evaluate_model
-
-    from .engines.engine import GenerationSpec
-
-    evaluate_model(a.base, a.adapter, a.test_sets, a.toy_dir, a.out, template=a.template, max_new_tokens=a.max_new_tokens,
-                   batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                   generation=GenerationSpec.from_dict(a.generation), answer_format=a.answer_template)
-
-
-def cmd_eval_stats(a):
-    from .behaviour.accuracy import accuracy_statistics
-
-    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed, ci=a.ci)
-
-
-def cmd_lmc(a):
-    from .behaviour.connectivity import connectivity_sweep
-    from .engines.engine import GenerationSpec
-
-    connectivity_sweep(a.base, (a.first, a.second), a.test_set, a.toy_dir, a.out, alphas=a.alphas, limit=a.limit,
-                       accuracy_subset=a.accuracy_subset, template=a.template, max_new_tokens=a.max_new_tokens,
-                       batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                       generation=GenerationSpec.from_dict(a.generation), answer_format=a.answer_template)
-
-
-def cmd_lmc_summary(a):
-    from .behaviour.connectivity import connectivity_summary
-
-    connectivity_summary(a.sweeps, a.out)
-
-
-def cmd_activations(a):
-    from .behaviour.activations import extract_activations
-
-    extract_activations(a.base, a.adapter, a.test_set, a.toy_dir, a.out, n_probe=a.n_probe, pooling=a.pooling,
-                        template=a.template, batch_size=a.batch_size, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                        answer_format=a.answer_template)
-
-
-def cmd_cka(a):
-    from .behaviour.cka import cka_tables
-
-    cka_tables(dict(a.activations), a.out)
-
-
-def cmd_accuracy_figures(a):
-    from .figures.accuracy import accuracy_figures
-
-    accuracy_figures(a.accuracy, a.pairwise, a.out)
-
-
-def cmd_connectivity_figures(a):
-    from .figures.connectivity import connectivity_figures
-
-    connectivity_figures(a.summary, a.curves, a.out)
-
-
-def cmd_representations_figures(a):
-    from .figures.representations import representations_figures
-
-    representations_figures(a.cka, a.out)
-
-
-def cmd_training_figures(a):
-    from .figures.training import training_figures
-
-    training_figures(dict(a.adapters), a.out, a.analysis_step)
-
-
-def cmd_claims(a):
-    from .claims.check import write_claims
-
-    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out)
-    log.info("claims: %s", df["verdict"].value_counts().to_dict())
 
 
 def _role(text: str) -> tuple[str, str]:
@@ -235,26 +59,68 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lossgeom", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    add = _adder(sub)
+    _toy_rollouts_training_commands(add)
+    _geometry_commands(add)
+    _behaviour_commands(add)
+    _report_commands(add)
+    return p
+
+
+def _adder(sub):
+    """``add(name, func, help)``: a subparser of ``sub`` that runs ``func``."""
 
     def add(name, func, help):
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
         return sp
 
-    def model_opts(sp):
-        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-        sp.add_argument("--trust-remote-code", action="store_true")
-        sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    return add
 
-    def generation_opts(sp):
-        sp.add_argument("--generation", type=_json, default=None,
-                        help='the stage\'s generation spec as JSON, e.g. {"backend": "vllm"} (default: hf)')
 
-    sp = add("toy-world", cmd_toy_world, "generate the toy problems and tokenizer")
+def _model_opts(sp):
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+
+
+def _generation_opts(sp):
+    sp.add_argument(
+        "--generation",
+        type=_json,
+        default=None,
+        help='the stage\'s generation spec as JSON, e.g. {"backend": "vllm"} (default: hf)',
+    )
+
+
+def _run_opts(sp, test_set_arg="--test-set"):
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument(
+        test_set_arg,
+        type=_json,
+        required=True,
+        dest=test_set_arg.lstrip("-").replace("-", "_"),
+        help="problem source(s) as JSON",
+    )
+    sp.add_argument("--toy-dir", type=Path, default=None)
+    sp.add_argument("--template", default="{question}")
+    sp.add_argument(
+        "--answer-template",
+        default=None,
+        help="how a gold answer is written, with {answer} (default: what --template asks for)",
+    )
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--out", type=Path, required=True)
+    _model_opts(sp)
+
+
+def _toy_rollouts_training_commands(add) -> None:
+    """Subcommands: the toy world and models, rollouts (sampled, imported, summarised) and training."""
+    sp = add("toy-world", commands.cmd_toy_world, "generate the toy problems and tokenizer")
     sp.add_argument("--spec", type=_json, required=True, help="the config's toy section, as JSON")
     sp.add_argument("--out", type=Path, required=True)
 
-    sp = add("toy-model", cmd_toy_model, "train a toy base or teacher model from scratch")
+    sp = add("toy-model", commands.cmd_toy_model, "train a toy base or teacher model from scratch")
     sp.add_argument("--spec", type=_json, required=True, help="toy.models.<name> as JSON")
     sp.add_argument("--world", type=Path, required=True, help="directory written by toy-world")
     sp.add_argument("--template", default="{question}")
@@ -262,130 +128,164 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", type=Path, required=True)
 
-    sp = add("rollouts", cmd_rollouts, "sample and grade K completions per prompt")
+    sp = add("rollouts", commands.cmd_rollouts, "sample and grade K completions per prompt")
     sp.add_argument("--model", required=True, help="sampler: hub id or local directory (tokenizer included)")
     sp.add_argument("--problems", type=_json, required=True, help="a problem_source config entry, as JSON")
     sp.add_argument("--toy-dir", type=Path, default=None)
     sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
     sp.add_argument("--template", default="{question}")
     sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
-    generation_opts(sp)
-    sp.add_argument("--journal", type=Path, default=None,
-                    help="openai backend: JSONL of completed requests, kept across restarts (outside --out)")
-    model_opts(sp)
+    _generation_opts(sp)
+    sp.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="openai backend: JSONL of completed requests, kept across restarts (outside --out)",
+    )
+    _model_opts(sp)
 
-    sp = add("import-rollouts", cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
+    sp = add("import-rollouts", commands.cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
     sp.add_argument("--file", type=Path, required=True)
     sp.add_argument("--out", type=Path, required=True)
 
-    sp = add("rollouts-summary", cmd_rollouts_summary, "the rollout table in numbers (rows, truncated, grade notes, served models)")
+    sp = add(
+        "rollouts-summary",
+        commands.cmd_rollouts_summary,
+        "the rollout table in numbers (rows, truncated, grade notes, served models)",
+    )
     sp.add_argument("--rollouts", type=Path, required=True)
     sp.add_argument("--out", type=Path, required=True, help="summary .tsv (quantity, value)")
 
-    sp = add("train", cmd_train, "train one LoRA adapter (one method, one seed)")
+    sp = add("train", commands.cmd_train, "train one LoRA adapter (one method, one seed)")
     sp.add_argument("--spec", type=_json, required=True, help="the method's resolved spec, as JSON")
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--rollouts", type=Path, required=True)
     sp.add_argument("--base", required=True, help="base model: hub id or local directory")
     sp.add_argument("--out", type=Path, required=True, help="adapter directory")
     sp.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints (kept outside --out)")
-    model_opts(sp)
+    _model_opts(sp)
 
-    sp = add("geometry", cmd_geometry, "compare two or more PEFT LoRA adapters (tables)")
+
+def _geometry_commands(add) -> None:
+    """Subcommands: weight-space geometry and its figures."""
+    sp = add("geometry", commands.cmd_geometry, "compare two or more PEFT LoRA adapters (tables)")
     sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (or adapter_dir)")
     sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
     sp.add_argument("--top-k", type=int, default=10, help="singular subspace size for principal angles")
-    sp.add_argument("--cache-dir", type=Path, default=None,
-                    help="reuse per-adapter factor caches (thin SVDs) from here, keyed by the adapter's content")
-    sp.add_argument("--base-model", default=None,
-                    help="also measure how much of each delta lies in the base weights' top singular subspaces")
+    sp.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reuse per-adapter factor caches (thin SVDs) from here, keyed by the adapter's content",
+    )
+    sp.add_argument(
+        "--base-model",
+        default=None,
+        help="also measure how much of each delta lies in the base weights' top singular subspaces",
+    )
     sp.add_argument("--trust-remote-code", action="store_true")
 
-    sp = add("geometry-figures", cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables")
+    sp = add(
+        "geometry-figures", commands.cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables"
+    )
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
-    sp.add_argument("--reference", default=None, help="label the per-layer profiles compare against (default: the first)")
+    sp.add_argument(
+        "--reference", default=None, help="label the per-layer profiles compare against (default: the first)"
+    )
 
-    def run_opts(sp, test_set_arg="--test-set"):
-        sp.add_argument("--base", required=True, help="base model: hub id or local directory")
-        sp.add_argument(test_set_arg, type=_json, required=True, dest=test_set_arg.lstrip("-").replace("-", "_"),
-                        help="problem source(s) as JSON")
-        sp.add_argument("--toy-dir", type=Path, default=None)
-        sp.add_argument("--template", default="{question}")
-        sp.add_argument("--answer-template", default=None,
-                        help="how a gold answer is written, with {answer} (default: what --template asks for)")
-        sp.add_argument("--batch-size", type=int, default=32)
-        sp.add_argument("--out", type=Path, required=True)
-        model_opts(sp)
 
-    sp = add("evaluate", cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
+def _behaviour_commands(add) -> None:
+    """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
+    sp = add("evaluate", commands.cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--max-new-tokens", type=int, default=256)
-    generation_opts(sp)
-    run_opts(sp, "--test-sets")
+    _generation_opts(sp)
+    _run_opts(sp, "--test-sets")
 
-    sp = add("eval-stats", cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
+    sp = add("eval-stats", commands.cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
     sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
-    sp.add_argument("--ci", default="wilson", choices=["wilson", "clopper_pearson", "bootstrap"],
-                    help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap")
+    sp.add_argument(
+        "--ci",
+        default="wilson",
+        choices=["wilson", "clopper_pearson", "bootstrap"],
+        help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap",
+    )
     sp.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--ci bootstrap)")
     sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", type=Path, required=True, help="output directory")
 
-    sp = add("lmc", cmd_lmc, "linear-mode-connectivity sweep between two adapters")
+    sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
     sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
     sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
     sp.add_argument("--alphas", type=int, default=11, help="grid points in [0, 1]")
     sp.add_argument("--limit", type=int, default=100, help="test items for the cross-entropies")
     sp.add_argument("--accuracy-subset", type=int, default=50, help="test items for greedy accuracy")
     sp.add_argument("--max-new-tokens", type=int, default=256)
-    generation_opts(sp)
-    run_opts(sp)
+    _generation_opts(sp)
+    _run_opts(sp)
 
-    sp = add("lmc-summary", cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
+    sp = add("lmc-summary", commands.cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
     sp.add_argument("sweeps", nargs="+", type=Path)
     sp.add_argument("--out", type=Path, required=True, help="summary .tsv (curves.tsv is written beside it)")
 
-    sp = add("activations", cmd_activations, "pooled per-layer hidden states of one model on the probe set")
+    sp = add("activations", commands.cmd_activations, "pooled per-layer hidden states of one model on the probe set")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--n-probe", type=int, default=100)
     sp.add_argument("--pooling", default="completion_mean", choices=["completion_mean", "last", "mean"])
-    run_opts(sp)
+    _run_opts(sp)
 
-    sp = add("cka", cmd_cka, "linear and debiased CKA per layer for every model pair")
+    sp = add("cka", commands.cmd_cka, "linear and debiased CKA per layer for every model pair")
     sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
     sp.add_argument("--out", type=Path, required=True)
 
-    sp = add("training-figures", cmd_training_figures, "training curves of every adapter from its metrics.tsv")
+
+def _report_commands(add) -> None:
+    """Subcommands: the training, accuracy, connectivity and representation figures, and the claims table."""
+    sp = add("training-figures", commands.cmd_training_figures, "training curves of every adapter from its metrics.tsv")
     sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
     sp.add_argument("--analysis-step", type=int, default=None)
     sp.add_argument("--out", type=Path, required=True, help="figure .png (a .pdf is written beside it)")
 
-    sp = add("claims", cmd_claims, "the paper's claims checked against this run (claims.tsv)")
+    sp = add("claims", commands.cmd_claims, "the paper's claims checked against this run (claims.tsv)")
     sp.add_argument("--geometry", type=Path, required=True, help="directory written by 'geometry'")
     sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'eval-stats'")
     sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
     sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
-    sp.add_argument("--roles", nargs="+", type=_role, required=True,
-                    help="the paper's methods as role=method: sft= rft= dft= rift= grpo= dpo=")
+    sp.add_argument(
+        "--roles",
+        nargs="+",
+        type=_role,
+        required=True,
+        help="the paper's methods as role=method: sft= rft= dft= rift= grpo= dpo=",
+    )
     sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
     sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
 
-    sp = add("accuracy-figures", cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set")
+    sp = add(
+        "accuracy-figures", commands.cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set"
+    )
     sp.add_argument("--accuracy", type=Path, required=True, help="accuracy.tsv written by 'eval-stats'")
     sp.add_argument("--pairwise", type=Path, required=True, help="pairwise.tsv written by 'eval-stats'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
-    sp = add("connectivity-figures", cmd_connectivity_figures, "LMC curves of every pair, and per pair with its barrier")
+    sp = add(
+        "connectivity-figures",
+        commands.cmd_connectivity_figures,
+        "LMC curves of every pair, and per pair with its barrier",
+    )
     sp.add_argument("--summary", type=Path, required=True, help="summary.tsv written by 'lmc-summary'")
     sp.add_argument("--curves", type=Path, required=True, help="curves.tsv written by 'lmc-summary'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
-    sp = add("representations-figures", cmd_representations_figures, "CKA per layer vs the base, and at the last layer")
+    sp = add(
+        "representations-figures",
+        commands.cmd_representations_figures,
+        "CKA per layer vs the base, and at the last layer",
+    )
     sp.add_argument("--cka", type=Path, required=True, help="cka.tsv written by 'cka'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
-    return p
 
 
 # Subcommands that run a model: they get a device of their own (lossgeom.devices.claim_gpu).
@@ -396,21 +296,27 @@ def _out_of_memory(a) -> str:
     """The one line for a GPU out-of-memory error: the rule, the batch size in effect, the key to lower."""
     spec = getattr(a, "spec", None) or {}
     if a.command == "train":
-        key = f"training.batch_size (or methods.{spec.get('method', '<method>')}.batch_size; raise training.grad_accum " \
-              "to keep the effective batch)"
+        key = (
+            f"training.batch_size (or methods.{spec.get('method', '<method>')}.batch_size; raise training.grad_accum "
+            "to keep the effective batch)"
+        )
         batch = spec.get("batch_size")
     elif a.command == "toy-model":
         key, batch = f"toy.models.{a.out.name}.batch_size", spec.get("batch_size")
     elif a.command == "rollouts":
-        key, batch = "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization " \
-                     "or max_num_seqs)", spec.get("batch_size", 32)
+        key, batch = (
+            "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization or max_num_seqs)",
+            spec.get("batch_size", 32),
+        )
     else:
-        key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size",
-               "activations": "cka.batch_size"}[a.command]
+        key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size", "activations": "cka.batch_size"}[
+            a.command
+        ]
         batch = a.batch_size
     rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
-    return (f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config "
-            "and rerun")
+    return (
+        f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config and rerun"
+    )
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:

@@ -86,6 +86,11 @@ def validate(config: dict, schema_path: Path | str) -> dict:
 
 
 def _check_consistency(config: dict) -> None:
+    """The cross-key rules the schema cannot express; the first broken one is a ``ConfigError`` naming it.
+
+    Long because it is the list of those rules, one short check and one-line message each; split, they
+    would be read apart from each other.
+    """
     for name in config["methods"]:
         try:
             MethodSpec.from_config(config, name)  # the one place a method spec is resolved and checked
@@ -97,14 +102,20 @@ def _check_consistency(config: dict) -> None:
     labels = set(adapter_labels(config))
     rep = config.get("data_order_replicate")
     if rep and rep["seed"] not in config["seeds"]:
-        raise ConfigError(f"config error: data_order_replicate.seed {rep['seed']} is not one of seeds {config['seeds']}")
+        raise ConfigError(
+            f"config error: data_order_replicate.seed {rep['seed']} is not one of seeds {config['seeds']}"
+        )
     if rep and rep["data_seed"] == rep["seed"]:
-        raise ConfigError(f"config error: data_order_replicate.data_seed {rep['data_seed']} equals its seed; "
-                          "a data-order replicate needs another data order")
+        raise ConfigError(
+            f"config error: data_order_replicate.data_seed {rep['data_seed']} equals its seed; "
+            "a data-order replicate needs another data order"
+        )
     for key in ("lmc", "cka"):
         name = config.get(key, {}).get("test_set")
         if name is not None and name not in config["test_sets"]:
-            raise ConfigError(f"config error: {key}.test_set {name!r} is not a key of test_sets {sorted(config['test_sets'])}")
+            raise ConfigError(
+                f"config error: {key}.test_set {name!r} is not a key of test_sets {sorted(config['test_sets'])}"
+            )
     pairs = config.get("lmc", {}).get("pairs", "first_seed")
     if isinstance(pairs, list):
         for pair in pairs:
@@ -113,19 +124,25 @@ def _check_consistency(config: dict) -> None:
                     raise ConfigError(f"config error: lmc.pairs names {label!r}, which is not an adapter of this study")
     rank, top_k = config["lora"]["r"], config.get("geometry", {}).get("top_k")
     if top_k is not None and top_k > rank:
-        raise ConfigError(f"config error: geometry.top_k {top_k} exceeds lora.r {rank} (an adapter's update has at most "
-                          f"{rank} singular directions); lower geometry.top_k")
+        raise ConfigError(
+            f"config error: geometry.top_k {top_k} exceeds lora.r {rank} (an adapter's update has at most "
+            f"{rank} singular directions); lower geometry.top_k"
+        )
     gen = config.get("generation", {})
     for stage, need in (("evaluation", rank), ("lmc", 2 * rank)):  # a connectivity point has rank r1 + r2
         limit = gen.get("vllm", {}).get("max_lora_rank")  # when unset, the engine checks its default (64)
         if generation_backend(config, stage) == "vllm" and limit is not None:
             if limit < need:
-                raise ConfigError(f"config error: generation.vllm.max_lora_rank {limit} is below the rank {need} the "
-                                  f"{stage} stage serves (lora.r {rank}{' x 2 for a connectivity point' if stage == 'lmc' else ''})")
+                raise ConfigError(
+                    f"config error: generation.vllm.max_lora_rank {limit} is below the rank {need} the "
+                    f"{stage} stage serves (lora.r {rank}{' x 2 for a connectivity point' if stage == 'lmc' else ''})"
+                )
     for stage in ("evaluation", "lmc"):
         if generation_backend(config, stage) == "openai":
-            raise ConfigError(f"config error: generation.backend 'openai' serves rollouts only; set generation.stages.{stage} "
-                              "to 'hf' or 'vllm'")
+            raise ConfigError(
+                f"config error: generation.backend 'openai' serves rollouts only; set generation.stages.{stage} "
+                "to 'hf' or 'vllm'"
+            )
     if generation_backend(config, "rollouts") == "openai":
         missing = [k for k in ("base_url", "model") if not gen.get("openai", {}).get(k)]
         if missing:
@@ -176,8 +193,11 @@ def replicate_labels(config: dict) -> list[str]:
     rep = config.get("data_order_replicate")
     if not rep:
         return []
-    return [str(Label(m, rep["seed"], rep["data_seed"])) for m in config["methods"]
-            if rep["seed"] in method_seeds(config, m)]
+    return [
+        str(Label(m, rep["seed"], rep["data_seed"]))
+        for m in config["methods"]
+        if rep["seed"] in method_seeds(config, m)
+    ]
 
 
 def geometry_labels(config: dict) -> list[str]:
@@ -213,8 +233,11 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
     else:
         out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
     if len(seeds) > 1:
-        out += [(f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}") for m in config["methods"]
-                if {f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}"} <= have]
+        out += [
+            (f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}")
+            for m in config["methods"]
+            if {f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}"} <= have
+        ]
     return out
 
 
@@ -271,8 +294,11 @@ def claim_roles(config: dict) -> dict[str, str]:
     if "sft" in out:
         lr = MethodSpec.from_config(config, out["sft"]).learning_rate
         for m, e in config["methods"].items():
-            if m != out["sft"] and e.get("loss") == "sft" and math.isclose(
-                    MethodSpec.from_config(config, m).learning_rate, 10 * lr, rel_tol=1e-9):
+            if (
+                m != out["sft"]
+                and e.get("loss") == "sft"
+                and math.isclose(MethodSpec.from_config(config, m).learning_rate, 10 * lr, rel_tol=1e-9)
+            ):
                 out["lr10x"] = m
                 break
     return out

@@ -157,9 +157,7 @@ def _warn_if_cuda_initialised() -> None:
         )
 
 
-def _acquire(
-    ids: list[str], lock_dir: Path, poll_interval: float, timeout: float | None
-) -> tuple[int, str]:
+def _acquire(ids: list[str], lock_dir: Path, poll_interval: float, timeout: float | None) -> tuple[int, str]:
     """Lock the first free device of ``ids``; wait while all are taken."""
     _ensure_dir(lock_dir)
     start = time.monotonic()
@@ -175,13 +173,11 @@ def _acquire(
         waited = time.monotonic() - start
         if timeout is not None and waited >= timeout:
             raise TimeoutError(
-                f"all {len(ids)} GPUs ({','.join(ids)}) stayed busy for {waited:.0f} s "
-                f"(locks in {lock_dir})"
+                f"all {len(ids)} GPUs ({','.join(ids)}) stayed busy for {waited:.0f} s (locks in {lock_dir})"
             )
         if not warned:
             log.warning(
-                "all %d GPUs (%s) are in use by other jobs; waiting for one to "
-                "free up (locks in %s)",
+                "all %d GPUs (%s) are in use by other jobs; waiting for one to free up (locks in %s)",
                 len(ids),
                 ",".join(ids),
                 lock_dir,

@@ -91,8 +91,9 @@ class Label:
         p = Path(os.path.abspath(path))
         label = cls.try_parse(f"{p.parent.name}/{p.name}")
         if label is None:
-            raise ValueError(f"{str(path)!r} is not an adapter directory .../{{method}}/seed<N> or "
-                             ".../{method}/seed<N>data<M>")
+            raise ValueError(
+                f"{str(path)!r} is not an adapter directory .../{{method}}/seed<N> or .../{{method}}/seed<N>data<M>"
+            )
         return label
 
     @property

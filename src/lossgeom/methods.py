@@ -23,8 +23,18 @@ from .losses import Loss, LossParams, MethodSpecError, get_loss
 
 # Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
 # GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
-OPTIM_KEYS = ("learning_rate", "steps", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-              "save_steps", "analysis_step", "checkpoint_every", "truncated")
+OPTIM_KEYS = (
+    "learning_rate",
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "warmup_ratio",
+    "weight_decay",
+    "save_steps",
+    "analysis_step",
+    "checkpoint_every",
+    "truncated",
+)
 TRUNCATED_POLICIES = ("drop", "no_eos")
 # Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
 # loss: lossgeom.losses); kept here as names other modules read.
@@ -47,8 +57,13 @@ class LoraSpec:
     use_rslora: bool = False
 
     def to_dict(self) -> dict:
-        return {"target_modules": list(self.target_modules), "r": self.r, "alpha": self.alpha,
-                "dropout": self.dropout, "use_rslora": self.use_rslora}
+        return {
+            "target_modules": list(self.target_modules),
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "use_rslora": self.use_rslora,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,8 +118,10 @@ class MethodSpec:
         where = f"method {self.method!r}"
         loss = get_loss(self.loss, where)
         if type(self.params) is not loss.Params:
-            raise MethodSpecError(f"{where}: params of loss {self.loss!r} must be {loss.Params.__name__}, "
-                                  f"got {type(self.params).__name__}")
+            raise MethodSpecError(
+                f"{where}: params of loss {self.loss!r} must be {loss.Params.__name__}, "
+                f"got {type(self.params).__name__}"
+            )
         unset = [k for k, v in dataclasses.asdict(self.params).items() if v is None]
         if unset:
             raise MethodSpecError(f"{where}: loss {self.loss!r} needs {unset[0]!r}")
@@ -113,17 +130,23 @@ class MethodSpec:
         if self.truncated not in TRUNCATED_POLICIES:
             raise MethodSpecError(f"{where}: truncated {self.truncated!r} is not one of {list(TRUNCATED_POLICIES)}")
         if self.truncated == "no_eos" and not loss.eos_optional:
-            raise MethodSpecError(f"{where}: truncated 'no_eos' does not apply to loss {self.loss!r} (TRL's trainer "
-                                  f"appends EOS to every completion); set methods.{self.method}.truncated: drop")
+            raise MethodSpecError(
+                f"{where}: truncated 'no_eos' does not apply to loss {self.loss!r} (TRL's trainer "
+                f"appends EOS to every completion); set methods.{self.method}.truncated: drop"
+            )
         if self.precision not in ("fp32", "bf16"):
             raise MethodSpecError(f"{where}: precision {self.precision!r} is not 'fp32' or 'bf16'")
         if list(self.save_steps) != sorted(set(self.save_steps)) or self.analysis_step not in self.save_steps:
-            raise MethodSpecError(f"{where}: save_steps {list(self.save_steps)} must be sorted, unique and hold "
-                                  f"analysis_step {self.analysis_step}")
+            raise MethodSpecError(
+                f"{where}: save_steps {list(self.save_steps)} must be sorted, unique and hold "
+                f"analysis_step {self.analysis_step}"
+            )
         if self.save_steps[-1] > self.steps:
-            raise MethodSpecError(f"{where}: training.analysis_step/save_steps value {self.save_steps[-1]} exceeds "
-                                  f"methods.{self.method} steps {self.steps}; set methods.{self.method}.save_steps and "
-                                  "analysis_step for a shorter method")
+            raise MethodSpecError(
+                f"{where}: training.analysis_step/save_steps value {self.save_steps[-1]} exceeds "
+                f"methods.{self.method} steps {self.steps}; set methods.{self.method}.save_steps and "
+                "analysis_step for a shorter method"
+            )
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -158,8 +181,9 @@ class MethodSpec:
         allowed = {"loss", "description", "seeds", *OPTIM_KEYS, *loss.Params.keys()}
         extra = sorted(set(entry) - allowed)
         if extra:
-            raise MethodSpecError(f"methods.{method}.{extra[0]} does not apply to loss {name!r}; "
-                                  f"allowed: {sorted(allowed)}")
+            raise MethodSpecError(
+                f"methods.{method}.{extra[0]} does not apply to loss {name!r}; allowed: {sorted(allowed)}"
+            )
         values = {**TRAINING_DEFAULTS, **config["training"], **loss.Params.defaults()}
         values.update({k: v for k, v in entry.items() if k not in ("description", "seeds")})  # not training settings
         loss.resolve(values, config)
@@ -179,11 +203,16 @@ class MethodSpec:
         unknown = sorted(set(d) - shared - set(loss.Params.keys()))
         if unknown:
             if unknown[0] in ALL_LOSS_KEYS:
-                raise MethodSpecError(f"{where}: {unknown[0]!r} does not apply to loss {loss.name!r}; its keys: "
-                                      f"{list(loss.Params.keys())}")
+                raise MethodSpecError(
+                    f"{where}: {unknown[0]!r} does not apply to loss {loss.name!r}; its keys: "
+                    f"{list(loss.Params.keys())}"
+                )
             raise MethodSpecError(f"{where}: unknown spec key {unknown[0]!r}")
-        missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.default is dataclasses.MISSING and f.name not in d and f.name != "params")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in d and f.name != "params"
+        )
         if missing:
             raise MethodSpecError(f"{where}: spec lacks {missing[0]!r}")
         values = {k: v for k, v in d.items() if k in shared}
@@ -223,7 +252,19 @@ class MethodSpec:
 
 # The training keys a config may leave out, with their defaults: MethodSpec's own field defaults (one place).
 TRAINING_DEFAULTS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(MethodSpec)
-    if f.name in ("grad_accum", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
-                  "precision", "data_seed", "threads", "truncated")
+    f.name: f.default
+    for f in dataclasses.fields(MethodSpec)
+    if f.name
+    in (
+        "grad_accum",
+        "lr_scheduler",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "max_length",
+        "precision",
+        "data_seed",
+        "threads",
+        "truncated",
+    )
 }

@@ -30,7 +30,9 @@ def _check_location(name_or_path: str, what: str) -> None:
 
 
 def _load_failed(name_or_path: str, what: str, e: Exception) -> ModelLoadError:
-    return ModelLoadError(f"{name_or_path}: cannot load the {what} ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
+    return ModelLoadError(
+        f"{name_or_path}: cannot load the {what} ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+    )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -43,8 +45,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     except (OSError, ValueError, TypeError) as e:
         raise _load_failed(name_or_path, "tokenizer", e) from None
     if len(tok) < 3:  # transformers 5 builds an empty tokenizer from config.json alone
-        raise ModelLoadError(f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
-                             f"the tokenizer it gives has {len(tok)} token(s)")
+        raise ModelLoadError(
+            f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+            f"the tokenizer it gives has {len(tok)} token(s)"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

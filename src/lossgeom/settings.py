@@ -51,8 +51,11 @@ class EvaluationSettings(Settings):
 
     max_new_tokens: int = setting(256, POSITIVE_INT, "tokens generated per test item (greedy)")
     batch_size: int = setting(32, POSITIVE_INT, "prompts per generation batch")
-    ci: str = setting("wilson", {"enum": ["wilson", "clopper_pearson", "bootstrap"]},
-                      "accuracy interval (default wilson; bootstrap gives [0, 0] for 0/n)")
+    ci: str = setting(
+        "wilson",
+        {"enum": ["wilson", "clopper_pearson", "bootstrap"]},
+        "accuracy interval (default wilson; bootstrap gives [0, 0] for 0/n)",
+    )
     n_boot: int = setting(10_000, POSITIVE_INT, "bootstrap replicates (ci: bootstrap)")
     mid_p: bool = setting(False, {"type": "boolean"}, "McNemar mid-p instead of the exact p")
 
@@ -68,13 +71,26 @@ class LmcSettings(Settings):
     alphas: int = setting(11, {"type": "integer", "minimum": 2}, "grid points in [0, 1], endpoints included")
     limit: int = setting(100, POSITIVE_INT, "test items whose cross-entropies are measured at each point")
     accuracy_subset: int = setting(50, POSITIVE_INT, "the first items of those whose greedy accuracy is measured")
-    pairs: Any = setting("first_seed", {"oneOf": [
-        {"enum": ["first_seed", "reference", "all"]},
-        {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2,
-                                    "items": {"type": "string", "pattern": LABEL_PATTERN}}}]},
+    pairs: Any = setting(
+        "first_seed",
+        {
+            "oneOf": [
+                {"enum": ["first_seed", "reference", "all"]},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "minItems": 2,
+                        "maxItems": 2,
+                        "items": {"type": "string", "pattern": LABEL_PATTERN},
+                    },
+                },
+            ]
+        },
         '"first_seed": every pair of methods at the first seed; "reference": the first method against each other '
-        "method at the first seed; both plus each method's first-vs-second seed pair (the noise floor). \"all\": "
-        "every pair of adapters. Or a list of [label, label].")
+        'method at the first seed; both plus each method\'s first-vs-second seed pair (the noise floor). "all": '
+        "every pair of adapters. Or a list of [label, label].",
+    )
 
 
 @dataclass(frozen=True)
@@ -83,9 +99,11 @@ class CkaSettings(Settings):
 
     test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
     n_probe: int = setting(100, POSITIVE_INT, "probes (test items with their worked solutions)")
-    pooling: str = setting("completion_mean", {"enum": ["completion_mean", "last", "mean"]},
-                           "one vector per probe: the mean over the solution's tokens, the last token, or every "
-                           "position but the first")
+    pooling: str = setting(
+        "completion_mean",
+        {"enum": ["completion_mean", "last", "mean"]},
+        "one vector per probe: the mean over the solution's tokens, the last token, or every position but the first",
+    )
     batch_size: int = setting(32, POSITIVE_INT, "probes per forward pass")
 
 
@@ -93,12 +111,23 @@ class CkaSettings(Settings):
 class GeometrySettings(Settings):
     """``geometry``: the pairwise weight-delta comparisons."""
 
-    top_k: int = setting(10, POSITIVE_INT, "singular directions per module compared (principal angles, "
-                         "orthogonal fractions); at most lora.r")
-    base_alignment: bool = setting(False, {"type": "boolean"}, "also measure how much of each delta lies in the "
-                                   "base weights' top singular subspaces (needs the base model's weights)")
+    top_k: int = setting(
+        10,
+        POSITIVE_INT,
+        "singular directions per module compared (principal angles, orthogonal fractions); at most lora.r",
+    )
+    base_alignment: bool = setting(
+        False,
+        {"type": "boolean"},
+        "also measure how much of each delta lies in the "
+        "base weights' top singular subspaces (needs the base model's weights)",
+    )
 
 
 # config section -> its settings class
-SECTIONS: dict[str, type[Settings]] = {"evaluation": EvaluationSettings, "lmc": LmcSettings, "cka": CkaSettings,
-                                       "geometry": GeometrySettings}
+SECTIONS: dict[str, type[Settings]] = {
+    "evaluation": EvaluationSettings,
+    "lmc": LmcSettings,
+    "cka": CkaSettings,
+    "geometry": GeometrySettings,
+}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.problemsets import load_test_set
-from ..fsutil import atomic_path, write_table
 from ..engines.backends import open_engine
 from ..engines.engine import AdapterDir, GenerationSpec
+from ..fsutil import atomic_path, write_table
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .stats import accuracy_table, cochran_summary, pairwise_tests
 
@@ -26,33 +26,74 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_model(
-    base: str, adapter: Path | None, test_sets: dict, toy_dir: Path | None, out: Path, *, template: str,
-    max_new_tokens: int, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False,
-    generation: GenerationSpec | None = None, answer_format: str | None = None,
+    base: str,
+    adapter: Path | None,
+    test_sets: dict,
+    toy_dir: Path | None,
+    out: Path,
+    *,
+    template: str,
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    generation: GenerationSpec | None = None,
+    answer_format: str | None = None,
 ) -> pd.DataFrame:
     """Greedy pass@1 and cross-entropies of one model (the base, or ``adapter`` on it) on every test
-    set, through the configured engine; writes the evaluation parquet."""
+    set, through the configured engine; writes the evaluation parquet.
+
+    Long because the formatter spreads its keyword calls over lines; it is one loop over test sets.
+    """
     spec = generation or GenerationSpec()
     ad = AdapterDir(Path(adapter)) if adapter is not None else None
     frames = []
     with open_engine(spec, base, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size) as engine:
         for name, ts in test_sets.items():
             problems, golds = load_test_set(ts, toy_dir, name)
-            graded = greedy_pass_at_1(engine, problems, grader=ts.get("grader", "exact"), template=template,
-                                      max_new_tokens=max_new_tokens, adapter=ad, desc=f"evaluate {name}", golds=golds)
+            graded = greedy_pass_at_1(
+                engine,
+                problems,
+                grader=ts.get("grader", "exact"),
+                template=template,
+                max_new_tokens=max_new_tokens,
+                adapter=ad,
+                desc=f"evaluate {name}",
+                golds=golds,
+            )
             ce = cross_entropies(engine, problems, template=template, adapter=ad, answer_format=answer_format)
             frames.append(graded.merge(ce, on="id").assign(test_set=name))
-            log.info("%s on %s (%s): pass@1 %.3f over %d items (%d unparsable gold)", adapter or "base", name,
-                     engine.name, graded["correct"].mean(), graded["gold_ok"].sum(), (~graded["gold_ok"]).sum())
+            log.info(
+                "%s on %s (%s): pass@1 %.3f over %d items (%d unparsable gold)",
+                adapter or "base",
+                name,
+                engine.name,
+                graded["correct"].mean(),
+                graded["gold_ok"].sum(),
+                (~graded["gold_ok"]).sum(),
+            )
     df = pd.concat(frames, ignore_index=True)
-    df = df[["test_set", "id", "correct", "extracted", "completion", "finish_reason", "grade_note", "gold_ok",
-             "answer_ce", "solution_ce"]]
+    df = df[
+        [
+            "test_set",
+            "id",
+            "correct",
+            "extracted",
+            "completion",
+            "finish_reason",
+            "grade_note",
+            "gold_ok",
+            "answer_ce",
+            "solution_ce",
+        ]
+    ]
     write_table(df, out)
     return df
 
 
-def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0,
-                        ci: str = "wilson") -> None:
+def accuracy_statistics(
+    evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0, ci: str = "wilson"
+) -> None:
     """Per test set: accuracy with CIs (``ci``: see :func:`.stats.accuracy_table`), exact McNemar for every pair with Holm correction,
     Cochran's Q. Writes ``accuracy.tsv``, ``pairwise.tsv``, ``cochran.json`` into ``out_dir``."""
     frames = {m: pd.read_parquet(p) for m, p in evaluations.items()}
@@ -65,7 +106,9 @@ def accuracy_statistics(evaluations: dict[str, Path], out_dir: Path, *, n_boot: 
         unparsable = int((~gold_ok).sum())
         if gold_ok.sum() == 0:
             raise ValueError(f"test set {t!r}: no item has a parsable gold answer ({len(gold_ok)} items)")
-        correct = pd.DataFrame({m: df.loc[gold_ok.index[gold_ok], "correct"].astype(int) for m, df in per_model.items()})
+        correct = pd.DataFrame(
+            {m: df.loc[gold_ok.index[gold_ok], "correct"].astype(int) for m, df in per_model.items()}
+        )
         a = accuracy_table(correct, n_boot=n_boot, seed=seed, ci=ci).reset_index()
         a.insert(0, "test_set", t)
         a["n_unparsable_gold"] = unparsable

@@ -50,18 +50,26 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.problemsets import load_problems
-from ..fsutil import atomic_path
+from ..data.prompting import answer_template, answer_text, prompt_completion, right_padded
 from ..engines.adapters import merge_adapter
+from ..fsutil import atomic_path
 from ..modeling import load_model, load_tokenizer
 from .evaluation import gold_answer_text, reference_solution
-from ..data.prompting import answer_template, answer_text, prompt_completion, right_padded
 
 POOLINGS = ("completion_mean", "last", "mean")
 
 
 @torch.no_grad()
-def hidden_states(model, tokenizer, problems: pd.DataFrame, *, template: str, pooling: str, batch_size: int,
-                  answer_format: str | None = None) -> np.ndarray:
+def hidden_states(
+    model,
+    tokenizer,
+    problems: pd.DataFrame,
+    *,
+    template: str,
+    pooling: str,
+    batch_size: int,
+    answer_format: str | None = None,
+) -> np.ndarray:
     """Pooled per-layer hidden states, see the module docstring. Problems without a worked solution
     are probed with the gold answer alone, written as the prompt asks for it (``answer_format``, see
     :func:`lossgeom.data.prompting.answer_template`)."""
@@ -78,7 +86,12 @@ def hidden_states(model, tokenizer, problems: pd.DataFrame, *, template: str, po
         chunk = problems.iloc[start : start + batch_size]
         seqs, spans = [], []
         for _, row in chunk.iterrows():
-            ids_i, mask_i = prompt_completion(tokenizer, row["question"], reference_solution(row) or answer_text(gold_answer_text(row["answer"]), fmt), template)
+            ids_i, mask_i = prompt_completion(
+                tokenizer,
+                row["question"],
+                reference_solution(row) or answer_text(gold_answer_text(row["answer"]), fmt),
+                template,
+            )
             seqs.append(ids_i)
             spans.append((mask_i.index(1), len(ids_i)))
         ids, attn = right_padded(seqs, pad, dev)
@@ -128,8 +141,19 @@ def activation_model(base: str, adapter: Path | None, *, dtype: str = "float32",
 
 
 def extract_activations(
-    base: str, adapter: Path | None, test_set: dict, toy_dir: Path | None, out: Path, *, n_probe: int, pooling: str,
-    template: str, batch_size: int, dtype: str = "float32", trust_remote_code: bool = False, answer_format: str | None = None,
+    base: str,
+    adapter: Path | None,
+    test_set: dict,
+    toy_dir: Path | None,
+    out: Path,
+    *,
+    n_probe: int,
+    pooling: str,
+    template: str,
+    batch_size: int,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    answer_format: str | None = None,
 ) -> None:
     """Pooled per-layer hidden states of one model (the base, or ``adapter`` merged into it) on the
     probe set; writes the npz (``acts`` float32 (n_layers, n_probe, hidden), ``ids``, ``pooling``).
@@ -139,8 +163,15 @@ def extract_activations(
     model = activation_model(base, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(base, trust_remote_code)
     with full_float32_matmul():
-        acts = hidden_states(model, tokenizer, problems, template=template, pooling=pooling, batch_size=batch_size,
-                             answer_format=answer_format)
+        acts = hidden_states(
+            model,
+            tokenizer,
+            problems,
+            template=template,
+            pooling=pooling,
+            batch_size=batch_size,
+            answer_format=answer_format,
+        )
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, acts=acts, ids=problems["id"].to_numpy(dtype=str), pooling=np.array(pooling))

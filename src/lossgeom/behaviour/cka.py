@@ -106,6 +106,9 @@ def cka_matrix(acts: Mapping[str, np.ndarray]) -> pd.DataFrame:
     for a constant layer), so a full symmetric model x model matrix per layer can be rebuilt from
     the frame alone. Rows are ordered by layer, then pair. Total rows:
     ``n_layers * k (k + 1) / 2`` for ``k`` models.
+
+    Long because the linear and debiased estimators share one pass over the layers and the pairs; split,
+    they would recompute the centred Grams.
     """
     if len(acts) == 0:
         raise ValueError("cka_matrix needs at least one model")
@@ -114,9 +117,7 @@ def cka_matrix(acts: Mapping[str, np.ndarray]) -> pd.DataFrame:
     for label in labels:
         arr = np.asarray(acts[label], dtype=np.float64)
         if arr.ndim != 3:
-            raise ValueError(
-                f"activations of {label!r} must have shape (n_layers, n, d), got {arr.shape}"
-            )
+            raise ValueError(f"activations of {label!r} must have shape (n_layers, n, d), got {arr.shape}")
         arrays[label] = arr
     n_layers, n = arrays[labels[0]].shape[:2]
     for label, arr in arrays.items():
@@ -141,13 +142,17 @@ def cka_matrix(acts: Mapping[str, np.ndarray]) -> pd.DataFrame:
         for la, lb in pairs:
             a, b = reps[la], reps[lb]
             xy = _cross(a, b)
-            rows.append({
-                "model_a": la, "model_b": lb, "layer": layer,
-                "cka": _ratio(xy, a.self_dot, b.self_dot),
-                "cka_debiased": _ratio(
-                    _debias(xy, a, b, n), _debias(a.self_dot, a, a, n), _debias(b.self_dot, b, b, n)
-                ),
-            })
+            rows.append(
+                {
+                    "model_a": la,
+                    "model_b": lb,
+                    "layer": layer,
+                    "cka": _ratio(xy, a.self_dot, b.self_dot),
+                    "cka_debiased": _ratio(
+                        _debias(xy, a, b, n), _debias(a.self_dot, a, a, n), _debias(b.self_dot, b, b, n)
+                    ),
+                }
+            )
     return pd.DataFrame(rows, columns=["model_a", "model_b", "layer", "cka", "cka_debiased"])
 
 
@@ -213,9 +218,7 @@ def _prepare(X: np.ndarray, Y: np.ndarray, min_n: int) -> tuple[np.ndarray, np.n
     if x.ndim != 2 or y.ndim != 2:
         raise ValueError(f"X and Y must be 2-D (n, d); got shapes {x.shape} and {y.shape}")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"X and Y must have the same number of examples n (rows); got {x.shape[0]} and {y.shape[0]}"
-        )
+        raise ValueError(f"X and Y must have the same number of examples n (rows); got {x.shape[0]} and {y.shape[0]}")
     if x.shape[0] < min_n:
         raise ValueError(f"need at least {min_n} examples, got {x.shape[0]}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -231,8 +234,10 @@ def cka_tables(activations: dict[str, Path], out: Path) -> pd.DataFrame:
             with np.load(path) as z:
                 z_ids, z_acts = z["ids"], z["acts"]
         except (OSError, ValueError, KeyError, EOFError) as e:  # not an npz, truncated, or another layout
-            raise ValueError(f"{path}: not an activations file of 'lossgeom activations' ({type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:160]})") from None
+            raise ValueError(
+                f"{path}: not an activations file of 'lossgeom activations' ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]})"
+            ) from None
         if ids is not None and not np.array_equal(ids, z_ids):
             raise ValueError(f"activations {path} were taken on other probes than the first model's")
         ids = z_ids

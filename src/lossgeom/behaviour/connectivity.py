@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.problemsets import load_test_set
-from ..fsutil import write_table
 from ..engines.backends import open_engine
 from ..engines.engine import GenerationSpec, PathPoint
+from ..fsutil import write_table
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .interpolation import alpha_grid, barrier
 
@@ -22,9 +22,21 @@ LMC_METRICS = {"answer_ce": False, "solution_ce": False, "accuracy": True}  # me
 
 
 def connectivity_sweep(
-    base: str, adapters: tuple[tuple[str, Path], tuple[str, Path]], test_set: dict, toy_dir: Path | None, out: Path, *,
-    alphas: int, limit: int, accuracy_subset: int, template: str, max_new_tokens: int, batch_size: int,
-    dtype: str = "float32", trust_remote_code: bool = False, generation: GenerationSpec | None = None,
+    base: str,
+    adapters: tuple[tuple[str, Path], tuple[str, Path]],
+    test_set: dict,
+    toy_dir: Path | None,
+    out: Path,
+    *,
+    alphas: int,
+    limit: int,
+    accuracy_subset: int,
+    template: str,
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    generation: GenerationSpec | None = None,
     answer_format: str | None = None,
 ) -> pd.DataFrame:
     """The linear path between two adapters' deltas: at each alpha, mean answer-only CE, mean
@@ -39,13 +51,25 @@ def connectivity_sweep(
         for a in alpha_grid(alphas):
             point = PathPoint(Path(dir_a), Path(dir_b), float(a))
             ce = cross_entropies(engine, problems, template=template, adapter=point, answer_format=answer_format)
-            graded = greedy_pass_at_1(engine, subset, grader=test_set.get("grader", "exact"), template=template,
-                                      max_new_tokens=max_new_tokens, adapter=point, desc=f"alpha={a:.2f}",
-                                      golds=subset_golds)
-            values = {"answer_ce": ce["answer_ce"].mean(), "solution_ce": ce["solution_ce"].mean(),
-                      "accuracy": graded["correct"].mean()}
-            rows += [{"pair_a": label_a, "pair_b": label_b, "alpha": float(a), "metric": k, "value": float(v)}
-                     for k, v in values.items()]
+            graded = greedy_pass_at_1(
+                engine,
+                subset,
+                grader=test_set.get("grader", "exact"),
+                template=template,
+                max_new_tokens=max_new_tokens,
+                adapter=point,
+                desc=f"alpha={a:.2f}",
+                golds=subset_golds,
+            )
+            values = {
+                "answer_ce": ce["answer_ce"].mean(),
+                "solution_ce": ce["solution_ce"].mean(),
+                "accuracy": graded["correct"].mean(),
+            }
+            rows += [
+                {"pair_a": label_a, "pair_b": label_b, "alpha": float(a), "metric": k, "value": float(v)}
+                for k, v in values.items()
+            ]
     df = pd.DataFrame(rows)
     write_table(df, out)
     return df
@@ -65,12 +89,17 @@ def connectivity_summary(sweeps: list[Path], out: Path) -> pd.DataFrame:
     for (a, b, metric), g in curves.groupby(["pair_a", "pair_b", "metric"], sort=False):
         g = g.sort_values("alpha")
         higher = LMC_METRICS[metric]
-        rows.append({
-            "pair_a": a, "pair_b": b, "metric": metric,
-            "value_a": g["value"].iloc[0], "value_b": g["value"].iloc[-1],
-            "worst_on_path": g["value"].min() if higher else g["value"].max(),
-            "barrier": barrier(g["alpha"], g["value"], higher_is_better=higher),
-        })
+        rows.append(
+            {
+                "pair_a": a,
+                "pair_b": b,
+                "metric": metric,
+                "value_a": g["value"].iloc[0],
+                "value_b": g["value"].iloc[-1],
+                "worst_on_path": g["value"].min() if higher else g["value"].max(),
+                "barrier": barrier(g["alpha"], g["value"], higher_is_better=higher),
+            }
+        )
     summary = pd.DataFrame(rows)
     write_table(summary, out)
     write_table(curves, out.with_name("curves.tsv"))

@@ -42,8 +42,15 @@ def reference_solution(row) -> str | None:
 
 
 def greedy_pass_at_1(
-    engine: Engine, problems: pd.DataFrame, *, grader: str, template: str, max_new_tokens: int,
-    adapter: Adapter = None, desc: str = "evaluate", golds: list | None = None,
+    engine: Engine,
+    problems: pd.DataFrame,
+    *,
+    grader: str,
+    template: str,
+    max_new_tokens: int,
+    adapter: Adapter = None,
+    desc: str = "evaluate",
+    golds: list | None = None,
 ) -> pd.DataFrame:
     """Greedy decoding, one completion per problem, graded against ``golds`` (the grader's parsed gold
     answers, :func:`~lossgeom.data.problemsets.parse_golds`; parsed here, stopping on an unreadable one,
@@ -55,18 +62,43 @@ def greedy_pass_at_1(
         golds = [grade.parse_gold(a) for a in problems["answer"]]
     items = [i for i, g in enumerate(golds) if g is not None]
     prompts = [prompt_ids(engine.tokenizer, problems["question"].iloc[i], template) for i in items]
-    outs = engine.generate(prompts, Sampling(max_new_tokens=max_new_tokens), adapter=adapter, desc=desc) if items else []
-    rows = [{"id": pid, "correct": math.nan, "extracted": None, "completion": None, "finish_reason": None,
-             "grade_note": "gold not readable", "gold_ok": False} for pid in problems["id"]]
+    outs = (
+        engine.generate(prompts, Sampling(max_new_tokens=max_new_tokens), adapter=adapter, desc=desc) if items else []
+    )
+    rows = [
+        {
+            "id": pid,
+            "correct": math.nan,
+            "extracted": None,
+            "completion": None,
+            "finish_reason": None,
+            "grade_note": "gold not readable",
+            "gold_ok": False,
+        }
+        for pid in problems["id"]
+    ]
     for i, (c,) in zip(items, outs):
         g = grade.grade(c.text, golds[i])
-        rows[i].update(correct=g.reward, extracted=g.answer, completion=c.text, finish_reason=c.finish_reason,
-                       grade_note=g.note, gold_ok=True)
+        rows[i].update(
+            correct=g.reward,
+            extracted=g.answer,
+            completion=c.text,
+            finish_reason=c.finish_reason,
+            grade_note=g.note,
+            gold_ok=True,
+        )
     return pd.DataFrame(rows)
 
 
-def continuation_ce(engine: Engine, problems: pd.DataFrame, continuations: list[str | None], *, template: str,
-                    add_eos: bool, adapter: Adapter = None) -> np.ndarray:
+def continuation_ce(
+    engine: Engine,
+    problems: pd.DataFrame,
+    continuations: list[str | None],
+    *,
+    template: str,
+    add_eos: bool,
+    adapter: Adapter = None,
+) -> np.ndarray:
     """Mean per-token cross-entropy (nats) of each continuation right after its prompt; NaN where None.
 
     Returns float64 (n_problems,); only continuation tokens count.
@@ -77,15 +109,18 @@ def continuation_ce(engine: Engine, problems: pd.DataFrame, continuations: list[
         return out
     seqs, masks = [], []
     for i in items:
-        ids_i, mask_i = prompt_completion(engine.tokenizer, problems["question"].iloc[i], continuations[i], template, eos=add_eos)
+        ids_i, mask_i = prompt_completion(
+            engine.tokenizer, problems["question"].iloc[i], continuations[i], template, eos=add_eos
+        )
         seqs.append(ids_i)
         masks.append(mask_i)
     out[items] = engine.score(seqs, masks, adapter=adapter)
     return out
 
 
-def cross_entropies(engine: Engine, problems: pd.DataFrame, *, template: str, adapter: Adapter = None,
-                    answer_format: str | None = None) -> pd.DataFrame:
+def cross_entropies(
+    engine: Engine, problems: pd.DataFrame, *, template: str, adapter: Adapter = None, answer_format: str | None = None
+) -> pd.DataFrame:
     """Per-item ``answer_ce`` and ``solution_ce`` (nats/token), see the module docstring. ``answer_format``:
     how the gold answer is written (``{answer}`` in it; None: what ``template`` asks for)."""
     fmt = answer_template(template, answer_format)
@@ -95,6 +130,8 @@ def cross_entropies(engine: Engine, problems: pd.DataFrame, *, template: str, ad
         {
             "id": problems["id"].to_numpy(),
             "answer_ce": continuation_ce(engine, problems, answers, template=template, add_eos=False, adapter=adapter),
-            "solution_ce": continuation_ce(engine, problems, solutions, template=template, add_eos=True, adapter=adapter),
+            "solution_ce": continuation_ce(
+                engine, problems, solutions, template=template, add_eos=True, adapter=adapter
+            ),
         }
     )

@@ -261,9 +261,7 @@ def validate_correct(correct: pd.DataFrame) -> np.ndarray:
         missing = col.isna()
         if missing.any():
             items = col.index[missing][:5].tolist()
-            raise ValueError(
-                f"model column {model!r} has {int(missing.sum())} missing item(s), e.g. {items}"
-            )
+            raise ValueError(f"model column {model!r} has {int(missing.sum())} missing item(s), e.g. {items}")
         try:
             values = col.to_numpy(dtype=np.float64)
         except (TypeError, ValueError) as err:
@@ -313,15 +311,24 @@ def accuracy_table(
         else:
             low, high = clopper_pearson_ci(s, n, confidence)
         rows.append(
-            {"model": model, "n": n, "accuracy": float(x[:, j].mean()),
-             "ci_low": low, "ci_high": high, "ci_method": ci}
+            {"model": model, "n": n, "accuracy": float(x[:, j].mean()), "ci_low": low, "ci_high": high, "ci_method": ci}
         )
     return pd.DataFrame(rows).set_index("model")
 
 
 PAIRWISE_COLUMNS = [
-    "model_a", "model_b", "n", "n11", "n10", "n01", "n00",
-    "acc_a", "acc_b", "acc_diff", "p", "p_holm",
+    "model_a",
+    "model_b",
+    "n",
+    "n11",
+    "n10",
+    "n01",
+    "n00",
+    "acc_a",
+    "acc_b",
+    "acc_diff",
+    "p",
+    "p_holm",
 ]
 
 
@@ -354,12 +361,21 @@ def pairwise_tests(correct: pd.DataFrame, mid_p: bool = False) -> pd.DataFrame:
         a, b = x[:, i].astype(bool), x[:, j].astype(bool)
         n10 = int(np.sum(a & ~b))
         n01 = int(np.sum(~a & b))
-        rows.append({
-            "model_a": models[i], "model_b": models[j], "n": n,
-            "n11": int(np.sum(a & b)), "n10": n10, "n01": n01, "n00": int(np.sum(~a & ~b)),
-            "acc_a": float(a.mean()), "acc_b": float(b.mean()), "acc_diff": (n10 - n01) / n,
-            "p": mcnemar_exact(n10, n01, mid_p=mid_p),
-        })
+        rows.append(
+            {
+                "model_a": models[i],
+                "model_b": models[j],
+                "n": n,
+                "n11": int(np.sum(a & b)),
+                "n10": n10,
+                "n01": n01,
+                "n00": int(np.sum(~a & ~b)),
+                "acc_a": float(a.mean()),
+                "acc_b": float(b.mean()),
+                "acc_diff": (n10 - n01) / n,
+                "p": mcnemar_exact(n10, n01, mid_p=mid_p),
+            }
+        )
     out = pd.DataFrame(rows, columns=PAIRWISE_COLUMNS[:-1])
     out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else pd.Series(dtype=float)
     return out
@@ -372,8 +388,14 @@ def cochran_summary(correct: pd.DataFrame) -> dict[str, Any]:
     """
     x = validate_correct(correct)
     q, df, p = cochrans_q(x)
-    return {"Q": q, "df": df, "p": p, "n_items": int(x.shape[0]), "n_models": int(x.shape[1]),
-            "models": [str(m) for m in correct.columns]}
+    return {
+        "Q": q,
+        "df": df,
+        "p": p,
+        "n_items": int(x.shape[0]),
+        "n_models": int(x.shape[1]),
+        "models": [str(m) for m in correct.columns],
+    }
 
 
 # --------------------------------------------------------------------------------------------

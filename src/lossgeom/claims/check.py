@@ -50,8 +50,15 @@ def _pair_row(df: pd.DataFrame, col_a: str, col_b: str, a: str, b: str, missing:
 class RunTables:
     """The run's tables, with lookups that raise :class:`_Missing` when a value is absent."""
 
-    def __init__(self, geometry: Path, eval_dir: Path | None, lmc: Path | None, cka: Path | None,
-                 roles: dict[str, str], seed: int):
+    def __init__(
+        self,
+        geometry: Path,
+        eval_dir: Path | None,
+        lmc: Path | None,
+        cka: Path | None,
+        roles: dict[str, str],
+        seed: int,
+    ):
         self.roles, self.seed = roles, seed
         self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
         self.adapters = pd.read_csv(geometry / "adapters.tsv", sep="\t")
@@ -128,6 +135,7 @@ def _read(path: Path) -> pd.DataFrame | None:
 
 # ---- one function per claim: returns (this_run, floor, random, holds) -------------------------
 
+
 def _cluster(t: RunTables):
     pairs = [("sft", "rft"), ("sft", "rift"), ("rft", "rift")]
     rows = [t.pair(t.label(a), t.label(b)) for a, b in pairs]
@@ -153,15 +161,23 @@ def _dft(t: RunTables):
     ds, dr = t.cos("dft", "sft"), t.cos("dft", "rift")
     lo = min(t.cos("sft", "rft"), t.cos("sft", "rift"), t.cos("rft", "rift"))
     row = t.pair(t.label("dft"), t.label("sft"))
-    return (f"DFT-SFT {_f(ds)}, DFT-RIFT {_f(dr)}; smallest cluster cosine {_f(lo)}", f"data-order {_f(row['data_floor'])}",
-            _f(row["random"]), all(0.25 < v < lo for v in (ds, dr)))
+    return (
+        f"DFT-SFT {_f(ds)}, DFT-RIFT {_f(dr)}; smallest cluster cosine {_f(lo)}",
+        f"data-order {_f(row['data_floor'])}",
+        _f(row["random"]),
+        all(0.25 < v < lo for v in (ds, dr)),
+    )
 
 
 def _dpo_orthogonal(t: RunTables):
     vals = {m: t.cos("dpo", m) for m in ("sft", "rft", "rift")}
     row = t.pair(t.label("dpo"), t.label("sft"))
-    return (", ".join(f"DPO-{m.upper()} {_f(v)}" for m, v in vals.items()), f"data-order {_f(row['data_floor'])}",
-            _f(row["random"]), all(abs(v) < 0.2 for v in vals.values()))
+    return (
+        ", ".join(f"DPO-{m.upper()} {_f(v)}" for m, v in vals.items()),
+        f"data-order {_f(row['data_floor'])}",
+        _f(row["random"]),
+        all(abs(v) < 0.2 for v in vals.values()),
+    )
 
 
 def _norm_of(t: RunTables, role: str) -> float:
@@ -174,8 +190,12 @@ def _norm_of(t: RunTables, role: str) -> float:
 def _dpo_norm(t: RunTables):
     s, d = _norm_of(t, "sft"), _norm_of(t, "dpo")
     nr = t.same_method("sft", "shared", "norm_ratio")["value"]
-    return (f"||dW|| SFT {_f(s)}, DPO {_f(d)}: ratio {_f(s / d)}", f"SFT data-order norm ratio {_f(float(nr.mean()))}", "",
-            s / d >= 5)
+    return (
+        f"||dW|| SFT {_f(s)}, DPO {_f(d)}: ratio {_f(s / d)}",
+        f"SFT data-order norm ratio {_f(float(nr.mean()))}",
+        "",
+        s / d >= 5,
+    )
 
 
 def _grpo_between(t: RunTables):
@@ -183,8 +203,12 @@ def _grpo_between(t: RunTables):
     lo = min(t.cos("sft", "rft"), t.cos("sft", "rift"), t.cos("rft", "rift"))
     d = max(abs(t.cos("dpo", m)) for m in ("sft", "rft", "rift"))
     row = t.pair(t.label("grpo"), t.label("sft"))
-    return (f"cos(GRPO, SFT/RFT/RIFT) {_f(g[0])}/{_f(g[1])}/{_f(g[2])} (mean {_f(np.mean(g))}); smallest cluster {_f(lo)}; largest |DPO-cluster| {_f(d)}",
-            f"data-order {_f(row['data_floor'])}", _f(row["random"]), d < float(np.mean(g)) < lo)
+    return (
+        f"cos(GRPO, SFT/RFT/RIFT) {_f(g[0])}/{_f(g[1])}/{_f(g[2])} (mean {_f(np.mean(g))}); smallest cluster {_f(lo)}; largest |DPO-cluster| {_f(d)}",
+        f"data-order {_f(row['data_floor'])}",
+        _f(row["random"]),
+        d < float(np.mean(g)) < lo,
+    )
 
 
 def _angle_order(t: RunTables):
@@ -211,16 +235,24 @@ def _seed_cosine(t: RunTables):
     rows = pd.concat([t.same_method(m, "other") for m in ROLES if m in t.roles])
     v = rows["value"].astype(float)
     shared = [t.cos(a, b) for a, b in (("sft", "rft"), ("sft", "rift"), ("rft", "rift"))]
-    return (f"init-seed cosines {_f(v.min())} to {_f(v.max())} (shared-init cluster {_f(min(shared))}-{_f(max(shared))})",
-            f"init-seed {_f(v.mean())}", _f(float(rows["random"].mean())), bool(v.max() < 0.5))
+    return (
+        f"init-seed cosines {_f(v.min())} to {_f(v.max())} (shared-init cluster {_f(min(shared))}-{_f(max(shared))})",
+        f"init-seed {_f(v.mean())}",
+        _f(float(rows["random"].mean())),
+        bool(v.max() < 0.5),
+    )
 
 
 def _seed_u1_v1(t: RunTables):
     u = pd.concat([t.same_method(m, "other", "u1_agreement") for m in ROLES if m in t.roles])
     v = pd.concat([t.same_method(m, "other", "v1_agreement") for m in ROLES if m in t.roles])
     um, vm = float(u["value"].mean()), float(v["value"].mean())
-    return (f"u1 {_f(um)}, v1 {_f(vm)} (mean over init-seed pairs)", "",
-            f"u1 {_f(float(u['random'].mean()))}, v1 {_f(float(v['random'].mean()))}", um > 0.8 and vm < 0.3)
+    return (
+        f"u1 {_f(um)}, v1 {_f(vm)} (mean over init-seed pairs)",
+        "",
+        f"u1 {_f(float(u['random'].mean()))}, v1 {_f(float(v['random'].mean()))}",
+        um > 0.8 and vm < 0.3,
+    )
 
 
 def _rel_barrier(t: RunTables, a: str, b: str) -> tuple[float, str]:
@@ -252,7 +284,7 @@ def _acc_nll_same(t: RunTables):
     fam = ["sft", "rft", "dft", "rift", "grpo"]
     ps, accs = [], {}
     for i, a in enumerate(fam):
-        for b in fam[i + 1:]:
+        for b in fam[i + 1 :]:
             acc_a, acc_b, p = t.holm_p(t.label(a), t.label(b))
             accs[a], accs[b] = acc_a, acc_b
             ps.append(p)
@@ -278,6 +310,7 @@ def _lmc(a: str, b: str, barrier_expected: bool):
     def fn(t: RunTables):
         rel, text = _rel_barrier(t, t.label(a), t.label(b))
         return text, "", "", (rel > 0.10) if barrier_expected else (rel <= 0.10)
+
     return fn
 
 
@@ -288,8 +321,10 @@ def _cka_pattern(t: RunTables):
     dd = t.cka_layers(t.label("dft"), t.label("dpo"))
     last = int(sr.index.max())
     low = max(gd.loc[last], dd.loc[last])
-    text = (f"SFT-RIFT min {sr.min():.4f}; last layer ({last}): SFT-GRPO {sg.loc[last]:.4f}, "
-            f"GRPO-DPO {gd.loc[last]:.4f}, DFT-DPO {dd.loc[last]:.4f}")
+    text = (
+        f"SFT-RIFT min {sr.min():.4f}; last layer ({last}): SFT-GRPO {sg.loc[last]:.4f}, "
+        f"GRPO-DPO {gd.loc[last]:.4f}, DFT-DPO {dd.loc[last]:.4f}"
+    )
     return text, "", "", sr.min() > sg.loc[last] > low
 
 
@@ -308,14 +343,22 @@ def _vs_sft(t: RunTables, role: str) -> tuple[float, float, float, pd.Series]:
 
 def _lr10x(t: RunTables):
     cos, _, ratio, row = _vs_sft(t, "lr10x")
-    return (f"cos(SFT 10x LR, SFT) {_f(cos)}; ||dW|| ratio {_f(ratio)}", f"data-order {_f(row['data_floor'])}",
-            _f(row["random"]), cos >= 0.3 and ratio >= 1.5)
+    return (
+        f"cos(SFT 10x LR, SFT) {_f(cos)}; ||dW|| ratio {_f(ratio)}",
+        f"data-order {_f(row['data_floor'])}",
+        _f(row["random"]),
+        cos >= 0.3 and ratio >= 1.5,
+    )
 
 
 def _online_grpo(t: RunTables):
     cos, ortho, ratio, row = _vs_sft(t, "online_grpo")
-    return (f"cos(online GRPO, SFT) {_f(cos)}, orthogonal fraction {_f(ortho)}, ||dW|| ratio {_f(ratio)}",
-            f"data-order {_f(row['data_floor'])}", _f(row["random"]), abs(cos) < 0.2 and ratio < 1.0)
+    return (
+        f"cos(online GRPO, SFT) {_f(cos)}, orthogonal fraction {_f(ortho)}, ||dW|| ratio {_f(ratio)}",
+        f"data-order {_f(row['data_floor'])}",
+        _f(row["random"]),
+        abs(cos) < 0.2 and ratio < 1.0,
+    )
 
 
 CHECKS = {
@@ -356,17 +399,37 @@ def check_claims(tables: RunTables) -> pd.DataFrame:
             verdict = "holds" if holds else "fails"
         except _Missing as e:
             this_run, floor, rnd, verdict = f"({e})", "", "", NOT_RUN
-        rows.append({"claim_id": claim.claim_id, "group": claim.group, "claim": claim.claim, "paper": claim.paper,
-                     "this_run": this_run, "floor": floor, "random": rnd, "verdict": verdict, "rule": claim.rule})
+        rows.append(
+            {
+                "claim_id": claim.claim_id,
+                "group": claim.group,
+                "claim": claim.claim,
+                "paper": claim.paper,
+                "this_run": this_run,
+                "floor": floor,
+                "random": rnd,
+                "verdict": verdict,
+                "rule": claim.rule,
+            }
+        )
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
-def write_claims(geometry: Path, eval_dir: Path | None, lmc: Path | None, cka: Path | None, roles: dict[str, str],
-                 seed: int, out: Path) -> pd.DataFrame:
+def write_claims(
+    geometry: Path,
+    eval_dir: Path | None,
+    lmc: Path | None,
+    cka: Path | None,
+    roles: dict[str, str],
+    seed: int,
+    out: Path,
+) -> pd.DataFrame:
     """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
     bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
     if bad:
         raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
-    df = check_claims(RunTables(Path(geometry), eval_dir and Path(eval_dir), lmc and Path(lmc), cka and Path(cka), roles, seed))
+    df = check_claims(
+        RunTables(Path(geometry), eval_dir and Path(eval_dir), lmc and Path(lmc), cka and Path(cka), roles, seed)
+    )
     write_table(df, out)
     return df

@@ -22,5 +22,7 @@ def paper_claims() -> pd.DataFrame:
     if list(df.columns) != COLUMNS:
         raise ValueError(f"paper_claims.tsv: columns {list(df.columns)}, expected {COLUMNS}")
     if df["claim_id"].duplicated().any():
-        raise ValueError(f"paper_claims.tsv: duplicate claim_id {df.loc[df['claim_id'].duplicated(), 'claim_id'].iloc[0]!r}")
+        raise ValueError(
+            f"paper_claims.tsv: duplicate claim_id {df.loc[df['claim_id'].duplicated(), 'claim_id'].iloc[0]!r}"
+        )
     return df

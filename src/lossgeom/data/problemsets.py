@@ -14,9 +14,8 @@ GSM8K (question/answer), DeepScaleR (problem/answer) and AIME files all load wit
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -56,7 +55,9 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
         except pd.errors.EmptyDataError:
             raise ProblemSetError(f"problem file {path} is empty") from None
         except (ValueError, pd.errors.ParserError) as e:  # not JSON / CSV, or not UTF-8
-            raise ProblemSetError(f"{path}: not a readable {path.suffix[1:]} file ({' '.join(str(e).split())[:200]})") from None
+            raise ProblemSetError(
+                f"{path}: not a readable {path.suffix[1:]} file ({' '.join(str(e).split())[:200]})"
+            ) from None
     import datasets
 
     if path.is_dir():
@@ -90,7 +91,9 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
         raise ProblemSetError(f"problem source {source!r} (split {split!r}) is empty")
     for field in [qf, af] + ([idf] if idf else []):
         if field not in df.columns:
-            raise ProblemSetError(f"problem source {source!r} (split {split!r}) has no field {field!r}; it has {list(df.columns)}")
+            raise ProblemSetError(
+                f"problem source {source!r} (split {split!r}) has no field {field!r}; it has {list(df.columns)}"
+            )
     out = pd.DataFrame(
         {
             "id": df[idf].astype(str) if idf else [f"{Path(source).stem}-{split}-{i}" for i in range(len(df))],
@@ -138,20 +141,35 @@ def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable
             bad.append((pid, str(e)))
     if bad and on_unparsable == "stop":
         pid, why = bad[0]
-        raise ProblemSetError(f"{what}: item {pid!r}: {why} ({len(bad)} of {len(problems)} gold answers cannot be "
-                              f"read by grader {grader.name!r}); fix the answer field, or set unparsable_gold: drop")
+        raise ProblemSetError(
+            f"{what}: item {pid!r}: {why} ({len(bad)} of {len(problems)} gold answers cannot be "
+            f"read by grader {grader.name!r}); fix the answer field, or set unparsable_gold: drop"
+        )
     if bad and len(bad) == len(problems):
-        raise ProblemSetError(f"{what}: none of the {len(problems)} gold answers can be read by grader {grader.name!r} "
-                              f"(first: item {bad[0][0]!r}: {bad[0][1]})")
+        raise ProblemSetError(
+            f"{what}: none of the {len(problems)} gold answers can be read by grader {grader.name!r} "
+            f"(first: item {bad[0][0]!r}: {bad[0][1]})"
+        )
     if bad:
-        log.warning("%s: %d of %d gold answers cannot be read by grader %r and are left out (first: item %r: %s)",
-                    what, len(bad), len(problems), grader.name, bad[0][0], bad[0][1])
+        log.warning(
+            "%s: %d of %d gold answers cannot be read by grader %r and are left out (first: item %r: %s)",
+            what,
+            len(bad),
+            len(problems),
+            grader.name,
+            bad[0][0],
+            bad[0][1],
+        )
     return golds
 
 
 def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> tuple[pd.DataFrame, list]:
     """:func:`load_problems` and the parsed golds (:func:`parse_golds`, None where left out) of a test set."""
     problems = load_problems(spec, toy_dir)
-    golds = parse_golds(problems, get_grader(spec.get("grader", "exact")), f"test set {name} ({spec['source']})",
-                        spec.get("unparsable_gold", "stop"))
+    golds = parse_golds(
+        problems,
+        get_grader(spec.get("grader", "exact")),
+        f"test set {name} ({spec['source']})",
+        spec.get("unparsable_gold", "stop"),
+    )
     return problems, golds

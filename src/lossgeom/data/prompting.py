@@ -61,7 +61,12 @@ def completion_ids(tokenizer, completion: str) -> list[int]:
 
 
 def prompt_completion(
-    tokenizer, question: str, completion: str, template: str = "{question}", max_length: int | None = None, eos: bool = True
+    tokenizer,
+    question: str,
+    completion: str,
+    template: str = "{question}",
+    max_length: int | None = None,
+    eos: bool = True,
 ):
     """(ids, completion_mask) of prompt + completion (EOS-terminated unless ``eos`` is False), truncated
     to ``max_length``: the row format of TRL's SFTTrainer (pre-tokenised) and of every scoring pass."""

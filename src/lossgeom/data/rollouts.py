@@ -49,11 +49,29 @@ from ..fsutil import read_parquet_or, read_utf8_lines
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_META = ["reasoning", "content", "served_model", "system_fingerprint", "prompt_tokens", "completion_tokens",
-                "reasoning_tokens"]
+ROLLOUT_META = [
+    "reasoning",
+    "content",
+    "served_model",
+    "system_fingerprint",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+]
 ROLLOUT_COLUMNS = [
-    "prompt_id", "prompt", "completion", "gold", "answer", "reward", "sample_index", "logprobs", "completion_ids", "source",
-    "finish_reason", "grade_note", *ROLLOUT_META,
+    "prompt_id",
+    "prompt",
+    "completion",
+    "gold",
+    "answer",
+    "reward",
+    "sample_index",
+    "logprobs",
+    "completion_ids",
+    "source",
+    "finish_reason",
+    "grade_note",
+    *ROLLOUT_META,
 ]
 FINISH_REASONS = ("stop", "length")
 REQUIRED_IMPORT = ("prompt_id", "prompt", "completion", "reward")
@@ -73,7 +91,9 @@ def _check_row(row: dict, where: str) -> dict:
     if missing:
         nan = [c for c in missing if c in row and row[c] is not None]
         if nan:
-            raise RolloutError(f"{where}: field {nan[0]!r} is NaN (or a parquet null); a rollout row needs a value for each of {list(REQUIRED_IMPORT)}")
+            raise RolloutError(
+                f"{where}: field {nan[0]!r} is NaN (or a parquet null); a rollout row needs a value for each of {list(REQUIRED_IMPORT)}"
+            )
         raise RolloutError(f"{where}: missing required field(s) {missing}; a rollout row needs {list(REQUIRED_IMPORT)}")
     for c in ("prompt", "completion"):
         if not isinstance(row[c], str):
@@ -140,7 +160,9 @@ def import_rollouts(path: Path | str) -> pd.DataFrame:
     df = pd.DataFrame(checked, columns=ROLLOUT_COLUMNS)
     prompts = df.groupby("prompt_id")["prompt"].nunique()
     if (prompts > 1).any():
-        raise RolloutError(f"rollout file {path}: prompt_id {prompts[prompts > 1].index[0]!r} has rows with different prompts")
+        raise RolloutError(
+            f"rollout file {path}: prompt_id {prompts[prompts > 1].index[0]!r} has rows with different prompts"
+        )
     missing = df["sample_index"].isna()
     if missing.any():  # number only the missing ones, after the largest index given for the prompt
         start = df.groupby("prompt_id")["sample_index"].transform("max").fillna(-1)
@@ -149,8 +171,10 @@ def import_rollouts(path: Path | str) -> pd.DataFrame:
     dup = df.duplicated(["prompt_id", "sample_index"])
     if dup.any():
         pid, k = df.loc[dup, ["prompt_id", "sample_index"]].iloc[0]
-        raise RolloutError(f"rollout file {path}: duplicate row for prompt_id {pid!r} sample_index {k} "
-                           f"(each (prompt_id, sample_index) must appear once)")
+        raise RolloutError(
+            f"rollout file {path}: duplicate row for prompt_id {pid!r} sample_index {k} "
+            f"(each (prompt_id, sample_index) must appear once)"
+        )
     if not df["source"].any():
         df["source"] = f"imported:{path.name}"
     return df
@@ -215,6 +239,7 @@ def served_models(df) -> str:
         key = (model if isinstance(model, str) else None, fp if isinstance(fp, str) else None)
         counts[key] = counts.get(key, 0) + 1
     parts = []
+
     def order(item):  # most rows first; among equal counts by name, "not recorded" (None) last
         (model, fp), n = item
         return -n, model is None, model or "", fp or ""

@@ -23,8 +23,14 @@ import numpy as np
 import torch
 
 from ..fsutil import atomic_dir
-from ..lora.adapters import (AdapterMismatchError, LoraAdapter, UnsupportedAdapterError, canonical_module_name,
-                                 check_compatible, load_adapter)
+from ..lora.adapters import (
+    AdapterMismatchError,
+    LoraAdapter,
+    UnsupportedAdapterError,
+    canonical_module_name,
+    check_compatible,
+    load_adapter,
+)
 from ..lora.lowrank import interpolate
 
 
@@ -52,8 +58,16 @@ def save_path_point(first: LoraAdapter, second: LoraAdapter, a: float, out_dir: 
         tensors[f"{prefix}.lora_A.weight"] = torch.from_numpy(Ap)
         tensors[f"{prefix}.lora_B.weight"] = torch.from_numpy(Bp)
     config = {k: v for k, v in first.config.items() if k not in ("rank_pattern", "alpha_pattern", "use_rslora")}
-    config.update({"r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
-                   "lora_dropout": 0.0})
+    config.update(
+        {
+            "r": rank,
+            "lora_alpha": rank,
+            "use_rslora": False,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "lora_dropout": 0.0,
+        }
+    )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"))
@@ -82,7 +96,9 @@ class LoraPath:
                     self.layers[key] = module
         missing = sorted(set(first.modules) - set(self.layers))
         if missing:
-            raise ValueError(f"the base model has no LoRA target for adapter module(s) {missing[:3]}; is it the adapters' base?")
+            raise ValueError(
+                f"the base model has no LoRA target for adapter module(s) {missing[:3]}; is it the adapters' base?"
+            )
 
     @torch.no_grad()
     def set_alpha(self, a: float) -> None:
@@ -102,15 +118,19 @@ def check_adapter_fits(adapter: LoraAdapter, model, base: str) -> None:
     """Raise one :class:`~lossgeom.lora.adapters.AdapterMismatchError` line when a loaded adapter
     (:class:`~lossgeom.lora.adapters.LoraAdapter`) adapts a module ``model`` lacks or one of
     another shape (an adapter of another base model), before PEFT fails with a size-mismatch traceback."""
-    linear = {canonical_module_name(n): tuple(m.weight.shape) for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear)}
+    linear = {
+        canonical_module_name(n): tuple(m.weight.shape)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     for name, delta in adapter.modules.items():
         found = linear.get(name)
         if found != delta.shape:
             what = "has no such linear module" if found is None else f"has (d_out, d_in) = {found}"
             raise AdapterMismatchError(
                 f"{adapter.source}: adapter of base model {adapter.base_model_name_or_path!r} does not fit {base}: "
-                f"module {name!r} is {delta.shape} in the adapter, the model {what}")
+                f"module {name!r} is {delta.shape} in the adapter, the model {what}"
+            )
 
 
 def merge_adapter(model, adapter: Path, base: str):

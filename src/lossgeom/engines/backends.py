@@ -6,8 +6,9 @@ from __future__ import annotations
 from .engine import Engine, GenerationError, GenerationSpec
 
 
-def open_engine(spec: GenerationSpec, model: str, *, dtype: str = "float32", trust_remote_code: bool = False,
-                batch_size: int = 32) -> Engine:
+def open_engine(
+    spec: GenerationSpec, model: str, *, dtype: str = "float32", trust_remote_code: bool = False, batch_size: int = 32
+) -> Engine:
     """The engine of ``spec.backend`` on ``model`` (hub id or local directory, tokenizer included).
 
     ``batch_size`` is the HF engine's prompts per ``generate`` call (vLLM schedules by itself).
@@ -22,5 +23,7 @@ def open_engine(spec: GenerationSpec, model: str, *, dtype: str = "float32", tru
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(model, dtype=dtype, trust_remote_code=trust_remote_code, **spec.vllm)
-    raise GenerationError("the openai backend samples rollouts from an API teacher only; evaluation and "
-                          "connectivity sweeps need a local engine (generation.backend hf or vllm)")
+    raise GenerationError(
+        "the openai backend samples rollouts from an API teacher only; evaluation and "
+        "connectivity sweeps need a local engine (generation.backend hf or vllm)"
+    )

@@ -140,8 +140,9 @@ class Engine(ABC):
     name: str = "?"
 
     @abstractmethod
-    def generate(self, prompts: list[list[int]], sampling: Sampling, adapter: Adapter = None,
-                 desc: str = "generate") -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], sampling: Sampling, adapter: Adapter = None, desc: str = "generate"
+    ) -> list[list[Completion]]:
         """``sampling.n`` completions for each prompt, in prompt order."""
 
     @abstractmethod

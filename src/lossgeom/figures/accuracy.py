@@ -23,7 +23,9 @@ from .common import figure, method_colour, method_name, ordered_models, require_
 __all__ = ["accuracy_figures", "plot_accuracy", "plot_pairwise_pvalues"]
 
 
-def accuracy_figures(accuracy: str | os.PathLike, pairwise: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+def accuracy_figures(
+    accuracy: str | os.PathLike, pairwise: str | os.PathLike, out_dir: str | os.PathLike
+) -> list[Path]:
     """``accuracy_{test_set}.png`` and ``mcnemar_{test_set}.png`` (and their PDFs) in ``out_dir`` for every
     test set of the accuracy table; returns the written paths."""
     out_dir = Path(out_dir)
@@ -31,10 +33,12 @@ def accuracy_figures(accuracy: str | os.PathLike, pairwise: str | os.PathLike, o
     pairs = pd.read_csv(pairwise, sep="\t")
     written = []
     for t in acc["test_set"].unique():
-        written += plot_accuracy(acc[acc["test_set"] == t].set_index("model"), out_dir / f"accuracy_{t}.png",
-                                 title=f"greedy pass@1 on {t}")
-        written += plot_pairwise_pvalues(pairs[pairs["test_set"] == t], out_dir / f"mcnemar_{t}.png",
-                                         title=f"exact McNemar, Holm-adjusted p ({t})")
+        written += plot_accuracy(
+            acc[acc["test_set"] == t].set_index("model"), out_dir / f"accuracy_{t}.png", title=f"greedy pass@1 on {t}"
+        )
+        written += plot_pairwise_pvalues(
+            pairs[pairs["test_set"] == t], out_dir / f"mcnemar_{t}.png", title=f"exact McNemar, Holm-adjusted p ({t})"
+        )
     return written
 
 
@@ -61,6 +65,9 @@ def plot_accuracy(
     ylabel : y-axis label; values are plotted in percent.
     ci_label : what the error bars are (goes into the default title); default from the table's
         ``ci_method`` column (else "95% CI").
+
+    Long because it lays out one figure (bars, intervals, annotations, the base line); the pieces share
+    the axes.
     """
     require_columns(table, ["accuracy", "ci_low", "ci_high"], "accuracy table")
     t = table.reset_index() if "model" not in table.columns else table
@@ -92,16 +99,16 @@ def plot_accuracy(
         if len(base_row) and len(t) and "base" not in models:
             b = 100.0 * float(base_row["accuracy"].iloc[0])
             ax.axhline(b, color="k", ls="--", lw=1)
-            ax.annotate(f"base {b:.1f}", (x[0] - 0.45, b), xytext=(0, 2), textcoords="offset points", ha="left",
-                        fontsize=7)
-        ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none",
-                    ecolor="black", capsize=3, linewidth=1)
+            ax.annotate(
+                f"base {b:.1f}", (x[0] - 0.45, b), xytext=(0, 2), textcoords="offset points", ha="left", fontsize=7
+            )
+        ax.errorbar(x, acc, yerr=np.vstack([acc - low, high - acc]), fmt="none", ecolor="black", capsize=3, linewidth=1)
         for xi, a, h in zip(x, acc, high):
-            ax.annotate(f"{a:.1f}", (xi, h), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                f"{a:.1f}", (xi, h), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7
+            )
         names = [f"{method_name(m.split('/')[0])} {m.split('/', 1)[1]}" if "/" in m else m for m in models]
-        ax.set_xticks(x, names, rotation=30 if len(models) > 4 else 0,
-                      ha="right" if len(models) > 4 else "center")
+        ax.set_xticks(x, names, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
         ax.set_xlabel("model")
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, min(100.0, float(np.max(high)) * 1.12 + 1.0))
@@ -147,10 +154,17 @@ def plot_pairwise_pvalues(
         k = len(models)
         fig, ax = figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
         sns.heatmap(
-            pd.DataFrame(shown, index=models, columns=models), mask=~np.isfinite(mat.to_numpy(dtype=float)),
-            annot=annot, fmt="", annot_kws={"fontsize": 7}, cmap="mako",
-            norm=LogNorm(vmin=floor, vmax=1.0), square=True, linewidths=0.5,
-            cbar_kws={"label": label}, ax=ax,
+            pd.DataFrame(shown, index=models, columns=models),
+            mask=~np.isfinite(mat.to_numpy(dtype=float)),
+            annot=annot,
+            fmt="",
+            annot_kws={"fontsize": 7},
+            cmap="mako",
+            norm=LogNorm(vmin=floor, vmax=1.0),
+            square=True,
+            linewidths=0.5,
+            cbar_kws={"label": label},
+            ax=ax,
         )
         ax.grid(False)  # the style's grid would show through masked cells
         ax.set_xlabel("model")

@@ -57,15 +57,36 @@ def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
 # chosen from the spare palette by a hash of its name (the same in every figure job's process) and
 # its config name.
 METHOD_COLOURS = {
-    "sft": "#1f77b4", "rft": "#17becf", "rift": "#2ca02c", "dft": "#ff7f0e",
-    "grpo": "#9467bd", "dpo": "#d62728", "dpo_lrmatched": "#e377c2", "base": "#7f7f7f",
-    "sft_lr10x": "#aec7e8", "sft_lr0p1x": "#393b79", "online_grpo": "#8c564b",
-    "ipo": "#ff9896", "simpo": "#c49c94", "kto": "#bcbd22",
+    "sft": "#1f77b4",
+    "rft": "#17becf",
+    "rift": "#2ca02c",
+    "dft": "#ff7f0e",
+    "grpo": "#9467bd",
+    "dpo": "#d62728",
+    "dpo_lrmatched": "#e377c2",
+    "base": "#7f7f7f",
+    "sft_lr10x": "#aec7e8",
+    "sft_lr0p1x": "#393b79",
+    "online_grpo": "#8c564b",
+    "ipo": "#ff9896",
+    "simpo": "#c49c94",
+    "kto": "#bcbd22",
 }
 METHOD_NAMES = {
-    "sft": "SFT", "rft": "RFT", "dft": "DFT", "rift": "RIFT", "grpo": "Offline GRPO", "dpo": "DPO",
-    "dpo_lrmatched": "DPO (LR-matched)", "base": "base", "sft_lr10x": "SFT (10x LR)",
-    "sft_lr0p1x": "SFT (0.1x LR)", "online_grpo": "online GRPO", "ipo": "IPO", "simpo": "SimPO", "kto": "KTO",
+    "sft": "SFT",
+    "rft": "RFT",
+    "dft": "DFT",
+    "rift": "RIFT",
+    "grpo": "Offline GRPO",
+    "dpo": "DPO",
+    "dpo_lrmatched": "DPO (LR-matched)",
+    "base": "base",
+    "sft_lr10x": "SFT (10x LR)",
+    "sft_lr0p1x": "SFT (0.1x LR)",
+    "online_grpo": "online GRPO",
+    "ipo": "IPO",
+    "simpo": "SimPO",
+    "kto": "KTO",
 }
 _SPARE = ["#637939", "#843c39", "#7b4173", "#e7ba52", "#5254a3", "#6b6ecf"]
 
@@ -87,10 +108,8 @@ def pair_legend(fig: Figure, labels: Iterable[str], palette: Mapping[str, object
     """One legend entry per label (its palette colour, a marker), outside the axes on the right."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=palette[lab], marker="o", markersize=4, label=lab)
-               for lab in labels]
-    fig.legend(handles=handles, title=title, loc="outside right center", fontsize=7,
-               title_fontsize=7, frameon=False)
+    handles = [Line2D([], [], color=palette[lab], marker="o", markersize=4, label=lab) for lab in labels]
+    fig.legend(handles=handles, title=title, loc="outside right center", fontsize=7, title_fontsize=7, frameon=False)
 
 
 def require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -108,8 +127,9 @@ def ordered_models(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(seq))
 
 
-def symmetric_matrix(df: pd.DataFrame, models: list[str], column: str, diagonal: float,
-                     overwrite_diagonal: bool = True) -> pd.DataFrame:
+def symmetric_matrix(
+    df: pd.DataFrame, models: list[str], column: str, diagonal: float, overwrite_diagonal: bool = True
+) -> pd.DataFrame:
     """k x k frame with ``df[column]`` at (a, b) and (b, a); unset cells NaN."""
     mat = pd.DataFrame(np.nan, index=models, columns=models, dtype=float)
     for a, b, v in zip(df["model_a"].astype(str), df["model_b"].astype(str), df[column]):

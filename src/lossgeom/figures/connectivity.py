@@ -21,11 +21,16 @@ from .common import figure, method_colour, method_name, pair_legend, require_col
 
 __all__ = ["connectivity_figures", "plot_lmc", "plot_lmc_pairs"]
 
-YLABELS = {"answer_ce": "answer-only CE (nats/token)", "solution_ce": "full-solution CE (nats/token)",
-           "accuracy": "accuracy (fraction)"}
+YLABELS = {
+    "answer_ce": "answer-only CE (nats/token)",
+    "solution_ce": "full-solution CE (nats/token)",
+    "accuracy": "accuracy (fraction)",
+}
 
 
-def connectivity_figures(summary: str | os.PathLike, curves: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+def connectivity_figures(
+    summary: str | os.PathLike, curves: str | os.PathLike, out_dir: str | os.PathLike
+) -> list[Path]:
     """``lmc_pairs.png`` (one panel per pair, barrier marked) and ``lmc.png`` (every pair, one panel per
     metric), and their PDFs, in ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
@@ -73,9 +78,20 @@ def plot_lmc(
         fig, axes = figure(width=3.3 * len(metrics) + 1.6, height=3.0, ncols=len(metrics))
         for ax, metric in zip(axes, metrics):
             sub = data[data["metric"] == metric]
-            sns.lineplot(data=sub, x="alpha", y="value", hue="pair", hue_order=pairs,
-                         palette=palette, estimator="mean", errorbar=None, marker="o",
-                         markersize=4, ax=ax, legend=False)
+            sns.lineplot(
+                data=sub,
+                x="alpha",
+                y="value",
+                hue="pair",
+                hue_order=pairs,
+                palette=palette,
+                estimator="mean",
+                errorbar=None,
+                marker="o",
+                markersize=4,
+                ax=ax,
+                legend=False,
+            )
             ax.set_xlim(0.0, 1.0)
             ax.set_xlabel(xlabel, fontsize=7)
             ax.set_ylabel(ylabels.get(metric, str(metric)))
@@ -133,8 +149,10 @@ def plot_lmc_pairs(
             ax.set_ylabel(ylabel, fontsize=7)
         for ax in axes[n:]:
             ax.set_visible(False)
-        fig.suptitle("Linear mode connectivity per pair: dashed = straight line between the endpoints; "
-                     "black bar = barrier", fontsize=9)
+        fig.suptitle(
+            "Linear mode connectivity per pair: dashed = straight line between the endpoints; black bar = barrier",
+            fontsize=9,
+        )
         return save(fig, out_path)
 
 

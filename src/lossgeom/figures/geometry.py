@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-
 from matplotlib.ticker import MaxNLocator
 
 from ..config import data_seed_of, parse_label
@@ -33,14 +32,38 @@ __all__ = [
 # square-matrix metric -> (colour-bar label, colormap, vmin, vmax, number format, title)
 HEATMAP_STYLES: dict[str, tuple[str, str, float | None, float | None, str, str]] = {
     "cosine_global": ("cosine (unitless)", "vlag", -1.0, 1.0, ".2f", "Cosine of the LoRA deltas (all modules)"),
-    "top1_angle_left_median": ("angle (degrees)", "mako", 0.0, 90.0, ".1f",
-                               "Median top-1 principal angle, output (left) subspaces"),
-    "top1_angle_right_median": ("angle (degrees)", "mako", 0.0, 90.0, ".1f",
-                                "Median top-1 principal angle, input (right) subspaces"),
-    "worst_angle_left_median": ("angle (degrees)", "mako", 0.0, 90.0, ".0f",
-                                "Median worst (k-th) principal angle, output subspaces"),
-    "orthogonal_fraction_global": ("orthogonal fraction (unitless)", "rocket_r", 0.0, 1.0, ".2f",
-                                   "Orthogonal fraction of column off row (all modules)"),
+    "top1_angle_left_median": (
+        "angle (degrees)",
+        "mako",
+        0.0,
+        90.0,
+        ".1f",
+        "Median top-1 principal angle, output (left) subspaces",
+    ),
+    "top1_angle_right_median": (
+        "angle (degrees)",
+        "mako",
+        0.0,
+        90.0,
+        ".1f",
+        "Median top-1 principal angle, input (right) subspaces",
+    ),
+    "worst_angle_left_median": (
+        "angle (degrees)",
+        "mako",
+        0.0,
+        90.0,
+        ".0f",
+        "Median worst (k-th) principal angle, output subspaces",
+    ),
+    "orthogonal_fraction_global": (
+        "orthogonal fraction (unitless)",
+        "rocket_r",
+        0.0,
+        1.0,
+        ".2f",
+        "Orthogonal fraction of column off row (all modules)",
+    ),
     "norm_ratio": ("||dW_col|| / ||dW_row||", "crest", None, None, ".2f", "Norm ratio of the deltas"),
 }
 DEFAULT_HEATMAPS = ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global")
@@ -97,9 +120,20 @@ def plot_geometry_heatmap(
     n = len(df)
     with style():
         fig, ax = figure(width=2.2 + 0.75 * n, height=1.4 + 0.65 * n)
-        sns.heatmap(df.astype(float), mask=~np.isfinite(values), annot=n <= 16, fmt=fmt,
-                    annot_kws={"fontsize": 7}, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
-                    linewidths=0.5, cbar_kws={"label": cbar}, ax=ax)
+        sns.heatmap(
+            df.astype(float),
+            mask=~np.isfinite(values),
+            annot=n <= 16,
+            fmt=fmt,
+            annot_kws={"fontsize": 7},
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            square=True,
+            linewidths=0.5,
+            cbar_kws={"label": cbar},
+            ax=ax,
+        )
         ax.set_xlabel("adapter (method/seed)")
         ax.set_ylabel("adapter (method/seed)")
         ax.tick_params(axis="x", labelrotation=45)
@@ -116,8 +150,11 @@ def plot_geometry_heatmaps(
     writes ``out_dir/geometry_{metric}.png`` and ``.pdf``; returns the written paths."""
     out = []
     for metric in metrics:
-        out.extend(plot_geometry_heatmap(Path(geometry_dir) / f"{metric}.tsv",
-                                         Path(out_dir) / f"geometry_{metric}.png", metric=metric))
+        out.extend(
+            plot_geometry_heatmap(
+                Path(geometry_dir) / f"{metric}.tsv", Path(out_dir) / f"geometry_{metric}.png", metric=metric
+            )
+        )
     return out
 
 
@@ -157,7 +194,9 @@ def plot_layer_profiles(
             ls = dashes[o.split("/", 1)[1] if "/" in o else ""]
             name = f"{method_name(o.split('/')[0])} {o.split('/', 1)[1]}" if "/" in o else o
             ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
-            ax2.plot(s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
+            ax2.plot(
+                s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], ls=ls, label=name
+            )
         ax1.axhline(0.0, color="0.6", linewidth=0.8)
         ax1.set_ylabel("cosine (unitless)")
         ax1.set_ylim(min(-0.05, float(sel["cosine"].min()) - 0.05), 1.02)
@@ -167,8 +206,14 @@ def plot_layer_profiles(
         for ax in (ax1, ax2):
             ax.grid(True, alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax1.legend(title="adapter (method/seed)", fontsize=7, title_fontsize=7, frameon=False,
-                   loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax1.legend(
+            title="adapter (method/seed)",
+            fontsize=7,
+            title_fontsize=7,
+            frameon=False,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+        )
         ax1.set_title(title if title is not None else f"Per-layer geometry vs {reference}")
         return save(fig, out_path)
 
@@ -191,6 +236,8 @@ def plot_method_summary(
     floor (same init, another data order; ``d``) and the init-seed floor (another init; ``i``) -- the
     levels the off-diagonal shared-init and cross-seed values are read against. The random level is
     in the title.
+
+    Long because it lays out one multi-panel figure; the panels share axes and the legend.
     """
     nf = _read(noise_floor, index=False)
     nf = nf[nf["metric"] == metric]
@@ -224,16 +271,33 @@ def plot_method_summary(
     names = [method_name(m) for m in methods]
     with style():
         fig, ax = figure(width=2.6 + 1.05 * n, height=1.6 + 0.8 * n)
-        sns.heatmap(pd.DataFrame(mean, index=names, columns=names), annot=text, fmt="", annot_kws={"fontsize": 6.5},
-                    cmap=cmap, vmin=vmin, vmax=vmax, square=True, linewidths=0.5, cbar_kws={"label": cbar}, ax=ax,
-                    mask=~np.isfinite(mean))
+        sns.heatmap(
+            pd.DataFrame(mean, index=names, columns=names),
+            annot=text,
+            fmt="",
+            annot_kws={"fontsize": 6.5},
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            square=True,
+            linewidths=0.5,
+            cbar_kws={"label": cbar},
+            ax=ax,
+            mask=~np.isfinite(mean),
+        )
         for i in range(n):  # the diagonal holds floors, not a comparison: outline it
-            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle((i, i), 1, 1, fill=False,
-                                                                                            lw=1.5, ec="k"))
+            ax.add_patch(
+                __import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+                    (i, i), 1, 1, fill=False, lw=1.5, ec="k"
+                )
+            )
         ax.tick_params(axis="x", labelrotation=45)
         for t in ax.get_xticklabels():
             t.set_horizontalalignment("right")
         seed_txt = " / ".join(f"seed {sd}" for sd in seeds)
-        ax.set_title(f"{title}\noff-diagonal: shared init, {seed_txt}; diagonal: floors (d = data order, "
-                     f"i = init seed); random {rnd.mean():.2g}", fontsize=8)
+        ax.set_title(
+            f"{title}\noff-diagonal: shared init, {seed_txt}; diagonal: floors (d = data order, "
+            f"i = init seed); random {rnd.mean():.2g}",
+            fontsize=8,
+        )
         return save(fig, out_path)

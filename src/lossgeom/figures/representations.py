@@ -50,13 +50,17 @@ def plot_cka_profiles(
     column : ``"cka"`` or ``"cka_debiased"``.
     """
     require_columns(cka, ["model_a", "model_b", "layer", column], "CKA table")
-    sel = cka[((cka["model_a"] == reference) | (cka["model_b"] == reference))
-              & (cka["model_a"] != cka["model_b"])]
+    sel = cka[((cka["model_a"] == reference) | (cka["model_b"] == reference)) & (cka["model_a"] != cka["model_b"])]
     if sel.empty:
         raise ValueError(f"CKA table has no pair involving reference model {reference!r}")
     other = np.where(sel["model_a"] == reference, sel["model_b"], sel["model_a"])
-    data = pd.DataFrame({"model": pd.Series(other).astype(str).to_numpy(),
-                         "layer": sel["layer"].to_numpy(), "value": sel[column].to_numpy(dtype=float)})
+    data = pd.DataFrame(
+        {
+            "model": pd.Series(other).astype(str).to_numpy(),
+            "layer": sel["layer"].to_numpy(),
+            "value": sel[column].to_numpy(dtype=float),
+        }
+    )
     models = list(dict.fromkeys(data["model"]))
     palette = {m: method_colour(m.split("/")[0]) for m in models}
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
@@ -68,8 +72,14 @@ def plot_cka_profiles(
         for m in models:
             d = data[data["model"] == m].groupby("layer")["distance"].mean()
             seed = m.split("/", 1)[1] if "/" in m else ""
-            ax.plot(d.index, d.to_numpy(), marker="o", ms=3, color=palette[m],
-                    ls="--" if seed and seed != sorted({x.split("/", 1)[1] for x in models if "/" in x})[0] else "-")
+            ax.plot(
+                d.index,
+                d.to_numpy(),
+                marker="o",
+                ms=3,
+                color=palette[m],
+                ls="--" if seed and seed != sorted({x.split("/", 1)[1] for x in models if "/" in x})[0] else "-",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("layer index")
         ax.set_ylabel(f"1 - {what} with {reference} (log)")
@@ -102,8 +112,7 @@ def plot_cka_heatmap(
     if sel.empty:
         raise ValueError(f"CKA table has no rows for layer {layer!r}")
     models = ordered_models(sel)
-    mat = symmetric_matrix(sel, models, column, diagonal=1.0 if column == "cka" else np.nan,
-                            overwrite_diagonal=False)
+    mat = symmetric_matrix(sel, models, column, diagonal=1.0 if column == "cka" else np.nan, overwrite_diagonal=False)
     values = mat.to_numpy(dtype=float)
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
     vmin = min(0.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
@@ -111,9 +120,20 @@ def plot_cka_heatmap(
     with style("whitegrid"):
         k = len(models)
         fig, ax = figure(width=2.0 + 0.8 * k, height=1.0 + 0.8 * k)
-        sns.heatmap(mat, mask=~np.isfinite(values), annot=True, fmt=".2f",
-                    annot_kws={"fontsize": 7}, cmap="rocket", vmin=vmin, vmax=1.0, square=True,
-                    linewidths=0.5, cbar_kws={"label": f"{what} (unitless)"}, ax=ax)
+        sns.heatmap(
+            mat,
+            mask=~np.isfinite(values),
+            annot=True,
+            fmt=".2f",
+            annot_kws={"fontsize": 7},
+            cmap="rocket",
+            vmin=vmin,
+            vmax=1.0,
+            square=True,
+            linewidths=0.5,
+            cbar_kws={"label": f"{what} (unitless)"},
+            ax=ax,
+        )
         ax.grid(False)  # the style's grid would show through masked cells
         ax.set_xlabel("model")
         ax.set_ylabel("model")

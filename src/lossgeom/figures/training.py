@@ -14,21 +14,27 @@ import pandas as pd
 from ..config import parse_label
 from .common import figure, method_colour, method_name, save, style
 
-PANELS = (("loss", "training loss (method's own objective)"), ("grad_norm", "gradient norm (before clipping)"),
-          ("learning_rate", "learning rate"))
+PANELS = (
+    ("loss", "training loss (method's own objective)"),
+    ("grad_norm", "gradient norm (before clipping)"),
+    ("learning_rate", "learning rate"),
+)
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def training_figures(adapters: Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
-                     analysis_step: int | None = None) -> tuple[Path, Path]:
+def training_figures(
+    adapters: Mapping[str, str | os.PathLike], out_path: str | os.PathLike, analysis_step: int | None = None
+) -> tuple[Path, Path]:
     """The training curves of adapters given as label -> adapter directory (each holds the
     ``metrics.tsv`` its training job wrote) at ``out_path`` (.png, and its PDF)."""
-    return plot_training_curves({label: Path(path) / "metrics.tsv" for label, path in adapters.items()}, out_path,
-                                analysis_step)
+    return plot_training_curves(
+        {label: Path(path) / "metrics.tsv" for label, path in adapters.items()}, out_path, analysis_step
+    )
 
 
-def plot_training_curves(metrics: Mapping[str, str | os.PathLike], out_path: str | os.PathLike,
-                         analysis_step: int | None = None) -> tuple[Path, Path]:
+def plot_training_curves(
+    metrics: Mapping[str, str | os.PathLike], out_path: str | os.PathLike, analysis_step: int | None = None
+) -> tuple[Path, Path]:
     """One panel per quantity of :data:`PANELS`; ``metrics`` maps an adapter label
     (``"{method}/seed{seed}"``) to its ``metrics.tsv``. DPO's loss is its own sigmoid loss, not an NLL,
     so its curve is drawn on the same axes but is not comparable in level with the NLL family's."""
@@ -47,13 +53,21 @@ def plot_training_curves(metrics: Mapping[str, str | os.PathLike], out_path: str
         for ax, (col, title) in zip(axes, PANELS):
             for label, df in frames.items():
                 method, seed = parse_label(label)
-                ax.plot(df["step"], df[col], color=method_colour(method), ls=LINESTYLES[seeds.index(seed) % 4], lw=1.2,
-                        label=f"{method_name(method)}, seed {seed}")
+                ax.plot(
+                    df["step"],
+                    df[col],
+                    color=method_colour(method),
+                    ls=LINESTYLES[seeds.index(seed) % 4],
+                    lw=1.2,
+                    label=f"{method_name(method)}, seed {seed}",
+                )
             if analysis_step is not None:
                 ax.axvline(analysis_step, color="k", ls=":", lw=1)
             ax.set_title(title)
             ax.set_xlabel("optimiser step")
         axes[0].legend(fontsize=6, ncol=2, loc="upper right")
-        fig.suptitle(f"Training curves, {len(frames)} adapters" +
-                     (f"; dotted line: analysis step {analysis_step}" if analysis_step else ""))
+        fig.suptitle(
+            f"Training curves, {len(frames)} adapters"
+            + (f"; dotted line: analysis step {analysis_step}" if analysis_step else "")
+        )
         return save(fig, Path(out_path))

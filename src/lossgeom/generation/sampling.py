@@ -17,8 +17,9 @@ from ..data.rollouts import ROLLOUT_COLUMNS, ROLLOUT_META
 from ..engines.engine import Completion, Engine, Sampling
 
 
-def sample_completions(sampler, problems: pd.DataFrame, sampling: Sampling, *, template: str,
-                       journal=None, desc: str = "rollouts") -> list[list[Completion]]:
+def sample_completions(
+    sampler, problems: pd.DataFrame, sampling: Sampling, *, template: str, journal=None, desc: str = "rollouts"
+) -> list[list[Completion]]:
     """``sampling.n`` completions per problem, in problem order, from either kind of sampler."""
     if isinstance(sampler, Engine):
         prompts = [prompt_ids(sampler.tokenizer, q, template) for q in problems["question"]]
@@ -29,8 +30,9 @@ def sample_completions(sampler, problems: pd.DataFrame, sampling: Sampling, *, t
     return sampler.sample(contents, sampling, journal, seed_base=sampling.seed or 0, desc=desc)
 
 
-def rollout_table(problems: pd.DataFrame, completions: list[list[Completion]], *, grader: str, source: str,
-                  golds: list | None = None) -> pd.DataFrame:
+def rollout_table(
+    problems: pd.DataFrame, completions: list[list[Completion]], *, grader: str, source: str, golds: list | None = None
+) -> pd.DataFrame:
     """Grade every completion and lay the rows out as the rollout table (``ROLLOUT_COLUMNS``).
 
     ``golds``: the problems' gold answers as parsed by the grader (:func:`~lossgeom.data.problemsets.parse_golds`,
@@ -43,12 +45,23 @@ def rollout_table(problems: pd.DataFrame, completions: list[list[Completion]], *
     for (_, p), gold, comps in zip(problems.iterrows(), golds, completions):
         for k, c in enumerate(comps):
             answer, reward, note = grade.grade(c.text, gold)
-            rows.append({
-                "prompt_id": p["id"], "prompt": p["question"], "completion": c.text, "gold": p["answer"],
-                "answer": answer, "reward": reward, "sample_index": k, "logprobs": c.logprobs,
-                "completion_ids": c.token_ids, "source": source, "finish_reason": c.finish_reason,
-                "grade_note": note, **{m: c.meta.get(m) for m in ROLLOUT_META},
-            })
+            rows.append(
+                {
+                    "prompt_id": p["id"],
+                    "prompt": p["question"],
+                    "completion": c.text,
+                    "gold": p["answer"],
+                    "answer": answer,
+                    "reward": reward,
+                    "sample_index": k,
+                    "logprobs": c.logprobs,
+                    "completion_ids": c.token_ids,
+                    "source": source,
+                    "finish_reason": c.finish_reason,
+                    "grade_note": note,
+                    **{m: c.meta.get(m) for m in ROLLOUT_META},
+                }
+            )
     return pd.DataFrame(rows, columns=ROLLOUT_COLUMNS)
 
 
@@ -58,9 +71,21 @@ def rollout_sampling(*, k: int, temperature: float, max_new_tokens: int, top_p: 
     return Sampling(max_new_tokens=max_new_tokens, n=k, temperature=temperature, top_p=top_p, seed=seed, logprobs=True)
 
 
-def sample_rollouts(sampler, problems: pd.DataFrame, *, k: int, temperature: float, max_new_tokens: int, grader: str,
-                    template: str = "{question}", top_p: float = 1.0, seed: int = 0, source: str = "",
-                    journal=None, golds: list | None = None) -> pd.DataFrame:
+def sample_rollouts(
+    sampler,
+    problems: pd.DataFrame,
+    *,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    grader: str,
+    template: str = "{question}",
+    top_p: float = 1.0,
+    seed: int = 0,
+    source: str = "",
+    journal=None,
+    golds: list | None = None,
+) -> pd.DataFrame:
     """Sample ``k`` completions per problem, grade them (against ``golds``, see :func:`rollout_table`), and
     return the rollout table. Deterministic
     for a fixed seed with the ``hf`` engine on CPU and with ``vllm`` (per-request seeds)."""

@@ -12,7 +12,14 @@ compared in :mod:`.pairwise`, set against random levels in :mod:`.reference`, ta
 from ..lora.adapters import AdapterMismatchError, LoraAdapter, load_adapter
 from .alignment import base_alignment
 from .compare import compare_adapter_dirs, write_geometry
-from .factors import FactorCache, FactorCacheError, build_factor_cache, factor_cache_for_dir, load_factor_cache, save_factor_cache
+from .factors import (
+    FactorCache,
+    FactorCacheError,
+    build_factor_cache,
+    factor_cache_for_dir,
+    load_factor_cache,
+    save_factor_cache,
+)
 from .pairwise import PairGeometry, pairwise_geometry
 from .reference import random_reference
 from .tables import (
@@ -27,9 +34,27 @@ from .tables import (
 )
 
 __all__ = [
-    "AdapterMismatchError", "LoraAdapter", "load_adapter", "compare_adapter_dirs", "write_geometry",
-    "FactorCache", "FactorCacheError", "build_factor_cache", "factor_cache_for_dir", "load_factor_cache",
-    "save_factor_cache", "PairGeometry", "pairwise_geometry", "random_reference", "NOISE_FLOOR_METRICS",
-    "SQUARE_METRICS", "label_for_dir", "base_alignment", "adapters_table", "long_table",
-    "noise_floor_table", "per_layer_table", "square_matrices",
+    "AdapterMismatchError",
+    "LoraAdapter",
+    "load_adapter",
+    "compare_adapter_dirs",
+    "write_geometry",
+    "FactorCache",
+    "FactorCacheError",
+    "build_factor_cache",
+    "factor_cache_for_dir",
+    "load_factor_cache",
+    "save_factor_cache",
+    "PairGeometry",
+    "pairwise_geometry",
+    "random_reference",
+    "NOISE_FLOOR_METRICS",
+    "SQUARE_METRICS",
+    "label_for_dir",
+    "base_alignment",
+    "adapters_table",
+    "long_table",
+    "noise_floor_table",
+    "per_layer_table",
+    "square_matrices",
 ]

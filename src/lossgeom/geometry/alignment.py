@@ -55,7 +55,9 @@ def base_alignment(
             continue
         shp = present[0][1].shape
         if tuple(np.shape(W0)) != shp:
-            raise AdapterMismatchError(f"base weight of {name!r}: expected shape (d_out, d_in) = {shp}, found {np.shape(W0)}")
+            raise AdapterMismatchError(
+                f"base weight of {name!r}: expected shape (d_out, d_in) = {shp}, found {np.shape(W0)}"
+            )
         k0 = min(top_k, *shp)
         U0, V0 = _top_k_subspaces(W0, k0)
         for label, m in present:

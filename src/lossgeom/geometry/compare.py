@@ -101,6 +101,9 @@ def compare_adapter_dirs(
         AdapterMismatchError: a malformed adapter, or adapters of different base models, target
         modules, module sets or shapes (naming which and why).
         ValueError: fewer than two directories, a label count that differs, duplicate labels.
+
+    Long because it wires the stages of a comparison (load or reuse caches, pairs, random levels, base
+    alignment) and their progress messages.
     """
     dirs = [Path(d) for d in dirs]
     if len(dirs) < 2:
@@ -132,6 +135,11 @@ def compare_adapter_dirs(
         caches[label] = cache
         log.info("factor cache of %s (%s): %s", label, d, cache.summary())
     geo = write_geometry(caches, out_dir, top_k=top_k, base_weights=base_weights, progress=progress)
-    log.info("wrote geometry of %d adapters (%d pairs, %d modules) to %s", len(labels), len(geo.pairs),
-             len(geo.module_names), out_dir)
+    log.info(
+        "wrote geometry of %d adapters (%d pairs, %d modules) to %s",
+        len(labels),
+        len(geo.pairs),
+        len(geo.module_names),
+        out_dir,
+    )
     return geo

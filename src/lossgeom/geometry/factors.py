@@ -37,7 +37,6 @@ class FactorCacheError(ValueError):
     """A factor cache file is unreadable, of another format, or stale (fingerprint mismatch)."""
 
 
-
 # ============================================================================================
 # Factor caches
 # ============================================================================================
@@ -164,8 +163,15 @@ def _modules_from_groups(groups: Mapping[tuple[int, int, int], FactorGroup]) -> 
     for g in groups.values():
         for i, name in enumerate(g.names):
             mods[name] = ModuleFactors(
-                name=name, layer=int(g.layers[i]), B=g.B[i], A=g.A[i], scale=float(g.scales[i]),
-                S=g.S[i], U=g.U[i], V=g.V[i], numerical_rank=int(g.numerical_rank[i]),
+                name=name,
+                layer=int(g.layers[i]),
+                B=g.B[i],
+                A=g.A[i],
+                scale=float(g.scales[i]),
+                S=g.S[i],
+                U=g.U[i],
+                V=g.V[i],
+                numerical_rank=int(g.numerical_rank[i]),
             )
     return dict(sorted(mods.items(), key=lambda kv: (kv[1].layer, kv[0])))
 
@@ -279,13 +285,25 @@ def build_factor_cache(
         S, U, V, nrank, hh = _factor_group(g.B, g.A, g.scales, int(top_k))
         layers = np.array([adapter.modules[n].layer if adapter.modules[n].layer is not None else -1 for n in g.names])
         groups[key] = FactorGroup(
-            names=tuple(g.names), layers=layers, B=g.B, A=g.A, scales=np.asarray(g.scales, dtype=np.float64),
-            S=S, U=U, V=V, numerical_rank=nrank, householder=hh,
+            names=tuple(g.names),
+            layers=layers,
+            B=g.B,
+            A=g.A,
+            scales=np.asarray(g.scales, dtype=np.float64),
+            S=S,
+            U=U,
+            V=V,
+            numerical_rank=nrank,
+            householder=hh,
         )
     return FactorCache(
-        source=str(adapter.path), label=label, fingerprint=fingerprint,
-        base_model_name_or_path=adapter.base_model_name_or_path, target_modules=adapter.target_modules,
-        top_k=int(top_k), groups=groups,
+        source=str(adapter.path),
+        label=label,
+        fingerprint=fingerprint,
+        base_model_name_or_path=adapter.base_model_name_or_path,
+        target_modules=adapter.target_modules,
+        top_k=int(top_k),
+        groups=groups,
     )
 
 
@@ -366,9 +384,13 @@ def load_factor_cache(path: str | Path, expected_fingerprint: str | None = None)
         groups[tuple(gm["key"])] = FactorGroup(names=tuple(gm["names"]), **arrs)
     tm = json.loads(meta["target_modules"])
     return FactorCache(
-        source=meta.get("source", ""), label=meta.get("label") or None, fingerprint=fp,
+        source=meta.get("source", ""),
+        label=meta.get("label") or None,
+        fingerprint=fp,
         base_model_name_or_path=json.loads(meta["base_model_name_or_path"]),
-        target_modules=tuple(tm) if isinstance(tm, list) else tm, top_k=int(meta["top_k"]), groups=groups,
+        target_modules=tuple(tm) if isinstance(tm, list) else tm,
+        top_k=int(meta["top_k"]),
+        groups=groups,
     )
 
 

@@ -186,6 +186,9 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     Raises:
         AdapterMismatchError: caches of different base models, target modules, modules or shapes.
         ValueError: fewer than 2 caches, or ``top_k`` above what a cache stores (rebuild it).
+
+    Long because it allocates the result arrays and runs the per-module loop; the maths is in the three
+    helpers it calls.
     """
     labels = list(caches)
     cs = [caches[l] for l in labels]
@@ -195,7 +198,9 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     n = len(cs)
     for c, l in zip(cs, labels):
         if c.top_k < top_k and any(m.rank > c.top_k for m in c.modules.values()):
-            raise ValueError(f"factor cache of {l!r} ({c.source}) holds {c.top_k} vectors, {top_k} requested: rebuild it")
+            raise ValueError(
+                f"factor cache of {l!r} ({c.source}) holds {c.top_k} vectors, {top_k} requested: rebuild it"
+            )
     names = list(cs[0].modules)
     M = len(names)
     iu = np.triu_indices(n, 1)
@@ -219,13 +224,22 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
         inner[mi] = _module_inner(mods, buf)
         for side, vecs, dim in (("left", [m.U for m in mods], d_out), ("right", [m.V for m in mods], d_in)):
             cosines[side][mi], k_used[side][mi], agreement[side][mi] = _module_subspaces(
-                vecs, mods, kk, iu, buf(side, (dim, n * kk)))
+                vecs, mods, kk, iu, buf(side, (dim, n * kk))
+            )
     angles, n_sine = {}, 0
     for side in ("left", "right"):
         angles[side], redone = _angles(cosines[side], k_used[side], side, cs, names, iu)
         n_sine += redone
     return PairGeometry(
-        labels=labels, module_names=names, module_layers=layers, module_shapes=shapes,
-        pairs=np.stack(iu, axis=1), inner=inner, angles=angles, k_used=k_used, agreement=agreement,
-        top_k=kk, n_sine_recomputed=n_sine,
+        labels=labels,
+        module_names=names,
+        module_layers=layers,
+        module_shapes=shapes,
+        pairs=np.stack(iu, axis=1),
+        inner=inner,
+        angles=angles,
+        k_used=k_used,
+        agreement=agreement,
+        top_k=kk,
+        n_sine_recomputed=n_sine,
     )

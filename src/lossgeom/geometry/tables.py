@@ -29,7 +29,7 @@ from ..labels import Label
 from ..lora import lowrank
 from .factors import FactorCache
 from .pairwise import PairGeometry
-from .reductions import nanmean0, naniqr0, nanmedian0
+from .reductions import naniqr0, nanmean0, nanmedian0
 from .reference import random_reference
 
 
@@ -146,17 +146,19 @@ def per_layer_table(geo: PairGeometry) -> pd.DataFrame:
         ratio = nrm[:, j] / nrm[:, i]
     counts = np.array([(geo.module_layers == x).sum() for x in lay])
     lab = np.asarray(geo.labels, dtype=object)
-    return pd.DataFrame({
-        "pair_a": np.tile(lab[i], L),
-        "pair_b": np.tile(lab[j], L),
-        "layer": np.repeat(lay, P),
-        "n_modules": np.repeat(counts, P),
-        "cosine": c.ravel(),
-        "orthogonal_fraction": lowrank.orthogonal_fraction_from_cosine(c).ravel(),
-        "norm_a": nrm[:, i].ravel(),
-        "norm_b": nrm[:, j].ravel(),
-        "norm_ratio": ratio.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "pair_a": np.tile(lab[i], L),
+            "pair_b": np.tile(lab[j], L),
+            "layer": np.repeat(lay, P),
+            "n_modules": np.repeat(counts, P),
+            "cosine": c.ravel(),
+            "orthogonal_fraction": lowrank.orthogonal_fraction_from_cosine(c).ravel(),
+            "norm_a": nrm[:, i].ravel(),
+            "norm_b": nrm[:, j].ravel(),
+            "norm_ratio": ratio.ravel(),
+        }
+    )
 
 
 def long_table(geo: PairGeometry) -> pd.DataFrame:
@@ -168,6 +170,8 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
     ``orthogonal_fraction``, ``norm_ratio``. Global: those of :data:`SQUARE_METRICS` renamed
     (``angle_top1_deg_median``, ``angle_top1_deg_iqr``, ``angle_worst_deg_median``, ...,
     ``top1_agreement_mean``).
+
+    Long because it is one row layout written out column by column, the table's documentation in code.
     """
     lab = np.asarray(geo.labels, dtype=object)
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
@@ -179,15 +183,19 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
     def add(a, b, module, layer, side, metric, value):
         value = np.asarray(value, dtype=np.float64).ravel()
         size = value.size
-        parts.append(pd.DataFrame({
-            "pair_a": np.broadcast_to(a, size) if np.ndim(a) == 0 else a,
-            "pair_b": np.broadcast_to(b, size) if np.ndim(b) == 0 else b,
-            "module": np.broadcast_to(module, size) if np.ndim(module) == 0 else module,
-            "layer": np.broadcast_to(layer, size) if np.ndim(layer) == 0 else layer,
-            "side": side,
-            "metric": metric,
-            "value": value,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "pair_a": np.broadcast_to(a, size) if np.ndim(a) == 0 else a,
+                    "pair_b": np.broadcast_to(b, size) if np.ndim(b) == 0 else b,
+                    "module": np.broadcast_to(module, size) if np.ndim(module) == 0 else module,
+                    "layer": np.broadcast_to(layer, size) if np.ndim(layer) == 0 else layer,
+                    "side": side,
+                    "metric": metric,
+                    "value": value,
+                }
+            )
+        )
 
     # per module (module-major: arrays of shape (M, P) raveled)
     A_, B_ = np.tile(lab[i], M), np.tile(lab[j], M)
@@ -203,8 +211,15 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
     # per layer
     pl = per_layer_table(geo)
     for metric in ("cosine", "orthogonal_fraction", "norm_ratio"):
-        add(pl["pair_a"].to_numpy(), pl["pair_b"].to_numpy(), "*", pl["layer"].to_numpy().astype(object), "both",
-            metric, pl[metric].to_numpy())
+        add(
+            pl["pair_a"].to_numpy(),
+            pl["pair_b"].to_numpy(),
+            "*",
+            pl["layer"].to_numpy().astype(object),
+            "both",
+            metric,
+            pl[metric].to_numpy(),
+        )
     # global
     vals = _pair_values(geo)
     add(lab[i], lab[j], "*", "*", "both", "cosine", vals["cosine_global"])
@@ -219,10 +234,28 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
 
 
 NOISE_FLOOR_COLUMNS = [
-    "pair_a", "pair_b", "method_a", "method_b", "kind", "init", "data_order", "metric", "value",
-    "seed_floor_a", "seed_floor_b", "n_seed_pairs_a", "n_seed_pairs_b", "seed_floor",
-    "data_floor_a", "data_floor_b", "n_data_pairs_a", "n_data_pairs_b", "data_floor",
-    "floor", "floor_kind", "random",
+    "pair_a",
+    "pair_b",
+    "method_a",
+    "method_b",
+    "kind",
+    "init",
+    "data_order",
+    "metric",
+    "value",
+    "seed_floor_a",
+    "seed_floor_b",
+    "n_seed_pairs_a",
+    "n_seed_pairs_b",
+    "seed_floor",
+    "data_floor_a",
+    "data_floor_b",
+    "n_data_pairs_a",
+    "n_data_pairs_b",
+    "data_floor",
+    "floor",
+    "floor_kind",
+    "random",
 ]
 
 
@@ -245,6 +278,8 @@ def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
     LoRA init, which inflates their similarity), the init-seed floor for a pair of two inits;
     ``floor_kind`` says which. ``random`` is :func:`random_reference`. ``kind`` is ``cross-method``
     or ``same-method``; ``data_order`` is ``same`` or ``other``. Cross-method rows come first.
+
+    Long because each pair kind (shared init, across seeds) has its floor rule stated next to its code.
     """
     vals = _pair_values(geo)
     ref = random_reference(geo)
@@ -280,10 +315,32 @@ def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
             sf = _mean_available(fa, fb)
             df_ = _mean_available(da, db)
             shared = bool(shared_init[p])
-            rows.append((geo.labels[i[p]], geo.labels[j[p]], ma, mb, "same-method" if same[p] else "cross-method",
-                         "shared" if shared else ("other" if known[p] else "unknown"),
-                         "same" if same_data[p] else "other", metric, v[p], fa, fb, na, nb, sf, da, db, nda, ndb,
-                         df_, df_ if shared else sf, "data-order" if shared else "init-seed", r[p]))
+            rows.append(
+                (
+                    geo.labels[i[p]],
+                    geo.labels[j[p]],
+                    ma,
+                    mb,
+                    "same-method" if same[p] else "cross-method",
+                    "shared" if shared else ("other" if known[p] else "unknown"),
+                    "same" if same_data[p] else "other",
+                    metric,
+                    v[p],
+                    fa,
+                    fb,
+                    na,
+                    nb,
+                    sf,
+                    da,
+                    db,
+                    nda,
+                    ndb,
+                    df_,
+                    df_ if shared else sf,
+                    "data-order" if shared else "init-seed",
+                    r[p],
+                )
+            )
     df = pd.DataFrame(rows, columns=NOISE_FLOOR_COLUMNS)
     return df.sort_values("kind", kind="stable").reset_index(drop=True)
 
@@ -299,8 +356,17 @@ def adapters_table(caches: Mapping[str, FactorCache]) -> pd.DataFrame:
     rows = []
     for label, c in caches.items():
         method, seed, _ = _method_seeds(label)
-        rows.append({"label": label, "method": method, "seed": seed if seed is not None else "", "source": c.source,
-                     "base_model": c.base_model_name_or_path, **c.summary(), "fingerprint": c.fingerprint or ""})
+        rows.append(
+            {
+                "label": label,
+                "method": method,
+                "seed": seed if seed is not None else "",
+                "source": c.source,
+                "base_model": c.base_model_name_or_path,
+                **c.summary(),
+                "fingerprint": c.fingerprint or "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -309,7 +375,32 @@ def per_module_adapter_table(caches: Mapping[str, FactorCache]) -> pd.DataFrame:
     rows = []
     for label, c in caches.items():
         for name, m in c.modules.items():
-            rows.append((label, name, m.layer, m.rank, m.scale, m.norm, m.effective_rank, m.stable_rank,
-                         m.numerical_rank, float(m.S[0])))
-    return pd.DataFrame(rows, columns=["label", "module", "layer", "rank", "scale", "norm", "effective_rank",
-                                       "stable_rank", "numerical_rank", "sigma_1"])
+            rows.append(
+                (
+                    label,
+                    name,
+                    m.layer,
+                    m.rank,
+                    m.scale,
+                    m.norm,
+                    m.effective_rank,
+                    m.stable_rank,
+                    m.numerical_rank,
+                    float(m.S[0]),
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "label",
+            "module",
+            "layer",
+            "rank",
+            "scale",
+            "norm",
+            "effective_rank",
+            "stable_rank",
+            "numerical_rank",
+            "sigma_1",
+        ],
+    )

@@ -256,12 +256,16 @@ def _module_metas(parts: dict, shapes: dict, cfg: dict, wpath: Path) -> list[_Mo
         if len(sa) != 2 or len(sb) != 2:
             raise _fail(wpath, f"module {name!r}: factors must be 2-D, got A {sa} and B {sb}")
         if sa[0] != sb[1]:
-            raise _fail(wpath, f"module {name!r}: shape mismatch, lora_A {sa} is (r, d_in) and lora_B {sb} "
-                        f"is (d_out, r) with different r ({sa[0]} vs {sb[1]})")
+            raise _fail(
+                wpath,
+                f"module {name!r}: shape mismatch, lora_A {sa} is (r, d_in) and lora_B {sb} "
+                f"is (d_out, r) with different r ({sa[0]} vs {sb[1]})",
+            )
         r_cfg, alpha = resolve_rank_alpha(cfg, mpath)
         if sa[0] != r_cfg:
-            raise _fail(wpath, f"module {name!r}: rank {sa[0]} in the weights but {r_cfg} from the config "
-                        f"(r / rank_pattern)")
+            raise _fail(
+                wpath, f"module {name!r}: rank {sa[0]} in the weights but {r_cfg} from the config (r / rank_pattern)"
+            )
         metas.append(_ModuleMeta(name, mpath, sb[0], sa[1], sa[0], lora_scale(sa[0], alpha, use_rslora), ab))
     names = [m.name for m in metas]
     if len(set(names)) != len(names):
@@ -317,9 +321,11 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     cfg = _read_config(path)
     wpath = path / WEIGHTS_NAME
     if not wpath.is_file():
-        extra = " (only adapter_model.bin found: pickles are not loaded; save with safetensors)" if (
-            path / "adapter_model.bin"
-        ).is_file() else ""
+        extra = (
+            " (only adapter_model.bin found: pickles are not loaded; save with safetensors)"
+            if (path / "adapter_model.bin").is_file()
+            else ""
+        )
         raise _fail(path, f"missing {WEIGHTS_NAME}{extra}")
     try:
         with safe_open(str(wpath), framework="np") as f:

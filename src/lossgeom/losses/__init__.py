@@ -42,8 +42,9 @@ def get_loss(name: str, where: str = "") -> Loss:
     try:
         return LOSSES[name]
     except KeyError:
-        raise MethodSpecError(f"{where + ': ' if where else ''}unknown loss {name!r}; expected one of "
-                              f"{list(LOSSES)}") from None
+        raise MethodSpecError(
+            f"{where + ': ' if where else ''}unknown loss {name!r}; expected one of {list(LOSSES)}"
+        ) from None
 
 
 def method_schema() -> dict[str, dict]:
@@ -54,11 +55,22 @@ def method_schema() -> dict[str, dict]:
     for loss in LOSSES.values():
         for key, prop in loss.Params.schema().items():
             if key in out and {k: v for k, v in out[key].items() if k != "description"} != {
-                    k: v for k, v in prop.items() if k != "description"}:
+                k: v for k, v in prop.items() if k != "description"
+            }:
                 raise RuntimeError(f"loss parameter {key!r} is declared differently by two losses")
             out.setdefault(key, prop)
     return out
 
 
-__all__ = ["LOSSES", "Loss", "LossParams", "MethodSpecError", "get_loss", "method_schema", "kl_k3",
-           "offline_grpo_loss", "rift_loss", "weighted_nll"]
+__all__ = [
+    "LOSSES",
+    "Loss",
+    "LossParams",
+    "MethodSpecError",
+    "get_loss",
+    "method_schema",
+    "kl_k3",
+    "offline_grpo_loss",
+    "rift_loss",
+    "weighted_nll",
+]

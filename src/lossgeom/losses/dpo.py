@@ -7,8 +7,22 @@ from dataclasses import dataclass
 from .base import LossParams, param
 from .pairwise import PairwiseLoss
 
-DPO_LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
-                  "aot_pair", "apo_zero", "apo_down", "discopop", "sft"]
+DPO_LOSS_TYPES = [
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_pair",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from .base import Loss, LossParams, ViewError, param
 @dataclass(frozen=True)
 class KTOParams(LossParams):
     beta: float = param(0.1, {"type": "number", "exclusiveMinimum": 0}, "KTO's beta")
-    desirable_weight: float = param(1.0, {"type": "number", "exclusiveMinimum": 0}, "KTO's weight of correct "
-                                    "(desirable) rollouts")
-    undesirable_weight: float = param(1.0, {"type": "number", "exclusiveMinimum": 0}, "KTO's weight of incorrect "
-                                      "(undesirable) rollouts")
+    desirable_weight: float = param(
+        1.0, {"type": "number", "exclusiveMinimum": 0}, "KTO's weight of correct (desirable) rollouts"
+    )
+    undesirable_weight: float = param(
+        1.0, {"type": "number", "exclusiveMinimum": 0}, "KTO's weight of incorrect (undesirable) rollouts"
+    )
 
 
 def kto_rows(rollouts: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -27,7 +29,7 @@ def kto_rows(rollouts: pd.DataFrame, seed: int) -> pd.DataFrame:
     estimate pairs each prompt with a neighbour's completion in the batch, so the data order is set
     here). Columns: prompt_id, prompt, completion, label."""
     rows = rollouts[["prompt_id", "prompt", "completion"]].reset_index(drop=True)
-    rows["label"] = (rollouts["reward"].to_numpy() == 1)
+    rows["label"] = rollouts["reward"].to_numpy() == 1
     order = np.random.default_rng(seed).permutation(len(rows))
     return rows.iloc[order].reset_index(drop=True)
 
@@ -52,19 +54,26 @@ class KTO(Loss):
 
     def trl_args(self, spec):
         p = spec.params
-        return {"beta": p.beta, "loss_type": "kto", "desirable_weight": p.desirable_weight,
-                "undesirable_weight": p.undesirable_weight, "precompute_ref_log_probs": True}
+        return {
+            "beta": p.beta,
+            "loss_type": "kto",
+            "desirable_weight": p.desirable_weight,
+            "undesirable_weight": p.undesirable_weight,
+            "precompute_ref_log_probs": True,
+        }
 
     def dataset(self, view, tokenizer, template):
         from datasets import Dataset
 
         from ..data.prompting import prompt_string
 
-        return Dataset.from_dict({
-            "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
-            "completion": view["completion"].tolist(),
-            "label": [bool(x) for x in view["label"]],
-        })
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
+                "completion": view["completion"].tolist(),
+                "label": [bool(x) for x in view["label"]],
+            }
+        )
 
 
 LOSS = KTO()

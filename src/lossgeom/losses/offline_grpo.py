@@ -18,12 +18,16 @@ class OfflineGRPOParams(LossParams):
     bias: float = param(0.1, {"type": "number"}, "the advantage bias b added to every row's centred reward")
     std_normalize: bool = param(False, {"type": "boolean"}, "divide the centred rewards by the group's std")
     kl_coef: float = param(0.0, {"type": "number", "minimum": 0}, "coefficient of the k3 KL to the base (0: none)")
-    all_wrong: str = param("zero", {"enum": ["zero", "bias"]}, "advantage of a group whose rollouts are all wrong: "
-                           "zero (default, as the KRAFTON code) or the bias b")
+    all_wrong: str = param(
+        "zero",
+        {"enum": ["zero", "bias"]},
+        "advantage of a group whose rollouts are all wrong: zero (default, as the KRAFTON code) or the bias b",
+    )
 
 
-def grpo_advantages(rewards: pd.Series, groups: pd.Series, bias: float, std_normalize: bool,
-                    all_wrong: str = "bias") -> np.ndarray:
+def grpo_advantages(
+    rewards: pd.Series, groups: pd.Series, bias: float, std_normalize: bool, all_wrong: str = "bias"
+) -> np.ndarray:
     """A_i = (r_i - mean_g(r)) [/ (std_g(r) + 1e-4)] + b, with g the group (prompt) of row i.
 
     ``std_g`` is the population std of the group's rewards (0 for a uniform group, so the epsilon
@@ -52,8 +56,10 @@ class OfflineGRPO(RowsLoss):
 
     def select(self, rows, spec, counts):
         if counts["mixed_groups"] == 0:
-            raise ViewError(f"method {spec.method!r} (offline_grpo): no prompt has both correct and incorrect "
-                            f"rollouts; counts {counts}")
+            raise ViewError(
+                f"method {spec.method!r} (offline_grpo): no prompt has both correct and incorrect "
+                f"rollouts; counts {counts}"
+            )
         p = spec.params
         view = rows.copy()
         view["weight"] = grpo_advantages(view["reward"], view["prompt_id"], p.bias, p.std_normalize, p.all_wrong)

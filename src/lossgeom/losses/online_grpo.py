@@ -11,33 +11,42 @@ API teacher's backend means ``hf``: sampling here is local).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import logging
+from dataclasses import dataclass
 
 import pandas as pd
 
 from .base import Loss, LossParams, MethodSpecError, ViewError, param
-
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class OnlineGRPOParams(LossParams):
-    num_generations: int = param(4, {"type": "integer", "minimum": 2}, "samples per prompt (K); batch_size x "
-                                 "grad_accum must be a multiple")
-    max_new_tokens: int | None = param(None, {"type": "integer", "minimum": 1}, "completion length (default: "
-                                       "rollouts.max_new_tokens)")
-    temperature: float | None = param(None, {"type": "number", "exclusiveMinimum": 0}, "sampling temperature "
-                                      "(default: rollouts.temperature)")
-    grader: str | None = param(None, {"enum": ["exact", "math_verify"]}, "the reward's grader (default: "
-                               "rollouts.grader)")
+    num_generations: int = param(
+        4, {"type": "integer", "minimum": 2}, "samples per prompt (K); batch_size x grad_accum must be a multiple"
+    )
+    max_new_tokens: int | None = param(
+        None, {"type": "integer", "minimum": 1}, "completion length (default: rollouts.max_new_tokens)"
+    )
+    temperature: float | None = param(
+        None, {"type": "number", "exclusiveMinimum": 0}, "sampling temperature (default: rollouts.temperature)"
+    )
+    grader: str | None = param(
+        None, {"enum": ["exact", "math_verify"]}, "the reward's grader (default: rollouts.grader)"
+    )
     kl_coef: float = param(0.0, {"type": "number", "minimum": 0}, "TRL's beta: the KL to the base (0: none)")
-    std_normalize: bool = param(True, {"type": "boolean"}, "divide advantages by the group's reward std "
-                                "(TRL's scale_rewards='group', else 'none')")
+    std_normalize: bool = param(
+        True,
+        {"type": "boolean"},
+        "divide advantages by the group's reward std (TRL's scale_rewards='group', else 'none')",
+    )
     grpo_loss_type: str = param("dapo", {"enum": ["grpo", "dapo", "dr_grpo", "bnpo"]}, "TRL's GRPO loss_type")
-    generation: str | None = param(None, {"enum": ["hf", "vllm"]}, "how online GRPO samples: hf generate, or "
-                                   "TRL's colocated vLLM (GPU only; CPU falls back to generate)")
+    generation: str | None = param(
+        None,
+        {"enum": ["hf", "vllm"]},
+        "how online GRPO samples: hf generate, or TRL's colocated vLLM (GPU only; CPU falls back to generate)",
+    )
 
 
 def online_prompts(rollouts: pd.DataFrame) -> pd.DataFrame:
@@ -69,15 +78,19 @@ class OnlineGRPO(Loss):
     def check_spec(self, spec, where):
         k = spec.params.num_generations
         if (spec.batch_size * spec.grad_accum) % k:
-            raise MethodSpecError(f"{where}: batch_size x grad_accum = {spec.batch_size * spec.grad_accum} "
-                                  f"completions per step must be a multiple of num_generations {k}")
+            raise MethodSpecError(
+                f"{where}: batch_size x grad_accum = {spec.batch_size * spec.grad_accum} "
+                f"completions per step must be a multiple of num_generations {k}"
+            )
 
     def view(self, rollouts, rows, spec, seed, counts):
         view = online_prompts(rollouts)
         counts["rows"] = int(len(view))
         if view.empty:
-            raise ViewError(f"method {spec.method!r} (online_grpo): no prompt with a gold answer to grade against "
-                            f"(column 'gold' empty); counts {counts}")
+            raise ViewError(
+                f"method {spec.method!r} (online_grpo): no prompt with a gold answer to grade against "
+                f"(column 'gold' empty); counts {counts}"
+            )
         return view
 
     def trl_args(self, spec):
@@ -86,13 +99,20 @@ class OnlineGRPO(Loss):
         p = spec.params
         use_vllm = p.generation == "vllm" and torch.cuda.is_available()
         if p.generation == "vllm" and not use_vllm:
-            log.warning("method %s: generation 'vllm' asks for a GPU; none here, so TRL samples with generate()",
-                        spec.method)
+            log.warning(
+                "method %s: generation 'vllm' asks for a GPU; none here, so TRL samples with generate()", spec.method
+            )
         return {
-            "num_generations": p.num_generations, "max_completion_length": p.max_new_tokens,
-            "temperature": p.temperature, "top_p": 1.0, "beta": p.kl_coef,
-            "scale_rewards": "group" if p.std_normalize else "none", "loss_type": p.grpo_loss_type,
-            "use_vllm": use_vllm, **({"vllm_mode": "colocate"} if use_vllm else {}), "log_completions": False,
+            "num_generations": p.num_generations,
+            "max_completion_length": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": 1.0,
+            "beta": p.kl_coef,
+            "scale_rewards": "group" if p.std_normalize else "none",
+            "loss_type": p.grpo_loss_type,
+            "use_vllm": use_vllm,
+            **({"vllm_mode": "colocate"} if use_vllm else {}),
+            "log_completions": False,
         }
 
     def dataset(self, view, tokenizer, template):
@@ -100,8 +120,12 @@ class OnlineGRPO(Loss):
 
         from ..data.prompting import prompt_string
 
-        return Dataset.from_dict({"prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
-                                  "gold": view["gold"].astype(str).tolist()})
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
+                "gold": view["gold"].astype(str).tolist(),
+            }
+        )
 
     def trainer_kwargs(self, spec, view, args):
         # Sampling (prompt order and completions) follows the data-order seed: the init seed has done
@@ -148,8 +172,10 @@ class GraderReward:
                 raise MethodSpecError(f"method {method!r} (online_grpo): prompt {pid!r}: {e}") from None
 
     def __call__(self, prompts, completions, gold, log_metric=None, **kwargs) -> list[float]:
-        graded = [self.grade.grade(c if isinstance(c, str) else c[-1]["content"], self._gold(g))
-                  for c, g in zip(completions, gold)]
+        graded = [
+            self.grade.grade(c if isinstance(c, str) else c[-1]["content"], self._gold(g))
+            for c, g in zip(completions, gold)
+        ]
         rewards = [float(g.reward) for g in graded]
         if log_metric is not None and rewards:
             log_metric("accuracy", sum(rewards) / len(rewards))

@@ -41,8 +41,9 @@ class PairwiseLoss(Loss):
         view = dpo_pairs(rollouts, spec.params.pairs_per_prompt, seed)
         counts["pairs"] = int(len(view))
         if view.empty:
-            raise ViewError(f"method {spec.method!r} ({self.name}): no (correct, incorrect) pair in the rollouts; "
-                            f"counts {counts}")
+            raise ViewError(
+                f"method {spec.method!r} ({self.name}): no (correct, incorrect) pair in the rollouts; counts {counts}"
+            )
         return view
 
     def dataset(self, view, tokenizer, template):
@@ -50,8 +51,10 @@ class PairwiseLoss(Loss):
 
         from ..data.prompting import prompt_string
 
-        return Dataset.from_dict({
-            "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
-            "chosen": view["chosen"].tolist(),
-            "rejected": view["rejected"].tolist(),
-        })
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt_string(tokenizer, p, template) for p in view["prompt"]],
+                "chosen": view["chosen"].tolist(),
+                "rejected": view["rejected"].tolist(),
+            }
+        )

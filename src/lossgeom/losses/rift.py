@@ -13,10 +13,14 @@ from .nll import RowsLoss
 @dataclass(frozen=True)
 class RIFTParams(LossParams):
     positive_reward: float = param(1.0, {"type": "number"}, "RIFT's reward R+ of a correct rollout (weight on its NLL)")
-    negative_reward: float = param(-0.2, {"type": "number"}, "RIFT's reward R- of an incorrect rollout (< 0: the "
-                                   "linearised negative term)")
-    negative_prob: str = param("token", {"enum": ["token", "sequence"]}, "RIFT's negative term: per-token p_t "
-                               "(default) or the sequence probability p(y) (the RIFT paper's form)")
+    negative_reward: float = param(
+        -0.2, {"type": "number"}, "RIFT's reward R- of an incorrect rollout (< 0: the linearised negative term)"
+    )
+    negative_prob: str = param(
+        "token",
+        {"enum": ["token", "sequence"]},
+        "RIFT's negative term: per-token p_t (default) or the sequence probability p(y) (the RIFT paper's form)",
+    )
 
 
 class RIFT(RowsLoss):
@@ -25,8 +29,9 @@ class RIFT(RowsLoss):
 
     def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens):
         p = spec.params
-        return rift_loss(logp, mask, rewards.to(logp.device), p.positive_reward, p.negative_reward, num_tokens,
-                         p.negative_prob)
+        return rift_loss(
+            logp, mask, rewards.to(logp.device), p.positive_reward, p.negative_reward, num_tokens, p.negative_prob
+        )
 
 
 LOSS = RIFT()

@@ -12,8 +12,9 @@ from .pairwise import PairwiseLoss
 @dataclass(frozen=True)
 class SimPOParams(LossParams):
     beta: float = param(2.0, {"type": "number", "exclusiveMinimum": 0}, "SimPO's beta")
-    simpo_gamma: float = param(1.0, {"type": "number", "minimum": 0}, "SimPO's target reward margin gamma "
-                               "(TRL's simpo_gamma)")
+    simpo_gamma: float = param(
+        1.0, {"type": "number", "minimum": 0}, "SimPO's target reward margin gamma (TRL's simpo_gamma)"
+    )
     pairs_per_prompt: int = param(1, {"type": "integer", "minimum": 1}, "pairs kept per prompt (the pairing rule)")
 
 
@@ -23,7 +24,12 @@ class SimPO(PairwiseLoss):
     trl_trainers = (("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),)
 
     def trl_args(self, spec):
-        return {"beta": spec.params.beta, "loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": spec.params.simpo_gamma}
+        return {
+            "beta": spec.params.beta,
+            "loss_type": "simpo",
+            "cpo_alpha": 0.0,
+            "simpo_gamma": spec.params.simpo_gamma,
+        }
 
 
 LOSS = SimPO()

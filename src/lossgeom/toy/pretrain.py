@@ -32,7 +32,9 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     head_dim (default ``hidden_size / heads``; Qwen3 allows ``heads * head_dim != hidden_size``), mlp_ratio."""
     hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
     if "head_dim" not in spec and hidden % heads:
-        raise ValueError(f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim")
+        raise ValueError(
+            f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim"
+        )
     return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -72,7 +74,9 @@ def style_mixture(style, n: int, seed: int) -> list[str]:
     return random.Random(seed).choices(names, weights=weights, k=n)
 
 
-def solution_dataset(tokenizer, problems, template: str, style="terse", seed: int = 0, cue: str | None = None) -> Dataset:
+def solution_dataset(
+    tokenizer, problems, template: str, style="terse", seed: int = 0, cue: str | None = None
+) -> Dataset:
     """Pre-tokenised SFT rows (input_ids, completion_mask) of the gold solutions, each problem of the
     kind :func:`style_mixture` draws: the solution in that kind's style, and for a ``+cue`` kind the
     question followed by ``cue`` (``"Think step by step."``), so the model learns to write that style
@@ -80,15 +84,19 @@ def solution_dataset(tokenizer, problems, template: str, style="terse", seed: in
     kinds = style_mixture(style, len(problems), seed)
     if cue is None and any(k.endswith(CUED) for k in kinds):
         raise ValueError(f"toy model style mixture {style} has cued rows but the model has no cue")
-    pairs = [prompt_completion(tokenizer, cued(p.question, cue if k.endswith(CUED) else None),
-                               p.solution_in(k.removesuffix(CUED)), template)
-             for p, k in zip(problems, kinds)]
+    pairs = [
+        prompt_completion(
+            tokenizer,
+            cued(p.question, cue if k.endswith(CUED) else None),
+            p.solution_in(k.removesuffix(CUED)),
+            template,
+        )
+        for p, k in zip(problems, kinds)
+    ]
     return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
-def pretrain(
-    spec: dict, tokenizer, problems, template: str, out_dir: Path, seed: int, threads: int = 1
-) -> dict:
+def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed: int, threads: int = 1) -> dict:
     """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
@@ -127,8 +135,9 @@ def pretrain(
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=solution_dataset(tokenizer, problems, template, spec.get("style", "terse"), seed,
-                                           spec.get("cue")),
+            train_dataset=solution_dataset(
+                tokenizer, problems, template, spec.get("style", "terse"), seed, spec.get("cue")
+            ),
             processing_class=tokenizer,
         )
         result = trainer.train()

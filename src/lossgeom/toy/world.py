@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..fsutil import atomic_dir
 from ..data.prompting import prompt_string
+from ..fsutil import atomic_dir
 from .problems import generate_splits
 from .tokenizer import build_tokenizer
 
@@ -35,8 +35,11 @@ def build_world(spec: dict, out_dir: Path) -> dict:
         # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
         bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
         cues = [m["cue"] for m in spec.get("models", {}).values() if m.get("cue")]
-        corpus = [prompt_string(bootstrap, p.question) + s + "<|im_end|>" for p in train
-                  for s in (p.solution, p.verbose_solution)] + cues
+        corpus = [
+            prompt_string(bootstrap, p.question) + s + "<|im_end|>"
+            for p in train
+            for s in (p.solution, p.verbose_solution)
+        ] + cues
         build_tokenizer(corpus, spec["tokenizer_vocab"]).save_pretrained(str(tmp / "tokenizer"))
     return {"train": len(train), "test": len(test)}
 

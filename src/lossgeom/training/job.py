@@ -34,14 +34,14 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from ..fsutil import atomic_dir, file_sha256
-from ..modeling import load_model, load_tokenizer
 from ..data.prompting import prompt_completion
 from ..data.rollouts import read_rollouts
+from ..fsutil import atomic_dir, file_sha256
+from ..methods import MethodSpec
+from ..modeling import load_model, load_tokenizer
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .trl_methods import trl_classes, trl_trainer
 from .views import build_view
-from ..methods import MethodSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int)
     view's ``eos`` is False: a truncated rollout under ``truncated: no_eos``), completion mask, row numbers."""
     rows = {"input_ids": [], "completion_mask": [], "row_weight": [], "row_reward": []}
     for r in view.itertuples(index=False):
-        ids, mask = prompt_completion(tokenizer, r.prompt, r.completion, template, max_length, eos=getattr(r, "eos", True))
+        ids, mask = prompt_completion(
+            tokenizer, r.prompt, r.completion, template, max_length, eos=getattr(r, "eos", True)
+        )
         rows["input_ids"].append(ids)
         rows["completion_mask"].append(mask)
         rows["row_weight"].append(float(r.weight))
@@ -119,7 +121,9 @@ def last_checkpoint(ckpt_dir: Path, fp: str) -> str | None:
     marker.write_text(fp)
     # The Trainer writes a checkpoint in place, trainer_state.json last: a job killed while writing one
     # leaves a partial directory that resuming would fail on ("Can't find a valid checkpoint").
-    numbered = [(int(m[1]), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    numbered = [
+        (int(m[1]), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
     for _, ckpt in sorted(numbered, reverse=True):
         try:
             json.loads((ckpt / "trainer_state.json").read_text())
@@ -131,9 +135,21 @@ def last_checkpoint(ckpt_dir: Path, fp: str) -> str | None:
 
 
 def train_adapter(
-    spec: MethodSpec, seed: int, rollouts_path: Path, base_model: str, out_dir: Path, ckpt_dir: Path, *, trust_remote_code=False, dtype="float32"
+    spec: MethodSpec,
+    seed: int,
+    rollouts_path: Path,
+    base_model: str,
+    out_dir: Path,
+    ckpt_dir: Path,
+    *,
+    trust_remote_code=False,
+    dtype="float32",
 ) -> dict:
-    """Train one adapter as described in the module docstring; returns ``train_info``."""
+    """Train one adapter as described in the module docstring; returns ``train_info``.
+
+    Long because it is the job's sequence (view, model, trainer, resume, train, atomic write of every
+    output) read top to bottom; each step is a call.
+    """
     torch.set_num_threads(spec.threads)
     if spec.loss_def.trainer == "trl":
         trl_classes(spec)  # a TRL without this method's trainer stops here, in one line, before any work
@@ -160,8 +176,12 @@ def train_adapter(
             loss_type=spec.loss_def.sft_loss_type or "nll",  # TRL's loss where the loss defers to it
         )
         trainer = OfflineLossTrainer(
-            model=model, args=args, train_dataset=tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length),
-            processing_class=tokenizer, callbacks=callbacks, loss_spec=spec,
+            model=model,
+            args=args,
+            train_dataset=tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            loss_spec=spec,
         )
     trainer.train(resume_from_checkpoint=resume)
     info = {

@@ -19,7 +19,6 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-
 ROW_FIELDS = ("row_weight", "row_reward")
 
 
@@ -34,7 +33,11 @@ class RowFieldsCollator:
         self.inner = inner
 
     def __call__(self, examples):
-        extra = {f: torch.tensor([float(e.pop(f)) for e in examples], dtype=torch.float32) for f in ROW_FIELDS if f in examples[0]}
+        extra = {
+            f: torch.tensor([float(e.pop(f)) for e in examples], dtype=torch.float32)
+            for f in ROW_FIELDS
+            if f in examples[0]
+        }
         batch = self.inner(examples)
         batch.update(extra)
         return batch
@@ -76,7 +79,9 @@ class OfflineLossTrainer(SFTTrainer):
 
 def check_finite(value: torch.Tensor, what: str) -> None:
     if not torch.isfinite(value).all():
-        raise NonFiniteError(f"non-finite {what} ({value.detach().float().cpu().tolist()}); training stopped, no adapter written")
+        raise NonFiniteError(
+            f"non-finite {what} ({value.detach().float().cpu().tolist()}); training stopped, no adapter written"
+        )
 
 
 class FiniteGradCallback(TrainerCallback):
@@ -85,7 +90,9 @@ class FiniteGradCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         for name, p in model.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteError(f"non-finite gradient in {name} at step {state.global_step + 1}; no adapter written")
+                raise NonFiniteError(
+                    f"non-finite gradient in {name} at step {state.global_step + 1}; no adapter written"
+                )
 
 
 class SaveAdapterCallback(TrainerCallback):

@@ -57,8 +57,10 @@ def trl_classes(spec) -> tuple[type, type]:
     except ImportError:
         version = "not installed"
     wanted = " or ".join(f"{m}.{t}" for m, _, t in places)
-    raise MethodSpecError(f"method {spec.method!r} ({spec.loss}): TRL's {wanted} is not available in the installed "
-                          f"trl ({version}); install {TRL_RANGE}")
+    raise MethodSpecError(
+        f"method {spec.method!r} ({spec.loss}): TRL's {wanted} is not available in the installed "
+        f"trl ({version}); install {TRL_RANGE}"
+    )
 
 
 def trl_trainer(spec, model, common_args: dict, view: pd.DataFrame, tokenizer, callbacks):
@@ -71,7 +73,9 @@ def trl_trainer(spec, model, common_args: dict, view: pd.DataFrame, tokenizer, c
     extra = loss.trainer_kwargs(spec, view, args)
     config = config_cls(**args, **loss.trl_args(spec))
     data = loss.dataset(view, tokenizer, spec.prompt_template)
-    kwargs = dict(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=callbacks, **extra)
+    kwargs = dict(
+        model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=callbacks, **extra
+    )
     try:
         return trainer_cls(**kwargs)
     except ImportError as e:  # e.g. generation 'vllm' on a GPU without vLLM installed

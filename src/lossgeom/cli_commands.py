@@ -1,0 +1,247 @@
+"""The subcommands of the ``lossgeom`` CLI (:mod:`lossgeom.cli`), one function per subcommand: each
+takes the parsed arguments and calls its stage's entry point (imported inside, so a subcommand loads
+only its own stage). The parser, the argument types and the error handling are in :mod:`lossgeom.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("lossgeom")
+
+
+def cmd_toy_world(a):
+    from .toy.world import build_world
+
+    log.info("toy world: %s", build_world(a.spec, a.out))
+
+
+def cmd_toy_model(a):
+    from .modeling import load_tokenizer
+    from .toy.pretrain import pretrain
+    from .toy.world import read_split
+
+    tokenizer = load_tokenizer(a.world / "tokenizer")
+    info = pretrain(a.spec, tokenizer, read_split(a.world, "train"), a.template, a.out, a.seed, a.threads)
+    log.info("toy model %s: %s", a.out, info)
+
+
+def cmd_rollouts(a):
+    from .data.grading import get_grader
+    from .data.problemsets import load_problems, parse_golds
+    from .data.rollouts import summarize
+    from .engines.backends import open_engine
+    from .engines.engine import GenerationSpec
+    from .fsutil import write_table
+    from .generation.sampling import rollout_sampling, sample_rollouts
+
+    problems = load_problems(a.problems, a.toy_dir)
+    spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
+    grader = spec.get("grader", "exact")
+    # every gold is read before any request is sent or sample drawn; left-out items are logged there
+    golds = parse_golds(
+        problems, get_grader(grader), f"prompts ({a.problems['source']})", a.problems.get("unparsable_gold", "stop")
+    )
+    kept = [g is not None for g in golds]
+    problems, golds = problems[kept].reset_index(drop=True), [g for g in golds if g is not None]
+    kw = dict(
+        k=spec["k"],
+        temperature=spec["temperature"],
+        top_p=spec.get("top_p", 1.0),
+        max_new_tokens=spec["max_new_tokens"],
+        grader=grader,
+        template=a.template,
+        seed=spec.get("seed", 0),
+        golds=golds,
+    )
+    if gen.backend == "openai":
+        from .engines.openai_api import ApiTeacher, Journal, fingerprint
+
+        if a.journal is None:
+            raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
+        teacher = ApiTeacher(gen.openai)
+        sampling = rollout_sampling(**{k: kw[k] for k in ("k", "temperature", "max_new_tokens", "top_p", "seed")})
+        journal = Journal(
+            a.journal,
+            fingerprint(gen.openai, sampling, a.template, list(zip(problems["id"].astype(str), problems["question"]))),
+        )
+        df = sample_rollouts(
+            teacher, problems, **kw, journal=journal, source=f"{teacher.source} T={spec['temperature']} k={spec['k']}"
+        )
+    else:
+        with open_engine(
+            gen, a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code, batch_size=spec.get("batch_size", 32)
+        ) as engine:
+            suffix = "" if engine.name == "hf" else f" ({engine.name})"
+            df = sample_rollouts(
+                engine, problems, **kw, source=f"{a.model} T={spec['temperature']} k={spec['k']}{suffix}"
+            )
+    write_table(df, a.out)
+    if gen.backend == "openai":
+        journal.remove()  # everything is in the table now
+    log.info("rollouts: %s", summarize(df))
+
+
+def cmd_import_rollouts(a):
+    from .data.rollouts import import_rollouts, summarize
+    from .fsutil import write_table
+
+    df = import_rollouts(a.file)
+    write_table(df, a.out)
+    log.info("imported rollouts: %s", summarize(df))
+
+
+def cmd_rollouts_summary(a):
+    from .data.rollouts import read_rollouts, summary_table
+    from .fsutil import write_table
+
+    write_table(summary_table(read_rollouts(a.rollouts)), a.out)
+
+
+def cmd_train(a):
+    from .methods import MethodSpec
+    from .training.job import train_adapter
+
+    info = train_adapter(
+        MethodSpec.from_dict(a.spec),
+        a.seed,
+        a.rollouts,
+        a.base,
+        a.out,
+        a.checkpoints,
+        trust_remote_code=a.trust_remote_code,
+        dtype=a.dtype,
+    )
+    log.info("trained %s/seed%d: %s", info["method"], info["seed"], info["counts"])
+
+
+def cmd_geometry(a):
+    from .geometry import compare_adapter_dirs
+
+    labels = [label for label, _ in a.adapters]
+    dirs = [path for _, path in a.adapters]
+    base_weights = None
+    if a.base_model:
+        from .modeling import base_weights_of
+
+        base_weights = base_weights_of(a.base_model, dirs[0], trust_remote_code=a.trust_remote_code)
+    compare_adapter_dirs(
+        dirs, a.out, top_k=a.top_k, labels=labels, cache_dir=a.cache_dir, progress=True, base_weights=base_weights
+    )
+
+
+def cmd_geometry_figures(a):
+    from .figures.geometry import geometry_figures
+
+    geometry_figures(a.tables, a.out, a.reference)
+
+
+def cmd_evaluate(a):
+    from .behaviour.accuracy import evaluate_model
+    from .engines.engine import GenerationSpec
+
+    evaluate_model(
+        a.base,
+        a.adapter,
+        a.test_sets,
+        a.toy_dir,
+        a.out,
+        template=a.template,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        trust_remote_code=a.trust_remote_code,
+        generation=GenerationSpec.from_dict(a.generation),
+        answer_format=a.answer_template,
+    )
+
+
+def cmd_eval_stats(a):
+    from .behaviour.accuracy import accuracy_statistics
+
+    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed, ci=a.ci)
+
+
+def cmd_lmc(a):
+    from .behaviour.connectivity import connectivity_sweep
+    from .engines.engine import GenerationSpec
+
+    connectivity_sweep(
+        a.base,
+        (a.first, a.second),
+        a.test_set,
+        a.toy_dir,
+        a.out,
+        alphas=a.alphas,
+        limit=a.limit,
+        accuracy_subset=a.accuracy_subset,
+        template=a.template,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        trust_remote_code=a.trust_remote_code,
+        generation=GenerationSpec.from_dict(a.generation),
+        answer_format=a.answer_template,
+    )
+
+
+def cmd_lmc_summary(a):
+    from .behaviour.connectivity import connectivity_summary
+
+    connectivity_summary(a.sweeps, a.out)
+
+
+def cmd_activations(a):
+    from .behaviour.activations import extract_activations
+
+    extract_activations(
+        a.base,
+        a.adapter,
+        a.test_set,
+        a.toy_dir,
+        a.out,
+        n_probe=a.n_probe,
+        pooling=a.pooling,
+        template=a.template,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        trust_remote_code=a.trust_remote_code,
+        answer_format=a.answer_template,
+    )
+
+
+def cmd_cka(a):
+    from .behaviour.cka import cka_tables
+
+    cka_tables(dict(a.activations), a.out)
+
+
+def cmd_accuracy_figures(a):
+    from .figures.accuracy import accuracy_figures
+
+    accuracy_figures(a.accuracy, a.pairwise, a.out)
+
+
+def cmd_connectivity_figures(a):
+    from .figures.connectivity import connectivity_figures
+
+    connectivity_figures(a.summary, a.curves, a.out)
+
+
+def cmd_representations_figures(a):
+    from .figures.representations import representations_figures
+
+    representations_figures(a.cka, a.out)
+
+
+def cmd_training_figures(a):
+    from .figures.training import training_figures
+
+    training_figures(dict(a.adapters), a.out, a.analysis_step)
+
+
+def cmd_claims(a):
+    from .claims.check import write_claims
+
+    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out)
+    log.info("claims: %s", df["verdict"].value_counts().to_dict())
