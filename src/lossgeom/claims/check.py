@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import PAPER_ROLES
 from ..fsutil import write_table
 from ..labels import Label
 from .paper import paper_claims
 
-ROLES = ("sft", "rft", "dft", "rift", "grpo", "dpo")
+ROLES = tuple(PAPER_ROLES)  # the paper's six methods, named where the config maps them to losses
 EXTRA_ROLES = ("lr10x", "online_grpo")  # the paper's extra runs: checked against SFT, not part of the six
 NOT_RUN = "not run"
 
