@@ -227,16 +227,16 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
         return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
     seeds = config["seeds"]
     have = set(labels)
-    first = [f"{m}/seed{seeds[0]}" for m in config["methods"] if f"{m}/seed{seeds[0]}" in have]
+    first = [str(Label(m, seeds[0])) for m in config["methods"] if str(Label(m, seeds[0])) in have]
     if pairs == "reference":
         out = [(first[0], b) for b in first[1:]]
     else:
         out = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
     if len(seeds) > 1:
         out += [
-            (f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}")
+            (str(Label(m, seeds[0])), str(Label(m, seeds[1])))
             for m in config["methods"]
-            if {f"{m}/seed{seeds[0]}", f"{m}/seed{seeds[1]}"} <= have
+            if {str(Label(m, seeds[0])), str(Label(m, seeds[1]))} <= have
         ]
     return out
 

@@ -18,7 +18,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import LogNorm
 
-from .common import figure, method_colour, method_name, ordered_models, require_columns, save, style, symmetric_matrix
+from .common import (
+    figure,
+    method_colour,
+    method_name,
+    method_of,
+    ordered_models,
+    require_columns,
+    save,
+    style,
+    symmetric_matrix,
+)
 
 __all__ = ["accuracy_figures", "plot_accuracy", "plot_pairwise_pvalues"]
 
@@ -77,7 +87,7 @@ def plot_accuracy(
         ci_label = f"95% {t['ci_method'].iloc[0].replace('_', '-')} interval" if "ci_method" in t.columns else "95% CI"
     base_row = t[t["model"].astype(str) == "base"]
     t = t[t["model"].astype(str) != "base"] if len(t) > len(base_row) else t
-    t = t.assign(_method=[str(m).split("/")[0] for m in t["model"]])
+    t = t.assign(_method=[method_of(str(m)) for m in t["model"]])
     order = list(dict.fromkeys(t["_method"]))
     t = t.sort_values("_method", key=lambda c: c.map(order.index), kind="stable")
     models = t["model"].astype(str).tolist()

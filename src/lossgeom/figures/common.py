@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..fsutil import atomic_path
+from ..labels import Label
 
 DPI = 200
 
@@ -89,6 +90,18 @@ METHOD_NAMES = {
     "kto": "KTO",
 }
 _SPARE = ["#637939", "#843c39", "#7b4173", "#e7ba52", "#5254a3", "#6b6ecf"]
+
+
+def method_of(model: str) -> str:
+    """The method of an adapter label (``"sft/seed42"`` -> ``"sft"``); any other model name (``"base"``) as it is."""
+    label = Label.try_parse(model)
+    return label.method if label else model
+
+
+def seed_of(model: str) -> str:
+    """The seed part of an adapter label (``"seed42"``, ``"seed42data7"``); ``""`` for any other model name."""
+    label = Label.try_parse(model)
+    return label.dir_name if label else ""
 
 
 def method_colour(method: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import figure, method_colour, method_name, pair_legend, require_columns, save, style
+from .common import figure, method_colour, method_name, method_of, pair_legend, require_columns, save, style
 
 __all__ = ["connectivity_figures", "plot_lmc", "plot_lmc_pairs"]
 
@@ -124,7 +124,7 @@ def plot_lmc_pairs(
     if sub.empty:
         raise ValueError(f"LMC curves have no metric {metric!r}")
     pairs = list(dict.fromkeys(zip(sub["pair_a"], sub["pair_b"])))
-    pairs.sort(key=lambda p: p[0].split("/")[0] == p[1].split("/")[0])
+    pairs.sort(key=lambda p: method_of(p[0]) == method_of(p[1]))
     n = len(pairs)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
@@ -135,7 +135,7 @@ def plot_lmc_pairs(
             g = sub[(sub["pair_a"] == a) & (sub["pair_b"] == b)].groupby("alpha")["value"].mean().sort_index()
             al, v = g.index.to_numpy(float), g.to_numpy(float)
             line = (1 - al) * v[0] + al * v[-1]
-            ax.plot(al, v, "o-", color=method_colour(b.split("/")[0]), ms=3, lw=1.3)
+            ax.plot(al, v, "o-", color=method_colour(method_of(b)), ms=3, lw=1.3)
             ax.plot(al, line, "--", color="0.4", lw=1)
             row = summary[(summary["pair_a"] == a) & (summary["pair_b"] == b) & (summary["metric"] == metric)]
             bar = float(row["barrier"].iloc[0]) if len(row) else float(np.nanmax(v - line))

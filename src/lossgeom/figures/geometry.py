@@ -16,8 +16,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from ..config import data_seed_of, parse_label
-from .common import figure, method_colour, method_name, save, style
+from ..labels import Label
+from .common import figure, method_colour, method_name, method_of, save, seed_of, style
 
 __all__ = [
     "geometry_figures",
@@ -184,15 +184,15 @@ def plot_layer_profiles(
     sel["other"] = np.where(sel["pair_a"] == reference, sel["pair_b"], sel["pair_a"])
     sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
     others = list(dict.fromkeys(sel["other"]))
-    palette = {o: method_colour(o.split("/")[0]) for o in others}
-    seeds = list(dict.fromkeys(o.split("/", 1)[1] if "/" in o else "" for o in others))
+    palette = {o: method_colour(method_of(o)) for o in others}
+    seeds = list(dict.fromkeys(seed_of(o) for o in others))
     dashes = {sd: ("-", "--", ":", "-.")[i % 4] for i, sd in enumerate(seeds)}
     with style():
         fig, (ax1, ax2) = figure(width=7.0, height=5.2, nrows=2)
         for o in others:
             s = sel[sel["other"] == o]
-            ls = dashes[o.split("/", 1)[1] if "/" in o else ""]
-            name = f"{method_name(o.split('/')[0])} {o.split('/', 1)[1]}" if "/" in o else o
+            ls = dashes[seed_of(o)]
+            name = f"{method_name(method_of(o))} {seed_of(o)}" if seed_of(o) else o
             ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
             ax2.plot(
                 s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], ls=ls, label=name
@@ -244,8 +244,9 @@ def plot_method_summary(
     if nf.empty:
         raise ValueError(f"noise-floor table has no metric {metric!r}")
     labels = list(dict.fromkeys(list(nf["pair_a"]) + list(nf["pair_b"])))
-    methods = list(dict.fromkeys(parse_label(l)[0] for l in labels))
-    seeds = sorted({parse_label(l)[1] for l in labels if data_seed_of(l) == parse_label(l)[1]})
+    parsed = [Label.parse(l) for l in labels]
+    methods = list(dict.fromkeys(p.method for p in parsed))
+    seeds = sorted({p.seed for p in parsed if not p.is_replicate})
     n = len(methods)
     mean = np.full((n, n), np.nan)
     text = np.full((n, n), "", dtype=object)
@@ -261,7 +262,7 @@ def plot_method_summary(
                 continue
             vals = []
             for sd in seeds:
-                la, lb = f"{a}/seed{sd}", f"{b}/seed{sd}"
+                la, lb = str(Label(a, sd)), str(Label(b, sd))
                 row = nf[((nf["pair_a"] == la) & (nf["pair_b"] == lb)) | ((nf["pair_a"] == lb) & (nf["pair_b"] == la))]
                 vals.append(float(row["value"].iloc[0]) if len(row) else np.nan)
             mean[i, j] = np.nanmean(vals) if np.isfinite(vals).any() else np.nan

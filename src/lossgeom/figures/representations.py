@@ -16,7 +16,18 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .common import figure, method_colour, ordered_models, pair_legend, require_columns, save, style, symmetric_matrix
+from .common import (
+    figure,
+    method_colour,
+    method_of,
+    ordered_models,
+    pair_legend,
+    require_columns,
+    save,
+    seed_of,
+    style,
+    symmetric_matrix,
+)
 
 __all__ = ["representations_figures", "plot_cka_profiles", "plot_cka_heatmap"]
 
@@ -62,7 +73,7 @@ def plot_cka_profiles(
         }
     )
     models = list(dict.fromkeys(data["model"]))
-    palette = {m: method_colour(m.split("/")[0]) for m in models}
+    palette = {m: method_colour(method_of(m)) for m in models}
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
     # 1 - CKA on a log scale: values of 0.96-1.00 (typical between fine-tunes of one base) differ here
     data["distance"] = np.clip(1.0 - data["value"], 1e-6, None)
@@ -71,14 +82,14 @@ def plot_cka_profiles(
         fig, ax = figure(width=5.5, height=3.2)
         for m in models:
             d = data[data["model"] == m].groupby("layer")["distance"].mean()
-            seed = m.split("/", 1)[1] if "/" in m else ""
+            seed = seed_of(m)
             ax.plot(
                 d.index,
                 d.to_numpy(),
                 marker="o",
                 ms=3,
                 color=palette[m],
-                ls="--" if seed and seed != sorted({x.split("/", 1)[1] for x in models if "/" in x})[0] else "-",
+                ls="--" if seed and seed != sorted({seed_of(x) for x in models if seed_of(x)})[0] else "-",
             )
         ax.set_yscale("log")
         ax.set_xlabel("layer index")

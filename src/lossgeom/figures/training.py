@@ -11,7 +11,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..config import parse_label
+from ..labels import Label
 from .common import figure, method_colour, method_name, save, style
 
 PANELS = (
@@ -47,12 +47,12 @@ def plot_training_curves(
         if missing:
             raise ValueError(f"{path}: metrics table lacks column(s) {missing}")
         frames[label] = df
-    seeds = sorted({parse_label(l)[1] for l in frames})
+    seeds = sorted({Label.parse(l).seed for l in frames})
     with style("whitegrid"):
         fig, axes = figure(13, 3.6, 1, len(PANELS))
         for ax, (col, title) in zip(axes, PANELS):
             for label, df in frames.items():
-                method, seed = parse_label(label)
+                method, seed = Label.parse(label).method, Label.parse(label).seed
                 ax.plot(
                     df["step"],
                     df[col],
