@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 from . import cli_commands as commands
+from .settings import CkaSettings, EvaluationSettings, GeometrySettings, LmcSettings
+
+# flag defaults are the settings classes' (one place per default): the rules pass every value anyway
+EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
+CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
 
 log = logging.getLogger("lossgeom")
 
@@ -171,7 +176,7 @@ def _geometry_commands(add) -> None:
     sp = add("geometry", commands.cmd_geometry, "compare two or more PEFT LoRA adapters (tables)")
     sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (or adapter_dir)")
     sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
-    sp.add_argument("--top-k", type=int, default=10, help="singular subspace size for principal angles")
+    sp.add_argument("--top-k", type=int, default=GEOMETRY.top_k, help="singular subspace size for principal angles")
     sp.add_argument(
         "--cache-dir",
         type=Path,
@@ -199,7 +204,7 @@ def _behaviour_commands(add) -> None:
     """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
     sp = add("evaluate", commands.cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
-    sp.add_argument("--max-new-tokens", type=int, default=256)
+    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
     _generation_opts(sp)
     _run_opts(sp, "--test-sets")
 
@@ -207,11 +212,11 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
     sp.add_argument(
         "--ci",
-        default="wilson",
+        default=EVALUATION.ci,
         choices=["wilson", "clopper_pearson", "bootstrap"],
         help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap",
     )
-    sp.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--ci bootstrap)")
+    sp.add_argument("--n-boot", type=int, default=EVALUATION.n_boot, help="bootstrap replicates (--ci bootstrap)")
     sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", type=Path, required=True, help="output directory")
@@ -219,10 +224,10 @@ def _behaviour_commands(add) -> None:
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
     sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
     sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
-    sp.add_argument("--alphas", type=int, default=11, help="grid points in [0, 1]")
-    sp.add_argument("--limit", type=int, default=100, help="test items for the cross-entropies")
-    sp.add_argument("--accuracy-subset", type=int, default=50, help="test items for greedy accuracy")
-    sp.add_argument("--max-new-tokens", type=int, default=256)
+    sp.add_argument("--alphas", type=int, default=LMC.alphas, help="grid points in [0, 1]")
+    sp.add_argument("--limit", type=int, default=LMC.limit, help="test items for the cross-entropies")
+    sp.add_argument("--accuracy-subset", type=int, default=LMC.accuracy_subset, help="test items for greedy accuracy")
+    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
     _generation_opts(sp)
     _run_opts(sp)
 
@@ -232,8 +237,8 @@ def _behaviour_commands(add) -> None:
 
     sp = add("activations", commands.cmd_activations, "pooled per-layer hidden states of one model on the probe set")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
-    sp.add_argument("--n-probe", type=int, default=100)
-    sp.add_argument("--pooling", default="completion_mean", choices=["completion_mean", "last", "mean"])
+    sp.add_argument("--n-probe", type=int, default=CKA.n_probe)
+    sp.add_argument("--pooling", default=CKA.pooling, choices=CKA_POOLINGS)
     _run_opts(sp)
 
     sp = add("cka", commands.cmd_cka, "linear and debiased CKA per layer for every model pair")
