@@ -3,7 +3,8 @@
 Every loss is one module of this package holding a :class:`LossParams` subclass (its parameters, with
 their defaults and documentation, as TRL's ``XConfig`` classes) and a :class:`Loss` subclass (its view
 of the rollouts and its trainer or loss function), instantiated once as the module's ``LOSS``; the
-package's registry finds it by name. Nothing outside this package branches on a loss's name.
+package's registry finds it by name. No view, trainer or job branches on a loss's name (only
+:func:`lossgeom.config.claim_roles` names losses: the paper's six methods and its extra runs).
 
 Two kinds of trainer (``Loss.trainer``):
 
