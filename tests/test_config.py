@@ -415,3 +415,17 @@ def test_training_defaults_are_the_method_spec_s_own():
 
     fields = {f.name: f.default for f in dataclasses.fields(MethodSpec)}
     assert TRAINING_DEFAULTS and all(fields[k] == v for k, v in TRAINING_DEFAULTS.items())
+
+
+def test_generation_backends_take_their_options_from_the_settings_classes():
+    from lossgeom.config import load_schema
+    from lossgeom.engines.engine import OPENAI_DEFAULTS, VLLM_DEFAULTS
+    from lossgeom.settings import GENERATION_BACKENDS
+
+    gen = load_schema(SCHEMA)["properties"]["generation"]["properties"]
+    for backend, cls in GENERATION_BACKENDS.items():
+        assert set(gen[backend]["properties"]) == set(cls.keys()), backend
+    assert VLLM_DEFAULTS == GENERATION_BACKENDS["vllm"].defaults()
+    assert OPENAI_DEFAULTS == GENERATION_BACKENDS["openai"].defaults()
+    # the schema has one "generation" property (a duplicate key used to shadow a missing $defs entry)
+    assert SCHEMA.read_text().count("\n  generation:") == 1

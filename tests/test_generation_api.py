@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from lossgeom.data.rollouts import ROLLOUT_META, served_models
 from lossgeom.engines.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
@@ -352,9 +351,10 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 
 
 def test_schema_and_defaults_name_the_same_openai_settings():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    props = schema["properties"]["generation"]["properties"]["openai"]["properties"]
-    assert set(props) == set(OPENAI_DEFAULTS)
+    from lossgeom.config import load_schema
+
+    props = load_schema(SCHEMA)["properties"]["generation"]["properties"]["openai"]["properties"]
+    assert set(props) == set(OPENAI_DEFAULTS) and all(p["description"] for p in props.values())
     assert OPENAI_DEFAULTS["logprobs"] is False and OPENAI_DEFAULTS["thinking"] is None
     assert OPENAI_DEFAULTS["reasoning_effort"] is None and OPENAI_DEFAULTS["completion"] == "reasoning+answer"
 

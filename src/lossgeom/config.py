@@ -16,7 +16,7 @@ import yaml
 
 from .labels import Label
 from .methods import MethodSpec, MethodSpecError
-from .settings import SECTIONS
+from .settings import GENERATION_BACKENDS, SECTIONS
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,10 @@ def load_schema(schema_path: Path | str) -> dict:
     method["properties"].update(method_schema())
     for key, cls in SECTIONS.items():
         schema["properties"][key].update(description=(cls.__doc__ or "").strip(), properties=cls.schema())
+    for backend, cls in GENERATION_BACKENDS.items():
+        schema["properties"]["generation"]["properties"][backend].update(
+            description=(cls.__doc__ or "").strip(), properties=cls.schema()
+        )
     return schema
 
 

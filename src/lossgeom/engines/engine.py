@@ -27,32 +27,13 @@ from typing import Mapping, Union
 import numpy as np
 
 from ..data.rollouts import FINISH_REASONS
+from ..settings import OpenAISettings, VllmSettings
 
 BACKENDS = ("hf", "vllm", "openai")
-# vLLM options a config may set (generation.vllm), with their defaults: see README "Generation".
-VLLM_DEFAULTS = {
-    "gpu_memory_utilization": 0.85,
-    "max_model_len": 4096,
-    "max_lora_rank": 64,
-    "max_loras": 2,
-    "max_num_seqs": 256,
-    "enforce_eager": False,
-    "cpu_kvcache_gib": 4,
-}
-# API-teacher options (generation.openai), with their defaults: see lossgeom.engines.openai_api.
-OPENAI_DEFAULTS = {
-    "base_url": None,
-    "model": None,
-    "api_key_env": "OPENAI_API_KEY",
-    "max_concurrency": 8,
-    "max_retries": 6,
-    "timeout_s": 600.0,
-    "logprobs": False,  # off unless asked for: DeepSeek's reasoning models refuse the parameter (400)
-    "thinking": None,  # None: send nothing (the endpoint's default); True/False: thinking mode on/off
-    "reasoning_effort": None,  # None: send nothing; else sent as the request's reasoning_effort
-    "completion": "reasoning+answer",  # what a rollout's completion is: "answer" or "reasoning+answer"
-    "max_tokens": None,  # the request's max_tokens (reasoning + answer); None: rollouts.max_new_tokens
-}
+# The options of each backend (generation.vllm, generation.openai) with their defaults and docs: the
+# settings classes of lossgeom.settings (one place; the config schema takes them from there too).
+VLLM_DEFAULTS = VllmSettings.defaults()
+OPENAI_DEFAULTS = OpenAISettings.defaults()
 
 
 class GenerationError(ValueError):
