@@ -25,15 +25,12 @@ looks in each place a release of :data:`TRL_RANGE` has it and stops with one lin
 from __future__ import annotations
 
 import importlib
-import logging
 import warnings
 
 import pandas as pd
 
 from ..losses import MethodSpecError
 from ..losses.online_grpo import GraderReward  # noqa: F401  (online GRPO's reward, importable from here too)
-
-log = logging.getLogger(__name__)
 
 # The TRL releases these trainers were checked against (pyproject.toml pins the same range).
 TRL_RANGE = "trl>=1.0,<2"
