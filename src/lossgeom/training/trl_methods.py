@@ -7,7 +7,7 @@
     simpo         CPOTrainer (experimental)    loss_type="simpo", cpo_alpha=0 (no NLL term: pure SimPO),
                                                beta, simpo_gamma; reference-free, mean log-prob per token
     kto           KTOTrainer                   loss_type="kto", beta, desirable_weight, undesirable_weight
-    online_grpo   GRPOTrainer                  reward = the project's grader (:class:`GraderReward`);
+    online_grpo   GRPOTrainer                  reward = the project's grader (:class:`lossgeom.losses.online_grpo.GraderReward`);
                                                num_generations, max_completion_length, temperature,
                                                beta=kl_coef, scale_rewards, loss_type=grpo_loss_type
 
@@ -30,7 +30,6 @@ import warnings
 import pandas as pd
 
 from ..losses import MethodSpecError
-from ..losses.online_grpo import GraderReward  # noqa: F401  (online GRPO's reward, importable from here too)
 
 # The TRL releases these trainers were checked against (pyproject.toml pins the same range).
 TRL_RANGE = "trl>=1.0,<2"
