@@ -242,7 +242,7 @@ def test_method_spec_does_not_mutate_config(cfg):
 
 def test_method_spec_lora_and_template(cfg):
     cfg["lora"] = {"target_modules": ["q_proj"], "r": 4, "alpha": 8}
-    cfg["model"].pop("prompt_template")
+    assert "prompt_template" not in cfg["model"]  # the default is left out
     spec = method_spec(cfg, "sft")
     assert spec["lora"] == {"target_modules": ["q_proj"], "r": 4, "alpha": 8, "dropout": 0.0, "use_rslora": False}
     assert spec["prompt_template"] == "{question}"
@@ -406,6 +406,86 @@ def test_sections_take_their_keys_defaults_and_docs_from_the_settings_classes():
         }
         assert set(config.get(key, {})) <= set(cls.keys())
     assert section({"test_sets": {"a": {}, "b": {}}, "cka": {}}, "cka")["test_set"] == "a"
+
+
+def _restated_defaults(config: dict) -> list[str]:
+    """Every key of ``config`` that a settings class (or the loss's parameters) gives the same value by default."""
+    from lossgeom.losses import LOSSES
+    from lossgeom.settings import GENERATION_BACKENDS, SCHEMA_SECTIONS, SECTIONS
+    from lossgeom.settings import ToyModelSettings as ToyModel
+
+    by_name = {pointer.rsplit("/", 1)[-1]: cls for pointer, cls in SCHEMA_SECTIONS.items()}
+    places = [(key, config.get(key), by_name[key]) for key in ("model", "toy", "rollouts", "lora", "training")]
+    places += [("prompts", config["prompts"], by_name["problem_source"])]
+    places += [(f"test_sets.{n}", t, by_name["problem_source"]) for n, t in config["test_sets"].items()]
+    places += [(f"toy.models.{n}", m, ToyModel) for n, m in config.get("toy", {}).get("models", {}).items()]
+    places += [(key, config.get(key), cls) for key, cls in SECTIONS.items()]
+    places += [(f"generation.{k}", config.get("generation", {}).get(k), c) for k, c in GENERATION_BACKENDS.items()]
+    places += [(f"methods.{n}", e, LOSSES[e["loss"]].Params) for n, e in config["methods"].items()]
+    out = []
+    for where, given, cls in places:
+        defaults = cls.defaults()
+        for key, value in (given or {}).items():
+            if key in defaults and defaults[key] == value and type(defaults[key]) is type(value):
+                out.append(f"{where}.{key}: {value!r}")
+    return out
+
+
+@pytest.mark.parametrize("name", ["config", "paper", "extended", "rehearsal"])
+def test_a_config_file_says_only_what_it_sets(name):
+    """Our choice for issue 20: a config file gives only what differs from the defaults (or has none), so
+    a default is one line of lossgeom.settings (or a loss module) and no copy of it can drift."""
+    config = load(ROOT / "config" / f"{name}.yaml", SCHEMA)
+    assert _restated_defaults(config) == []
+
+
+def test_the_restated_defaults_check_finds_one():
+    config = yaml.safe_load(DEFAULT.read_text())
+    config["training"]["grad_accum"] = 1
+    config["methods"]["rift"]["positive_reward"] = 1.0
+    config["test_sets"]["toy"]["grader"] = "exact"
+    assert sorted(_restated_defaults(config)) == [
+        "methods.rift.positive_reward: 1.0",
+        "test_sets.toy.grader: 'exact'",
+        "training.grad_accum: 1",
+    ]
+
+
+def test_with_defaults_fills_every_settings_key_and_changes_nothing_given():
+    from lossgeom.config import with_defaults
+    from lossgeom.settings import ModelSettings, ProblemSourceSettings, RolloutsSettings, ToyModelSettings
+
+    config = load(DEFAULT, SCHEMA)
+    before = copy.deepcopy(config)
+    full = with_defaults(config)
+    assert config == before  # not changed in place
+    assert set(full["model"]) == set(ModelSettings.keys()) and full["model"]["teacher"] == "toy"
+    assert set(full["rollouts"]) == set(RolloutsSettings.keys()) and full["rollouts"]["import"] is None
+    assert set(full["test_sets"]["toy"]) == set(ProblemSourceSettings.keys())
+    assert full["test_sets"]["toy"]["split"] == "test" and full["prompts"]["split"] == "train"
+    assert all(set(m) == set(ToyModelSettings.keys()) for m in full["toy"]["models"].values())
+    assert full["toy"]["max_operand"] == 4 and full["toy"]["min_steps"] == 2
+    assert full["lmc"]["test_set"] == "toy" and full["evaluation"]["mid_p"] is False
+    # a config that leaves the teacher out samples from the base (not from a toy model it may not have)
+    no_teacher = copy.deepcopy(before)
+    del no_teacher["model"]["teacher"]
+    assert with_defaults(no_teacher)["model"]["teacher"] == "base"
+
+
+def test_every_section_with_a_settings_class_is_generated_into_the_schema():
+    from lossgeom.config import load_schema
+    from lossgeom.settings import SCHEMA_SECTIONS
+
+    schema = load_schema(SCHEMA)
+    for pointer, cls in SCHEMA_SECTIONS.items():
+        node = schema
+        for part in pointer.split("/"):
+            node = node[part]
+        assert set(node["properties"]) == set(cls.keys()), pointer
+        assert node["additionalProperties"] is False and all(p["description"] for p in node["properties"].values())
+        assert node.get("required", []) == list(cls.required()), pointer
+    method = schema["$defs"]["method"]["properties"]
+    assert method["warmup_ratio"] == schema["properties"]["training"]["properties"]["warmup_ratio"]
 
 
 def test_training_defaults_are_the_method_spec_s_own():

@@ -997,6 +997,8 @@ OOM_CASES = [
             json.dumps({"batch_size": 64}),
             "--world",
             str(w.world),
+            "--seed",
+            "0",
             "--out",
             str(out.parent / "base"),
         ],

@@ -15,10 +15,20 @@ import sys
 from pathlib import Path
 
 from . import cli_commands as commands
-from .settings import CkaSettings, EvaluationSettings, GeometrySettings, LmcSettings
+from .settings import (
+    DTYPES,
+    CkaSettings,
+    EvaluationSettings,
+    GeometrySettings,
+    LmcSettings,
+    ModelSettings,
+    RolloutsSettings,
+    TrainingSettings,
+)
 
 # flag defaults are the settings classes' (one place per default): the rules pass every value anyway
 EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
+MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
 CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
 
 log = logging.getLogger("lossgeom")
@@ -84,9 +94,9 @@ def _adder(sub):
 
 
 def _model_opts(sp):
-    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    sp.add_argument("--dtype", default=MODEL["dtype"], choices=DTYPES)
     sp.add_argument("--trust-remote-code", action="store_true")
-    sp.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
 
 
 def _generation_opts(sp):
@@ -98,7 +108,7 @@ def _generation_opts(sp):
     )
 
 
-def _run_opts(sp, test_set_arg="--test-set"):
+def _run_opts(sp, batch_size: int, test_set_arg="--test-set"):
     sp.add_argument("--base", required=True, help="base model: hub id or local directory")
     sp.add_argument(
         test_set_arg,
@@ -108,13 +118,13 @@ def _run_opts(sp, test_set_arg="--test-set"):
         help="problem source(s) as JSON",
     )
     sp.add_argument("--toy-dir", type=Path, default=None)
-    sp.add_argument("--template", default="{question}")
+    sp.add_argument("--template", default=MODEL["prompt_template"])
     sp.add_argument(
         "--answer-template",
         default=None,
         help="how a gold answer is written, with {answer} (default: what --template asks for)",
     )
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=batch_size)
     sp.add_argument("--out", type=Path, required=True)
     _model_opts(sp)
 
@@ -128,9 +138,9 @@ def _toy_rollouts_training_commands(add) -> None:
     sp = add("toy-model", commands.cmd_toy_model, "train a toy base or teacher model from scratch")
     sp.add_argument("--spec", type=_json, required=True, help="toy.models.<name> as JSON")
     sp.add_argument("--world", type=Path, required=True, help="directory written by toy-world")
-    sp.add_argument("--template", default="{question}")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--template", default=MODEL["prompt_template"])
+    sp.add_argument("--seed", type=int, required=True, help="the model's init and data seed")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"])
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add("rollouts", commands.cmd_rollouts, "sample and grade K completions per prompt")
@@ -138,7 +148,7 @@ def _toy_rollouts_training_commands(add) -> None:
     sp.add_argument("--problems", type=_json, required=True, help="a problem_source config entry, as JSON")
     sp.add_argument("--toy-dir", type=Path, default=None)
     sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
-    sp.add_argument("--template", default="{question}")
+    sp.add_argument("--template", default=MODEL["prompt_template"])
     sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
     _generation_opts(sp)
     sp.add_argument(
@@ -206,7 +216,7 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
     _generation_opts(sp)
-    _run_opts(sp, "--test-sets")
+    _run_opts(sp, EVALUATION.batch_size, "--test-sets")
 
     sp = add("eval-stats", commands.cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
     sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
@@ -218,7 +228,7 @@ def _behaviour_commands(add) -> None:
     )
     sp.add_argument("--n-boot", type=int, default=EVALUATION.n_boot, help="bootstrap replicates (--ci bootstrap)")
     sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=EVALUATION.seed, help="the bootstrap's seed")
     sp.add_argument("--out", type=Path, required=True, help="output directory")
 
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
@@ -229,7 +239,7 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("--accuracy-subset", type=int, default=LMC.accuracy_subset, help="test items for greedy accuracy")
     sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
     _generation_opts(sp)
-    _run_opts(sp)
+    _run_opts(sp, EVALUATION.batch_size)
 
     sp = add("lmc-summary", commands.cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
     sp.add_argument("sweeps", nargs="+", type=Path)
@@ -239,7 +249,7 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--n-probe", type=int, default=CKA.n_probe)
     sp.add_argument("--pooling", default=CKA.pooling, choices=CKA_POOLINGS)
-    _run_opts(sp)
+    _run_opts(sp, CKA.batch_size)
 
     sp = add("cka", commands.cmd_cka, "linear and debiased CKA per layer for every model pair")
     sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
@@ -311,7 +321,7 @@ def _out_of_memory(a) -> str:
     elif a.command == "rollouts":
         key, batch = (
             "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization or max_num_seqs)",
-            spec.get("batch_size", 32),
+            RolloutsSettings.filled(spec)["batch_size"],
         )
     else:
         key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size", "activations": "cka.batch_size"}[

@@ -34,24 +34,25 @@ def cmd_rollouts(a):
     from .engines.engine import GenerationSpec
     from .fsutil import write_table
     from .generation.sampling import rollout_sampling, sample_rollouts
+    from .settings import ProblemSourceSettings, RolloutsSettings
 
-    problems = load_problems(a.problems, a.toy_dir)
-    spec, gen = a.spec, GenerationSpec.from_dict(a.generation)
-    grader = spec.get("grader", "exact")
+    source = ProblemSourceSettings.filled(a.problems)
+    problems = load_problems(source, a.toy_dir)
+    spec, gen = RolloutsSettings.filled(a.spec), GenerationSpec.from_dict(a.generation)
     # every gold is read before any request is sent or sample drawn; left-out items are logged there
     golds = parse_golds(
-        problems, get_grader(grader), f"prompts ({a.problems['source']})", a.problems.get("unparsable_gold", "stop")
+        problems, get_grader(spec["grader"]), f"prompts ({source['source']})", source["unparsable_gold"]
     )
     kept = [g is not None for g in golds]
     problems, golds = problems[kept].reset_index(drop=True), [g for g in golds if g is not None]
     kw = dict(
         k=spec["k"],
         temperature=spec["temperature"],
-        top_p=spec.get("top_p", 1.0),
+        top_p=spec["top_p"],
         max_new_tokens=spec["max_new_tokens"],
-        grader=grader,
+        grader=spec["grader"],
         template=a.template,
-        seed=spec.get("seed", 0),
+        seed=spec["seed"],
         golds=golds,
     )
     if gen.backend == "openai":
@@ -70,7 +71,7 @@ def cmd_rollouts(a):
         )
     else:
         with open_engine(
-            gen, a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code, batch_size=spec.get("batch_size", 32)
+            gen, a.model, dtype=a.dtype, trust_remote_code=a.trust_remote_code, batch_size=spec["batch_size"]
         ) as engine:
             suffix = "" if engine.name == "hf" else f" ({engine.name})"
             df = sample_rollouts(

@@ -16,7 +16,17 @@ import yaml
 
 from .labels import Label
 from .methods import MethodSpec, MethodSpecError
-from .settings import GENERATION_BACKENDS, SECTIONS
+from .settings import (
+    SCHEMA_SECTIONS,
+    SECTIONS,
+    LoraSettings,
+    ModelSettings,
+    ProblemSourceSettings,
+    RolloutsSettings,
+    ToyModelSettings,
+    ToySettings,
+    TrainingSettings,
+)
 
 
 class ConfigError(ValueError):
@@ -48,23 +58,26 @@ def _describe(error) -> str:
 
 
 def load_schema(schema_path: Path | str) -> dict:
-    """The config's JSON schema: the YAML file, with each registered loss's parameters and the list of
-    losses added to the method entry from the loss registry (their one place of declaration)."""
+    """The config's JSON schema: the YAML file (the study's structure), with every section that has a
+    settings class (:data:`lossgeom.settings.SCHEMA_SECTIONS`) and each registered loss's parameters
+    added from their one place of declaration."""
     from .losses import LOSSES, method_schema
+    from .methods import OPTIM_KEYS
 
     schema = yaml.safe_load(Path(schema_path).read_text())
+    for pointer, cls in SCHEMA_SECTIONS.items():
+        node = schema
+        for part in pointer.split("/"):
+            node = node[part]
+        node.update(cls.object_schema())
     method = schema["$defs"]["method"]
     method["properties"]["loss"]["enum"] = list(LOSSES)
+    training = TrainingSettings.schema()
+    method["properties"].update({k: training[k] for k in OPTIM_KEYS})
     clash = sorted(set(method["properties"]) & set(method_schema()))
     if clash:
         raise ConfigError(f"{schema_path}: method key {clash[0]!r} is declared both in the schema and by a loss")
     method["properties"].update(method_schema())
-    for key, cls in SECTIONS.items():
-        schema["properties"][key].update(description=(cls.__doc__ or "").strip(), properties=cls.schema())
-    for backend, cls in GENERATION_BACKENDS.items():
-        schema["properties"]["generation"]["properties"][backend].update(
-            description=(cls.__doc__ or "").strip(), properties=cls.schema()
-        )
     return schema
 
 
@@ -173,6 +186,29 @@ def load(path: Path | str, schema_path: Path | str) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"config error: {path} must hold a mapping at the top level")
     return validate(config, schema_path)
+
+
+def with_defaults(config: dict) -> dict:
+    """A validated ``config`` with every section that has a settings class filled with its defaults
+    (a new dict; the given one is not changed): model, toy (and its two models), prompts, each test set,
+    rollouts, lora, training, evaluation, lmc, cka and geometry. The workflow reads the filled config,
+    so no rule and no command keeps a default of its own: each is one line of :mod:`lossgeom.settings`.
+    The generation backends' options are filled where they are used (:mod:`lossgeom.engines.engine`),
+    so a stage that does not use a backend does not see its options."""
+    out = dict(config)
+    out["model"] = ModelSettings.filled(config["model"])
+    if config.get("toy"):
+        toy = ToySettings.filled(config["toy"])
+        toy["models"] = {name: ToyModelSettings.filled(spec) for name, spec in toy["models"].items()}
+        out["toy"] = toy
+    out["prompts"] = ProblemSourceSettings.filled(config["prompts"])
+    out["test_sets"] = {name: ProblemSourceSettings.filled(spec) for name, spec in config["test_sets"].items()}
+    out["rollouts"] = RolloutsSettings.filled(config["rollouts"])
+    out["lora"] = LoraSettings.filled(config["lora"])
+    out["training"] = TrainingSettings.filled(config["training"])
+    for key in SECTIONS:
+        out[key] = section(config, key)
+    return out
 
 
 # ---- narrow views -------------------------------------------------------------------------------

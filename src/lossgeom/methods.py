@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from .losses import LOSSES as LOSS_REGISTRY
 from .losses import Loss, LossParams, MethodSpecError, get_loss
+from .settings import LoraSettings, ModelSettings, TrainingSettings
 
 # Keys of ``training`` a method entry may override (a method with fewer ``steps``, such as online
 # GRPO, sets its own ``save_steps`` and ``analysis_step`` too).
@@ -35,14 +36,18 @@ OPTIM_KEYS = (
     "checkpoint_every",
     "truncated",
 )
-TRUNCATED_POLICIES = ("drop", "no_eos")
+TRUNCATED_POLICIES = tuple(TrainingSettings.schema()["truncated"]["enum"])
 # Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
 # loss: lossgeom.losses); kept here as names other modules read.
 LOSSES = tuple(LOSS_REGISTRY)
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {name: loss.Params.defaults() for name, loss in LOSS_REGISTRY.items()}
 LOSS_KEYS = {name: loss.Params.keys() for name, loss in LOSS_REGISTRY.items()}
 ALL_LOSS_KEYS = tuple(dict.fromkeys(k for keys in LOSS_KEYS.values() for k in keys))
-LORA_DEFAULTS = {"dropout": 0.0, "use_rslora": False}
+# The keys of ``training`` and ``lora`` a config may leave out, with their defaults (their one place:
+# lossgeom.settings), and the keys a method entry may override.
+TRAINING_DEFAULTS: dict[str, Any] = TrainingSettings.defaults()
+LORA_DEFAULTS: dict[str, Any] = LoraSettings.defaults()
+_T = TRAINING_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,8 @@ class LoraSpec:
     target_modules: tuple[str, ...]
     r: int
     alpha: float
-    dropout: float = 0.0
-    use_rslora: bool = False
+    dropout: float = LORA_DEFAULTS["dropout"]
+    use_rslora: bool = LORA_DEFAULTS["use_rslora"]
 
     def to_dict(self) -> dict:
         return {
@@ -101,18 +106,18 @@ class MethodSpec:
     batch_size: int
     learning_rate: float
     params: LossParams
-    grad_accum: int = 1
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_length: int = 1024
-    precision: str = "fp32"
-    data_seed: int | None = None
-    threads: int = 1
-    truncated: str = "drop"
-    checkpoint_every: int | None = None
-    prompt_template: str = "{question}"
+    grad_accum: int = _T["grad_accum"]
+    lr_scheduler: str = _T["lr_scheduler"]
+    warmup_ratio: float = _T["warmup_ratio"]
+    weight_decay: float = _T["weight_decay"]
+    max_grad_norm: float = _T["max_grad_norm"]
+    max_length: int = _T["max_length"]
+    precision: str = _T["precision"]
+    data_seed: int | None = _T["data_seed"]
+    threads: int = _T["threads"]
+    truncated: str = _T["truncated"]
+    checkpoint_every: int | None = _T["checkpoint_every"]
+    prompt_template: str = ModelSettings.defaults()["prompt_template"]
 
     def __post_init__(self):
         where = f"method {self.method!r}"
@@ -190,7 +195,7 @@ class MethodSpec:
         values["method"] = method
         values["lora"] = {**LORA_DEFAULTS, **config["lora"]}
         values["save_steps"] = sorted(set(values["save_steps"]) | {values["analysis_step"]})
-        values["prompt_template"] = config["model"].get("prompt_template", "{question}")
+        values["prompt_template"] = ModelSettings.filled(config["model"])["prompt_template"]
         return cls.from_dict(values)
 
     @classmethod
@@ -248,23 +253,3 @@ class MethodSpec:
     def to_json(self) -> str:
         """Compact, key-sorted JSON: a stable rule param (Snakemake reruns a job when it changes)."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-
-# The training keys a config may leave out, with their defaults: MethodSpec's own field defaults (one place).
-TRAINING_DEFAULTS: dict[str, Any] = {
-    f.name: f.default
-    for f in dataclasses.fields(MethodSpec)
-    if f.name
-    in (
-        "grad_accum",
-        "lr_scheduler",
-        "warmup_ratio",
-        "weight_decay",
-        "max_grad_norm",
-        "max_length",
-        "precision",
-        "data_seed",
-        "threads",
-        "truncated",
-    )
-}

@@ -1,9 +1,9 @@
 # What the deltas do: one evaluation and one activation job per model (base and every adapter), one
 # connectivity sweep per pair, and cheap aggregates (statistics, barriers, CKA) over their outputs.
 
-EVAL = cfg.section(config, "evaluation")
-LMC = cfg.section(config, "lmc")
-CKA = cfg.section(config, "cka")
+EVAL = config["evaluation"]
+LMC = config["lmc"]
+CKA = config["cka"]
 MODELS = ["base", *LABELS]
 
 
@@ -60,6 +60,7 @@ rule eval_stats:
         ci=EVAL["ci"],
         n_boot=EVAL["n_boot"],
         mid_p="--mid-p" if EVAL["mid_p"] else "",
+        seed=EVAL["seed"],
         out=parent_of(0),
     resources:
         mem_mb=RES["cpu_mem_mb"],
@@ -71,7 +72,7 @@ rule eval_stats:
     benchmark:
         f"{RESULTS}/benchmarks/eval_stats.tsv"
     shell:
-        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --out {params.out} > {log} 2>&1"
+        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --seed {params.seed} --out {params.out} > {log} 2>&1"
 
 
 rule lmc:

@@ -8,11 +8,13 @@ from lossgeom import config as cfg
 from lossgeom.data.prompting import answer_template
 from lossgeom.methods import MethodSpec
 
-# One line naming the key and what was expected, before any job is scheduled.
+# One line naming the key and what was expected, before any job is scheduled; then every default
+# filled in from lossgeom.settings (their one place), so no rule keeps a default of its own.
 try:
     cfg.validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 except cfg.ConfigError as err:
     raise WorkflowError(str(err)) from None
+config.update(cfg.with_defaults(config))
 
 
 RESULTS = "results"
@@ -24,12 +26,12 @@ FIGURE_CODE = Path(os.path.relpath(Path(workflow.basedir) / "src" / "lossgeom" /
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
-TEMPLATE = config["model"].get("prompt_template", "{question}")
+TEMPLATE = config["model"]["prompt_template"]
 # How a bare gold answer is written after the prompt (answer cross-entropy, probes): as the prompt asks
-ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"].get("answer_template"))
+ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"]["answer_template"])
 ENV = "../../envs/lossgeom.yaml"
-DTYPE = config["model"].get("dtype", "float32")
-REMOTE = "--trust-remote-code" if config["model"].get("trust_remote_code", False) else ""
+DTYPE = config["model"]["dtype"]
+REMOTE = "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
 
 
 # Default job resources; a profile overrides them per rule (set-resources) without touching rules.
@@ -66,7 +68,7 @@ def as_json(obj):
 
 def model_path(name):
     """A model entry: 'toy' is the workflow's own toy model, anything else a hub id or a directory."""
-    value = config["model"].get(name, "toy") if name == "teacher" else config["model"]["base"]
+    value = config["model"][name]
     if value == "base":
         return model_path("base")
     return f"{TOY}/models/{name}" if value == "toy" else value

@@ -2,7 +2,7 @@
 
 from lossgeom.geometry.tables import SQUARE_METRICS
 
-GEOMETRY = cfg.section(config, "geometry")  # with the defaults of lossgeom.settings.GeometrySettings
+GEOMETRY = config["geometry"]
 BASE_ALIGNMENT = GEOMETRY["base_alignment"]
 # Every table the geometry job writes (lossgeom.geometry.write_geometry), by name: one square matrix
 # per metric of SQUARE_METRICS, then the long-form tables; base_alignment.tsv only with a base model.

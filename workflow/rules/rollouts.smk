@@ -1,7 +1,7 @@
 # Rollouts: K graded samples per prompt from the teacher (or the base), or an imported file.
 
 
-if config["rollouts"].get("import"):
+if config["rollouts"]["import"]:
 
     localrules:
         import_rollouts,
@@ -30,12 +30,12 @@ else:
 
     rule rollouts:
         input:
-            **({} if ROLLOUT_API else model_input(config["rollouts"].get("sampler", "teacher"))),
+            **({} if ROLLOUT_API else model_input(config["rollouts"]["sampler"])),
             **toy_input(config["prompts"]),
         output:
             rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
         params:
-            model=model_arg(config["rollouts"].get("sampler", "teacher")),
+            model=model_arg(config["rollouts"]["sampler"]),
             problems=as_json(config["prompts"]),
             spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
             toy_dir=toy_dir_arg,
@@ -62,7 +62,7 @@ else:
 
 
 # The rollout table, whichever rule wrote it: what training and the summary read.
-ROLLOUTS = (rules.import_rollouts if config["rollouts"].get("import") else rules.rollouts).output.rollouts
+ROLLOUTS = (rules.import_rollouts if config["rollouts"]["import"] else rules.rollouts).output.rollouts
 
 
 localrules:

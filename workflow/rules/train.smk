@@ -14,7 +14,7 @@ rule train:
         checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}",
         dtype=DTYPE,
         remote=REMOTE,
-    threads: lambda w: config["training"].get("threads", 1)
+    threads: lambda w: config["training"]["threads"]
     resources:
         gpu=1,
         mem_mb=RES["gpu_mem_mb"],

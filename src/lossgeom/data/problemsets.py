@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..fsutil import read_parquet_or, read_utf8_lines
+from ..settings import ProblemSourceSettings
 from .grading import GoldError, Grader, get_grader, parse_gold
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,16 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
     Raises ``ProblemSetError`` naming the source when it is empty or lacks a configured field.
     Gold answers are not read here: the grader reads them (:func:`parse_golds`).
     """
-    source = spec["source"]
-    split = spec.get("split", "train")
+    spec = ProblemSourceSettings.filled(spec)
+    source, split = spec["source"], spec["split"]
     if source == "toy":
         if toy_dir is None:
             raise ProblemSetError("problem source 'toy' needs the toy world's directory")
         df = read_records(str(Path(toy_dir) / "problems" / f"{split}.jsonl"))
         qf, af, idf = "question", "solution", "id"
     else:
-        df = read_records(source, split, spec.get("subset"))
-        qf, af = spec.get("question_field", "question"), spec.get("answer_field", "answer")
-        idf = spec.get("id_field")
+        df = read_records(source, split, spec["subset"])
+        qf, af, idf = spec["question_field"], spec["answer_field"], spec["id_field"]
     if df.empty:
         raise ProblemSetError(f"problem source {source!r} (split {split!r}) is empty")
     for field in [qf, af] + ([idf] if idf else []):
@@ -106,7 +106,7 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
     if out["id"].duplicated().any():
         dup = out.loc[out["id"].duplicated(), "id"].iloc[0]
         raise ProblemSetError(f"problem source {source!r} has duplicate id {dup!r}")
-    limit = spec.get("limit")
+    limit = spec["limit"]
     if limit:
         out = out.iloc[:limit].reset_index(drop=True)
     if out.empty:
@@ -165,11 +165,9 @@ def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable
 
 def load_test_set(spec: dict, toy_dir: Path | None, name: str) -> tuple[pd.DataFrame, list]:
     """:func:`load_problems` and the parsed golds (:func:`parse_golds`, None where left out) of a test set."""
+    spec = ProblemSourceSettings.filled(spec)
     problems = load_problems(spec, toy_dir)
     golds = parse_golds(
-        problems,
-        get_grader(spec.get("grader", "exact")),
-        f"test set {name} ({spec['source']})",
-        spec.get("unparsable_gold", "stop"),
+        problems, get_grader(spec["grader"]), f"test set {name} ({spec['source']})", spec["unparsable_gold"]
     )
     return problems, golds

@@ -23,6 +23,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from ..data.prompting import prompt_completion
 from ..fsutil import atomic_dir
+from ..settings import ToyModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +31,21 @@ log = logging.getLogger(__name__)
 def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     """A Qwen3 config from the ``toy.models.<name>`` entry: hidden_size, layers, heads, kv_heads,
     head_dim (default ``hidden_size / heads``; Qwen3 allows ``heads * head_dim != hidden_size``), mlp_ratio."""
+    spec = ToyModelSettings.filled(spec)
     hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
-    if "head_dim" not in spec and hidden % heads:
+    if spec["head_dim"] is None and hidden % heads:
         raise ValueError(
             f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim"
         )
     return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
-        intermediate_size=int(spec.get("mlp_ratio", 3) * hidden),
+        intermediate_size=int(spec["mlp_ratio"] * hidden),
         num_hidden_layers=spec["num_layers"],
         num_attention_heads=heads,
         num_key_value_heads=spec["num_key_value_heads"],
-        head_dim=spec.get("head_dim", hidden // heads),
-        max_position_embeddings=spec.get("max_position_embeddings", 256),
+        head_dim=spec["head_dim"] or hidden // heads,
+        max_position_embeddings=spec["max_position_embeddings"],
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -100,12 +102,13 @@ def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed
     """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
-    batch_size, learning_rate (and optional head_dim, mlp_ratio, warmup_ratio, ``style``: a row kind or
-    a mixture, default ``terse``, and ``cue``). Returns the final train loss
+    batch_size, learning_rate and the optional keys of :class:`~lossgeom.settings.ToyModelSettings` (head_dim,
+    mlp_ratio, warmup_ratio, ``style``: a row kind or a mixture, and ``cue``), at their defaults when missing. Returns the final train loss
     and parameter count. Deterministic for a fixed seed and thread count on CPU.
     """
     from trl import SFTConfig, SFTTrainer
 
+    spec = ToyModelSettings.filled(spec)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     model = Qwen3ForCausalLM(qwen3_config(spec, len(tokenizer), tokenizer))
@@ -118,7 +121,7 @@ def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed
             per_device_train_batch_size=spec["batch_size"],
             learning_rate=spec["learning_rate"],
             lr_scheduler_type="cosine",
-            warmup_steps=spec.get("warmup_ratio", 0.05),
+            warmup_steps=spec["warmup_ratio"],
             weight_decay=0.01,
             max_grad_norm=1.0,
             seed=seed,
@@ -135,9 +138,7 @@ def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=solution_dataset(
-                tokenizer, problems, template, spec.get("style", "terse"), seed, spec.get("cue")
-            ),
+            train_dataset=solution_dataset(tokenizer, problems, template, spec["style"], seed, spec["cue"]),
             processing_class=tokenizer,
         )
         result = trainer.train()

@@ -23,6 +23,11 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from ..settings import ToySettings
+
+# the toy section's defaults (lossgeom.settings.ToySettings: their one place)
+_LIMITS = ToySettings.defaults()
+
 NAMES = ("Ava", "Ben", "Cleo", "Dan", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia")
 _SHE = frozenset({"Ava", "Cleo", "Fay", "Ivy", "Kim", "Mia"})
 ITEMS = ("apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles")
@@ -58,7 +63,11 @@ class Problem:
 
 
 def make_problem(
-    rng: random.Random, n_steps: int, max_start: int = 15, max_operand: int = 9, max_double: int = 20
+    rng: random.Random,
+    n_steps: int,
+    max_start: int = _LIMITS["max_start"],
+    max_operand: int = _LIMITS["max_operand"],
+    max_double: int = _LIMITS["max_double"],
 ) -> Problem:
     """Draw one problem of ``n_steps`` operations; intermediate values stay positive.
 
@@ -103,7 +112,12 @@ def make_problem(
 
 
 def generate_splits(
-    seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 3, **limits
+    seed: int,
+    n_train: int,
+    n_test: int,
+    min_steps: int = _LIMITS["min_steps"],
+    max_steps: int = _LIMITS["max_steps"],
+    **limits,
 ) -> tuple[list[Problem], list[Problem]]:
     """Deterministic train and test problems with disjoint questions.
 

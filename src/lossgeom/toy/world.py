@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..data.prompting import prompt_string
 from ..fsutil import atomic_dir
+from ..settings import ToySettings
 from .problems import generate_splits
 from .tokenizer import build_tokenizer
 
@@ -22,8 +23,10 @@ PROBLEM_LIMIT_KEYS = ("min_steps", "max_steps", "max_start", "max_operand", "max
 
 
 def build_world(spec: dict, out_dir: Path) -> dict:
-    """Generate the splits and train the tokenizer from the ``toy`` config section; returns counts."""
-    limits = {k: spec[k] for k in PROBLEM_LIMIT_KEYS if k in spec}
+    """Generate the splits and train the tokenizer from the ``toy`` config section (missing keys at
+    :class:`~lossgeom.settings.ToySettings`' defaults); returns counts."""
+    spec = ToySettings.filled(spec)
+    limits = {k: spec[k] for k in PROBLEM_LIMIT_KEYS}
     train, test = generate_splits(spec["seed"], spec["n_train"], spec["n_test"], **limits)
     with atomic_dir(out_dir) as tmp:
         (tmp / "problems").mkdir()
@@ -34,7 +37,7 @@ def build_world(spec: dict, out_dir: Path) -> dict:
         # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
         # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
         bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
-        cues = [m["cue"] for m in spec.get("models", {}).values() if m.get("cue")]
+        cues = [m["cue"] for m in spec["models"].values() if m.get("cue")]
         corpus = [
             prompt_string(bootstrap, p.question) + s + "<|im_end|>"
             for p in train
