@@ -126,3 +126,13 @@ class Label:
         adapter saved at that step (``.../step{step}``)."""
         path = Path(results_root) / "adapters" / self.method / self.dir_name
         return path if step is None else step_dir(path, step)
+
+
+def wildcard_pattern(methods, replicates: bool = True) -> str:
+    """A regex matching exactly the labels of ``methods`` (a Snakemake wildcard constraint): ``{m}/seed<N>``,
+    and ``{m}/seed<N>data<M>`` too where ``replicates``; seeds canonical as :meth:`Label.parse` reads them."""
+    names = sorted(methods, key=len, reverse=True)  # longest first: "sft_lr10x" before "sft"
+    for name in names:
+        Label(name, 0)  # checks the method's form
+    data = rf"(?:data{_INT})?" if replicates else ""
+    return rf"(?:{'|'.join(map(re.escape, names))})/seed{_INT}{data}"

@@ -8,7 +8,7 @@ MODELS = ["base", *LABELS]
 
 
 wildcard_constraints:
-    model=r"base|[A-Za-z0-9_-]+/seed\d+",
+    model=f"base|{STUDY_LABEL}",
 
 
 rule evaluate:
@@ -77,17 +77,15 @@ rule eval_stats:
 
 rule lmc:
     input:
-        first=f"{RESULTS}/adapters/{{ma}}/seed{{sa}}",
-        second=f"{RESULTS}/adapters/{{mb}}/seed{{sb}}",
+        first=rules.train.output.adapter.replace("{label}", "{first}"),
+        second=rules.train.output.adapter.replace("{label}", "{second}"),
         **model_input("base"),
         **toy_input(config["test_sets"][LMC["test_set"]]),
     output:
-        sweep=f"{RESULTS}/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv",
+        sweep=f"{RESULTS}/lmc/{{first}}/{{second}}.tsv",
     wildcard_constraints:
-        ma="|".join(config["methods"]),
-        mb="|".join(config["methods"]),
-        sa=r"\d+",
-        sb=r"\d+",
+        first=STUDY_LABEL,
+        second=STUDY_LABEL,
     params:
         base=model_arg("base"),
         toy=toy_dir_arg,
@@ -108,12 +106,12 @@ rule lmc:
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.log",
+        f"{RESULTS}/logs/lmc/{{first}}/{{second}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/lmc/{{ma}}/seed{{sa}}/{{mb}}/seed{{sb}}.tsv"
+        f"{RESULTS}/benchmarks/lmc/{{first}}/{{second}}.tsv"
     shell:
-        "lossgeom lmc --base {params.base} --first {wildcards.ma}/seed{wildcards.sa}={input.first}"
-        " --second {wildcards.mb}/seed{wildcards.sb}={input.second} --test-set {params.test_set:q} {params.toy}"
+        "lossgeom lmc --base {params.base} --first {wildcards.first}={input.first}"
+        " --second {wildcards.second}={input.second} --test-set {params.test_set:q} {params.toy}"
         " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
         " --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
         " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lossgeom import config as cfg
 from lossgeom.data.prompting import answer_template
+from lossgeom.labels import Label, wildcard_pattern
 from lossgeom.methods import MethodSpec
 
 # One line naming the key and what was expected, before any job is scheduled; then every default
@@ -56,9 +57,12 @@ localrules:
     training_figures,
 
 
+# An adapter label as a wildcard: the study's methods only, seeds canonical (lossgeom.labels)
+STUDY_LABEL = wildcard_pattern(config["methods"], replicates=False)
+
+
 wildcard_constraints:
-    method="|".join(config["methods"]),
-    seed=r"\d+",
+    label=wildcard_pattern(config["methods"]),
 
 
 def as_json(obj):
@@ -102,8 +106,15 @@ def toy_input(*sources):
 
 
 def adapter_dir(label):
-    cfg.parse_label(label)  # checks the form: method/seed<N>, or method/seed<N>data<M> for a replicate
-    return f"{RESULTS}/adapters/{label}"
+    """The adapter directory of a label (the train rule's output; Label.parse checks the form)."""
+    return rules.train.output.adapter.format(label=Label.parse(label))
+
+
+def train_spec(label):
+    """The train job's --spec: the method's resolved spec, with the label's data seed for a replicate."""
+    label = Label.parse(label)
+    spec = MethodSpec.from_config(config, label.method)
+    return (spec if label.data_seed is None else spec.with_data_seed(label.data_seed)).to_json()
 
 
 def figure_code(module):
@@ -154,5 +165,4 @@ def toy_dir_arg(wildcards, input):
 
 def lmc_sweep(a, b):
     """The sweep table of the adapter pair (a, b), alpha = 0 at a and 1 at b (an output of the lmc rule)."""
-    (ma, sa), (mb, sb) = cfg.parse_label(a), cfg.parse_label(b)
-    return rules.lmc.output.sweep.format(ma=ma, sa=sa, mb=mb, sb=sb)
+    return rules.lmc.output.sweep.format(first=Label.parse(a), second=Label.parse(b))

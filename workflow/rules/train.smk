@@ -1,4 +1,4 @@
-# Training: one job per (method, seed). Checkpoints live outside the output directory so that a
+# Training: one job per adapter label (method, seed[, data seed]). Checkpoints live outside the output directory so that a
 # killed (or preempted) job resumes from them when it is rerun.
 
 
@@ -7,11 +7,14 @@ rule train:
         rollouts=ROLLOUTS,
         **model_input("base"),
     output:
-        adapter=directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}"),
+        # {label}: method/seed<N> (an adapter of the study) or method/seed<N>data<M> (a data-order
+        # replicate: the LoRA init of N, the data order of M; the geometry's data-order noise floor)
+        adapter=directory(f"{RESULTS}/adapters/{{label}}"),
     params:
-        spec=lambda w: MethodSpec.from_config(config, w.method).to_json(),
+        spec=lambda w: train_spec(w.label),
+        seed=lambda w: Label.parse(w.label).seed,
         base=model_arg("base"),
-        checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}",
+        checkpoints=f"{RESULTS}/checkpoints/{{label}}",
         dtype=DTYPE,
         remote=REMOTE,
     threads: lambda w: config["training"]["threads"]
@@ -22,30 +25,13 @@ rule train:
     conda:
         ENV
     log:
-        f"{RESULTS}/logs/train/{{method}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/train/{{label}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{method}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{label}}.tsv"
     shell:
-        "lossgeom train --spec {params.spec:q} --seed {wildcards.seed} --rollouts {input.rollouts}"
+        "lossgeom train --spec {params.spec:q} --seed {params.seed} --rollouts {input.rollouts}"
         " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
         " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
-
-
-# A data-order replicate: the LoRA init of {seed}, the data order of {data_seed} (the geometry's
-# data-order noise floor; config key data_order_replicate). The same job as train, but for the data
-# seed in its spec and its own paths.
-use rule train as train_replicate with:
-    output:
-        adapter=directory(f"{RESULTS}/adapters/{{method}}/seed{{seed}}data{{data_seed}}"),
-    wildcard_constraints:
-        data_seed=r"\d+",
-    params:
-        spec=lambda w: MethodSpec.from_config(config, w.method).with_data_seed(int(w.data_seed)).to_json(),
-        checkpoints=f"{RESULTS}/checkpoints/{{method}}/seed{{seed}}data{{data_seed}}",
-    log:
-        f"{RESULTS}/logs/train/{{method}}/seed{{seed}}data{{data_seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{method}}/seed{{seed}}data{{data_seed}}.tsv"
 
 
 rule training_figures:
