@@ -119,7 +119,7 @@ def train_spec(label):
 
 def figure_code(module):
     """A figure rule's code inputs: the figure module it runs and figures/common.py, which every figure
-    module imports (tests/test_layout.py checks that a module imports no other figure module)."""
+    module imports (tests/test_workflow_layout.py checks that a module imports no other figure module)."""
     return [str(FIGURE_CODE / f"{name}.py") for name in (module, "common")]
 
 

@@ -1,4 +1,4 @@
-"""The tiny study end to end through a real SLURM cluster and profiles/slurm (see test_slurm_cluster.py
+"""The tiny study end to end through a real SLURM cluster and profiles/slurm (see test_workflow_slurm_cluster.py
 for how to start one): GPU rules are submitted with --gpus=1, cheap aggregates run locally."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ checks one of them through Snakemake itself.
 
 New inputs get a row. The inputs are built once per module from the tiny world and the tiny random
 model of ``conftest.py`` (adapters are random PEFT LoRAs, never trained), so the whole corpus runs in
-well under a minute. Crash points (SIGKILL mid-job, then a rerun) are in ``test_crash_points.py``.
+well under a minute. Crash points (SIGKILL mid-job, then a rerun) are in ``test_workflow_crash_points.py``.
 
 Inputs that do not end in exactly this shape, and why:
 
@@ -869,7 +869,7 @@ CASES = [
         needs="server-500",
     ),
 ]
-if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_generation_vllm.py runs it
+if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_vllm_engine.py runs it
     CASES.append(
         Case(
             "generation/vllm-not-installed",
@@ -904,8 +904,8 @@ def assert_one_line(rc: int, err: str, expect: str, out: Path) -> str:
 
 @pytest.fixture
 def endpoint(request, tmp_path, monkeypatch):
-    """A scripted OpenAI-compatible server (tests/test_generation_api.py) and a problem file for it."""
-    from test_generation_api import KEY, PROBLEMS, Script, make_handler
+    """A scripted OpenAI-compatible server (tests/test_openai_api.py) and a problem file for it."""
+    from test_openai_api import KEY, PROBLEMS, Script, make_handler
 
     needs = request.param
     ctx = SimpleNamespace(url=None, problems=tmp_path / "problems.jsonl")

@@ -216,7 +216,7 @@ def test_lmc_sweep_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base,
 
 
 def test_api_teacher_rollouts_killed_mid_way_ask_only_for_the_rest(tmp_path):
-    from test_generation_api import KEY, PROBLEMS, Script, make_handler
+    from test_openai_api import KEY, PROBLEMS, Script, make_handler
 
     script, gate = Script(), threading.Event()
     hold = {"after": None, "seen": 0}  # requests beyond hold["after"] wait at the gate

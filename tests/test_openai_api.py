@@ -4,7 +4,7 @@ failed run, the API key never written anywhere, and reasoning (thinking) models:
 DeepSeek's and OpenAI's documented chat completions (``reasoning_content``, ``system_fingerprint``,
 ``usage.completion_tokens_details.reasoning_tokens``, a served model other than the requested one),
 the request fields each setting sends, and the meta recorded per rollout.
-(tests/test_generation_vllm.py runs it against a real vllm serve.)"""
+(tests/test_vllm_engine.py runs it against a real vllm serve.)"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Needs a running cluster and LOSSGEOM_SLURM=1, e.g.
 
     scripts/slurm-local.sh install && scripts/slurm-local.sh start
-    LOSSGEOM_SLURM=1 python -m pytest -m slurm tests/test_slurm_cluster.py
+    LOSSGEOM_SLURM=1 python -m pytest -m slurm tests/test_workflow_slurm_cluster.py
     scripts/slurm-local.sh stop
 
 The cluster must offer one GPU GRES (scripts/slurm-local.sh fakes one on

@@ -199,3 +199,27 @@ def test_functions_stay_short_or_say_why():
                 if "Long because" not in (ast.get_docstring(node) or ""):
                     long.append(f"{path.relative_to(PKG)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def _test_subjects() -> set[str]:
+    """The names a test file may be named for: every module and subpackage of lossgeom, and ``workflow``
+    (the tests of the workflow as a whole: DAG, SLURM, conda, crash points, the rehearsal, this layout)."""
+    pkg = ROOT / "src" / "lossgeom"
+    names = {p.stem for p in pkg.rglob("*.py") if p.stem != "__init__"}
+    return names | {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()} | {"workflow"}
+
+
+def test_a_module_s_tests_are_found_by_its_name():
+    """Each tests/test_<name>[_<topic>].py is named for the module, subpackage or workflow it tests, so
+    `ls tests/test_<module>*` finds a module's tests."""
+    subjects = _test_subjects()
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        stem = path.stem.removeprefix("test_")
+        parts = stem.split("_")
+        prefixes = {"_".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        assert prefixes & subjects, f"{path.name} is named for no module of lossgeom (nor 'workflow')"
+
+
+def test_a_test_file_named_for_nothing_is_caught():
+    subjects = _test_subjects()
+    assert not {"crash", "crash_points"} & subjects and {"grading", "workflow", "openai_api"} <= subjects
