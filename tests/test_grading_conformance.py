@@ -47,7 +47,7 @@ def _wrong(number: str) -> str:
 
 
 def test_gsm8k_every_gold_parses_once_and_grades_its_own_solution(gsm8k, grader):
-    golds = parse_golds(gsm8k, grader, "gsm8k test")  # stops on the first unreadable gold
+    golds = parse_golds(gsm8k, grader, "gsm8k test", "stop")  # stops on the first unreadable gold
     assert len(golds) == len(gsm8k) == 1319
     failures = []
     for (_, p), gold in zip(gsm8k.iterrows(), golds):
@@ -70,7 +70,7 @@ def test_gsm8k_every_gold_parses_once_and_grades_its_own_solution(gsm8k, grader)
 
 def test_gsm8k_exact_grader_reads_the_same_golds(gsm8k):
     exact = get_grader("exact")
-    golds = parse_golds(gsm8k, exact, "gsm8k test")
+    golds = parse_golds(gsm8k, exact, "gsm8k test", "stop")
     assert all(exact.grade(a, g).reward == 1.0 for a, g in zip(gsm8k["answer"], golds))
 
 
@@ -84,7 +84,7 @@ def test_deepscaler_golds_parse_and_grade_as_math_verify_on_delimited_text(grade
     correct boxed MATH-500 answer on 424 of 500 items and could not parse 40 golds). Every gold parses; a
     boxed gold is credited; another item's gold gets math-verify's verdict on the delimited pair."""
     problems = load_problems({"source": str(DEEPSCALER / f"{name}.json"), "question_field": "problem", "split": "test"})
-    golds = parse_golds(problems, grader, f"deepscaler {name}")
+    golds = parse_golds(problems, grader, f"deepscaler {name}", "stop")
     answers = problems["answer"].tolist()
     wrong = []
     for i, (gold, parsed) in enumerate(zip(answers, golds)):
@@ -223,7 +223,7 @@ def test_an_unreadable_gold_stops_with_the_item_and_source(grader):
     with pytest.raises(
         ProblemSetError, match=r"prompts \(mydata\): item 'q2': .*2 of 4 gold answers.*unparsable_gold: drop"
     ):
-        parse_golds(problems, grader, "prompts (mydata)")
+        parse_golds(problems, grader, "prompts (mydata)", "stop")
 
 
 def test_drop_leaves_unreadable_golds_out(grader, caplog):

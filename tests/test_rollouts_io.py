@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lossgeom.data.problemsets import ProblemSetError, count_unparsable_gold, load_problems
+from lossgeom.data.grading import parse_gold
+from lossgeom.data.problemsets import ProblemSetError, load_problems
 from lossgeom.data.rollouts import ROLLOUT_COLUMNS, RolloutError, import_rollouts, summarize
 
 
@@ -341,6 +342,11 @@ def test_toy_source(tmp_path):
     assert count_unparsable_gold(df) == 0
     with pytest.raises(ProblemSetError, match="toy"):
         load_problems({"source": "toy"})
+
+
+def count_unparsable_gold(problems: pd.DataFrame) -> int:
+    """Rows whose gold answer grader 'exact' cannot read (not a plain number)."""
+    return int(sum(parse_gold(a) is None for a in problems["answer"]))
 
 
 def test_count_unparsable_gold():

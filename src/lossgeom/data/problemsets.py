@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..fsutil import read_parquet_or, read_utf8_lines
 from ..settings import ProblemSourceSettings
-from .grading import GoldError, Grader, get_grader, parse_gold
+from .grading import GoldError, Grader, get_grader
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,10 @@ def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame
     return out
 
 
-def count_unparsable_gold(problems: pd.DataFrame) -> int:
-    """How many rows have a gold answer that is not a plain number (what grader 'exact' cannot read)."""
-    return int(sum(parse_gold(a) is None for a in problems["answer"]))
-
-
 UNPARSABLE_GOLD = ("stop", "drop")
 
 
-def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable: str = "stop") -> list:
+def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable: str) -> list:
     """Every gold answer of ``problems`` parsed once by ``grader``, before anything is generated or sent.
 
     Returns the parsed golds in row order. A gold the grader cannot read is an input error: with
