@@ -306,3 +306,35 @@ def test_tokenized_truncated_row_has_no_eos(toy_world):
     full, cut = rows["input_ids"]
     assert full[-1] == tok.eos_token_id and cut[-1] != tok.eos_token_id and full[:-1] == cut
     assert rows["completion_mask"][0][:-1] == rows["completion_mask"][1]
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_tokenized_rows_are_arrow_arrays_equal_to_the_per_row_tokenisation(toy_world, monkeypatch, limit):
+    """The view as Arrow int32/int8 lists (a large_list past the offset limit) reads back exactly as
+    prompt_completion tokenises each row, with the row numbers as float64."""
+    import pyarrow as pa
+
+    from lossgeom.data.prompting import prompt_completion
+    from lossgeom.modeling import load_tokenizer
+    from lossgeom.training import job
+
+    if limit is not None:
+        monkeypatch.setattr(job, "LIST_OFFSET_LIMIT", limit)
+    tok = load_tokenizer(toy_world / "tokenizer")
+    view = pd.DataFrame(
+        {
+            "prompt": ["1 + 1?", "What is 3 + 4?", "2 + 2?"],
+            "completion": ["1 + 1 = 2\n#### 2", "3 + 4 = 7\n#### 7", "#### 5"],
+            "reward": [1.0, 1.0, -0.2],
+            "weight": [0.5, 1.0, 2.0],
+        }
+    )
+    rows = job.tokenize_view(view, tok, "Q: {question}", 12)
+    table = rows.data.table
+    kind = pa.large_list if limit else pa.list_
+    assert table.schema.field("input_ids").type == kind(pa.int32())
+    assert table.schema.field("completion_mask").type == kind(pa.int8())
+    for i, r in view.iterrows():
+        ids, mask = prompt_completion(tok, r.prompt, r.completion, "Q: {question}", 12)
+        assert rows[i]["input_ids"] == ids and rows[i]["completion_mask"] == mask
+        assert (rows[i]["row_weight"], rows[i]["row_reward"]) == (r.weight, r.reward)

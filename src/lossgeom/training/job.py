@@ -30,7 +30,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from datasets import Dataset
 
@@ -54,17 +56,42 @@ def fingerprint(spec: MethodSpec, seed: int, rollouts_path: Path, base_model: st
 
 def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int) -> Dataset:
     """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids (EOS-terminated unless the
-    view's ``eos`` is False: a truncated rollout under ``truncated: no_eos``), completion mask, row numbers."""
-    rows = {"input_ids": [], "completion_mask": [], "row_weight": [], "row_reward": []}
-    for r in view.itertuples(index=False):
+    view's ``eos`` is False: a truncated rollout under ``truncated: no_eos``), completion mask, row numbers.
+
+    Held as Arrow arrays from the start (ids int32, mask int8: 5 bytes a token), never as Python lists of
+    the whole view (~45 bytes a token: ~12 GB for a paper-sized table of 161k rows); only one row is a
+    list at a time. The rows read back as the same Python ints (``benchmarks/bench_train_memory.py``)."""
+    n = len(view)
+    ids_parts, mask_parts = [], []
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i, r in enumerate(view.itertuples(index=False)):
         ids, mask = prompt_completion(
             tokenizer, r.prompt, r.completion, template, max_length, eos=getattr(r, "eos", True)
         )
-        rows["input_ids"].append(ids)
-        rows["completion_mask"].append(mask)
-        rows["row_weight"].append(float(r.weight))
-        rows["row_reward"].append(float(r.reward))
-    return Dataset.from_dict(rows)
+        ids_parts.append(np.asarray(ids, dtype=np.int32))
+        mask_parts.append(np.asarray(mask, dtype=np.int8))
+        offsets[i + 1] = offsets[i] + len(ids)
+    return Dataset(
+        pa.table(
+            {
+                "input_ids": _list_array(offsets, ids_parts, np.int32),
+                "completion_mask": _list_array(offsets, mask_parts, np.int8),
+                "row_weight": pa.array(view["weight"].to_numpy(dtype=np.float64)),
+                "row_reward": pa.array(view["reward"].to_numpy(dtype=np.float64)),
+            }
+        )
+    )
+
+
+LIST_OFFSET_LIMIT = np.iinfo(np.int32).max  # Arrow's list type has int32 offsets; beyond, large_list
+
+
+def _list_array(offsets: np.ndarray, parts: list[np.ndarray], dtype) -> pa.Array:
+    """One Arrow list column from per-row arrays: ``list`` (int32 offsets) while the values fit, else ``large_list``."""
+    values = pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+    if offsets[-1] <= LIST_OFFSET_LIMIT:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
 def _common_args(spec: MethodSpec, seed: int, ckpt_dir: Path) -> dict:
