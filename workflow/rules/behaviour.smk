@@ -30,11 +30,9 @@ rule evaluate:
         generation=lambda w: as_json(cfg.generation_spec(config, "evaluation")),
         dtype=DTYPE,
         remote=REMOTE,
-    threads: 1
+    threads: job_threads("evaluate")
     resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
+        **job_resources("evaluate"),
     conda:
         ENV
     log:
@@ -63,8 +61,7 @@ rule eval_stats:
         seed=EVAL["seed"],
         out=parent_of(0),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("eval_stats"),
     conda:
         ENV
     log:
@@ -98,11 +95,9 @@ rule lmc:
         generation=lambda w: as_json(cfg.generation_spec(config, "lmc")),
         dtype=DTYPE,
         remote=REMOTE,
-    threads: 1
+    threads: job_threads("lmc")
     resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
+        **job_resources("lmc"),
     conda:
         ENV
     log:
@@ -124,8 +119,7 @@ rule lmc_summary:
         summary=report(f"{RESULTS}/lmc/summary.tsv", caption="../report/lmc_table.rst", category="Connectivity"),
         curves=f"{RESULTS}/lmc/curves.tsv",
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("lmc_summary"),
     conda:
         ENV
     log:
@@ -155,11 +149,9 @@ rule activations:
         answer_template=lambda w: ANSWER_TEMPLATE,
         dtype=DTYPE,
         remote=REMOTE,
-    threads: 1
+    threads: job_threads("activations")
     resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
+        **job_resources("activations"),
     conda:
         ENV
     log:
@@ -181,8 +173,7 @@ rule cka:
     params:
         activations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("cka"),
     conda:
         ENV
     log:
@@ -209,8 +200,7 @@ rule accuracy_figures:
     params:
         out=parent_of(0),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("accuracy_figures"),
     conda:
         ENV
     log:
@@ -232,8 +222,7 @@ rule connectivity_figures:
     params:
         out=parent_of(0),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("connectivity_figures"),
     conda:
         ENV
     log:
@@ -254,8 +243,7 @@ rule representations_figures:
     params:
         out=parent_of(0),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("representations_figures"),
     conda:
         ENV
     log:

@@ -19,8 +19,7 @@ rule claims:
         geometry=parent_of("noise_floor", "input"),
         eval_dir=parent_of("pairwise", "input"),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("claims"),
     conda:
         ENV
     log:

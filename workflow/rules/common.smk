@@ -8,6 +8,7 @@ from lossgeom import config as cfg
 from lossgeom.data.prompting import answer_template
 from lossgeom.labels import Label, wildcard_pattern
 from lossgeom.methods import MethodSpec
+from lossgeom.resources import api_rollouts, attempt_memory, rule_resources, rule_threads
 
 # One line naming the key and what was expected, before any job is scheduled; then every default
 # filled in from lossgeom.settings (their one place), so no rule keeps a default of its own.
@@ -35,10 +36,30 @@ DTYPE = config["model"]["dtype"]
 REMOTE = "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
 
 
-# Default job resources; a profile overrides them per rule (set-resources) without touching rules.
-# GPU rules ask for one GPU: on a CPU-only workstation the default profile caps gpu at 0 and they run
-# on the CPU; under SLURM they are submitted with --gpus=1.
-RES = {"gpu_mem_mb": 16000, "gpu_runtime": 240, "cpu_mem_mb": 4000, "cpu_runtime": 30}
+def _job_method(rule, wildcards):
+    """A training job's method (its label wildcard); None for the other rules."""
+    return Label.parse(wildcards.label).method if rule == "train" else None
+
+
+def job_resources(rule):
+    """A rule's resources, sized from the config in one place (lossgeom.resources): host memory growing
+    with the attempt (a job killed for memory is retried with more), wall time, GPUs. A profile overrides
+    any of them per rule (set-resources). On a CPU-only workstation profiles/default caps the GPUs at 0,
+    so GPU rules run on the CPU; under SLURM gpu=1 is submitted as --gpus=1."""
+    growth = config["resources"]["memory_growth"]
+
+    def mem_mb(wildcards, attempt):
+        return attempt_memory(rule_resources(config, rule, _job_method(rule, wildcards))["mem_mb"], attempt, growth)
+
+    def runtime(wildcards):
+        return rule_resources(config, rule, _job_method(rule, wildcards))["runtime"]
+
+    return {"mem_mb": mem_mb, "runtime": runtime, "gpu": 1 if rule == "train" else rule_resources(config, rule)["gpu"]}
+
+
+def job_threads(rule):
+    """A rule's CPUs (lossgeom.resources.rule_threads: training.threads, more for a job running vLLM)."""
+    return lambda wildcards: rule_threads(config, rule, _job_method(rule, wildcards))
 
 
 # Cheap aggregates run in the Snakemake process, never as a SLURM submission of their own.

@@ -24,8 +24,7 @@ rule geometry:
         out=parent_of(0),
         base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("geometry"),
     conda:
         ENV
     log:
@@ -57,8 +56,7 @@ rule geometry_figures:
         tables=parent_of("cosine_global", "input"),
         out=parent_of(0),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("geometry_figures"),
     conda:
         ENV
     log:

@@ -12,8 +12,7 @@ if config["rollouts"]["import"]:
         output:
             rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
         resources:
-            mem_mb=RES["cpu_mem_mb"],
-            runtime=RES["cpu_runtime"],
+            **job_resources("import_rollouts"),
         conda:
             ENV
         log:
@@ -26,7 +25,14 @@ if config["rollouts"]["import"]:
 else:
     # An API teacher (generation backend "openai") has no local model to track; its completed requests
     # are journalled outside the output, so a killed or preempted job resumes without re-requesting them.
-    ROLLOUT_API = cfg.generation_backend(config, "rollouts") == "openai"
+    # It is a local rule: it needs no GPU and must reach the network, which compute nodes often cannot;
+    # it runs where Snakemake runs (the login or submit node), for hours or days, mostly waiting.
+    ROLLOUT_API = api_rollouts(config)
+
+    if ROLLOUT_API:
+
+        localrules:
+            rollouts,
 
     rule rollouts:
         input:
@@ -44,11 +50,9 @@ else:
             journal=f"--journal {RESULTS}/journals/rollouts.jsonl" if ROLLOUT_API else "",
             dtype=DTYPE,
             remote=REMOTE,
-        threads: 1
+        threads: job_threads("rollouts")
         resources:
-            gpu=1,
-            mem_mb=RES["gpu_mem_mb"],
-            runtime=RES["gpu_runtime"],
+            **job_resources("rollouts"),
         conda:
             ENV
         log:
@@ -77,8 +81,7 @@ rule rollouts_summary:
     output:
         summary=report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts"),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("rollouts_summary"),
     conda:
         ENV
     log:

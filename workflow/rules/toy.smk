@@ -8,8 +8,7 @@ rule toy_world:
     params:
         spec=lambda w: as_json(config["toy"]),
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("toy_world"),
     conda:
         ENV
     log:
@@ -31,11 +30,9 @@ rule toy_model:
         spec=lambda w: as_json(config["toy"]["models"][w.name]),
         seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
         template=lambda w: TEMPLATE,
-    threads: 1
+    threads: job_threads("toy_model")
     resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
+        **job_resources("toy_model"),
     conda:
         ENV
     log:

@@ -17,11 +17,9 @@ rule train:
         checkpoints=f"{RESULTS}/checkpoints/{{label}}",
         dtype=DTYPE,
         remote=REMOTE,
-    threads: lambda w: config["training"]["threads"]
+    threads: job_threads("train")
     resources:
-        gpu=1,
-        mem_mb=RES["gpu_mem_mb"],
-        runtime=RES["gpu_runtime"],
+        **job_resources("train"),
     conda:
         ENV
     log:
@@ -44,8 +42,7 @@ rule training_figures:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
         analysis_step=config["training"]["analysis_step"],
     resources:
-        mem_mb=RES["cpu_mem_mb"],
-        runtime=RES["cpu_runtime"],
+        **job_resources("training_figures"),
     conda:
         ENV
     log:

@@ -75,6 +75,9 @@ class Loss:
     eos_optional: ClassVar[bool] = True
     # whether the view drops truncated rollouts under ``truncated: drop`` (online GRPO samples its own)
     reads_completions: ClassVar[bool] = True
+    # compute of one example relative to one SFT row (forward + backward of one sequence): what the train
+    # job's time limit is sized by (lossgeom.resources). An estimate per loss kind, stated where set.
+    step_cost: ClassVar[float] = 1.0
 
     # -- resolution --------------------------------------------------------------------------------
     def resolve(self, values: dict, config: Mapping) -> None:

@@ -36,6 +36,9 @@ def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.Da
 class PairwiseLoss(Loss):
     trainer = "trl"
     eos_optional = False
+    # chosen + rejected (2 sequences), each also through the frozen reference (a forward pass, ~1/3 of a
+    # training pass): 2 x 4/3
+    step_cost = 8 / 3
 
     def view(self, rollouts, rows, spec, seed, counts):
         view = dpo_pairs(rollouts, spec.params.pairs_per_prompt, seed)

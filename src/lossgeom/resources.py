@@ -1,0 +1,78 @@
+"""What each rule asks a scheduler (or the local machine) for, sized from the config: one place.
+
+Every rule's ``threads`` and ``resources`` come from :func:`rule_threads` and :func:`rule_resources` (the
+rule files unpack them, :file:`workflow/rules/common.smk`); a profile overrides any rule with
+``set-resources`` / ``set-threads``, as the SLURM executor plugin documents. Units: ``mem_mb`` in MB of
+host memory, ``runtime`` in minutes of wall time, ``gpu`` in devices (the SLURM plugin submits
+``gpu=1`` as ``--gpus=1``; locally ``profiles/default`` caps their sum at the GPUs present).
+
+A training job's time limit is its estimated compute (:func:`train_minutes`), capped at
+``resources.max_runtime``: a job stopped at its limit resumes from its last checkpoint when the
+profile retries it, so a limit below the whole run costs one restart, not the run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from .config import generation_backend
+from .methods import MethodSpec
+
+# The rules that run a model; they ask for a GPU (the rest are cheap aggregates and figures).
+GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc", "activations")
+# generation stage of a rule (lossgeom.config.generation_backend), where it has one
+GENERATION_STAGE = {"rollouts": "rollouts", "evaluate": "evaluation", "lmc": "lmc", "train": "training"}
+
+
+def train_minutes(spec: MethodSpec, resources: Mapping) -> int:
+    """The time limit of one training job, minutes: padded tokens (every row at ``max_length``, so the
+    estimate bounds the run) x the loss's ``step_cost``, at ``train_tokens_per_second``, times the
+    margin, plus the overhead; at most ``max_runtime``."""
+    tokens = spec.steps * spec.batch_size * spec.grad_accum * spec.max_length * spec.loss_def.step_cost
+    minutes = tokens / resources["train_tokens_per_second"] / 60 * resources["train_runtime_margin"]
+    return min(resources["max_runtime"], math.ceil(minutes + resources["train_runtime_overhead"]))
+
+
+def uses_vllm(config: Mapping, rule: str, method: str | None = None) -> bool:
+    """Whether a job of ``rule`` (training: of ``method``) runs vLLM: its stage's backend is vllm (for
+    training, only online GRPO generates)."""
+    stage = GENERATION_STAGE.get(rule)
+    if stage is None or generation_backend(config, stage) != "vllm":
+        return False
+    # a loss that reads no rollout completions samples its own (online GRPO)
+    return rule != "train" or not MethodSpec.from_config(config, method).loss_def.reads_completions
+
+
+def api_rollouts(config: Mapping) -> bool:
+    """Whether the rollouts come from an API teacher: a job that needs no GPU and must reach the network."""
+    return not config["rollouts"]["import"] and generation_backend(config, "rollouts") == "openai"
+
+
+def rule_threads(config: Mapping, rule: str, method: str | None = None) -> int:
+    """CPUs of a job (Snakemake ``threads``; the SLURM plugin's ``--cpus-per-task``)."""
+    res = config["resources"]
+    own = config["training"]["threads"] if rule == "train" else 1
+    return max(own, res["vllm_threads"]) if uses_vllm(config, rule, method) else own
+
+
+def rule_resources(config: Mapping, rule: str, method: str | None = None) -> dict[str, int]:
+    """``mem_mb`` (first attempt), ``runtime`` and ``gpu`` of a job of ``rule`` (``method``: a training job's).
+
+    ``config`` is the filled config (:func:`lossgeom.config.with_defaults`)."""
+    res = config["resources"]
+    if rule == "train":
+        spec = MethodSpec.from_config(config, method)
+        return {"mem_mb": res["train_mem_mb"], "runtime": train_minutes(spec, res), "gpu": 1}
+    if rule == "rollouts" and api_rollouts(config):
+        # an API teacher: requests over the network for hours or days, no model; a local rule (see rollouts.smk)
+        return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["max_runtime"], "gpu": 0}
+    if rule in GPU_RULES:
+        return {"mem_mb": res["gpu_job_mem_mb"], "runtime": res["gpu_job_runtime"], "gpu": 1}
+    return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["cpu_job_runtime"], "gpu": 0}
+
+
+def attempt_memory(mem_mb: int, attempt: int, growth: float) -> int:
+    """Host memory of the ``attempt``-th try (1 = first): ``mem_mb x growth^(attempt - 1)``, so a job
+    killed for memory is retried with more."""
+    return math.ceil(mem_mb * growth ** (max(1, attempt) - 1))

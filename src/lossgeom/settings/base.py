@@ -1,0 +1,63 @@
+"""The settings base: :class:`Settings` and :func:`setting` (a field's default, JSON-schema and doc)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+POSITIVE_INT = {"type": "integer", "minimum": 1}
+
+
+REQUIRED = dataclasses.MISSING  # a setting the config must give (listed in the schema's ``required``)
+
+
+def setting(default, schema: Mapping, doc: str, key: str | None = None):
+    """A field of a settings class: its default (or :data:`REQUIRED`), its JSON-schema and its doc (the
+    schema's description). ``key``: the config's name for it where that is not a Python name (``import``)."""
+    meta = {"schema": dict(schema), "doc": doc, "key": key}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key") or f.name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The base of every settings class (no fields of its own). Keys are the config's names."""
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(_key(f) for f in dataclasses.fields(cls))
+
+    @classmethod
+    def required(cls) -> tuple[str, ...]:
+        """The keys without a default: the config must give them."""
+        return tuple(_key(f) for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every key that has a default, with it (required keys are left out)."""
+        return {_key(f): f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def schema(cls) -> dict[str, dict]:
+        """The JSON-schema properties of these settings, each with its doc as the description."""
+        return {_key(f): {**f.metadata["schema"], "description": f.metadata["doc"]} for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def object_schema(cls) -> dict:
+        """The whole (closed) object schema of a section: description, required keys and properties."""
+        out = {"type": "object", "additionalProperties": False, "description": (cls.__doc__ or "").strip()}
+        if cls.required():
+            out["required"] = list(cls.required())
+        out["properties"] = cls.schema()
+        return out
+
+    @classmethod
+    def filled(cls, given: Mapping | None) -> dict[str, Any]:
+        """``given`` (a config section, already validated) with every missing key at its default."""
+        return {**cls.defaults(), **dict(given or {})}

@@ -1,0 +1,145 @@
+"""The analysis stages' settings: evaluation, lmc, cka, geometry, and the jobs' resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import POSITIVE_INT, Settings, setting
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(Settings):
+    """``evaluation``: greedy pass@1 of the base and every adapter on every test set, with paired statistics."""
+
+    max_new_tokens: int = setting(256, POSITIVE_INT, "tokens generated per test item (greedy)")
+    batch_size: int = setting(32, POSITIVE_INT, "prompts per generation batch")
+    ci: str = setting(
+        "wilson",
+        {"enum": ["wilson", "clopper_pearson", "bootstrap"]},
+        "accuracy interval (default wilson; bootstrap gives [0, 0] for 0/n)",
+    )
+    n_boot: int = setting(10_000, POSITIVE_INT, "bootstrap replicates (ci: bootstrap)")
+    mid_p: bool = setting(False, {"type": "boolean"}, "McNemar mid-p instead of the exact p")
+    seed: int = setting(0, {"type": "integer", "minimum": 0}, "the bootstrap's seed (ci: bootstrap)")
+
+
+LABEL_PATTERN = "^[A-Za-z0-9_-]+/seed[0-9]+$"
+
+
+@dataclass(frozen=True)
+class LmcSettings(Settings):
+    """``lmc``: linear-mode-connectivity sweeps, one job per pair of adapters."""
+
+    test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
+    alphas: int = setting(11, {"type": "integer", "minimum": 2}, "grid points in [0, 1], endpoints included")
+    limit: int = setting(100, POSITIVE_INT, "test items whose cross-entropies are measured at each point")
+    accuracy_subset: int = setting(50, POSITIVE_INT, "the first items of those whose greedy accuracy is measured")
+    pairs: Any = setting(
+        "first_seed",
+        {
+            "oneOf": [
+                {"enum": ["first_seed", "reference", "all"]},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "minItems": 2,
+                        "maxItems": 2,
+                        "items": {"type": "string", "pattern": LABEL_PATTERN},
+                    },
+                },
+            ]
+        },
+        '"first_seed": every pair of methods at the first seed; "reference": the first method against each other '
+        'method at the first seed; both plus each method\'s first-vs-second seed pair (the noise floor). "all": '
+        "every pair of adapters. Or a list of [label, label].",
+    )
+
+
+@dataclass(frozen=True)
+class CkaSettings(Settings):
+    """``cka``: per-layer hidden states of the base and every adapter on a probe set, compared by CKA."""
+
+    test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
+    n_probe: int = setting(100, POSITIVE_INT, "probes (test items with their worked solutions)")
+    pooling: str = setting(
+        "completion_mean",
+        {"enum": ["completion_mean", "last", "mean"]},
+        "one vector per probe: the mean over the solution's tokens, the last token, or every position but the first",
+    )
+    batch_size: int = setting(32, POSITIVE_INT, "probes per forward pass")
+
+
+@dataclass(frozen=True)
+class GeometrySettings(Settings):
+    """``geometry``: the pairwise weight-delta comparisons."""
+
+    top_k: int = setting(
+        10,
+        POSITIVE_INT,
+        "singular directions per module compared (principal angles, orthogonal fractions); at most lora.r",
+    )
+    base_alignment: bool = setting(
+        False,
+        {"type": "boolean"},
+        "also measure how much of each delta lies in the "
+        "base weights' top singular subspaces (needs the base model's weights)",
+    )
+
+
+@dataclass(frozen=True)
+class ResourcesSettings(Settings):
+    """``resources``: what each job asks a scheduler (SLURM) or the local machine for, sized from the config
+    by :mod:`lossgeom.resources`; a profile still overrides any rule (``set-resources``, ``set-threads``)."""
+
+    train_tokens_per_second: float = setting(
+        2000,
+        {"type": "number", "exclusiveMinimum": 0},
+        "training throughput of one device in padded tokens a second (an SFT row = 1 unit; other losses scale "
+        "by their step_cost): a training job's time limit is steps x batch x grad_accum x max_length x step_cost "
+        "/ this, times train_runtime_margin, plus train_runtime_overhead",
+    )
+    train_runtime_margin: float = setting(
+        1.25, {"type": "number", "minimum": 1}, "factor on the estimated training time (the time limit's headroom)"
+    )
+    train_runtime_overhead: int = setting(
+        15, POSITIVE_INT, "minutes added to a training job's limit: loading the model and data, saving adapters"
+    )
+    max_runtime: int = setting(
+        1440,
+        POSITIVE_INT,
+        "the longest time limit asked for, in minutes (the partition's MaxTime): a longer training job is "
+        "stopped at it and resumes from its last checkpoint on the retry (profiles/slurm: retries)",
+    )
+    train_mem_mb: int = setting(
+        16000, POSITIVE_INT, "host memory of a training job, MB (the model's host copy, the rollout table, the rows)"
+    )
+    gpu_job_mem_mb: int = setting(
+        16000, POSITIVE_INT, "host memory of the other GPU jobs (generation, activations), MB"
+    )
+    gpu_job_runtime: int = setting(240, POSITIVE_INT, "time limit of the other GPU jobs, minutes")
+    cpu_job_mem_mb: int = setting(4000, POSITIVE_INT, "host memory of the CPU jobs (aggregates, figures), MB")
+    cpu_job_runtime: int = setting(30, POSITIVE_INT, "time limit of the CPU jobs, minutes")
+    vllm_threads: int = setting(
+        4,
+        POSITIVE_INT,
+        "CPUs of a job that runs vLLM (its engine core busy-polls in a process of its own beside the scheduler, "
+        "the tokenizer and the job itself)",
+    )
+    memory_growth: float = setting(
+        1.5,
+        {"type": "number", "minimum": 1},
+        "host memory of a retried job: the first attempt's x this per further attempt (an out-of-memory kill "
+        "is retried with more)",
+    )
+
+
+# config section -> its settings class
+SECTIONS: dict[str, type[Settings]] = {
+    "evaluation": EvaluationSettings,
+    "lmc": LmcSettings,
+    "cka": CkaSettings,
+    "geometry": GeometrySettings,
+    "resources": ResourcesSettings,
+}

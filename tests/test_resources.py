@@ -1,0 +1,176 @@
+"""Tests of lossgeom.resources: what every rule asks SLURM for, through the command the README gives."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lossgeom.config import load, with_defaults
+from lossgeom.labels import Label
+from lossgeom.methods import MethodSpec
+from lossgeom.resources import (
+    GPU_RULES,
+    api_rollouts,
+    attempt_memory,
+    rule_resources,
+    rule_threads,
+    train_minutes,
+    uses_vllm,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+PAPER = ROOT / "config" / "paper.yaml"
+# the README's cluster command, as written there (a dry run added)
+README_COMMAND = ["snakemake", "--workflow-profile", "profiles/slurm", "--configfile", "config/paper.yaml"]
+
+
+def _no_gpu_env() -> dict:
+    """No GPU visible: no CUDA device and no nvidia-smi on PATH (a login node)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSGEOM_")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "nvidia-smi").exists())
+    return env
+
+
+def _dry_run_jobs(tmp_path, *extra) -> list[dict]:
+    """Every job of a dry run of the README's command: rule, wildcards, resources (ints), shell command."""
+    out = subprocess.run(
+        [*README_COMMAND, "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"), *extra],
+        cwd=ROOT,
+        env=_no_gpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n\[[A-Z][a-z]{2} [A-Z][a-z]{2} .*?\]\n", out.stdout + out.stderr):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if not rule or not res or rule.group(1) == "all":
+            continue
+        resources = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        threads = re.search(r"--threads (\d+)", block)
+        jobs.append(
+            {
+                "rule": rule.group(1),
+                "wildcards": dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {},
+                "resources": {k: int(v) for k, v in resources.items() if v.isdigit()},
+                "threads": int(threads.group(1)) if threads else None,
+            }
+        )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper() -> dict:
+    return with_defaults(load(PAPER, SCHEMA))
+
+
+@pytest.fixture(scope="module")
+def paper_jobs(tmp_path_factory) -> list[dict]:
+    return _dry_run_jobs(tmp_path_factory.mktemp("paper"))
+
+
+def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper, paper_jobs):
+    """The README's command on a login node without GPUs: every job that runs a model asks for one GPU
+    (the API teacher's rollouts for none), a training job for the time its steps need and the memory of
+    the paper's table, the rest for the config's sizes."""
+    by_rule = {}
+    for job in paper_jobs:
+        by_rule.setdefault(job["rule"], []).append(job)
+    assert {"train", "evaluate", "lmc", "activations", "rollouts"} <= set(by_rule)
+    res = paper["resources"]
+    for job in (j for j in paper_jobs if j["rule"] in GPU_RULES and j["rule"] != "rollouts"):
+        assert job["resources"]["gpu"] == 1, job
+    (rollouts,) = by_rule["rollouts"]
+    assert api_rollouts(paper) and rollouts["resources"]["gpu"] == 0
+    for job in by_rule["train"]:
+        spec = MethodSpec.from_config(paper, Label.parse(job["wildcards"]["label"]).method)
+        assert job["resources"]["runtime"] == train_minutes(spec, res)
+        assert job["resources"]["mem_mb"] == res["train_mem_mb"] == 64000
+        # the paper's adapter: 1,500 steps of 32 rows up to 4,608 tokens, estimated at 4-13 GPU-hours;
+        # asked for at least the low end and at most the partition's limit (a longer run resumes on retry)
+        assert 4 * 60 <= job["resources"]["runtime"] <= res["max_runtime"]
+    for rule in ("evaluate", "lmc", "activations"):
+        for job in by_rule[rule]:
+            assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == (32000, 480), job
+    for job in (j for j in paper_jobs if j["rule"] not in GPU_RULES):
+        assert job["resources"].get("gpu", 0) == 0 and job["resources"]["mem_mb"] == res["cpu_job_mem_mb"]
+
+
+def test_the_paper_s_vllm_jobs_get_several_cpus(paper, tmp_path):
+    """A dry run caps threads at its one core (Snakemake's cli.py); with cores to spare, the vLLM jobs
+    ask for vllm_threads and training for training.threads (SLURM's --cpus-per-task)."""
+    jobs = _dry_run_jobs(tmp_path, "--cores", "256")
+    threads = {}
+    for job in jobs:
+        key = job["rule"]
+        if key == "train":  # online GRPO samples with vLLM (the paper's backend: vllm) as it trains
+            key = "train_online" if job["wildcards"]["label"].startswith("online_grpo/") else "train"
+        threads.setdefault(key, set()).add(job["threads"])
+    assert threads["evaluate"] == threads["lmc"] == threads["train_online"] == {8}
+    assert threads["train"] == {4} and threads["activations"] == {1}
+
+
+def test_a_profile_overrides_one_rule_s_resources(tmp_path):
+    """As the SLURM plugin documents: set-resources (here on the command line) wins over the rule's."""
+    jobs = _dry_run_jobs(tmp_path, "--set-resources", "train:runtime=2880", "train:mem_mb=120000")
+    train = [j for j in jobs if j["rule"] == "train"]
+    assert train and all(j["resources"]["runtime"] == 2880 and j["resources"]["mem_mb"] == 120000 for j in train)
+
+
+def test_train_minutes_is_the_stated_estimate(paper):
+    res = {**paper["resources"], "max_runtime": 10**6}
+    sft = MethodSpec.from_config(paper, "sft")
+    expected = 1500 * 8 * 4 * 4608 / 4000 / 60 * 1.25 + 15
+    assert train_minutes(sft, res) == math.ceil(expected) == 1167  # 15.4 h of compute, 19.5 h asked for
+    dpo = MethodSpec.from_config(paper, "dpo")
+    assert train_minutes(dpo, res) == math.ceil((expected - 15) * 8 / 3 + 15)  # chosen + rejected, and the reference
+    assert train_minutes(dpo, paper["resources"]) == paper["resources"]["max_runtime"]
+
+
+def test_memory_grows_with_the_attempt():
+    assert [attempt_memory(16000, a, 1.5) for a in (1, 2, 3)] == [16000, 24000, 36000]
+    assert attempt_memory(16000, 0, 1.5) == 16000
+
+
+def test_which_jobs_run_vllm(paper):
+    assert uses_vllm(paper, "evaluate") and uses_vllm(paper, "lmc") and not uses_vllm(paper, "rollouts")
+    assert uses_vllm(paper, "train", "online_grpo") and not uses_vllm(paper, "train", "sft")
+    assert rule_threads(paper, "train", "online_grpo") == 8 and rule_threads(paper, "train", "sft") == 4
+    off = copy.deepcopy(paper)
+    off["generation"]["stages"]["training"] = "hf"
+    assert not uses_vllm(off, "train", "online_grpo") and rule_threads(off, "train", "online_grpo") == 4
+
+
+def test_toy_resources_and_an_imported_table(tmp_path):
+    toy = with_defaults(load(ROOT / "config" / "config.yaml", SCHEMA))
+    assert rule_resources(toy, "rollouts")["gpu"] == 1 and not api_rollouts(toy)
+    assert rule_resources(toy, "geometry") == {"mem_mb": 4000, "runtime": 30, "gpu": 0}
+    imported = yaml.safe_load(PAPER.read_text())
+    imported["rollouts"]["import"] = "rollouts.jsonl"
+    del imported["generation"]["stages"]["rollouts"]
+    assert not api_rollouts(with_defaults(imported))
+
+
+def test_only_the_working_slurm_command_is_documented():
+    """`--profile profiles/slurm` also loads profiles/default, whose GPU cap is 0 on a login node, so every
+    GPU job would ask for none: no file documents it without `--workflow-profile none`."""
+    bad = []
+    for path in [ROOT / "README.md", *ROOT.glob("config/*.yaml"), *ROOT.glob("profiles/**/*"), ROOT / "Snakefile"]:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if re.search(r"(^|\s)--profile profiles/slurm", line) and "--workflow-profile none" not in line:
+                    if "alone is not enough" not in line and "on its own" not in line:
+                        bad.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert bad == []
