@@ -87,10 +87,10 @@ class Script:
                 "prompt_tokens": 12,
                 "completion_tokens": 40,
                 "total_tokens": 52,
-                "prompt_tokens_details": {"cached_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": 0},  # DeepSeek's own fields below are the ones it fills
                 "completion_tokens_details": {"reasoning_tokens": 30},
-                "prompt_cache_hit_tokens": 0,
-                "prompt_cache_miss_tokens": 12,
+                "prompt_cache_hit_tokens": 8,
+                "prompt_cache_miss_tokens": 4,
             }
             extra = {"system_fingerprint": "fp_8802369eaa_prod0623"}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
@@ -445,6 +445,7 @@ def test_a_thinking_response_keeps_reasoning_and_answer_apart(server, tmp_path, 
     assert (df["served_model"] == "deepseek-v4-flash-2026-11-01").all()
     assert (df["system_fingerprint"] == "fp_8802369eaa_prod0623").all()
     assert df[["prompt_tokens", "completion_tokens", "reasoning_tokens"]].values.tolist() == [[12, 40, 30]] * 6
+    assert df["cached_prompt_tokens"].tolist() == [8] * 6  # DeepSeek's prompt_cache_hit_tokens
     assert (df["finish_reason"] == "stop").all()
     assert df["reward"].tolist() == [1, 1, 1, 1, 0, 0]  # the answer is graded, not the reasoning
     assert df["logprobs"].isna().all()  # not asked for (the default)
@@ -474,6 +475,7 @@ def test_an_openai_response_records_its_served_model_and_usage(server, tmp_path,
         "served_model": "gpt-4o-mini-2024-07-18",
         "system_fingerprint": "fp_44709d6fcb",
         "prompt_tokens": 19,
+        "cached_prompt_tokens": 0,  # OpenAI's usage.prompt_tokens_details.cached_tokens
         "completion_tokens": 10,
         "reasoning_tokens": 0,
     }
@@ -630,3 +632,64 @@ def test_served_models_summarises_models_and_fingerprints():
     assert served_models(pd.DataFrame({"prompt": ["q"]})) == "not recorded"
     big = pd.DataFrame({"served_model": ["m"] * 1234, "system_fingerprint": [float("nan")] * 1234})  # parquet nulls
     assert served_models(big) == "m: 1,234 rows"
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_lines_count_requests_tokens_rate_time_left_and_cost(caplog):
+    """A run of days reads as lines: 2 of 10 requests from the journal, then 3 more in 60 s."""
+    from lossgeom.engines.openai_api import ApiProgress
+
+    def rec(prompt=12, cached=8, completion=40, reasoning=30):
+        return {
+            "meta": {
+                "prompt_tokens": prompt,
+                "cached_prompt_tokens": cached,
+                "completion_tokens": completion,
+                "reasoning_tokens": reasoning,
+            }
+        }
+
+    clock = _Clock()
+    prices = {"prompt": 0.30, "cached_prompt": 0.006, "completion": 1.20}  # DeepSeek's peak deepseek-flash, 2026-11
+    progress = ApiProgress(10, [rec(), rec()], prices, every_s=30, clock=clock)
+    with caplog.at_level("INFO", logger="lossgeom.engines.openai_api"):
+        for t in (10, 20, 60):
+            clock.t = t
+            progress.add(rec())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1  # one line at 60 s (every 30 s), none at 10 and 20
+    assert lines[0].startswith("api teacher: 5 of 10 requests (50.0%); tokens: 60 prompt (40 cached), 200 completion")
+    assert "(150 reasoning); 3.0 requests/min this run; 2 min left at that rate" in lines[0]
+    expected = (40 * 0.006 + 20 * 0.30 + 200 * 1.20) / 1e6
+    assert progress.cost() == pytest.approx(expected) and f"${expected:,.2f} at the configured prices" in lines[0]
+    assert ApiProgress(1, [], None, 1).line().endswith("cost: no prices configured")
+
+
+def test_runtime_options_are_not_params_and_reach_the_job():
+    """Requests in flight, retries, timeouts and prices change how the rollouts job runs, never what it
+    writes: they are left out of its params (a finished API table is never re-requested for them)."""
+    from lossgeom.config import generation_runtime, generation_spec
+
+    config = {
+        "generation": {
+            "backend": "openai",
+            "openai": {
+                "base_url": "http://x",
+                "model": "m",
+                "max_concurrency": 64,
+                "prices": {"prompt": 1, "completion": 2},
+            },
+        }
+    }
+    assert generation_spec(config, "rollouts") == {
+        "backend": "openai",
+        "openai": {"base_url": "http://x", "model": "m"},
+    }
+    assert generation_runtime(config, "rollouts") == {"max_concurrency": 64, "prices": {"prompt": 1, "completion": 2}}

@@ -16,9 +16,12 @@ from lossgeom.config import load, with_defaults
 from lossgeom.labels import Label
 from lossgeom.methods import MethodSpec
 from lossgeom.resources import (
+    CONDA_ENV,
+    CONDA_ENV_VLLM,
     GPU_RULES,
     api_rollouts,
     attempt_memory,
+    conda_env,
     rule_resources,
     rule_threads,
     train_minutes,
@@ -174,3 +177,10 @@ def test_only_the_working_slurm_command_is_documented():
                     if "alone is not enough" not in line and "on its own" not in line:
                         bad.append(f"{path.relative_to(ROOT)}: {line.strip()}")
     assert bad == []
+
+
+def test_jobs_that_run_vllm_get_the_vllm_conda_env(paper):
+    assert conda_env(paper, "evaluate") == conda_env(paper, "lmc") == CONDA_ENV_VLLM
+    assert conda_env(paper, "train", "online_grpo") == CONDA_ENV_VLLM  # TRL's colocated vLLM
+    assert conda_env(paper, "train", "sft") == conda_env(paper, "rollouts") == conda_env(paper, "cka") == CONDA_ENV
+    assert (ROOT / CONDA_ENV).is_file() and (ROOT / CONDA_ENV_VLLM).is_file()

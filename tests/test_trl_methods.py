@@ -281,3 +281,46 @@ def test_a_contrastive_method_resumes_after_a_kill(tmp_path, tiny_base, tiny_rol
     assert any(v.abs().sum() > 0 for k, v in ta.items() if k.endswith("lora_B.weight"))
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-7)
+
+
+def test_online_grpo_sizes_its_colocated_vllm_from_the_config(monkeypatch):
+    """Where TRL samples with its colocated vLLM (a GPU), the engine's context is the method's max_length
+    (else vLLM sizes its KV cache for the model's whole context) and its GPU share is the config's; both
+    are GRPOConfig fields of the pinned TRL."""
+    import dataclasses
+
+    import trl
+
+    from lossgeom.losses import LOSSES
+
+    fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    spec = method_spec("online_grpo", generation="vllm", num_generations=4)
+    args = LOSSES["online_grpo"].trl_args(spec)
+    assert args["use_vllm"] and args["vllm_mode"] == "colocate"
+    assert (args["vllm_max_model_length"], args["vllm_gpu_memory_utilization"]) == (128, 0.3)
+    assert {"vllm_mode", "vllm_max_model_length", "vllm_gpu_memory_utilization"} <= fields
+    spec = method_spec("online_grpo", generation="vllm", vllm_max_model_length=96, vllm_gpu_memory_utilization=0.5)
+    args = LOSSES["online_grpo"].trl_args(spec)
+    assert (args["vllm_max_model_length"], args["vllm_gpu_memory_utilization"]) == (96, 0.5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU: TRL's generate(), no vLLM keys
+    assert not any(k.startswith("vllm_") for k in LOSSES["online_grpo"].trl_args(spec))
+
+
+def test_the_vllm_extra_is_within_the_range_trl_supports():
+    """pyproject's vllm extra (the GPU engine and online GRPO's colocated sampling) stays inside the
+    vLLM range the installed TRL declares for its own vllm extra."""
+    import importlib.metadata as md
+    import tomllib
+
+    from conftest import REPO
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    ours = Requirement(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"][0]
+    )
+    trls = next(Requirement(r) for r in md.requires("trl") if r.startswith("vllm") and "extra" in r)
+    bounds = [Version(s.version) for s in ours.specifier]
+    assert ours.name == "vllm" and bounds
+    assert all(trls.specifier.contains(v, prereleases=True) for v in bounds), (str(ours), str(trls))

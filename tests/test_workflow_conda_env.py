@@ -298,3 +298,26 @@ def test_harness_reproduces_issue_15(tmp_path, deploy):
     # pip was pointed at .snakemake/ itself (not the checkout, nor anything inside .snakemake/).
     assert re.search(re.escape((checkout / ".snakemake").as_uri()) + r"(?![/\w])", str(err.value))
     assert "does not appear to be a Python project" in str(err.value)
+
+
+def test_vllm_env_file_is_the_main_one_without_pytorch_plus_the_vllm_extra():
+    """envs/lossgeom-vllm.yaml (the jobs that run vLLM) = envs/lossgeom.yaml's dependencies, less conda's
+    pytorch (vLLM's wheel pins the CUDA torch it was built with), plus pyproject's vllm extra; and its
+    post-deploy script is the main one's."""
+    import tomllib
+
+    def deps(path):
+        out = {}
+        for d in yaml.safe_load((REPO / path).read_text())["dependencies"]:
+            for spec in d["pip"] if isinstance(d, dict) else [d]:
+                name, rest = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(.*)", spec).groups()
+                out[canonicalize_name(name)] = frozenset(rest.replace(" ", "").split(","))  # conda or PEP 440
+        return out
+
+    main, gpu = deps(ENV_FILE), deps("envs/lossgeom-vllm.yaml")
+    (extra,) = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    vllm = Requirement(extra)
+    expected = {k: v for k, v in main.items() if k != "pytorch"} | {"vllm": frozenset(str(vllm.specifier).split(","))}
+    assert gpu == expected
+    link = REPO / "envs" / "lossgeom-vllm.post-deploy.sh"
+    assert link.resolve() == (REPO / "envs" / "lossgeom.post-deploy.sh").resolve()

@@ -106,6 +106,13 @@ def _generation_opts(sp):
         default=None,
         help='the stage\'s generation spec as JSON, e.g. {"backend": "vllm"} (default: hf)',
     )
+    sp.add_argument(
+        "--generation-runtime",
+        type=_json,
+        default=None,
+        help="the backend's runtime-only options as JSON (requests in flight, retries, timeouts, prices), merged "
+        "into --generation's",
+    )
 
 
 def _run_opts(sp, batch_size: int, test_set_arg="--test-set"):

@@ -10,6 +10,18 @@ import logging
 log = logging.getLogger("lossgeom")
 
 
+def _generation(a):
+    """The stage's :class:`~lossgeom.engines.engine.GenerationSpec`: ``--generation`` with the backend's
+    runtime-only options (``--generation-runtime``, kept out of the rule's params) merged in."""
+    from .engines.engine import GenerationSpec
+
+    spec = dict(a.generation or {})
+    backend = spec.get("backend", "hf")
+    if a.generation_runtime:
+        spec[backend] = {**spec.get(backend, {}), **a.generation_runtime}
+    return GenerationSpec.from_dict(spec)
+
+
 def cmd_toy_world(a):
     from .toy.world import build_world
 
@@ -31,14 +43,13 @@ def cmd_rollouts(a):
     from .data.problemsets import load_problems, parse_golds
     from .data.rollouts import summarize
     from .engines.backends import open_engine
-    from .engines.engine import GenerationSpec
     from .fsutil import write_table
     from .generation.sampling import rollout_sampling, sample_rollouts
     from .settings import ProblemSourceSettings, RolloutsSettings
 
     source = ProblemSourceSettings.filled(a.problems)
     problems = load_problems(source, a.toy_dir)
-    spec, gen = RolloutsSettings.filled(a.spec), GenerationSpec.from_dict(a.generation)
+    spec, gen = RolloutsSettings.filled(a.spec), _generation(a)
     # every gold is read before any request is sent or sample drawn; left-out items are logged there
     golds = parse_golds(
         problems, get_grader(spec["grader"]), f"prompts ({source['source']})", source["unparsable_gold"]
@@ -139,7 +150,6 @@ def cmd_geometry_figures(a):
 
 def cmd_evaluate(a):
     from .behaviour.accuracy import evaluate_model
-    from .engines.engine import GenerationSpec
 
     evaluate_model(
         a.base,
@@ -152,7 +162,7 @@ def cmd_evaluate(a):
         batch_size=a.batch_size,
         dtype=a.dtype,
         trust_remote_code=a.trust_remote_code,
-        generation=GenerationSpec.from_dict(a.generation),
+        generation=_generation(a),
         answer_format=a.answer_template,
     )
 
@@ -165,7 +175,6 @@ def cmd_eval_stats(a):
 
 def cmd_lmc(a):
     from .behaviour.connectivity import connectivity_sweep
-    from .engines.engine import GenerationSpec
 
     connectivity_sweep(
         a.base,
@@ -181,7 +190,7 @@ def cmd_lmc(a):
         batch_size=a.batch_size,
         dtype=a.dtype,
         trust_remote_code=a.trust_remote_code,
-        generation=GenerationSpec.from_dict(a.generation),
+        generation=_generation(a),
         answer_format=a.answer_template,
     )
 

@@ -17,6 +17,7 @@ import yaml
 from .labels import Label
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
+    GENERATION_BACKENDS,
     SCHEMA_SECTIONS,
     SECTIONS,
     LoraSettings,
@@ -289,12 +290,26 @@ def generation_backend(config: dict, stage: str) -> str:
 
 def generation_spec(config: dict, stage: str) -> dict:
     """The narrow generation param of one stage's jobs: the backend and that backend's options only,
-    so editing the vLLM options does not rerun hf jobs (and never the API key: only its variable name)."""
+    so editing the vLLM options does not rerun hf jobs (and never the API key: only its variable name).
+    Runtime-only options (requests in flight, retries, timeouts, prices: ``runtime_keys``) are left out,
+    so changing them reruns nothing: a finished API-teacher table is never re-requested for them; the
+    job gets them apart (:func:`generation_runtime`)."""
     backend = generation_backend(config, stage)
     out = {"backend": backend}
-    if backend in ("vllm", "openai"):
-        out[backend] = dict(config.get("generation", {}).get(backend, {}))
+    if backend in GENERATION_BACKENDS:
+        runtime = GENERATION_BACKENDS[backend].runtime_keys()
+        given = config.get("generation", {}).get(backend, {})
+        out[backend] = {k: v for k, v in given.items() if k not in runtime}
     return out
+
+
+def generation_runtime(config: dict, stage: str) -> dict:
+    """The runtime-only options of a stage's backend that the config gives (see :func:`generation_spec`)."""
+    backend = generation_backend(config, stage)
+    if backend not in GENERATION_BACKENDS:
+        return {}
+    runtime = GENERATION_BACKENDS[backend].runtime_keys()
+    return {k: v for k, v in config.get("generation", {}).get(backend, {}).items() if k in runtime}
 
 
 # Compatibility wrappers over lossgeom.labels.Label (the workflow and the figures call these names).

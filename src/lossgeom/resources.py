@@ -44,6 +44,15 @@ def uses_vllm(config: Mapping, rule: str, method: str | None = None) -> bool:
     return rule != "train" or not MethodSpec.from_config(config, method).loss_def.reads_completions
 
 
+# the conda environments of --sdm conda, relative to the repository root
+CONDA_ENV, CONDA_ENV_VLLM = "envs/lossgeom.yaml", "envs/lossgeom-vllm.yaml"
+
+
+def conda_env(config: Mapping, rule: str, method: str | None = None) -> str:
+    """The conda environment file of a job (``--sdm conda``): the vLLM one where the job runs vLLM."""
+    return CONDA_ENV_VLLM if uses_vllm(config, rule, method) else CONDA_ENV
+
+
 def api_rollouts(config: Mapping) -> bool:
     """Whether the rollouts come from an API teacher: a job that needs no GPU and must reach the network."""
     return not config["rollouts"]["import"] and generation_backend(config, "rollouts") == "openai"

@@ -34,7 +34,7 @@ rule evaluate:
     resources:
         **job_resources("evaluate"),
     conda:
-        ENV
+        job_env("evaluate")
     log:
         f"{RESULTS}/logs/evaluate/{{model}}.log",
     benchmark:
@@ -99,7 +99,7 @@ rule lmc:
     resources:
         **job_resources("lmc"),
     conda:
-        ENV
+        job_env("lmc")
     log:
         f"{RESULTS}/logs/lmc/{{first}}/{{second}}.log",
     benchmark:

@@ -8,7 +8,14 @@ from lossgeom import config as cfg
 from lossgeom.data.prompting import answer_template
 from lossgeom.labels import Label, wildcard_pattern
 from lossgeom.methods import MethodSpec
-from lossgeom.resources import api_rollouts, attempt_memory, rule_resources, rule_threads
+from lossgeom.resources import (
+    CONDA_ENV,
+    api_rollouts,
+    attempt_memory,
+    conda_env,
+    rule_resources,
+    rule_threads,
+)
 
 # One line naming the key and what was expected, before any job is scheduled; then every default
 # filled in from lossgeom.settings (their one place), so no rule keeps a default of its own.
@@ -31,7 +38,7 @@ GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order repli
 TEMPLATE = config["model"]["prompt_template"]
 # How a bare gold answer is written after the prompt (answer cross-entropy, probes): as the prompt asks
 ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"]["answer_template"])
-ENV = "../../envs/lossgeom.yaml"
+ENV = f"../../{CONDA_ENV}"  # relative to this file; the jobs that run vLLM get their own (job_env)
 DTYPE = config["model"]["dtype"]
 REMOTE = "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
 
@@ -55,6 +62,12 @@ def job_resources(rule):
         return rule_resources(config, rule, _job_method(rule, wildcards))["runtime"]
 
     return {"mem_mb": mem_mb, "runtime": runtime, "gpu": 1 if rule == "train" else rule_resources(config, rule)["gpu"]}
+
+
+def job_env(rule):
+    """A rule's conda environment (--sdm conda): envs/lossgeom-vllm.yaml for a job that runs vLLM
+    (lossgeom.resources.uses_vllm: its stage's backend is vllm), else envs/lossgeom.yaml."""
+    return lambda wildcards: f"../../{conda_env(config, rule, _job_method(rule, wildcards))}"
 
 
 def job_threads(rule):

@@ -53,8 +53,13 @@ else:
         threads: job_threads("rollouts")
         resources:
             **job_resources("rollouts"),
+            # the backend's runtime-only options (requests in flight, retries, timeouts, prices) travel as a
+            # resource, not a param: resources are no rerun trigger, so changing them never reruns a
+            # finished table (an API teacher's: days of requests and their bill). Only the API teacher has
+            # such options, and its job is local; a submitted job gets the plain word null
+            generation_runtime=as_json(cfg.generation_runtime(config, "rollouts")) if ROLLOUT_API else "null",
         conda:
-            ENV
+            job_env("rollouts")
         log:
             f"{RESULTS}/logs/rollouts.log",
         benchmark:
@@ -62,6 +67,7 @@ else:
         shell:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
+            " --generation-runtime {resources.generation_runtime:q}"
             " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -21,7 +21,7 @@ rule train:
     resources:
         **job_resources("train"),
     conda:
-        ENV
+        job_env("train")
     log:
         f"{RESULTS}/logs/train/{{label}}.log",
     benchmark:

@@ -55,6 +55,7 @@ ROLLOUT_META = [
     "served_model",
     "system_fingerprint",
     "prompt_tokens",
+    "cached_prompt_tokens",
     "completion_tokens",
     "reasoning_tokens",
 ]

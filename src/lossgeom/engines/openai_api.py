@@ -187,9 +187,90 @@ def response_meta(response, choice) -> dict:
         "served_model": getattr(response, "model", None),
         "system_fingerprint": getattr(response, "system_fingerprint", None),
         "prompt_tokens": getattr(usage, "prompt_tokens", None),
+        # DeepSeek's usage.prompt_cache_hit_tokens, else OpenAI's usage.prompt_tokens_details.cached_tokens
+        "cached_prompt_tokens": _first_not_none(
+            getattr(usage, "prompt_cache_hit_tokens", None),
+            getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None),
+        ),
         "completion_tokens": getattr(usage, "completion_tokens", None),
         "reasoning_tokens": getattr(details, "reasoning_tokens", None),
     }
+
+
+def _first_not_none(*values):
+    return next((v for v in values if v is not None), None)
+
+
+class ApiProgress:
+    """What a person reads in the job's log over a run of days: every ``every_s`` seconds (and at the end)
+    one line with the requests done of the total, the tokens used (prompt, cached, completion, of which
+    reasoning), this run's rate, the time left at it, and the cost at ``prices`` (USD per million tokens:
+    ``prompt``, ``cached_prompt``, ``completion``; none given: no cost). Requests from the journal count as
+    done (and their tokens and cost as spent), not in the rate. Thread-safe; ``clock`` for tests."""
+
+    def __init__(self, total: int, done: list[Mapping], prices: Mapping | None, every_s: float, clock=None):
+        import time
+
+        self.total, self.prices, self.every_s = total, prices, float(every_s)
+        self.clock = clock or time.monotonic
+        self.start = self.last = self.clock()
+        self.earlier, self.now = len(done), 0
+        self.tokens = {"prompt": 0, "cached_prompt": 0, "completion": 0, "reasoning": 0}
+        self.lock = threading.Lock()
+        for rec in done:
+            self._count(rec)
+
+    def _count(self, rec: Mapping) -> None:
+        meta = rec.get("meta") or {}
+        for key in self.tokens:
+            self.tokens[key] += int(meta.get(f"{key}_tokens") or 0)
+
+    def add(self, rec: Mapping) -> None:
+        """One request completed in this run; logs a progress line when ``every_s`` has passed."""
+        with self.lock:
+            self.now += 1
+            self._count(rec)
+            due = self.clock() - self.last >= self.every_s
+            if due:
+                self.last = self.clock()
+                line = self.line()
+        if due:
+            log.info("%s", line)
+
+    def cost(self) -> float | None:
+        """USD spent so far at ``prices`` (a cache hit at ``cached_prompt``, else at ``prompt``)."""
+        if not self.prices:
+            return None
+        t, p = self.tokens, self.prices
+        cached = min(t["cached_prompt"], t["prompt"])
+        return (
+            cached * p.get("cached_prompt", p["prompt"])
+            + (t["prompt"] - cached) * p["prompt"]
+            + t["completion"] * p["completion"]
+        ) / 1e6
+
+    def line(self) -> str:
+        done = self.earlier + self.now
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = self.now / elapsed
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        t = self.tokens
+        parts = [
+            f"api teacher: {done:,} of {self.total:,} requests ({100 * done / max(self.total, 1):.1f}%)",
+            f"tokens: {t['prompt']:,} prompt ({t['cached_prompt']:,} cached), {t['completion']:,} completion "
+            f"({t['reasoning']:,} reasoning)",
+            f"{rate * 60:.1f} requests/min this run",
+            f"{_hours(left)} left at that rate",
+        ]
+        cost = self.cost()
+        parts.append(f"${cost:,.2f} at the configured prices" if cost is not None else "cost: no prices configured")
+        return "; ".join(parts)
+
+
+def _hours(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown time"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 class ApiTeacher:
@@ -307,6 +388,12 @@ class ApiTeacher:
             len(keys),
             len(todo),
         )
+        progress = ApiProgress(
+            len(keys),
+            [journal.done[k] for k in keys if k in journal.done],
+            self.options.get("prices"),
+            self.options.get("progress_every_s", 300.0),
+        )
         if todo:
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, unit="req")
             failed_once = threading.Event()  # after a failure no new request goes out (only those in flight)
@@ -322,6 +409,7 @@ class ApiTeacher:
                     raise
                 journal.append(key, rec)
                 bar.update(1)
+                progress.add(rec)
 
             with ThreadPoolExecutor(max_workers=int(self.options["max_concurrency"])) as pool:
                 futures = [pool.submit(run, k) for k in todo]
@@ -333,6 +421,7 @@ class ApiTeacher:
                     bar.close()
                     raise failed[0].exception()
             bar.close()
+        log.info("%s", progress.line())
         records = [[journal.done[f"{i}:{j}"] for j in range(n)] for i in range(len(contents))]
         _log_unusual_finishes([rec for recs in records for rec in recs])
         return [[_completion(rec) for rec in recs] for recs in records]

@@ -47,6 +47,19 @@ class OnlineGRPOParams(LossParams):
         {"enum": ["hf", "vllm"]},
         "how online GRPO samples: hf generate, or TRL's colocated vLLM (GPU only; CPU falls back to generate)",
     )
+    vllm_max_model_length: int | None = param(
+        None,
+        {"type": ["integer", "null"], "minimum": 1},
+        "the colocated vLLM's context, prompt + completion tokens (TRL's vllm_max_model_length; null: the "
+        "method's max_length). Left unset in TRL, vLLM sizes its KV cache for the model's whole context "
+        "(262,144 tokens for Qwen3-4B) and does not start within its memory share",
+    )
+    vllm_gpu_memory_utilization: float = param(
+        0.3,
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "the share of the GPU the colocated vLLM takes beside training (TRL's vllm_gpu_memory_utilization; its "
+        "default)",
+    )
 
 
 def online_prompts(rollouts: pd.DataFrame) -> pd.DataFrame:
@@ -78,6 +91,8 @@ class OnlineGRPO(Loss):
             gen = config.get("generation", {})
             backend = gen.get("stages", {}).get("training", gen.get("backend", "hf"))
             values["generation"] = backend if backend in ("hf", "vllm") else "hf"
+        if values.get("vllm_max_model_length") is None:
+            values["vllm_max_model_length"] = values["max_length"]  # what the trainer sees of a row
 
     def check_spec(self, spec, where):
         k = spec.params.num_generations
@@ -115,8 +130,18 @@ class OnlineGRPO(Loss):
             "scale_rewards": "group" if p.std_normalize else "none",
             "loss_type": p.grpo_loss_type,
             "use_vllm": use_vllm,
-            **({"vllm_mode": "colocate"} if use_vllm else {}),
+            **(self._vllm_args(spec) if use_vllm else {}),
             "log_completions": False,
+        }
+
+    @staticmethod
+    def _vllm_args(spec) -> dict:
+        """TRL's colocated vLLM, sized from the config: its context and its share of the GPU."""
+        p = spec.params
+        return {
+            "vllm_mode": "colocate",
+            "vllm_max_model_length": p.vllm_max_model_length,
+            "vllm_gpu_memory_utilization": p.vllm_gpu_memory_utilization,
         }
 
     def dataset(self, view, tokenizer, template):

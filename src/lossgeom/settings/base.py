@@ -12,10 +12,12 @@ POSITIVE_INT = {"type": "integer", "minimum": 1}
 REQUIRED = dataclasses.MISSING  # a setting the config must give (listed in the schema's ``required``)
 
 
-def setting(default, schema: Mapping, doc: str, key: str | None = None):
+def setting(default, schema: Mapping, doc: str, key: str | None = None, runtime: bool = False):
     """A field of a settings class: its default (or :data:`REQUIRED`), its JSON-schema and its doc (the
-    schema's description). ``key``: the config's name for it where that is not a Python name (``import``)."""
-    meta = {"schema": dict(schema), "doc": doc, "key": key}
+    schema's description). ``key``: the config's name for it where that is not a Python name (``import``).
+    ``runtime``: it changes how a job runs, never what it writes (requests in flight, a timeout), so it is
+    kept out of the job's params and changing it reruns nothing (:func:`lossgeom.config.generation_spec`)."""
+    meta = {"schema": dict(schema), "doc": doc, "key": key, "runtime": runtime}
     if default is REQUIRED:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -32,6 +34,11 @@ class Settings:
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(_key(f) for f in dataclasses.fields(cls))
+
+    @classmethod
+    def runtime_keys(cls) -> tuple[str, ...]:
+        """The keys that change how a job runs, never what it writes (see :func:`setting`)."""
+        return tuple(_key(f) for f in dataclasses.fields(cls) if f.metadata.get("runtime"))
 
     @classmethod
     def required(cls) -> tuple[str, ...]:

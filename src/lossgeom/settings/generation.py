@@ -43,13 +43,42 @@ class OpenAISettings(Settings):
         {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         "the NAME of the variable holding the key; never the key",
     )
-    max_concurrency: int = setting(8, POSITIVE_INT, "requests in flight")
+    max_concurrency: int = setting(
+        8,
+        POSITIVE_INT,
+        "requests in flight (DeepSeek's documented concurrency limit for deepseek-flash is 2,500 per account; the "
+        "default suits any endpoint, paper.yaml sends 32)",
+        runtime=True,
+    )
     max_retries: int = setting(
         6,
         {"type": "integer", "minimum": 0},
         "the client's retries per request (backoff; connection errors, timeouts, 408, 409, 429, 5xx)",
+        runtime=True,
     )
-    timeout_s: float = setting(600.0, {"type": "number", "exclusiveMinimum": 0}, "seconds per request")
+    timeout_s: float = setting(600.0, {"type": "number", "exclusiveMinimum": 0}, "seconds per request", runtime=True)
+    progress_every_s: float = setting(
+        300.0,
+        {"type": "number", "exclusiveMinimum": 0},
+        "seconds between the job's progress lines (requests done, tokens, rate, time left, cost)",
+        runtime=True,
+    )
+    prices: dict | None = setting(
+        None,
+        {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "required": ["prompt", "completion"],
+            "properties": {
+                "prompt": {"type": "number", "minimum": 0},
+                "cached_prompt": {"type": "number", "minimum": 0},
+                "completion": {"type": "number", "minimum": 0},
+            },
+        },
+        "USD per million tokens, for the cost in the progress lines: prompt (a cache miss), cached_prompt (a "
+        "cache hit; default the prompt price) and completion (reasoning included); null: no cost shown",
+        runtime=True,
+    )
     logprobs: bool = setting(
         False, {"type": "boolean"}, "request token log-probs (default false; DeepSeek's reasoning models refuse them)"
     )

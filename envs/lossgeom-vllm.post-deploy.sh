@@ -1,0 +1,1 @@
+lossgeom.post-deploy.sh
