@@ -15,7 +15,9 @@ that builds the same view and tokenizer and stops there:
 - ``lists``: the rows as Python lists of the whole view, then ``Dataset.from_dict`` (the train job's code
   before issue 21, kept here only for this side-by-side ratio);
 - ``arrays``: :func:`lossgeom.training.job.tokenize_view` (int32/int8 Arrow arrays from the start).
-Both datasets are checked equal on a sample of rows. Target: arrays hold the rows in a few bytes a
+The lists path tokenises only the first ``--lists-rows`` (40k: the whole table would need ~27 GB, more
+than a 24 GB box has) and its memory is scaled to the table per token; both are checked equal on a
+sample of rows. Target: arrays hold the rows in a few bytes a
 token (5 at best), lists in ~45.
 """
 
@@ -101,8 +103,9 @@ def tokenize_view_lists(view, tokenizer, template, max_length):
     return Dataset.from_dict(rows)
 
 
-def run_path(path: str, rows: int, lengths_from: str | None) -> dict:
-    """One measurement (in this process): build the view, tokenise it by ``path``, report peak RSS."""
+def run_path(path: str, rows: int, lengths_from: str | None, tokenised: int, sample_below: int) -> dict:
+    """One measurement (in this process): build the view of ``rows``, tokenise its first ``tokenised``
+    rows by ``path``, report peak RSS and a sample of rows below ``sample_below`` (for the equality check)."""
     from lossgeom.training.job import tokenize_view
 
     tokenizer = word_tokenizer()
@@ -111,17 +114,18 @@ def run_path(path: str, rows: int, lengths_from: str | None) -> dict:
     out = {"path": path}
     if path != "baseline":
         fn = tokenize_view if path == "arrays" else tokenize_view_lists
-        ds = fn(view, tokenizer, "{question}", 8192)
+        ds = fn(view.iloc[:tokenised], tokenizer, "{question}", 8192)
         out["tokens"] = int(len(ds.data.table.column("input_ids").combine_chunks().flatten()))
-        sample = np.random.default_rng(2).integers(0, rows, size=20)
+        sample = np.random.default_rng(2).integers(0, sample_below, size=20)
         out["sample"] = [ds[int(i)]["input_ids"][-5:] + [sum(ds[int(i)]["completion_mask"])] for i in sample]
     out["seconds"] = time.perf_counter() - start
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return out
 
 
-def measure(path: str, rows: int, lengths_from: str | None) -> dict:
-    cmd = [sys.executable, __file__, "--rows", str(rows), "--one", path]
+def measure(path: str, rows: int, lengths_from: str | None, tokenised: int, sample_below: int) -> dict:
+    cmd = [sys.executable, __file__, "--rows", str(rows), "--one", path, "--tokenised", str(tokenised)]
+    cmd += ["--sample-below", str(sample_below)]
     if lengths_from:
         cmd += ["--lengths-from", lengths_from]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -132,37 +136,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=161_000)
     ap.add_argument("--lengths-from", default=None, help="a rollout table (parquet) whose completion lengths to use")
+    ap.add_argument(
+        "--lists-rows",
+        type=int,
+        default=40_000,
+        help="rows the lists path tokenises (~100 bytes a token: all 161k would need ~27 GB); its memory is "
+        "scaled to --rows per token",
+    )
     ap.add_argument("--one", choices=["baseline", "lists", "arrays"], help=argparse.SUPPRESS)
+    ap.add_argument("--tokenised", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sample-below", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_path(a.one, a.rows, a.lengths_from)))
+        print(json.dumps(run_path(a.one, a.rows, a.lengths_from, a.tokenised, a.sample_below)))
         return 0
     prompt, completion = draw_lengths(a.rows, a.lengths_from)
     print(
         f"rows {a.rows:,}; completion tokens mean {completion.mean():.0f}, p99 {np.percentile(completion, 99):.0f}, "
         f"max {completion.max()}; prompt tokens mean {prompt.mean():.0f}"
     )
-    base = measure("baseline", a.rows, a.lengths_from)
-    results = {p: measure(p, a.rows, a.lengths_from) for p in ("lists", "arrays")}
-    if (
-        results["lists"]["sample"] != results["arrays"]["sample"]
-        or results["lists"]["tokens"] != results["arrays"]["tokens"]
-    ):
+    lists_rows = min(a.lists_rows, a.rows)
+    base = measure("baseline", a.rows, a.lengths_from, 0, lists_rows)
+    results = {"lists": measure("lists", a.rows, a.lengths_from, lists_rows, lists_rows)}
+    results["arrays"] = measure("arrays", a.rows, a.lengths_from, a.rows, lists_rows)
+    if results["lists"]["sample"] != results["arrays"]["sample"]:
         print("MISMATCH: the two paths tokenised differently", file=sys.stderr)
         return 1
-    tokens = results["arrays"]["tokens"]
-    print(f"baseline (view + tokenizer, no rows): peak {base['peak_mb']:,.0f} MB")
+    print(f"baseline (the view of {a.rows:,} rows + tokenizer, no rows tokenised): peak {base['peak_mb']:,.0f} MB")
+    per_token = {}
     for path, r in results.items():
         extra = r["peak_mb"] - base["peak_mb"]
+        per_token[path] = extra * 2**20 / r["tokens"]
         print(
-            f"{path:>6}: peak {r['peak_mb']:,.0f} MB, rows {extra:,.0f} MB above baseline "
-            f"({extra * 2**20 / tokens:.1f} bytes/token over {tokens:,} tokens), {r['seconds']:.0f} s"
+            f"{path:>6}: {r['tokens']:,} tokens tokenised, peak {r['peak_mb']:,.0f} MB, {extra:,.0f} MB above "
+            f"baseline ({per_token[path]:.1f} bytes/token), {r['seconds']:.0f} s"
         )
-    lists, arrays = (results[p]["peak_mb"] - base["peak_mb"] for p in ("lists", "arrays"))
+    full = results["arrays"]["tokens"]
+    lists_full = base["peak_mb"] + per_token["lists"] * full / 2**20
+    scaled = "" if lists_rows == a.rows else f" (scaled from {lists_rows:,} rows by tokens)"
     print(
-        f"rows memory lists / arrays: {lists / max(arrays, 1):.1f}x; peak lists / arrays: "
-        f"{results['lists']['peak_mb'] / results['arrays']['peak_mb']:.2f}x"
+        f"the train job's peak for {a.rows:,} rows ({full:,} tokens): arrays {results['arrays']['peak_mb'] / 1024:.1f} GB "
+        f"measured, lists {lists_full / 1024:.1f} GB{scaled}"
     )
+    print(f"rows memory lists / arrays: {per_token['lists'] / per_token['arrays']:.1f}x per token")
     return 0
 
 
