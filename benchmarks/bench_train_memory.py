@@ -115,7 +115,9 @@ def run_path(path: str, rows: int, lengths_from: str | None, tokenised: int, sam
     if path != "baseline":
         fn = tokenize_view if path == "arrays" else tokenize_view_lists
         ds = fn(view.iloc[:tokenised], tokenizer, "{question}", 8192)
-        out["tokens"] = int(len(ds.data.table.column("input_ids").combine_chunks().flatten()))
+        import pyarrow.compute as pc
+
+        out["tokens"] = int(pc.sum(pc.list_value_length(ds.data.table.column("input_ids"))).as_py())
         sample = np.random.default_rng(2).integers(0, sample_below, size=20)
         out["sample"] = [ds[int(i)]["input_ids"][-5:] + [sum(ds[int(i)]["completion_mask"])] for i in sample]
     out["seconds"] = time.perf_counter() - start

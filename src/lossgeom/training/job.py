@@ -87,8 +87,14 @@ LIST_OFFSET_LIMIT = np.iinfo(np.int32).max  # Arrow's list type has int32 offset
 
 
 def _list_array(offsets: np.ndarray, parts: list[np.ndarray], dtype) -> pa.Array:
-    """One Arrow list column from per-row arrays: ``list`` (int32 offsets) while the values fit, else ``large_list``."""
-    values = pa.array(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+    """One Arrow list column from per-row arrays: ``list`` (int32 offsets) while the values fit, else
+    ``large_list``. The rows are moved into one buffer and released one by one, so the peak stays near
+    one copy of the values (an ``np.empty`` buffer is resident only where written)."""
+    values = np.empty(int(offsets[-1]), dtype=dtype)
+    for i in range(len(parts)):
+        values[offsets[i] : offsets[i + 1]] = parts[i]
+        parts[i] = None
+    values = pa.array(values)  # zero-copy: a numpy array without nulls
     if offsets[-1] <= LIST_OFFSET_LIMIT:
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
