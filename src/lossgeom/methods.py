@@ -35,6 +35,7 @@ OPTIM_KEYS = (
     "analysis_step",
     "checkpoint_every",
     "truncated",
+    "padding_free",
 )
 TRUNCATED_POLICIES = tuple(TrainingSettings.schema()["truncated"]["enum"])
 # Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
@@ -85,7 +86,8 @@ class MethodSpec:
         batch_size, grad_accum: rows per device step and steps accumulated per optimiser step.
         learning_rate (peak), lr_scheduler, warmup_ratio (fraction of ``steps``), weight_decay,
         max_grad_norm, max_length (tokens of prompt + completion), precision (``fp32`` | ``bf16``),
-        threads (CPU threads for torch). truncated: what training does with a rollout cut at the
+        threads (CPU threads for torch). padding_free: rows concatenated without padding (the offline
+            trainer only; see the training settings). truncated: what training does with a rollout cut at the
             token limit (``finish_reason == "length"``): ``drop`` it (the default) or train it
             without EOS (``no_eos``: losses whose ``eos_optional`` is set, those whose rows this
             project tokenises), so the student never learns to stop mid-derivation.
@@ -116,6 +118,7 @@ class MethodSpec:
     data_seed: int | None = _T["data_seed"]
     threads: int = _T["threads"]
     truncated: str = _T["truncated"]
+    padding_free: bool = _T["padding_free"]
     checkpoint_every: int | None = _T["checkpoint_every"]
     prompt_template: str = ModelSettings.defaults()["prompt_template"]
 

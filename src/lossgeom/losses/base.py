@@ -98,9 +98,11 @@ class Loss:
         raise NotImplementedError
 
     # -- offline trainer -------------------------------------------------------------------------------
-    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens):
+    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens, seq_idx=None):
         """The loss of one micro-batch from per-token log-probs ``logp`` and ``mask`` (batch, T), per-row
-        ``weights`` and ``rewards`` (batch,), normalised by ``num_tokens`` (see :mod:`.functions`)."""
+        ``weights`` and ``rewards`` (batch,), normalised by ``num_tokens`` (see :mod:`.functions`). A
+        padding-free batch has batch 1, the weights and rewards per token (1, T) and ``seq_idx`` (1, T),
+        the row of each token, all aligned with ``logp``."""
         raise NotImplementedError(f"loss {self.name!r} has no token loss")
 
     # -- TRL trainer -----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The custom offline losses, as pure functions of per-token log-probabilities.
 
 Shapes: ``logp`` (batch, T) holds log pi(y_t | x, y_<t) of each completion token (0 where masked),
-``mask`` (batch, T) is 1 on completion tokens, per-row tensors are (batch,). Every loss is a sum
+``mask`` (batch, T) is 1 on completion tokens, per-row tensors are (batch,). A padding-free batch is
+one row of all the batch's tokens: ``logp`` and ``mask`` (1, N), the per-row numbers carried per token
+(1, N), and ``seq_idx`` (1, N) the row of each token where a loss needs a row's sum. Every loss is a sum
 over completion tokens divided by ``num_tokens`` (the number of completion tokens in the whole
 accumulated batch), exactly the normalisation of TRL's SFT loss, so SFT through these functions
 with unit weights equals TRL's NLL and the learning rates of all methods are comparable.
@@ -18,9 +20,27 @@ if TYPE_CHECKING:  # torch is imported where a loss is computed: the registry is
     import torch
 
 
+def per_token(values: torch.Tensor) -> torch.Tensor:
+    """A per-row tensor (batch,) as (batch, 1), broadcasting over its row's tokens; one already carried
+    per token (1, N), as a padding-free batch has it, unchanged."""
+    return values[:, None] if values.dim() == 1 else values
+
+
+def row_sums(values: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+    """Each row's sum of ``values`` (batch, T), on each of its tokens: (batch, 1) for a padded batch;
+    for a padding-free one (``seq_idx`` (1, N) given), (1, N)."""
+    import torch
+
+    if seq_idx is None:
+        return values.sum(dim=1, keepdim=True)
+    rows = seq_idx[0].long()
+    sums = torch.zeros(int(rows.max()) + 1, dtype=values.dtype, device=values.device).index_add(0, rows, values[0])
+    return sums[rows][None]
+
+
 def weighted_nll(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, num_tokens) -> torch.Tensor:
     """sum_i w_i * sum_t -log p_it / num_tokens. Unit weights give TRL's SFT loss."""
-    return (weights[:, None] * -logp * mask).sum() / num_tokens
+    return (per_token(weights) * -logp * mask).sum() / num_tokens
 
 
 def rift_loss(
@@ -31,6 +51,7 @@ def rift_loss(
     negative_reward: float,
     num_tokens,
     negative_prob: str = "token",
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reward-informed fine-tuning, the source paper's stabilised form (Liu et al. 2026).
 
@@ -58,17 +79,17 @@ def rift_loss(
 
     if negative_prob not in ("token", "sequence"):
         raise ValueError(f"rift_loss: negative_prob must be 'token' or 'sequence', got {negative_prob!r}")
-    correct = (rewards > 0.5)[:, None]
+    correct = per_token(rewards) > 0.5
     pos = positive_reward * -logp
     if negative_reward >= 0:
         neg = negative_reward * -logp
     elif negative_prob == "token":
         neg = -negative_reward * logp.exp()
     else:
-        seq = (logp * mask).sum(dim=1, keepdim=True).exp()  # (batch, 1): p(y) of each row
+        seq = row_sums(logp * mask, seq_idx).exp()  # p(y) of each row, on its tokens
         neg = (-negative_reward * seq).expand_as(logp)
-    per_token = torch.where(correct, pos, neg)
-    return (per_token * mask).sum() / num_tokens
+    terms = torch.where(correct, pos, neg)
+    return (terms * mask).sum() / num_tokens
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ class OfflineGRPO(RowsLoss):
         counts["all_wrong_groups"] = int((rows.groupby("prompt_id")["reward"].mean() == 0).sum())
         return view
 
-    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens):
+    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens, seq_idx=None):
         import torch
 
         ref_logp = None

@@ -27,10 +27,17 @@ class RIFT(RowsLoss):
     name = "rift"
     Params = RIFTParams
 
-    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens):
+    def token_loss(self, spec, model, inputs, logp, mask, weights, rewards, num_tokens, seq_idx=None):
         p = spec.params
         return rift_loss(
-            logp, mask, rewards.to(logp.device), p.positive_reward, p.negative_reward, num_tokens, p.negative_prob
+            logp,
+            mask,
+            rewards.to(logp.device),
+            p.positive_reward,
+            p.negative_reward,
+            num_tokens,
+            p.negative_prob,
+            seq_idx,
         )
 
 

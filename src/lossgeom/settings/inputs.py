@@ -128,6 +128,15 @@ class TrainingSettings(Settings):
         None, {"type": ["integer", "null"], "minimum": 0}, "fixed data-order seed for all seeds (null: the seed itself)"
     )
     threads: int = setting(1, POSITIVE_INT, "CPU threads for torch (the job's Snakemake threads)")
+    padding_free: bool = setting(
+        True,
+        {"type": "boolean"},
+        "the losses this project trains on TRL's SFTTrainer (sft, rft, dft, rift, offline_grpo) take each batch's "
+        "rows concatenated without padding (position ids restart per row: flash attention's varlen path on a "
+        "GPU, the packed-sequence mask transformers builds for sdpa on a CPU), with the per-row weights carried "
+        "per token; false: rows right-padded to the batch's longest. TRL's own trainers (dpo, ipo, simpo, kto, "
+        "online_grpo) pad either way: TRL 1.16 has no padding-free option for them (DPOTrainer disables its own)",
+    )
     truncated: str = setting(
         "drop",
         {"enum": ["drop", "no_eos"]},

@@ -41,6 +41,7 @@ from ..data.rollouts import read_rollouts
 from ..fsutil import atomic_dir, file_sha256
 from ..methods import MethodSpec
 from ..modeling import load_model, load_tokenizer
+from .attention import padding_free_attention
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .trl_methods import trl_classes, trl_trainer
 from .views import build_view
@@ -126,6 +127,34 @@ def _common_args(spec: MethodSpec, seed: int, ckpt_dir: Path) -> dict:
     )
 
 
+def offline_trainer(spec: MethodSpec, model, rows: Dataset, tokenizer, common_args: dict, callbacks=()):
+    """The :class:`OfflineLossTrainer` of a loss this project trains on TRL's SFTTrainer, on tokenised
+    ``rows`` (:func:`tokenize_view`): TRL's loss where the loss defers to it, padding-free where
+    ``spec.padding_free``."""
+    from trl import SFTConfig
+
+    common = dict(common_args)
+    if spec.padding_free:
+        # TRL enforces max_length only by packing; tokenize_view has already cut every row to it
+        common["max_length"] = None
+        # each packed row attends within itself (flash attention's varlen kernels, or varlen_sdpa)
+        model.get_base_model().set_attn_implementation(padding_free_attention())
+    args = SFTConfig(
+        **common,
+        completion_only_loss=True,
+        loss_type=spec.loss_def.sft_loss_type or "nll",  # TRL's loss where the loss defers to it
+        padding_free=spec.padding_free,
+    )
+    return OfflineLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        loss_spec=spec,
+    )
+
+
 def lora_model(base, spec: MethodSpec, seed: int):
     """Wrap ``base`` in the attention-only LoRA of ``spec.lora``, initialised from ``seed``."""
     from peft import LoraConfig, get_peft_model
@@ -201,21 +230,8 @@ def train_adapter(
     if spec.loss_def.trainer == "trl":
         trainer = trl_trainer(spec, model, _common_args(spec, seed, Path(ckpt_dir)), view, tokenizer, callbacks)
     else:
-        from trl import SFTConfig
-
-        args = SFTConfig(
-            **_common_args(spec, seed, Path(ckpt_dir)),
-            completion_only_loss=True,
-            loss_type=spec.loss_def.sft_loss_type or "nll",  # TRL's loss where the loss defers to it
-        )
-        trainer = OfflineLossTrainer(
-            model=model,
-            args=args,
-            train_dataset=tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            loss_spec=spec,
-        )
+        rows = tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length)
+        trainer = offline_trainer(spec, model, rows, tokenizer, _common_args(spec, seed, Path(ckpt_dir)), callbacks)
     trainer.train(resume_from_checkpoint=resume)
     info = {
         "method": spec.method,

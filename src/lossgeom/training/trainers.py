@@ -27,7 +27,10 @@ class NonFiniteError(FloatingPointError):
 
 
 class RowFieldsCollator:
-    """Wraps TRL's collator: pads the token fields as usual and adds the per-row numbers as float tensors."""
+    """Wraps TRL's collator: collates the token fields as TRL does and adds the per-row numbers as float
+    tensors: shape (batch,) for a padded batch; for a padding-free one (TRL's collator concatenates the
+    rows into one, with ``seq_idx`` (1, N) the row of each token) each row's number on each of its
+    tokens, shape (1, N), so the losses weigh tokens the same way either way."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -39,6 +42,9 @@ class RowFieldsCollator:
             if f in examples[0]
         }
         batch = self.inner(examples)
+        if "seq_idx" in batch:
+            rows = batch["seq_idx"][0].long()
+            extra = {f: v[rows][None] for f, v in extra.items()}
         batch.update(extra)
         return batch
 
@@ -69,7 +75,11 @@ class OfflineLossTrainer(SFTTrainer):
             num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
             num_tokens = torch.as_tensor(num_tokens, device=mask.device).clamp(min=1)
             logp = outputs.log_probs
-            loss = loss_def.token_loss(self.loss_spec, model, inputs, logp, mask, weights, rewards, num_tokens)
+            seq_idx = None
+            if weights.dim() == 2:  # padding-free: per input token; the log-probs are of each next token
+                shift = weights.shape[1] - logp.shape[1]
+                weights, rewards, seq_idx = weights[:, shift:], rewards[:, shift:], inputs["seq_idx"][:, shift:]
+            loss = loss_def.token_loss(self.loss_spec, model, inputs, logp, mask, weights, rewards, num_tokens, seq_idx)
             if self.model.training:
                 self._metrics["train"]["mean_logp"].append(float((logp * mask).sum() / mask.sum().clamp(min=1)))
             loss = (loss, outputs) if return_outputs else loss

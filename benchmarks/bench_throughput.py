@@ -1,0 +1,227 @@
+"""Training throughput, padded against padding-free, beside TRL's SFTTrainer with its own padding-free
+setting, on the same rows, side by side in one run.
+
+    python benchmarks/bench_throughput.py                            # toy shape, CPU, fp32
+    python benchmarks/bench_throughput.py --shape qwen3-4b           # Qwen3-4B shape (random weights), GPU, bf16
+    python benchmarks/bench_throughput.py --lengths-from results/rollouts/rollouts.parquet   # a table's lengths
+
+Rows: completion lengths from the paper's distribution as ``benchmarks/bench_train_memory.py`` states it
+(lognormal, median ~1.38k, sigma 0.6, cut to [16, 4,096]: a mean near 1.6k tokens), prompts of 40-160
+tokens, random token ids; or the token lengths of a rollout table's completions (whitespace words).
+Each mode trains the same LoRA (rank ``--rank`` on q/k/v/o) on the same batches in the same order:
+``padded`` (this project's offline trainer, rows right-padded to the batch's longest), ``padding-free``
+(the same trainer, ``training.padding_free``: rows concatenated, each attending within itself) and
+``trl-padding-free`` (plain ``trl.SFTTrainer``, ``loss_type="nll"``, ``padding_free=True``, with the same
+attention). ``--loss`` picks the loss of the first two (sft, rft, dft, rift, offline_grpo). Each mode runs
+in a process of its own (a clean peak memory: CUDA's max allocated on a GPU, the process's peak RSS on a
+CPU); a step is forward + backward of one batch (the optimiser's LoRA update is the same for all).
+
+MFU (GPU only): FLOPs per real token of LoRA training = 4 P (the frozen weights' forward and activation
+gradients; no weight gradients) + 6 P_lora (forward, activation and weight gradients of the adapter)
++ 3 x the causal attention's forward (QK^T and AV, 2 x 2 x T/2 x heads x head_dim per layer, T the
+row's length; the backward is twice the forward) over the peak bf16 dense FLOP/s of the device
+(``--peak-tflops``, else a table of known devices). P counts every matmul weight, the LM head included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_memory import draw_lengths  # noqa: E402  (the one statement of the length distribution)
+from bench_trainer import SHAPES, tokenizer  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MODES = ("padded", "padding-free", "trl-padding-free")
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}  # bf16 dense
+
+
+def rows(a, vocab: int) -> list[dict]:
+    prompt, completion = draw_lengths(a.rows, a.lengths_from, seed=a.seed)
+    g = np.random.default_rng(a.seed)
+    out = []
+    for i, (p, c) in enumerate(zip(prompt, completion)):
+        out.append(
+            {
+                "input_ids": g.integers(10, vocab, size=p + c).tolist(),
+                "completion_mask": [0] * int(p) + [1] * int(c),
+                "row_weight": 1.0 if i % 2 else -0.15,
+                "row_reward": float(i % 2),
+            }
+        )
+    return out
+
+
+def build(mode: str, a, cfg):
+    """The model and trainer of one mode (random weights of the shape, seed 0; LoRA seed 42)."""
+    from datasets import Dataset
+    from transformers import Qwen3ForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from lossgeom.methods import LOSS_DEFAULTS, MethodSpec
+    from lossgeom.training.attention import padding_free_attention
+    from lossgeom.training.job import lora_model, offline_trainer
+
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16 if a.bf16 else torch.float32)
+    loss = "sft" if mode == "trl-padding-free" else a.loss
+    spec = MethodSpec.from_dict(
+        {
+            "method": loss,
+            "loss": loss,
+            "steps": 1,
+            "save_steps": [1],
+            "analysis_step": 1,
+            "batch_size": a.batch_size,
+            "learning_rate": 1e-5,
+            "max_length": 8192,
+            "padding_free": mode != "padded",
+            "precision": "bf16" if a.bf16 else "fp32",
+            **LOSS_DEFAULTS[loss],
+            "lora": {"r": a.rank, "alpha": 2 * a.rank, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        }
+    )
+    model = lora_model(model, spec, seed=42)
+    common = dict(
+        output_dir=str(Path(a.tmp) / mode),
+        max_steps=1,
+        per_device_train_batch_size=a.batch_size,
+        report_to=[],
+        save_strategy="no",
+        bf16=a.bf16,
+        use_cpu=DEVICE == "cpu",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        max_length=8192,
+        gradient_checkpointing=a.gradient_checkpointing,
+    )
+    table = rows(a, cfg.vocab_size)
+    if mode != "trl-padding-free":
+        trainer = offline_trainer(spec, model, Dataset.from_list(table), tokenizer(), common)
+    else:
+        model.get_base_model().set_attn_implementation(padding_free_attention())
+        args = SFTConfig(**{**common, "max_length": None}, completion_only_loss=True, padding_free=True)
+        data = Dataset.from_list([{k: r[k] for k in ("input_ids", "completion_mask")} for r in table])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer())
+    return model, trainer, table
+
+
+def flops_per_token(cfg, rank: int, lengths: np.ndarray) -> float:
+    """LoRA training FLOPs per real token (see the module docstring), averaged over the rows' lengths."""
+    h, layers, heads, kv, d = (
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    )
+    attn_w = h * heads * d * 2 + h * kv * d * 2  # q, o and k, v projections
+    mlp_w = 3 * h * cfg.intermediate_size
+    p = layers * (attn_w + mlp_w) + h * cfg.vocab_size
+    p_lora = layers * rank * ((h + heads * d) * 2 + (h + kv * d) * 2)
+    mean_t = float((lengths.astype(float) ** 2).sum() / lengths.sum())  # token-weighted row length
+    attention_fwd = layers * 2 * 2 * (mean_t / 2) * heads * d
+    return 4 * p + 6 * p_lora + 3 * attention_fwd
+
+
+def run_mode(mode: str, a) -> dict:
+    """One mode in this process: warm up on the first batch, time the rest, report tokens and peak memory."""
+    from transformers import Qwen3Config
+
+    cfg = Qwen3Config(**SHAPES[a.shape], max_position_embeddings=8192, tie_word_embeddings=a.shape == "toy")
+    model, trainer, table = build(mode, a, cfg)
+    collate = trainer.data_collator
+    batches = [table[i : i + a.batch_size] for i in range(0, len(table), a.batch_size)]
+    model.train()
+    times, real, slots = [], 0, 0
+    for i, rows_ in enumerate(batches):
+        batch = collate([dict(r) for r in rows_])
+        batch = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        if i == 0:
+            if DEVICE == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            continue  # warm-up
+        times.append(time.perf_counter() - t)
+        real += sum(len(r["input_ids"]) for r in rows_)
+        slots += int(batch["input_ids"].numel())
+    peak = torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else None
+    return {
+        "mode": mode,
+        "seconds": sum(times),
+        "real_tokens": real,
+        "slots": slots,
+        "peak_mb": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "flops_per_token": flops_per_token(cfg, a.rank, np.array([len(r["input_ids"]) for r in table])),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="toy")
+    ap.add_argument("--loss", choices=["sft", "rft", "dft", "rift", "offline_grpo"], default="offline_grpo")
+    ap.add_argument("--rows", type=int, default=None, help="rows in all (default: 9 batches, the first a warm-up)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rank", type=int, default=None, help="LoRA rank (default: 8 toy, 32 qwen3-4b)")
+    ap.add_argument("--lengths-from", default=None, help="a rollout table (parquet) whose completion lengths to use")
+    ap.add_argument("--bf16", action="store_true", default=torch.cuda.is_available())
+    ap.add_argument("--gradient-checkpointing", action="store_true", default=torch.cuda.is_available())
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 dense peak (MFU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", default="/tmp/bench_throughput", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.rows = a.rows or 9 * a.batch_size
+    a.rank = a.rank or (8 if a.shape == "toy" else 32)
+    if a.one:
+        print(json.dumps(run_mode(a.one, a)))
+        return 0
+    prompt, completion = draw_lengths(a.rows, a.lengths_from, seed=a.seed)
+    device = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+    print(
+        f"shape {a.shape}, device {device}, {'bf16' if a.bf16 else 'fp32'}, loss {a.loss}, LoRA rank {a.rank}; "
+        f"{a.rows} rows in batches of {a.batch_size} (the first a warm-up); completion tokens mean "
+        f"{completion.mean():.0f}, max {completion.max()}; prompt tokens mean {prompt.mean():.0f}"
+    )
+    argv = [a_ for a_ in sys.argv[1:]]
+    res = {}
+    for mode in MODES:
+        done = subprocess.run([sys.executable, __file__, *argv, "--one", mode], capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return 1
+        res[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    peak = a.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    print(f"{'mode':<18}{'real tokens/s':>15}{'padding':>10}{'peak MB':>10}{'MFU':>8}")
+    for mode, r in res.items():
+        rate = r["real_tokens"] / r["seconds"]
+        mfu = f"{rate * r['flops_per_token'] / (peak * 1e12):.1%}" if DEVICE == "cuda" and peak else "n/a"
+        print(f"{mode:<18}{rate:>15,.0f}{1 - r['real_tokens'] / r['slots']:>10.1%}{r['peak_mb']:>10,.0f}{mfu:>8}")
+    rate = {m: r["real_tokens"] / r["seconds"] for m, r in res.items()}
+    print(f"FLOPs per real token (LoRA training, as stated above): {res['padded']['flops_per_token']:.3e}")
+    print(f"padding-free / TRL padding-free (real tokens/s): {rate['padding-free'] / rate['trl-padding-free']:.2f}")
+    print(f"padding-free / padded (peak memory): {res['padding-free']['peak_mb'] / res['padded']['peak_mb']:.2f}")
+    print(f"padding fraction (padded): {1 - res['padded']['real_tokens'] / res['padded']['slots']:.3f}")
+    print(f"padding-free / padded (real tokens/s): {rate['padding-free'] / rate['padded']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
