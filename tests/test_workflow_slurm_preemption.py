@@ -33,7 +33,8 @@ def test_requeued_training_job_resumes_from_its_checkpoint(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["seeds"] = [1]
     config["methods"] = {"sft": config["methods"]["sft"]}
-    config["training"].update(steps=200, save_steps=[200], analysis_step=200, checkpoint_every=10)
+    # long enough (~40 s of training) that the requeue lands mid-run, however fast the node
+    config["training"].update(steps=1500, save_steps=[1500], analysis_step=1500, checkpoint_every=50)
     path = tmp_path / "preempt.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     write_rollouts(tmp_path)
