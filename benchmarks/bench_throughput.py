@@ -200,7 +200,7 @@ def main() -> int:
         f"{a.rows} rows in batches of {a.batch_size} (the first a warm-up); completion tokens mean "
         f"{completion.mean():.0f}, max {completion.max()}; prompt tokens mean {prompt.mean():.0f}"
     )
-    argv = [a_ for a_ in sys.argv[1:]]
+    argv = sys.argv[1:]
     res = {}
     for mode in MODES:
         done = subprocess.run([sys.executable, __file__, *argv, "--one", mode], capture_output=True, text=True)
