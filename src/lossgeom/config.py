@@ -288,28 +288,34 @@ def generation_backend(config: dict, stage: str) -> str:
     return gen.get("stages", {}).get(stage, gen.get("backend", "hf"))
 
 
+def _backend_options(config: dict, stage: str) -> tuple[str, dict, dict]:
+    """The stage's backend, and the options the config gives it split into those that can change what a
+    job writes and the runtime-only ones (``runtime_keys`` of its settings class)."""
+    backend = generation_backend(config, stage)
+    if backend not in GENERATION_BACKENDS:
+        return backend, {}, {}
+    runtime = GENERATION_BACKENDS[backend].runtime_keys()
+    given = config.get("generation", {}).get(backend, {})
+    return (
+        backend,
+        {k: v for k, v in given.items() if k not in runtime},
+        {k: v for k, v in given.items() if k in runtime},
+    )
+
+
 def generation_spec(config: dict, stage: str) -> dict:
     """The narrow generation param of one stage's jobs: the backend and that backend's options only,
     so editing the vLLM options does not rerun hf jobs (and never the API key: only its variable name).
     Runtime-only options (requests in flight, retries, timeouts, prices: ``runtime_keys``) are left out,
     so changing them reruns nothing: a finished API-teacher table is never re-requested for them; the
     job gets them apart (:func:`generation_runtime`)."""
-    backend = generation_backend(config, stage)
-    out = {"backend": backend}
-    if backend in GENERATION_BACKENDS:
-        runtime = GENERATION_BACKENDS[backend].runtime_keys()
-        given = config.get("generation", {}).get(backend, {})
-        out[backend] = {k: v for k, v in given.items() if k not in runtime}
-    return out
+    backend, options, _ = _backend_options(config, stage)
+    return {"backend": backend, backend: options} if backend in GENERATION_BACKENDS else {"backend": backend}
 
 
 def generation_runtime(config: dict, stage: str) -> dict:
     """The runtime-only options of a stage's backend that the config gives (see :func:`generation_spec`)."""
-    backend = generation_backend(config, stage)
-    if backend not in GENERATION_BACKENDS:
-        return {}
-    runtime = GENERATION_BACKENDS[backend].runtime_keys()
-    return {k: v for k, v in config.get("generation", {}).get(backend, {}).items() if k in runtime}
+    return _backend_options(config, stage)[2]
 
 
 # Compatibility wrappers over lossgeom.labels.Label (the workflow and the figures call these names).
