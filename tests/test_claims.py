@@ -9,6 +9,7 @@ import pytest
 
 from lossgeom.claims.check import CHECKS, OUTPUT_COLUMNS, write_claims
 from lossgeom.claims.paper import paper_claims
+from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
 from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
 from lossgeom.labels import Label
 
@@ -156,6 +157,36 @@ def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0, data_floor=0.95):
     return geo, ev
 
 
+# base-spectrum statistics of a run shaped like the anchors' claims: (rotation deg, its chance, sv change,
+# intruders) per method; a data-order replicate differs by JITTER, another init seed by 2 x JITTER
+SPECTRUM = {
+    "sft": (10.0, 10.0, 0.05, 2),
+    "rft": (9.0, 9.0, 0.05, 1),
+    "rift": (9.5, 9.5, 0.05, 3),
+    "dft": (8.0, 8.0, 0.04, 0),
+    "grpo": (4.0, 8.0, 0.02, 0),
+    "dpo": (2.0, 4.0, 0.01, 0),
+}
+JITTER = 0.1
+
+
+def _write_spectrum(tmp_path, spectrum=SPECTRUM) -> "Path":
+    """base_spectrum/summary.tsv, through spectrum_summary (so its floors are the code's), from a modules
+    table of two modules per adapter holding the same numbers."""
+    rows = []
+    for m, (rot, chance, sv, intr) in spectrum.items():
+        for label, j in ((Label(m, 42), 0.0), (Label(m, 42, 7), JITTER), (Label(m, 123), 2 * JITTER)):
+            for module in ("q", "k"):
+                stats = {s: 0.0 for s in MODULE_STATS}
+                stats.update(rotation_left_deg=rot + j, sv_change=sv + j / 100, intruders=intr / 2)
+                chance_stats = dict(stats, rotation_left_deg=chance, sv_change=sv, intruders=1)
+                rows.append({"label": str(label), "module": module, **stats, **{f"chance_{k}": v for k, v in chance_stats.items()}})
+    out = tmp_path / "base_spectrum"
+    out.mkdir(exist_ok=True)
+    spectrum_summary(pd.DataFrame(rows)).to_csv(out / "summary.tsv", sep="\t", index=False)
+    return out
+
+
 def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
     df = paper_claims()
     assert set(df["claim_id"]) == set(CHECKS)
@@ -165,7 +196,9 @@ def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
 
 def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
     geo, ev = _write_run(tmp_path)
-    out = write_claims(geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv")
+    out = write_claims(
+        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv", _write_spectrum(tmp_path)
+    )
     assert list(out.columns) == OUTPUT_COLUMNS
     got = out.set_index("claim_id")["verdict"]
     assert got[["lr10x", "online_grpo"]].tolist() == ["not run", "not run"]
@@ -178,7 +211,7 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     geo, ev = _write_run(tmp_path, dpo_acc=0.6, barrier_rift_dpo=0.0)
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
     assert out.loc["acc_dpo", "verdict"] == "fails"  # same accuracy as SFT
-    for claim in ("lmc_rift_dpo", "seed_lmc", "cka_pattern"):
+    for claim in ("lmc_rift_dpo", "seed_lmc", "cka_pattern", "intruders", "rl_rotation", "rl_spectrum"):
         assert out.loc[claim, "verdict"] == "not run"
     no_dpo = {k: v for k, v in ROLES.items() if k != "dpo"}
     out = write_claims(geo, ev, None, None, no_dpo, 42, tmp_path / "c2.tsv").set_index("claim_id")
@@ -247,7 +280,7 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
     )
     roles = {**ROLES, "lr10x": "sft_lr10x", "online_grpo": "online_grpo"}
     out = write_claims(
-        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv"
+        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv", _write_spectrum(tmp_path)
     ).set_index("claim_id")
     assert (out.loc["lr10x", "verdict"], out.loc["online_grpo", "verdict"]) == verdicts
     assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]
@@ -296,3 +329,30 @@ def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
     assert got["verdict"].tolist() == want["verdict"].tolist()
     assert got.set_index("claim_id").loc["seed_lmc", "verdict"] == "holds"
     assert f"{name}/seed42 -> {name}/seed123" in got.set_index("claim_id").loc["seed_lmc", "this_run"]
+
+
+@pytest.mark.parametrize(
+    "grpo, verdicts",
+    [
+        ((4.0, 8.0, 0.02, 0), ("holds", "holds", "holds")),
+        # GRPO below SFT by less than the data-order floor (JITTER): not a difference
+        ((10.0 - JITTER / 2, 20.0, 0.05 - JITTER / 200, 0), ("fails", "holds", "fails")),
+        # less rotation than SFT, but no less than its chance level: only its size keeps it small
+        ((4.0, 4.0, 0.02, 0), ("holds", "fails", "holds")),
+    ],
+)
+def test_base_spectrum_claims_read_each_difference_against_its_floor_and_chance(tmp_path, grpo, verdicts):
+    geo, ev = _write_run(tmp_path)
+    spec = _write_spectrum(tmp_path, {**SPECTRUM, "grpo": grpo})
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", spec).set_index("claim_id")
+    assert tuple(out.loc[["rl_rotation", "rl_rotation_chance", "rl_spectrum"], "verdict"]) == verdicts
+    assert out.loc["intruders", "verdict"] == "holds"
+    assert "SFT 2, RFT 1, RIFT 3" in out.loc["intruders", "this_run"]
+    assert out.loc["rl_rotation", "source"].startswith("The Path Not Taken")
+
+
+def test_the_intruder_claim_fails_without_intruders(tmp_path):
+    geo, ev = _write_run(tmp_path)
+    spec = _write_spectrum(tmp_path, {**SPECTRUM, "rft": (9.0, 9.0, 0.05, 0)})
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", spec).set_index("claim_id")
+    assert out.loc["intruders", "verdict"] == "fails"

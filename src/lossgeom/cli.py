@@ -17,6 +17,7 @@ from pathlib import Path
 from . import cli_commands as commands
 from .settings import (
     DTYPES,
+    BaseSpectrumSettings,
     CkaSettings,
     EvaluationSettings,
     GeometrySettings,
@@ -28,6 +29,7 @@ from .settings import (
 
 # flag defaults are the settings classes' (one place per default): the rules pass every value anyway
 EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
+BASE_SPECTRUM = BaseSpectrumSettings()
 MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
 CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
 
@@ -207,6 +209,36 @@ def _geometry_commands(add) -> None:
     )
     sp.add_argument("--trust-remote-code", action="store_true")
 
+    sp = add("trajectory", commands.cmd_trajectory, "geometry along training: every saved step of every adapter")
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (its train_info.json lists the steps)")
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=GEOMETRY.top_k, help="singular subspace size for principal angles")
+    sp.add_argument("--cache-dir", type=Path, default=None, help="reuse per-(adapter, step) factor caches from here")
+
+    sp = add(
+        "base-spectrum",
+        commands.cmd_base_spectrum,
+        "each delta against the base weights' spectrum: intruder dimensions, rotation, top singular values",
+    )
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
+    sp.add_argument("--base-model", required=True, help="the adapters' base model: hub id or local directory")
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=BASE_SPECTRUM.top_k, help="top singular vectors of W + dW examined")
+    sp.add_argument("--threshold", type=float, default=BASE_SPECTRUM.threshold, help="intruder |cosine| threshold")
+    sp.add_argument("--seed", type=int, default=BASE_SPECTRUM.seed, help="seed of the chance level's random deltas")
+    sp.add_argument("--cache-dir", type=Path, default=None, help="cache of the base weights' SVDs (by content)")
+    sp.add_argument("--trust-remote-code", action="store_true")
+
+    for name, fn, what in (
+        ("trajectory-figures", commands.cmd_trajectory_figures, "cosines along training with their floors"),
+        ("base-spectrum-figures", commands.cmd_base_spectrum_figures, "base-spectrum statistics per method"),
+    ):
+        sp = add(name, fn, what)
+        sp.add_argument("--tables", type=Path, required=True, help=f"directory written by '{name[: -len('-figures')]}'")
+        sp.add_argument("--roles", nargs="+", type=_role, required=True, help="the paper's methods as role=method")
+        sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
+        sp.add_argument("--out", type=Path, required=True, help="figure .png (a .pdf is written beside it)")
+
     sp = add(
         "geometry-figures", commands.cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables"
     )
@@ -275,6 +307,7 @@ def _report_commands(add) -> None:
     sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'eval-stats'")
     sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
     sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
+    sp.add_argument("--base-spectrum", type=Path, default=None, help="directory written by 'base-spectrum'")
     sp.add_argument(
         "--roles",
         nargs="+",

@@ -142,6 +142,37 @@ def cmd_geometry(a):
     )
 
 
+def cmd_trajectory(a):
+    from .geometry.trajectory import write_trajectory
+
+    write_trajectory(dict(a.adapters), a.out, top_k=a.top_k, cache_dir=a.cache_dir, progress=True)
+
+
+def cmd_base_spectrum(a):
+    from .geometry import build_factor_cache, load_adapter
+    from .geometry.spectrum import write_base_spectrum
+    from .modeling import base_weights_of
+
+    # top_k=1: only the factors and the delta's singular values are read (the chance level's spectrum)
+    caches = {label: build_factor_cache(load_adapter(d), top_k=1, label=label) for label, d in a.adapters}
+    base_weights = base_weights_of(a.base_model, a.adapters[0][1], trust_remote_code=a.trust_remote_code)
+    write_base_spectrum(
+        caches, base_weights, a.out, a.top_k, a.threshold, a.seed, cache_dir=a.cache_dir, progress=True
+    )
+
+
+def cmd_trajectory_figures(a):
+    from .figures.trajectory import trajectory_figure
+
+    trajectory_figure(a.tables, dict(a.roles), a.seed, a.out)
+
+
+def cmd_base_spectrum_figures(a):
+    from .figures.spectrum import base_spectrum_figure
+
+    base_spectrum_figure(a.tables, dict(a.roles), a.seed, a.out)
+
+
 def cmd_geometry_figures(a):
     from .figures.geometry import geometry_figures
 
@@ -253,5 +284,5 @@ def cmd_training_figures(a):
 def cmd_claims(a):
     from .claims.check import write_claims
 
-    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out)
+    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum)
     log.info("claims: %s", df["verdict"].value_counts().to_dict())

@@ -1,8 +1,5 @@
 # The paper's claims, checked against this run: one cheap aggregate over the other stages' tables.
 
-CLAIM_ROLES = cfg.claim_roles(config)
-
-
 rule claims:
     input:
         # the tables lossgeom.claims.check reads
@@ -11,6 +8,7 @@ rule claims:
         pairwise=rules.eval_stats.output.pairwise,
         lmc=rules.lmc_summary.output.summary,
         cka=rules.cka.output.cka,
+        base_spectrum=rules.base_spectrum.output.summary,
     output:
         claims=report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
     params:
@@ -18,6 +16,7 @@ rule claims:
         seed=config["seeds"][0],
         geometry=parent_of("noise_floor", "input"),
         eval_dir=parent_of("pairwise", "input"),
+        base_spectrum=parent_of("base_spectrum", "input"),
     resources:
         **job_resources("claims"),
     conda:
@@ -28,4 +27,4 @@ rule claims:
         f"{RESULTS}/benchmarks/claims.tsv"
     shell:
         "lossgeom claims --geometry {params.geometry} --eval-dir {params.eval_dir} --lmc {input.lmc} --cka {input.cka}"
-        " --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --base-spectrum {params.base_spectrum} --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"

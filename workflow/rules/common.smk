@@ -35,6 +35,7 @@ FIGURE_CODE = Path(os.path.relpath(Path(workflow.basedir) / "src" / "lossgeom" /
 TOY = f"{RESULTS}/toy"
 LABELS = cfg.adapter_labels(config)
 GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
+CLAIM_ROLES = cfg.claim_roles(config)  # the paper's methods (sft, rft, ...) -> this study's method names
 TEMPLATE = config["model"]["prompt_template"]
 # How a bare gold answer is written after the prompt (answer cross-entropy, probes): as the prompt asks
 ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"]["answer_template"])
@@ -81,6 +82,9 @@ localrules:
     toy_world,
     geometry,
     geometry_figures,
+    trajectory,
+    trajectory_figures,
+    base_spectrum_figures,
     eval_stats,
     lmc_summary,
     cka,
@@ -177,6 +181,10 @@ def all_targets():
         *rules.claims.output,
         *rules.rollouts_summary.output,
         *rules.geometry_figures.output,
+        *rules.trajectory.output,
+        *rules.trajectory_figures.output,
+        *rules.base_spectrum.output,
+        *rules.base_spectrum_figures.output,
         *rules.accuracy_figures.output,
         *rules.connectivity_figures.output,
         *rules.representations_figures.output,

@@ -1,6 +1,9 @@
-# Weight-space geometry of every adapter pair, from the LoRA factors (cheap: one aggregate job).
+# Weight-space geometry of every adapter pair, from the LoRA factors (cheap: one aggregate job); the same
+# along training (every saved step: trajectory), and every delta against the base's spectrum.
 
+from lossgeom.geometry.spectrum import SPECTRUM_TABLES
 from lossgeom.geometry.tables import SQUARE_METRICS
+from lossgeom.geometry.trajectory import TRAJECTORY_TABLES
 
 GEOMETRY = config["geometry"]
 BASE_ALIGNMENT = GEOMETRY["base_alignment"]
@@ -65,3 +68,113 @@ rule geometry_figures:
         f"{RESULTS}/benchmarks/geometry_figures.tsv"
     shell:
         "lossgeom geometry-figures --tables {params.tables} --out {params.out} > {log} 2>&1"
+
+
+# Every saved step of every adapter (train_info.json lists them), in a rule of its own that only its
+# figure reads: the analysis-step tables and the claims never wait for it or rerun with it. Its factor
+# caches persist in results/cache/factors (keyed by adapter content): a rerun builds only new steps' caches.
+rule trajectory:
+    input:
+        [adapter_dir(label) for label in GEOMETRY_LABELS],
+    output:
+        **{name: f"{RESULTS}/trajectory/{name}.tsv" for name in TRAJECTORY_TABLES},
+        settings=f"{RESULTS}/trajectory/settings.json",
+    params:
+        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
+        top_k=GEOMETRY["top_k"],
+        cache=f"{RESULTS}/cache/factors",
+        out=parent_of(0),
+    resources:
+        **job_resources("trajectory"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/trajectory.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/trajectory.tsv"
+    shell:
+        "lossgeom trajectory {params.adapters} --top-k {params.top_k} --cache-dir {params.cache} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule trajectory_figures:
+    input:
+        # the tables lossgeom.figures.trajectory reads
+        paths=rules.trajectory.output.paths,
+        steps=rules.trajectory.output.steps,
+        cross_steps=rules.trajectory.output.cross_steps,
+        code=figure_code("trajectory"),
+    output:
+        **figure_outputs("trajectory", caption="../report/trajectory.rst", category="Geometry along training"),
+    params:
+        tables=parent_of("paths", "input"),
+        roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
+        seed=config["seeds"][0],
+    resources:
+        **job_resources("trajectory_figures"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/trajectory_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/trajectory_figures.tsv"
+    shell:
+        "lossgeom trajectory-figures --tables {params.tables} --roles {params.roles} --seed {params.seed}"
+        " --out {output.trajectory} > {log} 2>&1"
+
+
+# Each delta against the base weights' own spectrum. The base's SVDs are cached by content in
+# results/cache/base_svd (one per base module, whatever the study), so only the adapters' part reruns.
+rule base_spectrum:
+    input:
+        [adapter_dir(label) for label in GEOMETRY_LABELS],
+        **model_input("base"),
+    output:
+        modules=f"{RESULTS}/base_spectrum/modules.tsv",
+        summary=report(
+            f"{RESULTS}/base_spectrum/summary.tsv", caption="../report/base_spectrum_table.rst", category="Geometry against the base"
+        ),
+        settings=f"{RESULTS}/base_spectrum/settings.json",
+    params:
+        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
+        base=model_arg("base"),
+        remote=REMOTE,
+        top_k=config["base_spectrum"]["top_k"],
+        threshold=config["base_spectrum"]["threshold"],
+        seed=config["base_spectrum"]["seed"],
+        cache=f"{RESULTS}/cache/base_svd",
+        out=parent_of(0),
+    resources:
+        **job_resources("base_spectrum"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/base_spectrum.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/base_spectrum.tsv"
+    shell:
+        "lossgeom base-spectrum {params.adapters} --base-model {params.base} {params.remote} --top-k {params.top_k}"
+        " --threshold {params.threshold} --seed {params.seed} --cache-dir {params.cache} --out {params.out} > {log} 2>&1"
+
+
+rule base_spectrum_figures:
+    input:
+        summary=rules.base_spectrum.output.summary,
+        code=figure_code("spectrum"),
+    output:
+        **figure_outputs("base_spectrum", caption="../report/base_spectrum.rst", category="Geometry against the base"),
+    params:
+        tables=parent_of("summary", "input"),
+        roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
+        seed=config["seeds"][0],
+    resources:
+        **job_resources("base_spectrum_figures"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/base_spectrum_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/base_spectrum_figures.tsv"
+    shell:
+        "lossgeom base-spectrum-figures --tables {params.tables} --roles {params.roles} --seed {params.seed}"
+        " --out {output.base_spectrum} > {log} 2>&1"

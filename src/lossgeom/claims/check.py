@@ -2,15 +2,17 @@
 
 Inputs are the tables the other stages wrote: ``geometry/noise_floor.tsv`` (pairwise values with
 their floors and random levels), ``geometry/adapters.tsv`` (norms, effective ranks),
-``eval/pairwise.tsv`` (exact McNemar with Holm), ``lmc/summary.tsv`` (barriers) and
-``cka/cka.tsv``. ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) and its two
+``eval/pairwise.tsv`` (exact McNemar with Holm), ``lmc/summary.tsv`` (barriers),
+``cka/cka.tsv`` and ``base_spectrum/summary.tsv`` (intruder dimensions, rotation and singular-value
+change of each delta against the base, with chance levels and floors). ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) and its two
 extra runs (``lr10x``: SFT at 10x the learning rate; ``online_grpo``) to this study's method names; ``seed`` is the seed whose adapters share a LoRA init (cross-method values
 at that seed are compared with the data-order floor, cross-seed values with the init-seed floor).
 
 Each verdict follows the claim's ``rule`` (``paper_claims.tsv``), fixed in code below, never tuned
 per run: ``holds``, ``fails``, or ``not run`` when the inputs for it are absent (a method, a pair
 or a table the study did not produce). Numbers are rounded to 3 significant digits in text.
-Output columns: ``claim_id, group, claim, paper, this_run, floor, random, verdict, rule``.
+Output columns: ``claim_id, group, source, claim, paper, this_run, floor, random, verdict, rule``
+(``random``: the random level, or the chance level of a base-spectrum statistic).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class RunTables:
         cka: Path | None,
         roles: dict[str, str],
         seed: int,
+        base_spectrum: Path | None = None,
     ):
         self.roles, self.seed = roles, seed
         self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
@@ -66,6 +69,7 @@ class RunTables:
         self.pairwise = _read(eval_dir / "pairwise.tsv") if eval_dir else None
         self.lmc = _read(lmc) if lmc else None
         self.cka = _read(cka) if cka else None
+        self.spectrum = _read(base_spectrum / "summary.tsv") if base_spectrum else None
 
     def label(self, role: str, seed: int | None = None) -> str:
         """The label of the adapter of the method playing ``role`` at ``seed`` (default: the shared-init seed)."""
@@ -128,6 +132,16 @@ class RunTables:
         if rows.empty:
             raise _Missing(f"no CKA pair {a} / {b}")
         return rows.set_index("layer")["cka"].sort_index()
+
+    def spectrum_row(self, role: str, statistic: str) -> pd.Series:
+        """The ``base_spectrum/summary.tsv`` row of ``statistic`` for the shared-init adapter of ``role``."""
+        if self.spectrum is None:
+            raise _Missing("no base_spectrum/summary.tsv")
+        s = self.spectrum
+        row = s[(s["label"] == self.label(role)) & (s["statistic"] == statistic)]
+        if row.empty:
+            raise _Missing(f"no base-spectrum {statistic} of {self.label(role)}")
+        return row.iloc[0]
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -362,6 +376,40 @@ def _online_grpo(t: RunTables):
     )
 
 
+def _intruders(t: RunTables):
+    rows = {m: t.spectrum_row(m, "intruders") for m in ("sft", "rft", "rift")}
+    text = ", ".join(f"{m.upper()} {int(r['value'])}" for m, r in rows.items())
+    text += f" intruder dimensions (top-k of W + dW, summed over {int(rows['sft']['n_modules'])} modules)"
+    floor = "data-order " + ", ".join(f"{m.upper()} {_f(r['data_floor'])}" for m, r in rows.items())
+    chance = "chance " + ", ".join(f"{m.upper()} {int(r['chance'])}" for m, r in rows.items())
+    return text, floor, chance, all(r["value"] >= 1 for r in rows.values())
+
+
+SPECTRUM_NAMES = {"rotation_left_deg": "top-k output-subspace rotation (deg)", "sv_change": "top-k singular-value change"}
+
+
+def _below_sft(t: RunTables, statistic: str, ratio: bool):
+    """(text, floor, chance, holds): GRPO's and DPO's ``statistic`` (or its ratio to chance) each below SFT's
+    by more than the larger of the two methods' data-order floors (and, for a ratio, below 1)."""
+    col, floor_col = ("ratio_to_chance", "ratio_data_floor") if ratio else ("value", "data_floor")
+    rows = {m: t.spectrum_row(m, statistic) for m in ("sft", "grpo", "dpo")}
+    sft = float(rows["sft"][col])
+    holds, parts, floors = True, [], []
+    for m in ("grpo", "dpo"):
+        v = float(rows[m][col])
+        floor = np.nanmax([float(rows["sft"][floor_col]), float(rows[m][floor_col])])
+        floors.append(f"SFT/{m.upper()} {_f(floor)}")
+        holds &= bool(np.isfinite(v) and np.isfinite(sft) and sft - v > (floor if np.isfinite(floor) else 0.0))
+        holds &= (v < 1.0) if ratio else True
+        parts.append(f"{m.upper()} {_f(v)}")
+    what = SPECTRUM_NAMES[statistic] + (", ratio to chance" if ratio else "")
+    text = f"{what}: SFT {_f(sft)}, " + ", ".join(parts)
+    if ratio:
+        text += " (" + ", ".join(f"{m.upper()} {_f(float(r['value']))} vs chance {_f(float(r['chance']))}" for m, r in rows.items()) + ")"
+    chance = "1" if ratio else "chance " + ", ".join(f"{m.upper()} {_f(float(r['chance']))}" for m, r in rows.items())
+    return text, "data-order " + ", ".join(floors), chance, holds
+
+
 CHECKS = {
     "cluster": _cluster,
     "cluster_vs_floor": _cluster_vs_floor,
@@ -383,9 +431,13 @@ CHECKS = {
     "cka_pattern": _cka_pattern,
     "lr10x": _lr10x,
     "online_grpo": _online_grpo,
+    "intruders": _intruders,
+    "rl_rotation": lambda t: _below_sft(t, "rotation_left_deg", ratio=False),
+    "rl_rotation_chance": lambda t: _below_sft(t, "rotation_left_deg", ratio=True),
+    "rl_spectrum": lambda t: _below_sft(t, "sv_change", ratio=False),
 }
 
-OUTPUT_COLUMNS = ["claim_id", "group", "claim", "paper", "this_run", "floor", "random", "verdict", "rule"]
+OUTPUT_COLUMNS = ["claim_id", "group", "source", "claim", "paper", "this_run", "floor", "random", "verdict", "rule"]
 
 
 def check_claims(tables: RunTables) -> pd.DataFrame:
@@ -404,6 +456,7 @@ def check_claims(tables: RunTables) -> pd.DataFrame:
             {
                 "claim_id": claim.claim_id,
                 "group": claim.group,
+                "source": claim.source,
                 "claim": claim.claim,
                 "paper": claim.paper,
                 "this_run": this_run,
@@ -424,13 +477,22 @@ def write_claims(
     roles: dict[str, str],
     seed: int,
     out: Path,
+    base_spectrum: Path | None = None,
 ) -> pd.DataFrame:
     """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
     bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
     if bad:
         raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
     df = check_claims(
-        RunTables(Path(geometry), eval_dir and Path(eval_dir), lmc and Path(lmc), cka and Path(cka), roles, seed)
+        RunTables(
+            Path(geometry),
+            eval_dir and Path(eval_dir),
+            lmc and Path(lmc),
+            cka and Path(cka),
+            roles,
+            seed,
+            base_spectrum and Path(base_spectrum),
+        )
     )
     write_table(df, out)
     return df

@@ -1,9 +1,11 @@
-"""The paper's claims and numbers, read from one data file.
+"""The claims checked against a run, the paper's and those of the papers it is set against, read from one data file.
 
 ``paper_claims.tsv`` (beside this module; tab-separated, one row per claim) has columns
 ``claim_id`` (stable key), ``group`` (geometry, seeds, accuracy, connectivity, representations, lr,
-online), ``claim`` (the claim in words), ``paper`` (the paper's numbers as reported, text) and
-``rule`` (how :mod:`.check` decides the verdict, in words). Nothing else holds the paper's numbers.
+online, base spectrum), ``source`` (whose claim: the study reproduced, Nikolich et al. 2026, or another
+paper the study is set against), ``claim`` (the claim in words; a question for the other papers'), ``paper``
+(that paper's numbers or finding as reported, text) and ``rule`` (how :mod:`.check` decides the verdict,
+in words). Nothing else holds the papers' numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-COLUMNS = ["claim_id", "group", "claim", "paper", "rule"]
+COLUMNS = ["claim_id", "group", "source", "claim", "paper", "rule"]
 
 
 def paper_claims() -> pd.DataFrame:

@@ -25,6 +25,15 @@ def _top_k_subspaces(W0: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :k], vt[:k].T
 
 
+def canonical_base_weights(base_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Base weights keyed by canonical module name (from a canonical name, or a PEFT/transformers key
+    such as ``model.layers.3.self_attn.q_proj.weight`` or ``base_model.model.model.layers...``)."""
+    out = {}
+    for key, w in base_weights.items():
+        out[canonical_module_name(re.sub(r"\.weight$", "", re.sub(r"^base_model\.model\.", "", key)))] = w
+    return out
+
+
 def base_alignment(
     caches: Mapping[str, FactorCache], base_weights: Mapping[str, np.ndarray], top_k: int = 10
 ) -> pd.DataFrame:
@@ -44,10 +53,7 @@ def base_alignment(
     Raises:
         AdapterMismatchError: a base weight's shape differs from the module's ``(d_out, d_in)``.
     """
-    bw = {}
-    for key, w in base_weights.items():
-        name = canonical_module_name(re.sub(r"\.weight$", "", re.sub(r"^base_model\.model\.", "", key)))
-        bw[name] = w
+    bw = canonical_base_weights(base_weights)
     rows = []
     for name, W0 in bw.items():
         present = [(l, c.modules[name]) for l, c in caches.items() if name in c.modules]

@@ -51,7 +51,8 @@ class PairGeometry:
             beyond the pair's ``k`` (``k = min(top_k, numerical ranks)``).
         k_used: ``{"left", "right"} -> (M, P)`` number of angles.
         agreement: ``{"left", "right"} -> (M, P)`` ``|<u1_a, u1_b>|`` / ``|<v1_a, v1_b>|``.
-        top_k: requested ``k``. n_sine_recomputed: entries recomputed with the sine formula.
+        top_k: requested ``k``. n_sine_recomputed: entries recomputed with the sine formula (-1 for a
+            :meth:`subset`, whose count is its parent's).
     """
 
     labels: list[str]
@@ -90,6 +91,39 @@ class PairGeometry:
     def norms(self) -> np.ndarray:
         """``(n,)`` global Frobenius norms."""
         return np.sqrt(np.clip(np.diagonal(self.inner_global()), 0.0, None))
+
+    def subset(self, labels: Sequence[str], rename: Sequence[str] | None = None) -> "PairGeometry":
+        """The geometry of ``labels`` alone (in that order), as :func:`pairwise_geometry` of their caches
+        would compute it: every pair's numbers depend on that pair only, so they are sliced, not redone.
+
+        Args:
+            labels: labels of this geometry, at least 2, unique. rename: new labels, one per label (e.g. a
+                saved step's ``"sft/seed42@25"`` -> ``"sft/seed42"``, so the noise floors parse them).
+        """
+        idx = [self.labels.index(l) for l in labels]
+        if rename is not None and len(rename) != len(idx):
+            raise ValueError(f"PairGeometry.subset: {len(rename)} new labels for {len(idx)} labels")
+        if len(idx) < 2 or len(set(idx)) != len(idx):
+            raise ValueError(f"PairGeometry.subset: need at least 2 distinct labels, got {list(labels)}")
+        n = len(self.labels)
+        iu = np.triu_indices(len(idx), 1)
+        a, b = np.asarray(idx)[iu[0]], np.asarray(idx)[iu[1]]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        # index of pair (lo, hi), lo < hi, in the row-major upper triangle of n labels
+        p = lo * n - lo * (lo + 1) // 2 + (hi - lo - 1)
+        return PairGeometry(
+            labels=list(rename) if rename is not None else list(labels),
+            module_names=self.module_names,
+            module_layers=self.module_layers,
+            module_shapes=self.module_shapes,
+            pairs=np.stack(iu, axis=1),
+            inner=self.inner[:, idx][:, :, idx],
+            angles={s: v[:, p] for s, v in self.angles.items()},
+            k_used={s: v[:, p] for s, v in self.k_used.items()},
+            agreement={s: v[:, p] for s, v in self.agreement.items()},
+            top_k=self.top_k,
+            n_sine_recomputed=-1,  # not known for a slice: the count is of the whole computation
+        )
 
 
 def _stack_columns(mats: Sequence[np.ndarray], widths: Sequence[int], out: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ NOISE_FLOOR_METRICS = (
 )
 
 
-def _pair_values(geo: PairGeometry) -> dict[str, np.ndarray]:
+def pair_values(geo: PairGeometry) -> dict[str, np.ndarray]:
     """Headline metric -> ``(P,)`` value for each pair ``(a, b) = labels[i], labels[j]``, i < j."""
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
     cos = PairGeometry.cosine_of(geo.inner_global())[i, j]
@@ -113,7 +113,7 @@ def _last_valid(ang: np.ndarray, k: np.ndarray) -> np.ndarray:
 def square_matrices(geo: PairGeometry) -> dict[str, pd.DataFrame]:
     """Metric -> labelled ``n x n`` DataFrame (entry ``[a, b]``; see ``SQUARE_METRICS``)."""
     n = len(geo.labels)
-    vals = _pair_values(geo)
+    vals = pair_values(geo)
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
     out = {}
     for metric, (diag, _) in SQUARE_METRICS.items():
@@ -221,7 +221,7 @@ def long_table(geo: PairGeometry) -> pd.DataFrame:
             pl[metric].to_numpy(),
         )
     # global
-    vals = _pair_values(geo)
+    vals = pair_values(geo)
     add(lab[i], lab[j], "*", "*", "both", "cosine", vals["cosine_global"])
     add(lab[i], lab[j], "*", "*", "both", "orthogonal_fraction", vals["orthogonal_fraction_global"])
     add(lab[i], lab[j], "*", "*", "both", "norm_ratio", vals["norm_ratio"])
@@ -281,7 +281,7 @@ def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
 
     Long because each pair kind (shared init, across seeds) has its floor rule stated next to its code.
     """
-    vals = _pair_values(geo)
+    vals = pair_values(geo)
     ref = random_reference(geo)
     parsed = [_method_seeds(l) for l in geo.labels]
     meth = np.array([p[0] for p in parsed], dtype=object)

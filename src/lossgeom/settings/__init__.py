@@ -9,7 +9,7 @@ So a default is one line, and the schema, the rules and the code cannot disagree
 
 Modules: :mod:`.base` (the base class), :mod:`.inputs` (model, problem sources, rollouts, LoRA,
 training), :mod:`.toy`, :mod:`.generation` (the backends' options), :mod:`.stages` (evaluation, lmc,
-cka, geometry, resources). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
+cka, geometry, base spectrum, resources). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
 """
 
 from .base import POSITIVE_INT, REQUIRED, Settings, setting
@@ -26,6 +26,7 @@ from .inputs import (
 from .stages import (
     LABEL_PATTERN,
     SECTIONS,
+    BaseSpectrumSettings,
     CkaSettings,
     EvaluationSettings,
     GeometrySettings,
@@ -55,6 +56,7 @@ __all__ = [
     "REQUIRED",
     "SCHEMA_SECTIONS",
     "SECTIONS",
+    "BaseSpectrumSettings",
     "CkaSettings",
     "EvaluationSettings",
     "GeometrySettings",

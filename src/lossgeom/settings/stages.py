@@ -1,4 +1,4 @@
-"""The analysis stages' settings: evaluation, lmc, cka, geometry, and the jobs' resources."""
+"""The analysis stages' settings: evaluation, lmc, cka, geometry, the base spectrum, and the jobs' resources."""
 
 from __future__ import annotations
 
@@ -89,6 +89,26 @@ class GeometrySettings(Settings):
 
 
 @dataclass(frozen=True)
+class BaseSpectrumSettings(Settings):
+    """``base_spectrum``: every delta against the base weight's own spectrum (lossgeom.geometry.spectrum):
+    intruder dimensions, the rotation of the top singular subspaces, the change of the top singular values."""
+
+    top_k: int = setting(
+        10,
+        POSITIVE_INT,
+        "top singular vectors of W + dW examined (intruders) and subspace size of the rotation; 10 as "
+        "Shuttleworth et al. (2024) and PEFT's reduce_intruder_dimension",
+    )
+    threshold: float = setting(
+        0.5,
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "a top singular vector of W + dW is an intruder when its largest |cosine| to every singular vector of "
+        "W is below this (PEFT's default)",
+    )
+    seed: int = setting(0, {"type": "integer", "minimum": 0}, "seed of the random deltas of the chance level")
+
+
+@dataclass(frozen=True)
 class ResourcesSettings(Settings):
     """``resources``: what each job asks a scheduler (SLURM) or the local machine for, sized from the config
     by :mod:`lossgeom.resources`; a profile still overrides any rule (``set-resources``, ``set-threads``)."""
@@ -116,9 +136,10 @@ class ResourcesSettings(Settings):
         16000, POSITIVE_INT, "host memory of a training job, MB (the model's host copy, the rollout table, the rows)"
     )
     gpu_job_mem_mb: int = setting(
-        16000, POSITIVE_INT, "host memory of the other GPU jobs (generation, activations), MB"
+        16000, POSITIVE_INT, "host memory of the other GPU jobs (generation, activations) and of the base spectrum (the base model's "
+        "weights on the host), MB"
     )
-    gpu_job_runtime: int = setting(240, POSITIVE_INT, "time limit of the other GPU jobs, minutes")
+    gpu_job_runtime: int = setting(240, POSITIVE_INT, "time limit of the other GPU jobs and of the base spectrum, minutes")
     cpu_job_mem_mb: int = setting(4000, POSITIVE_INT, "host memory of the CPU jobs (aggregates, figures), MB")
     cpu_job_runtime: int = setting(30, POSITIVE_INT, "time limit of the CPU jobs, minutes")
     vllm_threads: int = setting(
@@ -141,5 +162,6 @@ SECTIONS: dict[str, type[Settings]] = {
     "lmc": LmcSettings,
     "cka": CkaSettings,
     "geometry": GeometrySettings,
+    "base_spectrum": BaseSpectrumSettings,
     "resources": ResourcesSettings,
 }
