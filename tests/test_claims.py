@@ -170,7 +170,7 @@ SPECTRUM = {
 JITTER = 0.1
 
 
-def _write_spectrum(tmp_path, spectrum=SPECTRUM) -> "Path":
+def _write_spectrum(tmp_path, spectrum=SPECTRUM):
     """base_spectrum/summary.tsv, through spectrum_summary (so its floors are the code's), from a modules
     table of two modules per adapter holding the same numbers."""
     rows = []
@@ -180,7 +180,14 @@ def _write_spectrum(tmp_path, spectrum=SPECTRUM) -> "Path":
                 stats = {s: 0.0 for s in MODULE_STATS}
                 stats.update(rotation_left_deg=rot + j, sv_change=sv + j / 100, intruders=intr / 2)
                 chance_stats = dict(stats, rotation_left_deg=chance, sv_change=sv, intruders=1)
-                rows.append({"label": str(label), "module": module, **stats, **{f"chance_{k}": v for k, v in chance_stats.items()}})
+                rows.append(
+                    {
+                        "label": str(label),
+                        "module": module,
+                        **stats,
+                        **{f"chance_{k}": v for k, v in chance_stats.items()},
+                    }
+                )
     out = tmp_path / "base_spectrum"
     out.mkdir(exist_ok=True)
     spectrum_summary(pd.DataFrame(rows)).to_csv(out / "summary.tsv", sep="\t", index=False)
@@ -197,7 +204,14 @@ def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
 def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
     geo, ev = _write_run(tmp_path)
     out = write_claims(
-        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv", _write_spectrum(tmp_path)
+        geo,
+        ev,
+        tmp_path / "lmc.tsv",
+        tmp_path / "cka.tsv",
+        ROLES,
+        42,
+        tmp_path / "claims.tsv",
+        _write_spectrum(tmp_path),
     )
     assert list(out.columns) == OUTPUT_COLUMNS
     got = out.set_index("claim_id")["verdict"]
@@ -280,7 +294,14 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
     )
     roles = {**ROLES, "lr10x": "sft_lr10x", "online_grpo": "online_grpo"}
     out = write_claims(
-        geo, ev, tmp_path / "lmc.tsv", tmp_path / "cka.tsv", roles, 42, tmp_path / "claims.tsv", _write_spectrum(tmp_path)
+        geo,
+        ev,
+        tmp_path / "lmc.tsv",
+        tmp_path / "cka.tsv",
+        roles,
+        42,
+        tmp_path / "claims.tsv",
+        _write_spectrum(tmp_path),
     ).set_index("claim_id")
     assert (out.loc["lr10x", "verdict"], out.loc["online_grpo", "verdict"]) == verdicts
     assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]

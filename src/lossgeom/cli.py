@@ -210,7 +210,9 @@ def _geometry_commands(add) -> None:
     sp.add_argument("--trust-remote-code", action="store_true")
 
     sp = add("trajectory", commands.cmd_trajectory, "geometry along training: every saved step of every adapter")
-    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (its train_info.json lists the steps)")
+    sp.add_argument(
+        "adapters", nargs="+", type=_labelled, help="label=adapter_dir (its train_info.json lists the steps)"
+    )
     sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
     sp.add_argument("--top-k", type=int, default=GEOMETRY.top_k, help="singular subspace size for principal angles")
     sp.add_argument("--cache-dir", type=Path, default=None, help="reuse per-(adapter, step) factor caches from here")

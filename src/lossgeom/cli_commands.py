@@ -156,9 +156,7 @@ def cmd_base_spectrum(a):
     # top_k=1: only the factors and the delta's singular values are read (the chance level's spectrum)
     caches = {label: build_factor_cache(load_adapter(d), top_k=1, label=label) for label, d in a.adapters}
     base_weights = base_weights_of(a.base_model, a.adapters[0][1], trust_remote_code=a.trust_remote_code)
-    write_base_spectrum(
-        caches, base_weights, a.out, a.top_k, a.threshold, a.seed, cache_dir=a.cache_dir, progress=True
-    )
+    write_base_spectrum(caches, base_weights, a.out, a.top_k, a.threshold, a.seed, cache_dir=a.cache_dir, progress=True)
 
 
 def cmd_trajectory_figures(a):

@@ -385,7 +385,10 @@ def _intruders(t: RunTables):
     return text, floor, chance, all(r["value"] >= 1 for r in rows.values())
 
 
-SPECTRUM_NAMES = {"rotation_left_deg": "top-k output-subspace rotation (deg)", "sv_change": "top-k singular-value change"}
+SPECTRUM_NAMES = {
+    "rotation_left_deg": "top-k output-subspace rotation (deg)",
+    "sv_change": "top-k singular-value change",
+}
 
 
 def _below_sft(t: RunTables, statistic: str, ratio: bool):
@@ -405,7 +408,13 @@ def _below_sft(t: RunTables, statistic: str, ratio: bool):
     what = SPECTRUM_NAMES[statistic] + (", ratio to chance" if ratio else "")
     text = f"{what}: SFT {_f(sft)}, " + ", ".join(parts)
     if ratio:
-        text += " (" + ", ".join(f"{m.upper()} {_f(float(r['value']))} vs chance {_f(float(r['chance']))}" for m, r in rows.items()) + ")"
+        text += (
+            " ("
+            + ", ".join(
+                f"{m.upper()} {_f(float(r['value']))} vs chance {_f(float(r['chance']))}" for m, r in rows.items()
+            )
+            + ")"
+        )
     chance = "1" if ratio else "chance " + ", ".join(f"{m.upper()} {_f(float(r['chance']))}" for m, r in rows.items())
     return text, "data-order " + ", ".join(floors), chance, holds
 

@@ -26,7 +26,17 @@ PANELS = (
     ("rotation_right_deg", "rotation of the top-k input subspace (deg)"),
     ("sv_change", "relative change of the top-k singular values"),
 )
-COLUMNS = ["label", "method", "init_seed", "data_seed", "statistic", "value", "chance", "ratio_to_chance", "ratio_data_floor"]
+COLUMNS = [
+    "label",
+    "method",
+    "init_seed",
+    "data_seed",
+    "statistic",
+    "value",
+    "chance",
+    "ratio_to_chance",
+    "ratio_data_floor",
+]
 
 
 def base_spectrum_figure(

@@ -66,7 +66,9 @@ def _draw_paths(ax_cos, ax_norm, paths: pd.DataFrame, seed: int) -> None:
         ax_cos.plot(g["step"], g["cos_to_analysis"], marker="o", ms=3, color=colour, label=method_name(method))
         ax_cos.scatter(g["step"], g["cos_to_previous"], marker="x", s=14, color=colour)
         ax_norm.plot(g["step"], g["norm"], marker="o", ms=3, color=colour, label=method_name(method))
-    ax_cos.set_title(f"path: cosine to its own analysis-step delta (x: to its previous saved step), seed {seed}", fontsize=8)
+    ax_cos.set_title(
+        f"path: cosine to its own analysis-step delta (x: to its previous saved step), seed {seed}", fontsize=8
+    )
     ax_cos.set_ylabel("cosine")
     ax_norm.set_title(f"||dW||_F along training, seed {seed}", fontsize=8)
     ax_norm.set_yscale("log")
@@ -79,7 +81,10 @@ def _draw_paths(ax_cos, ax_norm, paths: pd.DataFrame, seed: int) -> None:
 def _draw_seed_pairs(ax, steps: pd.DataFrame) -> None:
     """The same loss at two init seeds (no data-order replicates) at each step, with the random level."""
     seeds = steps[(steps["metric"] == "cosine_global") & (steps["kind"] == "same-method") & (steps["init"] == "other")]
-    original = [not (Label.parse(a).is_replicate or Label.parse(b).is_replicate) for a, b in zip(seeds["pair_a"], seeds["pair_b"])]
+    original = [
+        not (Label.parse(a).is_replicate or Label.parse(b).is_replicate)
+        for a, b in zip(seeds["pair_a"], seeds["pair_b"])
+    ]
     seeds = seeds[original]
     for (a, b), g in seeds.groupby(["pair_a", "pair_b"], sort=False):
         method = Label.parse(a).method
@@ -101,7 +106,9 @@ def _draw_faster(ax, cross: pd.DataFrame, fast: str | None, slow: str | None) ->
         | ((cross["label_a"] == slow) & (cross["label_b"] == fast))
     ]
     if sel.empty:
-        ax.text(0.5, 0.5, "no SFT at 10x the learning rate in this study", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no SFT at 10x the learning rate in this study", ha="center", va="center", transform=ax.transAxes
+        )
     else:
         from matplotlib import colormaps
 

@@ -322,5 +322,7 @@ def write_base_spectrum(
     }
     with atomic_path(out_dir / "settings.json") as p:
         p.write_text(json.dumps(settings, indent=2) + "\n")
-    log.info("wrote the base spectrum of %d adapters (%d modules) to %s", len(caches), modules["module"].nunique(), out_dir)
+    log.info(
+        "wrote the base spectrum of %d adapters (%d modules) to %s", len(caches), modules["module"].nunique(), out_dir
+    )
     return summary

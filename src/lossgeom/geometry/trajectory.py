@@ -61,7 +61,9 @@ def saved_steps(adapter_dir: str | Path) -> dict[int, Path]:
     for step in info["save_steps"]:
         d = adapter_dir if step == info["analysis_step"] else step_dir(adapter_dir, step)
         if not (d / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(f"{adapter_dir}: step {step} is in train_info.json's save_steps, but {d} holds no adapter")
+            raise FileNotFoundError(
+                f"{adapter_dir}: step {step} is in train_info.json's save_steps, but {d} holds no adapter"
+            )
         out[int(step)] = d
     return out
 

@@ -136,10 +136,14 @@ class ResourcesSettings(Settings):
         16000, POSITIVE_INT, "host memory of a training job, MB (the model's host copy, the rollout table, the rows)"
     )
     gpu_job_mem_mb: int = setting(
-        16000, POSITIVE_INT, "host memory of the other GPU jobs (generation, activations) and of the base spectrum (the base model's "
-        "weights on the host), MB"
+        16000,
+        POSITIVE_INT,
+        "host memory of the other GPU jobs (generation, activations) and of the base spectrum (the base model's "
+        "weights on the host), MB",
     )
-    gpu_job_runtime: int = setting(240, POSITIVE_INT, "time limit of the other GPU jobs and of the base spectrum, minutes")
+    gpu_job_runtime: int = setting(
+        240, POSITIVE_INT, "time limit of the other GPU jobs and of the base spectrum, minutes"
+    )
     cpu_job_mem_mb: int = setting(4000, POSITIVE_INT, "host memory of the CPU jobs (aggregates, figures), MB")
     cpu_job_runtime: int = setting(30, POSITIVE_INT, "time limit of the CPU jobs, minutes")
     vllm_threads: int = setting(
