@@ -1,0 +1,42 @@
+"""Tests of the geometry-along-training and base-spectrum figures (lossgeom.figures.trajectory, .spectrum):
+drawn from the tables their stages write, and a table without its columns named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lossgeom.figures.spectrum import base_spectrum_figure
+from lossgeom.figures.trajectory import trajectory_figure
+from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
+from lossgeom.geometry.trajectory import write_trajectory
+
+ROLES = {"sft": "a", "rft": "b", "rift": "c", "lr10x": "a_fast"}
+
+
+def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
+    from test_geometry_trajectory import _study
+
+    dirs = _study(tmp_path / "adapters", np.random.default_rng(0), ["a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1", "a_fast/seed1"])
+    write_trajectory(dirs, tmp_path / "traj", top_k=2)
+    png, pdf = trajectory_figure(tmp_path / "traj", ROLES, 1, tmp_path / "fig" / "trajectory.png")
+    assert png.stat().st_size > 10_000 and pdf.is_file()
+    # without the 10x-LR run its panel says so rather than failing
+    trajectory_figure(tmp_path / "traj", {k: v for k, v in ROLES.items() if k != "lr10x"}, 1, tmp_path / "fig" / "t2.png")
+    paths = pd.read_csv(tmp_path / "traj" / "paths.tsv", sep="\t").drop(columns="cos_to_analysis")
+    paths.to_csv(tmp_path / "traj" / "paths.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):
+        trajectory_figure(tmp_path / "traj", ROLES, 1, tmp_path / "fig" / "t3.png")
+
+
+def test_base_spectrum_figure_from_a_summary(tmp_path):
+    rows = []
+    for label in ("a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1"):
+        for module in ("q", "k"):
+            stats = {s: float(len(label) + len(module)) for s in MODULE_STATS}
+            rows.append({"label": label, "module": module, **stats, **{f"chance_{s}": 9.0 for s in MODULE_STATS}})
+    (tmp_path / "bs").mkdir()
+    spectrum_summary(pd.DataFrame(rows)).to_csv(tmp_path / "bs" / "summary.tsv", sep="\t", index=False)
+    png, pdf = base_spectrum_figure(tmp_path / "bs", ROLES, 1, tmp_path / "fig" / "base_spectrum.png")
+    assert png.stat().st_size > 10_000 and pdf.is_file()
