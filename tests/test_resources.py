@@ -19,6 +19,7 @@ from lossgeom.resources import (
     CONDA_ENV,
     CONDA_ENV_VLLM,
     GPU_RULES,
+    MODEL_CPU_RULES,
     api_rollouts,
     attempt_memory,
     conda_env,
@@ -107,7 +108,11 @@ def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper
     for rule in ("evaluate", "lmc", "activations"):
         for job in by_rule[rule]:
             assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == (32000, 480), job
-    for job in (j for j in paper_jobs if j["rule"] not in GPU_RULES):
+    # the base spectrum holds the base model's weights and their SVDs on the host: a model job's memory, no GPU
+    (spectrum,) = by_rule["base_spectrum"]
+    assert spectrum["resources"].get("gpu", 0) == 0
+    assert (spectrum["resources"]["mem_mb"], spectrum["resources"]["runtime"]) == (32000, 480)
+    for job in (j for j in paper_jobs if j["rule"] not in GPU_RULES + MODEL_CPU_RULES):
         assert job["resources"].get("gpu", 0) == 0 and job["resources"]["mem_mb"] == res["cpu_job_mem_mb"]
 
 

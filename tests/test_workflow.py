@@ -39,13 +39,18 @@ ACCURACY_FIGURES = figures("accuracy_toy", "mcnemar_toy")  # one of each per tes
 CONNECTIVITY_FIGURES = figures("lmc", "lmc_pairs")
 REPRESENTATIONS_FIGURES = figures("cka_profiles", "cka_last_layer")
 TRAINING_FIGURES = figures("training_curves")
+TRAJECTORY_FIGURES = figures("trajectory")
+BASE_SPECTRUM_FIGURES = figures("base_spectrum")
 BEHAVIOUR_FIGURES = ACCURACY_FIGURES | CONNECTIVITY_FIGURES | REPRESENTATIONS_FIGURES
-ALL_FIGURES = GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | TRAINING_FIGURES
+ALL_FIGURES = GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | TRAINING_FIGURES | TRAJECTORY_FIGURES | BASE_SPECTRUM_FIGURES
 # every table the geometry job writes (the tiny config has no base_alignment.tsv: geometry.base_alignment is off)
 GEOMETRY_TABLES = {
     f"results/geometry/{n}.tsv"
     for n in (*SQUARE_METRICS, "per_layer", "adapters", "adapter_modules", "noise_floor", "long")
 } | {"results/geometry/settings.json"}
+# the geometry along training and against the base's spectrum (rules trajectory, base_spectrum)
+GEOMETRY_TABLES |= {f"results/trajectory/{n}" for n in ("paths.tsv", "steps.tsv", "cross_steps.tsv", "settings.json")}
+GEOMETRY_TABLES |= {f"results/base_spectrum/{n}" for n in ("modules.tsv", "summary.tsv", "settings.json")}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int = 900, snakefile: Path | None = None):
@@ -268,7 +273,16 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         assert Path(name).name in html, f"{name} is not in the report"
     for table in ("claims.tsv", "noise_floor.tsv", "accuracy.tsv", "pairwise.tsv", "summary.tsv"):
         assert table in html, f"{table} is not in the report"
-    for category in ("Claims", "Geometry", "Connectivity", "Representations", "Accuracy", "Training"):
+    for category in (
+        "Claims",
+        "Geometry",
+        "Geometry along training",
+        "Geometry against the base",
+        "Connectivity",
+        "Representations",
+        "Accuracy",
+        "Training",
+    ):
         assert category in html
 
 
