@@ -18,12 +18,18 @@ ROLES = {"sft": "a", "rft": "b", "rift": "c", "lr10x": "a_fast"}
 def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
     from test_geometry_trajectory import _study
 
-    dirs = _study(tmp_path / "adapters", np.random.default_rng(0), ["a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1", "a_fast/seed1"])
+    dirs = _study(
+        tmp_path / "adapters",
+        np.random.default_rng(0),
+        ["a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1", "a_fast/seed1"],
+    )
     write_trajectory(dirs, tmp_path / "traj", top_k=2)
     png, pdf = trajectory_figure(tmp_path / "traj", ROLES, 1, tmp_path / "fig" / "trajectory.png")
     assert png.stat().st_size > 10_000 and pdf.is_file()
     # without the 10x-LR run its panel says so rather than failing
-    trajectory_figure(tmp_path / "traj", {k: v for k, v in ROLES.items() if k != "lr10x"}, 1, tmp_path / "fig" / "t2.png")
+    trajectory_figure(
+        tmp_path / "traj", {k: v for k, v in ROLES.items() if k != "lr10x"}, 1, tmp_path / "fig" / "t2.png"
+    )
     paths = pd.read_csv(tmp_path / "traj" / "paths.tsv", sep="\t").drop(columns="cos_to_analysis")
     paths.to_csv(tmp_path / "traj" / "paths.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):

@@ -79,7 +79,7 @@ def test_statistics_match_dense_float64(d_out, d_in, r, delta_scale):
     rng = np.random.default_rng(d_out + 7 * d_in + r)
     W, B, A = _module(rng, d_out, d_in, r, delta_scale)
     k = min(10, d_out, d_in)
-    got = spectrum_stats(base_svd(W), *top_singular(W, B, A, 1.0, k), 0.5)
+    got = spectrum_stats(base_svd(W, k), *top_singular(W, B, A, 1.0, k), 0.5)
     want, max_cos = _dense_stats(W, B @ A, k, 0.5)
     assert set(got) == set(MODULE_STATS)
     assert np.min(np.abs(max_cos - 0.5)) > 1e-6  # no vector at the threshold: the count is well defined
@@ -93,21 +93,26 @@ def test_intruder_counts_span_none_to_all_of_the_top_k():
     counts = []
     for scale in (0.01, 1.0, 20.0):
         W, B, A = _module(rng, 64, 64, 16, scale)
-        counts.append(spectrum_stats(base_svd(W), *top_singular(W, B, A, 1.0, 10), 0.5)["intruders"])
+        counts.append(spectrum_stats(base_svd(W, 10), *top_singular(W, B, A, 1.0, 10), 0.5)["intruders"])
     assert counts[0] == 0 and 0 < counts[1] and counts[2] >= 8, counts
 
 
 def test_base_svd_is_cached_by_content(tmp_path):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((20, 12))
-    first = base_svd(W, tmp_path)
+    first = base_svd(W, 12, tmp_path)
     assert len(list(tmp_path.iterdir())) == 1
-    again = base_svd(W.copy(), tmp_path)  # read back, not recomputed: same bytes
-    for a, b in ((first.U, again.U), (first.S, again.S), (first.V, again.V)):
-        assert np.array_equal(a, b)
-    base_svd(W + 1e-12, tmp_path)  # another weight: its own file
+    (path,) = tmp_path.iterdir()
+    stamp = path.stat().st_mtime_ns
+    again = base_svd(W.copy(), 5, tmp_path)  # read back, not recomputed: the same bytes, fewer right vectors
+    assert path.stat().st_mtime_ns == stamp
+    assert np.array_equal(first.U, again.U) and np.array_equal(first.S, again.S)
+    assert np.array_equal(first.V[:, :5], again.V)
+    base_svd(W + 1e-12, 12, tmp_path)  # another weight: its own file
     assert len(list(tmp_path.iterdir())) == 2
-    np.testing.assert_allclose((first.U * first.S) @ first.V.T, W, atol=1e-12)
+    np.testing.assert_allclose((first.U * first.S) @ first.V.T, W, atol=1e-12)  # q = 12: the whole SVD
+    U, S, Vt = np.linalg.svd(W, full_matrices=False)
+    np.testing.assert_allclose(np.abs(np.sum(first.U * U, axis=0)), 1.0, atol=1e-12)
 
 
 def test_random_delta_has_the_singular_values_it_is_given():
@@ -118,6 +123,10 @@ def test_random_delta_has_the_singular_values_it_is_given():
     Q = B[:, :3] / S[:3]
     np.testing.assert_allclose(Q.T @ Q, np.eye(3), atol=1e-12)
     np.testing.assert_allclose(A @ A.T, np.eye(4), atol=1e-12)
+    # a rank above min(d_out, d_in): the zero padding of the delta's spectrum is dropped
+    B, A = random_delta(np.array([2.0, 1.0, 0.0, 0.0, 0.0]), (3, 4), rng)
+    assert B.shape == (3, 3) and A.shape == (3, 4)
+    np.testing.assert_allclose(np.linalg.svd(B @ A, compute_uv=False), [2.0, 1.0, 0.0], atol=1e-12)
 
 
 # ---- adapters: the study's entry point against PEFT's detector ------------------------------------

@@ -80,27 +80,33 @@ SPECTRUM_TABLES = ("modules", "summary")
 
 @dataclass(frozen=True)
 class BaseSVD:
-    """The thin SVD of one base weight: ``U`` ``(d_out, q)`` every left singular vector, ``S`` ``(q,)``
-    descending, ``V`` ``(d_in, q)`` every right singular vector (``q = min(d_out, d_in)``)."""
+    """The thin SVD of one base weight: ``U`` ``(d_out, q)`` every left singular vector (the intruder test
+    compares with all of them), ``S`` ``(q,)`` descending, ``V`` ``(d_in, k)`` the top-``k`` right singular
+    vectors (the rotation reads only those; ``q = min(d_out, d_in)``)."""
 
     U: np.ndarray
     S: np.ndarray
     V: np.ndarray
 
 
-def base_svd(W: np.ndarray, cache_dir: str | Path | None = None) -> BaseSVD:
-    """The thin SVD of a base weight, float64, read from ``cache_dir`` when it holds the SVD of this very
-    weight (files are named by the SHA-256 of its float64 bytes and shape), else computed and saved there."""
+def base_svd(W: np.ndarray, k: int, cache_dir: str | Path | None = None) -> BaseSVD:
+    """The thin SVD of a base weight (:class:`BaseSVD`, ``k`` right vectors), float64, read from ``cache_dir``
+    when it holds the SVD of this very weight with at least ``k`` right vectors (files are named by the
+    SHA-256 of its float64 bytes and shape), else computed with LAPACK and saved there."""
     W = np.ascontiguousarray(W, dtype=np.float64)
+    k = min(k, min(W.shape))
     path = None
     if cache_dir is not None:
-        digest = hashlib.sha256(repr(W.shape).encode() + W.tobytes()).hexdigest()[:32]
+        h = hashlib.sha256(repr(W.shape).encode())
+        h.update(memoryview(W))  # the contiguous float64 bytes, without a copy
+        digest = h.hexdigest()[:32]
         path = Path(cache_dir) / f"{digest}.npz"
         if path.is_file():
             with np.load(path) as z:
-                return BaseSVD(z["U"], z["S"], z["V"])
+                if z["V"].shape[1] >= k:
+                    return BaseSVD(z["U"], z["S"], z["V"][:, :k])
     U, S, Vt = np.linalg.svd(W, full_matrices=False)
-    out = BaseSVD(U, S, np.ascontiguousarray(Vt.T))
+    out = BaseSVD(U, S, np.ascontiguousarray(Vt[:k].T))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -139,7 +145,7 @@ def spectrum_stats(base: BaseSVD, U: np.ndarray, S: np.ndarray, V: np.ndarray, t
     k = len(S)
     max_cos = np.max(np.abs(base.U.T @ U), axis=0)  # (k,): each u'_j's largest |cos| to any base vector
     left = np.degrees(lowrank.principal_angles(base.U[:, :k], U))
-    right = np.degrees(lowrank.principal_angles(base.V[:, :k], V))
+    right = np.degrees(lowrank.principal_angles(base.V[:, :k], V))  # base.V holds at least k
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = S / base.S[:k] - 1.0
     return {
@@ -162,6 +168,7 @@ def random_delta(S: np.ndarray, shape: tuple[int, int], rng: np.random.Generator
         Q, R = np.linalg.qr(rng.standard_normal((d, r)))
         return Q * np.sign(np.diag(R))
 
+    S = np.asarray(S)[: min(shape)]  # beyond min(d_out, d_in) a delta's singular values are zero padding
     r = len(S)
     return haar(shape[0], r) * S, haar(shape[1], r).T
 
@@ -214,7 +221,7 @@ def base_spectrum(
                     f"base weight of {name!r}: expected shape (d_out, d_in) = {m.shape}, found {W.shape}"
                 )
             if base is None:
-                base = base_svd(W, cache_dir)
+                base = base_svd(W, top_k, cache_dir)
             rows.append(_module_row(label, m, W, base, top_k, threshold, seed))
     return pd.DataFrame(rows)
 
