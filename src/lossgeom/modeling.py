@@ -74,15 +74,49 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
 
 def base_weights_of(name_or_path: str, adapter_dir, trust_remote_code: bool = False) -> dict:
     """The base model's dense weights of the modules an adapter targets, as float64 numpy arrays
-    keyed by module path (``model.layers.3.self_attn.q_proj``), for the base-alignment analysis."""
+    keyed by module path (``model.layers.3.self_attn.q_proj``), for the analyses against the base.
+
+    Read straight from the checkpoint's safetensors files (a local directory's, or the hub snapshot's from
+    its cache), tensor by tensor: no model is built, so a 4B model's attention weights cost their own
+    memory, not the model's. A checkpoint without safetensors files, or none of whose keys names a target
+    module's weight, is loaded through transformers instead (its module names)."""
     import json
-    from pathlib import Path
 
     targets = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["target_modules"]
     targets = set(targets) if isinstance(targets, list) else None
+    out = _weights_from_safetensors(str(name_or_path), targets)
+    if out:
+        return out
     model = load_model(name_or_path, "float32", trust_remote_code, to_device=False)
-    out = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and (targets is None or name.rsplit(".", 1)[-1] in targets):
             out[name] = module.weight.detach().double().numpy()
+    return out
+
+
+def _weights_from_safetensors(name_or_path: str, targets: set[str] | None) -> dict:
+    """``{module path: float64 weight}`` of the 2-D ``{module}.weight`` tensors whose module's last name is a
+    target (every 2-D weight when ``targets`` is None), from the checkpoint's safetensors files; ``{}``
+    when it has none."""
+    from safetensors import safe_open
+
+    _check_location(name_or_path, "model")
+    root = Path(name_or_path).expanduser()
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            root = Path(snapshot_download(name_or_path, allow_patterns=["*.safetensors", "*.json"]))
+        except Exception:  # not reachable or not a hub id: the transformers path names the problem
+            return {}
+    out = {}
+    for path in sorted(root.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                module = key.removesuffix(".weight")
+                if key == module or (targets is not None and module.rsplit(".", 1)[-1] not in targets):
+                    continue
+                tensor = f.get_tensor(key)
+                if tensor.ndim == 2:
+                    out[module] = tensor.double().numpy()
     return out

@@ -196,7 +196,8 @@ def base_spectrum(
             module has a base weight.
     """
     bw = canonical_base_weights(base_weights)
-    names = [n for n in bw if any(n in c.modules for c in caches.values())]
+    # the adapters' module order (layer, then name), whatever order the base weights come in
+    names = [n for n in dict.fromkeys(n for c in caches.values() for n in c.modules) if n in bw]
     if not names:
         some = next(iter(caches.values()))
         raise AdapterMismatchError(

@@ -1,0 +1,48 @@
+"""Tests of lossgeom.modeling's base weights: read from the checkpoint's files equal to the model's own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from lossgeom.modeling import base_weights_of
+
+
+def test_base_weights_from_the_files_equal_those_of_the_loaded_model(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)  # as the paper's base is stored
+    model.save_pretrained(tmp_path / "base")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"target_modules": ["q_proj", "o_proj"]}))
+    got = base_weights_of(str(tmp_path / "base"), adapter)
+    want = {
+        name: m.weight.detach().double().numpy()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "o_proj")
+    }
+    assert sorted(got) == sorted(want) and len(got) == 4
+    for name in want:
+        assert got[name].dtype == np.float64 and np.array_equal(got[name], want[name]), name
+    # a checkpoint without safetensors files: loaded through transformers (which refuses .bin: one clear error)
+    (tmp_path / "base" / "model.safetensors").rename(tmp_path / "model.safetensors.away")
+    try:
+        base_weights_of(str(tmp_path / "base"), adapter)
+    except ValueError as e:
+        assert "cannot load the model" in str(e)
+    else:
+        raise AssertionError("a directory without weights loaded")
