@@ -21,6 +21,7 @@ from ..fsutil import atomic_path
 from ..labels import Label
 
 DPI = 200
+PNG_COMPRESS_LEVEL = 1
 
 
 def style(axes_style: str = "white", context: str = "paper") -> ExitStack:
@@ -45,12 +46,13 @@ def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
     if png.suffix.lower() != ".png":
         raise ValueError(f"output path must end in .png, got {str(png)!r}")
     pdf = png.with_suffix(".pdf")
-    for path, fmt, metadata in (
-        (png, "png", {"Software": None}),
-        (pdf, "pdf", {"CreationDate": None, "Creator": None, "Producer": None}),
+    for path, fmt, extra in (
+        # zlib level 1: ~0.5 s less per figure than PIL's default 6, for a file ~20% larger
+        (png, "png", {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
+        (pdf, "pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}}),
     ):
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+            fig.savefig(tmp, format=fmt, dpi=DPI, **extra)
     return png, pdf
 
 

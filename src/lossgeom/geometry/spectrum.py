@@ -28,8 +28,10 @@ below it keeps off the base's principal directions.
 
 **Cost**: the base's SVD is computed once per base module (LAPACK ``gesdd``) and cached by the weight's
 content (``cache_dir``); the top-``k`` of each ``W'`` comes from ARPACK's Lanczos (``scipy.sparse.linalg.
-svds``, ``tol=0``: to machine precision) on ``x -> W x + s B (A x)``, never forming ``W'``: about 16x faster
-than a dense SVD of ``W'`` at Qwen3-4B's q_proj (``benchmarks/bench_base_spectrum.py``). Where
+svds``, ``tol=0``: to machine precision) on ``x -> W x + s B (A x)``, never forming ``W'``. At Qwen3-4B's
+shape on a Gaussian base (the hard case for Lanczos: its top singular values crowd at the spectrum's edge)
+that is 3-6x faster than a dense SVD of ``W'`` per module (``benchmarks/bench_base_spectrum.py``); a
+trained base's top singular values are spread further apart, where Lanczos converges sooner. Where
 ``k >= q`` (ARPACK needs ``k < q``) the dense SVD of ``W'`` is used.
 """
 
