@@ -134,7 +134,7 @@ def cmd_geometry(a):
     dirs = [path for _, path in a.adapters]
     base_weights = None
     if a.base_model:
-        from .modeling import base_weights_of
+        from .lora.checkpoint import base_weights_of
 
         base_weights = base_weights_of(a.base_model, dirs[0], trust_remote_code=a.trust_remote_code)
     compare_adapter_dirs(
@@ -151,7 +151,7 @@ def cmd_trajectory(a):
 def cmd_base_spectrum(a):
     from .geometry import build_factor_cache, load_adapter
     from .geometry.spectrum import write_base_spectrum
-    from .modeling import base_weights_of
+    from .lora.checkpoint import base_weights_of
 
     # top_k=1: only the factors and the delta's singular values are read (the chance level's spectrum)
     caches = {label: build_factor_cache(load_adapter(d), top_k=1, label=label) for label, d in a.adapters}

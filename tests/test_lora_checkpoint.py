@@ -1,16 +1,18 @@
-"""Tests of lossgeom.modeling's base weights: read from the checkpoint's files equal to the model's own."""
+"""Tests of lossgeom.lora.checkpoint: base weights read from the checkpoint's files equal the model's own."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from lossgeom.modeling import base_weights_of
+from lossgeom.lora.checkpoint import base_weights_of
 
 
-def test_base_weights_from_the_files_equal_those_of_the_loaded_model(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_base_weights_from_the_files_equal_those_of_the_loaded_model(tmp_path, dtype):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(
@@ -24,7 +26,7 @@ def test_base_weights_from_the_files_equal_those_of_the_loaded_model(tmp_path):
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)  # as the paper's base is stored
+    model = Qwen3ForCausalLM(cfg).to(dtype)  # bf16 as the paper's base is stored (read via torch), f32 as the toy's
     model.save_pretrained(tmp_path / "base")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
