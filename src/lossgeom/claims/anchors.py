@@ -1,0 +1,62 @@
+"""Checks of what other papers claim of fine-tuning updates, on this study's adapters: each delta against
+the base weight's spectrum (``base_spectrum/summary.tsv``). Shuttleworth et al. (2024): LoRA puts intruder
+dimensions into the base's top singular vectors; "The Path Not Taken" (2025): RL-style updates rotate the
+base's principal subspace and change its top singular values less than SFT. Each returns (this_run,
+floor, chance, holds), as the checks of :mod:`.check`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .tables import RunTables, fmt
+
+
+def _intruders(t: RunTables):
+    rows = {m: t.spectrum_row(m, "intruders") for m in ("sft", "rft", "rift")}
+    text = ", ".join(f"{m.upper()} {int(r['value'])}" for m, r in rows.items())
+    text += f" intruder dimensions (top-k of W + dW, summed over {int(rows['sft']['n_modules'])} modules)"
+    floor = "data-order " + ", ".join(f"{m.upper()} {fmt(r['data_floor'])}" for m, r in rows.items())
+    chance = "chance " + ", ".join(f"{m.upper()} {int(r['chance'])}" for m, r in rows.items())
+    return text, floor, chance, all(r["value"] >= 1 for r in rows.values())
+
+
+SPECTRUM_NAMES = {
+    "rotation_left_deg": "top-k output-subspace rotation (deg)",
+    "sv_change": "top-k singular-value change",
+}
+
+
+def _below_sft(t: RunTables, statistic: str, ratio: bool):
+    """(text, floor, chance, holds): GRPO's and DPO's ``statistic`` (or its ratio to chance) each below SFT's
+    by more than the larger of the two methods' data-order floors (and, for a ratio, below 1)."""
+    col, floor_col = ("ratio_to_chance", "ratio_data_floor") if ratio else ("value", "data_floor")
+    rows = {m: t.spectrum_row(m, statistic) for m in ("sft", "grpo", "dpo")}
+    sft = float(rows["sft"][col])
+    holds, parts, floors = True, [], []
+    for m in ("grpo", "dpo"):
+        v = float(rows[m][col])
+        floor = np.nanmax([float(rows["sft"][floor_col]), float(rows[m][floor_col])])
+        floors.append(f"SFT/{m.upper()} {fmt(floor)}")
+        holds &= bool(np.isfinite(v) and np.isfinite(sft) and sft - v > (floor if np.isfinite(floor) else 0.0))
+        holds &= (v < 1.0) if ratio else True
+        parts.append(f"{m.upper()} {fmt(v)}")
+    what = SPECTRUM_NAMES[statistic] + (", ratio to chance" if ratio else "")
+    text = f"{what}: SFT {fmt(sft)}, " + ", ".join(parts)
+    if ratio:
+        text += (
+            " ("
+            + ", ".join(
+                f"{m.upper()} {fmt(float(r['value']))} vs chance {fmt(float(r['chance']))}" for m, r in rows.items()
+            )
+            + ")"
+        )
+    chance = "1" if ratio else "chance " + ", ".join(f"{m.upper()} {fmt(float(r['chance']))}" for m, r in rows.items())
+    return text, "data-order " + ", ".join(floors), chance, holds
+
+
+ANCHOR_CHECKS = {
+    "intruders": _intruders,
+    "rl_rotation": lambda t: _below_sft(t, "rotation_left_deg", ratio=False),
+    "rl_rotation_chance": lambda t: _below_sft(t, "rotation_left_deg", ratio=True),
+    "rl_spectrum": lambda t: _below_sft(t, "sv_change", ratio=False),
+}

@@ -1,0 +1,128 @@
+"""The run's tables as the claim checks read them (:class:`RunTables`), with lookups that raise
+:class:`Missing` when a value is absent (the claim's verdict is then "not run")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..labels import Label
+
+
+class Missing(Exception):
+    """An input a claim needs is absent: the verdict is 'not run'."""
+
+
+def fmt(x: float) -> str:
+    """A number as the claims table writes it: 3 significant digits, ``nan`` for a missing one."""
+    return "nan" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+def pair_row(df: pd.DataFrame, col_a: str, col_b: str, a: str, b: str, missing: str) -> tuple[pd.Series, bool]:
+    """The row of the unordered pair (a, b) in a table of pairs, and whether it is stored as (b, a);
+    ``Missing(missing)`` when neither order is there."""
+    for swapped, (x, y) in ((False, (a, b)), (True, (b, a))):
+        row = df[(df[col_a] == x) & (df[col_b] == y)]
+        if not row.empty:
+            return row.iloc[0], swapped
+    raise Missing(missing)
+
+
+class RunTables:
+    """The run's tables, with lookups that raise :class:`Missing` when a value is absent."""
+
+    def __init__(
+        self,
+        geometry: Path,
+        eval_dir: Path | None,
+        lmc: Path | None,
+        cka: Path | None,
+        roles: dict[str, str],
+        seed: int,
+        base_spectrum: Path | None = None,
+    ):
+        self.roles, self.seed = roles, seed
+        self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
+        self.adapters = pd.read_csv(geometry / "adapters.tsv", sep="\t")
+        self.pairwise = read_table(eval_dir / "pairwise.tsv") if eval_dir else None
+        self.lmc = read_table(lmc) if lmc else None
+        self.cka = read_table(cka) if cka else None
+        self.spectrum = read_table(base_spectrum / "summary.tsv") if base_spectrum else None
+
+    def label(self, role: str, seed: int | None = None) -> str:
+        """The label of the adapter of the method playing ``role`` at ``seed`` (default: the shared-init seed)."""
+        if role not in self.roles:
+            raise Missing(f"no method plays {role}")
+        return str(Label(self.roles[role], self.seed if seed is None else seed))
+
+    def init_seeds(self, role: str) -> list[int]:
+        """The init seeds of the geometry's adapters of the method playing ``role``, replicates left out."""
+        names = set(self.nf["pair_a"]) | set(self.nf["pair_b"])
+        labels = [Label.try_parse(n) for n in names]  # a name that is not a label is no adapter of a method
+        return sorted({l.seed for l in labels if l is not None and l.method == self.roles[role] and not l.is_replicate})
+
+    def pair(self, a: str, b: str, metric: str = "cosine_global") -> pd.Series:
+        """The noise-floor row of labels ``a``, ``b`` (either order) and ``metric``."""
+        nf = self.nf[self.nf["metric"] == metric]
+        row = nf[((nf["pair_a"] == a) & (nf["pair_b"] == b)) | ((nf["pair_a"] == b) & (nf["pair_b"] == a))]
+        if row.empty:
+            raise Missing(f"no geometry pair {a} / {b}")
+        return row.iloc[0]
+
+    def cos(self, ra: str, rb: str) -> float:
+        return float(self.pair(self.label(ra), self.label(rb))["value"])
+
+    def same_method(self, role: str, init: str, metric: str = "cosine_global") -> pd.DataFrame:
+        """Rows of a method's own pairs: ``init='other'`` (init-seed pairs) or ``'shared'`` (data-order pairs)."""
+        if role not in self.roles:
+            raise Missing(f"no method plays {role}")
+        m = self.roles[role]
+        nf = self.nf[(self.nf["metric"] == metric) & (self.nf["method_a"] == m) & (self.nf["method_b"] == m)]
+        nf = nf[(nf["init"] == init) & ((nf["data_order"] == "other") if init == "shared" else True)]
+        if nf.empty:
+            raise Missing(f"no {init}-init pair of {m}")
+        return nf
+
+    def holm_p(self, a: str, b: str) -> tuple[float, float, float]:
+        """(acc_a, acc_b, Holm p) of models ``a``, ``b`` on the first test set."""
+        if self.pairwise is None:
+            raise Missing("no eval/pairwise.tsv")
+        pw = self.pairwise[self.pairwise["test_set"] == self.pairwise["test_set"].iloc[0]]
+        r, swapped = pair_row(pw, "model_a", "model_b", a, b, f"no McNemar pair {a} / {b}")
+        acc = (float(r["acc_b"]), float(r["acc_a"])) if swapped else (float(r["acc_a"]), float(r["acc_b"]))
+        return (*acc, float(r["p_holm"]))
+
+    def barrier(self, a: str, b: str, metric: str = "answer_ce") -> tuple[float, float, float]:
+        """(value_a, value_b, barrier) of the sweep between ``a`` and ``b`` (either direction)."""
+        if self.lmc is None:
+            raise Missing("no lmc/summary.tsv")
+        s = self.lmc[self.lmc["metric"] == metric]
+        r, swapped = pair_row(s, "pair_a", "pair_b", a, b, f"no LMC sweep {a} / {b}")
+        values = (float(r["value_b"]), float(r["value_a"])) if swapped else (float(r["value_a"]), float(r["value_b"]))
+        return (*values, float(r["barrier"]))
+
+    def cka_layers(self, a: str, b: str) -> pd.Series:
+        """Linear CKA per layer (index: layer) of models ``a``, ``b``."""
+        if self.cka is None:
+            raise Missing("no cka/cka.tsv")
+        c = self.cka
+        rows = c[((c["model_a"] == a) & (c["model_b"] == b)) | ((c["model_a"] == b) & (c["model_b"] == a))]
+        if rows.empty:
+            raise Missing(f"no CKA pair {a} / {b}")
+        return rows.set_index("layer")["cka"].sort_index()
+
+    def spectrum_row(self, role: str, statistic: str) -> pd.Series:
+        """The ``base_spectrum/summary.tsv`` row of ``statistic`` for the shared-init adapter of ``role``."""
+        if self.spectrum is None:
+            raise Missing("no base_spectrum/summary.tsv")
+        s = self.spectrum
+        row = s[(s["label"] == self.label(role)) & (s["statistic"] == statistic)]
+        if row.empty:
+            raise Missing(f"no base-spectrum {statistic} of {self.label(role)}")
+        return row.iloc[0]
+
+
+def read_table(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t") if path is not None and Path(path).exists() else None
