@@ -150,7 +150,12 @@ def test_tiny_study_writes_the_results_contract(study):
     rep = floor[(floor.pair_a == "sft/seed1") & (floor.pair_b == "sft/seed1data5") & (floor.metric == "cosine_global")]
     assert rep.iloc[0]["init"] == "shared" and rep.iloc[0]["data_order"] == "other"
     claims = pd.read_csv(res / "claims.tsv", sep="\t")
-    assert len(claims) == 20 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
+    assert len(claims) == 24 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
+    # the base-spectrum rows are computed from the study's own tables (not "not run")
+    assert set(claims.set_index("claim_id").loc[["intruders", "rl_rotation", "rl_spectrum"], "verdict"]) <= {
+        "holds",
+        "fails",
+    }
     assert (abs(cos.values.diagonal() - 1) < 1e-9).all()
     assert (abs(cos.values - cos.values.T) < 1e-12).all()
     assert (res / "figures" / "cosine_global.png").stat().st_size > 10_000
@@ -167,13 +172,13 @@ def test_immediate_rerun_schedules_nothing(study):
 
 
 def result_targets(results: Path) -> list[str]:
-    """Every file under ``results/`` as a target name (logs and benchmarks aside): a file inside a
-    directory output (adapters, the toy world and models; Snakemake marks them with .snakemake_timestamp)
-    by that directory."""
+    """Every file under ``results/`` as a target name (logs, benchmarks and the content-keyed caches of
+    factors and base SVDs aside: no rule's output): a file inside a directory output (adapters, the toy
+    world and models; Snakemake marks them with .snakemake_timestamp) by that directory."""
     targets = set()
     for path in results.rglob("*"):
         rel = path.relative_to(results)
-        if not path.is_file() or rel.parts[0] in ("logs", "benchmarks"):
+        if not path.is_file() or rel.parts[0] in ("logs", "benchmarks", "cache"):
             continue
         owner = next((d for d in reversed(rel.parents) if (results / d / ".snakemake_timestamp").exists()), rel)
         targets.add(str(Path("results") / owner))
