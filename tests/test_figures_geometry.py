@@ -30,6 +30,10 @@ def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
     trajectory_figure(
         tmp_path / "traj", {k: v for k, v in ROLES.items() if k != "lr10x"}, 1, tmp_path / "fig" / "t2.png"
     )
+    # a study of one seed: no init-seed pairs, an empty panel
+    one = {k: v for k, v in dirs.items() if k != "a/seed2"}
+    write_trajectory(one, tmp_path / "one", top_k=2)
+    trajectory_figure(tmp_path / "one", ROLES, 1, tmp_path / "fig" / "one.png")
     paths = pd.read_csv(tmp_path / "traj" / "paths.tsv", sep="\t").drop(columns="cos_to_analysis")
     paths.to_csv(tmp_path / "traj" / "paths.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):

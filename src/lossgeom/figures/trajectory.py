@@ -81,10 +81,13 @@ def _draw_paths(ax_cos, ax_norm, paths: pd.DataFrame, seed: int) -> None:
 def _draw_seed_pairs(ax, steps: pd.DataFrame) -> None:
     """The same loss at two init seeds (no data-order replicates) at each step, with the random level."""
     seeds = steps[(steps["metric"] == "cosine_global") & (steps["kind"] == "same-method") & (steps["init"] == "other")]
-    original = [
-        not (Label.parse(a).is_replicate or Label.parse(b).is_replicate)
-        for a, b in zip(seeds["pair_a"], seeds["pair_b"])
-    ]
+    original = np.array(
+        [
+            not (Label.parse(a).is_replicate or Label.parse(b).is_replicate)
+            for a, b in zip(seeds["pair_a"], seeds["pair_b"])
+        ],
+        dtype=bool,
+    )  # an array, not a list: an empty list would select columns (a study of one seed has no such pair)
     seeds = seeds[original]
     for (a, b), g in seeds.groupby(["pair_a", "pair_b"], sort=False):
         method = Label.parse(a).method
