@@ -14,6 +14,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
+
+def tiny_qwen3(**overrides):
+    """A randomly initialised ``Qwen3ForCausalLM`` of a few thousand parameters (``torch.manual_seed(0)``),
+    attention projections named as in Qwen3-4B; ``overrides`` change its ``Qwen3Config`` fields."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    fields = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(Qwen3Config(**{**fields, **overrides}))
+
+
 TINY_TOY = {
     "seed": 0,
     "n_train": 200,

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_qwen3
 from safetensors.torch import save_file
 
 from lossgeom.lora.adapters import (
@@ -151,28 +152,11 @@ def test_check_compatible(tmp_path):
         check_compatible([a, e])
 
 
-def _tiny_qwen3():
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    cfg = Qwen3Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return Qwen3ForCausalLM(cfg)
-
-
 @pytest.mark.parametrize("rslora", [False, True])
 def test_real_peft_adapter_round_trip(tmp_path, rslora):
     from peft import LoraConfig, get_peft_model
 
-    model = _tiny_qwen3()
+    model = tiny_qwen3()
     lcfg = LoraConfig(
         r=4,
         lora_alpha=8,

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import scipy.linalg as sl
 import torch
+from conftest import tiny_qwen3
 from safetensors.torch import save_file
 
 from lossgeom import geometry as G
@@ -285,22 +286,10 @@ def test_top_k_above_rank_uses_whole_subspaces(world):
 
 def test_real_peft_adapters_end_to_end(tmp_path):
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
     deltas, dirs = [], []
     for seed in (1, 2):
-        torch.manual_seed(0)
-        model = Qwen3ForCausalLM(cfg)
+        model = tiny_qwen3()
         torch.manual_seed(seed)
         pm = get_peft_model(
             model,

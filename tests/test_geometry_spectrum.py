@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.linalg as sl
 import torch
+from conftest import tiny_qwen3
 
 from lossgeom.geometry import build_factor_cache, load_adapter
 from lossgeom.geometry.spectrum import (
@@ -134,20 +135,8 @@ def test_random_delta_has_the_singular_values_it_is_given():
 
 def _peft_model(seed: int, b_scale: float):
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(
-        hidden_size=48,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(cfg)
+    model = tiny_qwen3(hidden_size=48, head_dim=16)
     torch.manual_seed(seed)
     pm = get_peft_model(
         model,

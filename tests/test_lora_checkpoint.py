@@ -7,26 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_qwen3
 
 from lossgeom.lora.checkpoint import base_weights_of
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_base_weights_from_the_files_equal_those_of_the_loaded_model(tmp_path, dtype):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    cfg = Qwen3Config(
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(cfg).to(dtype)  # bf16 as the paper's base is stored (read via torch), f32 as the toy's
+    model = tiny_qwen3(intermediate_size=48).to(
+        dtype
+    )  # bf16 as the paper's base is stored (read via torch), f32 as the toy's
     model.save_pretrained(tmp_path / "base")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
