@@ -101,7 +101,7 @@ def build_trajectory(
     rows = []
     for label, d in adapters.items():
         steps = saved_steps(d)
-        analysis = json.loads((Path(d) / "train_info.json").read_text())["analysis_step"]
+        analysis = next(s for s, sd in steps.items() if sd == Path(d))  # kept in the adapter directory itself
         for step, sd in steps.items():
             key = step_key(label, step)
             path = None if cache_dir is None else Path(cache_dir) / (re.sub(r"[^\w.-]+", "_", key) + ".safetensors")
