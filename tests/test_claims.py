@@ -194,6 +194,50 @@ def _write_spectrum(tmp_path, spectrum=SPECTRUM):
     return out
 
 
+# forward per-token KL and forgetting per adapter (seeds 42 and 123), shaped like RL's Razor: forgetting
+# grows with the KL; online GRPO closest to the base
+KL = {"sft": 0.40, "rft": 0.42, "dft": 0.30, "rift": 0.38, "grpo": 0.20, "dpo": 0.02, "online_grpo": 0.05}
+FORGET = {"sft": 1.8, "rft": 1.9, "dft": 1.3, "rift": 1.7, "grpo": 0.9, "dpo": 0.1, "online_grpo": 0.2}
+
+
+def _write_behaviour(tmp_path, kl=KL, forget=FORGET, floor=0.01):
+    """behaviour/kl.tsv and forgetting.tsv by hand, forgetting_vs_kl.tsv through the code's own
+    correlation_table (and seed floors through its seed_floor), as behaviour-stats writes them."""
+    from lossgeom.behaviour.sampled_stats import correlation_table, seed_floor
+
+    kl_rows, f_rows = [], []
+    for m in kl:
+        for seed, jitter in ((42, 0.0), (123, floor)) if m != "online_grpo" else ((42, 0.0),):
+            label = str(Label(m, seed))
+            for direction in ("forward", "reverse"):
+                for unit in ("sequence", "token"):
+                    v = (kl[m] + jitter) * (1 if unit == "token" else 40) * (1 if direction == "forward" else 2)
+                    kl_rows.append(
+                        {
+                            "model": label,
+                            "method": m,
+                            "seed": seed,
+                            "direction": direction,
+                            "unit": unit,
+                            "value": v,
+                            "ci_low": v * 0.9,
+                            "ci_high": v * 1.1,
+                        }
+                    )
+            f_rows.append({"model": label, "method": m, "seed": seed, "value": forget[m] + jitter})
+    kl_t, f_t = pd.DataFrame(kl_rows), pd.DataFrame(f_rows)
+    kl_t["seed_floor"] = 0.0
+    for _, g in kl_t.groupby(["direction", "unit"]):
+        kl_t.loc[g.index, "seed_floor"] = seed_floor(g.set_index("model")["value"]).to_numpy()
+    f_t["seed_floor"] = seed_floor(f_t.set_index("model")["value"]).to_numpy()
+    out = tmp_path / "behaviour"
+    out.mkdir(exist_ok=True)
+    kl_t.to_csv(out / "kl.tsv", sep="\t", index=False)
+    f_t.to_csv(out / "forgetting.tsv", sep="\t", index=False)
+    correlation_table(kl_t, f_t, None, 0.95).to_csv(out / "forgetting_vs_kl.tsv", sep="\t", index=False)
+    return out
+
+
 def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
     df = paper_claims()
     assert set(df["claim_id"]) == set(CHECKS)
@@ -212,11 +256,13 @@ def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
         42,
         tmp_path / "claims.tsv",
         _write_spectrum(tmp_path),
+        _write_behaviour(tmp_path),
     )
     assert list(out.columns) == OUTPUT_COLUMNS
     got = out.set_index("claim_id")["verdict"]
-    assert got[["lr10x", "online_grpo"]].tolist() == ["not run", "not run"]
-    assert (got.drop(["lr10x", "online_grpo"]) == "holds").all(), out[out.verdict != "holds"][["claim_id", "this_run"]]
+    extra = ["lr10x", "online_grpo", "online_rl_forgets_less"]  # no method plays online GRPO here
+    assert got[extra].tolist() == ["not run"] * 3
+    assert (got.drop(extra) == "holds").all(), out[out.verdict != "holds"][["claim_id", "this_run"]]
     assert "0.97" in out.set_index("claim_id").loc["cluster", "this_run"]
     assert pd.read_csv(tmp_path / "claims.tsv", sep="\t").shape == out.shape
 
@@ -225,7 +271,16 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     geo, ev = _write_run(tmp_path, dpo_acc=0.6, barrier_rift_dpo=0.0)
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
     assert out.loc["acc_dpo", "verdict"] == "fails"  # same accuracy as SFT
-    for claim in ("lmc_rift_dpo", "seed_lmc", "cka_pattern", "intruders", "rl_rotation", "rl_spectrum"):
+    for claim in (
+        "lmc_rift_dpo",
+        "seed_lmc",
+        "cka_pattern",
+        "intruders",
+        "rl_rotation",
+        "rl_spectrum",
+        "forgetting_tracks_kl",
+        "online_rl_forgets_less",
+    ):
         assert out.loc[claim, "verdict"] == "not run"
     no_dpo = {k: v for k, v in ROLES.items() if k != "dpo"}
     out = write_claims(geo, ev, None, None, no_dpo, 42, tmp_path / "c2.tsv").set_index("claim_id")
@@ -302,6 +357,7 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
         42,
         tmp_path / "claims.tsv",
         _write_spectrum(tmp_path),
+        _write_behaviour(tmp_path),
     ).set_index("claim_id")
     assert (out.loc["lr10x", "verdict"], out.loc["online_grpo", "verdict"]) == verdicts
     assert f"cos(SFT 10x LR, SFT) {cos_lr:.3g}; ||dW|| ratio {ratio_lr:.3g}" == out.loc["lr10x", "this_run"]
@@ -310,6 +366,7 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
         in out.loc["online_grpo", "this_run"]
     )
     assert (out.drop(["lr10x", "online_grpo"])["verdict"] == "holds").all()  # the six methods' rows are untouched
+    assert "online GRPO 0.2, SFT 1.8" in out.loc["online_rl_forgets_less", "this_run"]
 
 
 def _rename_method(tables_dir, old: str, new: str) -> None:
@@ -377,3 +434,42 @@ def test_the_intruder_claim_fails_without_intruders(tmp_path):
     spec = _write_spectrum(tmp_path, {**SPECTRUM, "rft": (9.0, 9.0, 0.05, 0)})
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", spec).set_index("claim_id")
     assert out.loc["intruders", "verdict"] == "fails"
+
+
+@pytest.mark.parametrize(
+    "forget, verdict",
+    [
+        (FORGET, "holds"),
+        # forgetting against the KL's order: DPO forgets most, SFT least
+        ({m: 2.0 - v for m, v in FORGET.items()}, "fails"),
+        # forgetting unrelated to the KL (a permutation with rho near 0)
+        ({"sft": 0.9, "rft": 0.2, "dft": 1.9, "rift": 0.1, "grpo": 1.8, "dpo": 1.3, "online_grpo": 1.7}, "fails"),
+    ],
+)
+def test_forgetting_tracks_kl_reads_the_rank_correlation_s_interval(tmp_path, forget, verdict):
+    geo, ev = _write_run(tmp_path)
+    beh = _write_behaviour(tmp_path, forget=forget)
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", None, beh).set_index("claim_id")
+    assert out.loc["forgetting_tracks_kl", "verdict"] == verdict
+    assert "over 13 adapters" in out.loc["forgetting_tracks_kl", "this_run"]
+    assert out.loc["forgetting_tracks_kl", "source"].startswith("Shenfeld et al. 2025")
+
+
+@pytest.mark.parametrize(
+    "online_forget, online_kl, verdict",
+    [
+        (0.2, 0.05, "holds"),
+        (1.8 - 0.005, 0.05, "fails"),  # forgets as much as SFT, within SFT's seed floor (0.01)
+        (0.2, 0.5, "fails"),  # forgets less, but further from the base in KL
+    ],
+)
+def test_online_rl_forgets_less_needs_both_below_sft_by_more_than_its_floor(
+    tmp_path, online_forget, online_kl, verdict
+):
+    geo, ev = _write_run(tmp_path)
+    beh = _write_behaviour(
+        tmp_path, kl={**KL, "online_grpo": online_kl}, forget={**FORGET, "online_grpo": online_forget}
+    )
+    roles = {**ROLES, "online_grpo": "online_grpo"}
+    out = write_claims(geo, ev, None, None, roles, 42, tmp_path / "claims.tsv", None, beh).set_index("claim_id")
+    assert out.loc["online_rl_forgets_less", "verdict"] == verdict

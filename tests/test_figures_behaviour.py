@@ -232,3 +232,161 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{ext}" for n in names for ext in ("png", "pdf"))
     for n in names:
         _check((out / f"{n}.png", out / f"{n}.pdf"), out)
+
+
+# The pass@k and KL/forgetting figures (lossgeom.figures.behaviour), from the tables behaviour_statistics
+# writes for a synthetic study: samples and held-out tables of the base and every adapter, built below.
+
+# method: (true forward KL per token, pass@k logit shift); reverse KL is 1.5x forward, forgetting ~ KL
+STUDY = {
+    "sft": (0.30, 0.6),
+    "rft": (0.20, 0.8),
+    "dft": (0.10, 0.4),
+    "rift": (0.15, 0.9),
+    "grpo": (0.02, 0.5),
+    "dpo": (0.001, 0.1),
+}
+SINGLE = {"sft_lr10x": (1.2, -0.4), "online_grpo": (0.01, 0.3)}
+N_ITEMS, N_SAMPLES, KS, T_PASS = 40, 8, [1, 2, 4, 8], 0.6
+
+
+def _draws(rng, p_item, temperature, kl_per_token=None):
+    """n samples per item at ``temperature``: SAMPLE_COLUMNS less test_set/source/logp (filled by the caller)."""
+    rows = []
+    for i, p in enumerate(p_item):
+        for j in range(N_SAMPLES):
+            n = int(15 + rng.poisson(30))
+            rows.append(
+                {
+                    "id": f"q{i}",
+                    "temperature": temperature,
+                    "sample": j,
+                    "completion": f"answer {j}",
+                    "token_ids": rng.integers(0, 50, n).tolist(),
+                    "n_tokens": n,
+                    "finish_reason": "stop" if rng.uniform() < 0.95 else "length",
+                    "correct": float(rng.uniform() < p),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _synthetic_study(root, methods, seeds=(42, 123), single=None, rng_seed=0):
+    """Samples and held-out parquet files of the base and of every adapter ``{method}/seed{seed}``, and an
+    adapters table; returns (samples paths, heldout paths, adapters table path)."""
+    from lossgeom.behaviour.sampled import SAMPLE_COLUMNS
+    from lossgeom.fsutil import write_table
+
+    rng = np.random.default_rng(rng_seed)
+    logit = rng.uniform(-3.0, 1.5, N_ITEMS)
+    p_base = 1.0 / (1.0 + np.exp(-logit))
+
+    def table(kind, **cols):
+        return kind.assign(test_set="toy", **cols)
+
+    base_pass = table(_draws(rng, p_base, T_PASS), source="self", logp=np.nan, logp_base=np.nan)
+    base_kl = table(_draws(rng, p_base, 1.0), source="self")
+    base_kl["logp"] = base_kl["logp_base"] = -1.2 * base_kl["n_tokens"] + rng.normal(0, 2, len(base_kl))
+    ce_base = 2.0 + 0.3 * rng.normal(size=60)
+    heldout_ids = [f"h{i}" for i in range(60)]
+    paths = {"base": root / "samples" / "base.parquet"}
+    heldout = {"base": root / "heldout" / "base.parquet"}
+    write_table(pd.concat([base_pass, base_kl], ignore_index=True)[SAMPLE_COLUMNS], paths["base"])
+    write_table(pd.DataFrame({"id": heldout_ids, "ce": ce_base, "n_tokens": 100}), heldout["base"])
+    runs = [(m, s, *v) for m, v in methods.items() for s in seeds] + [(m, 42, *v) for m, v in (single or {}).items()]
+    norms = []
+    for method, seed, kl_f, shift in runs:
+        label = f"{method}/seed{seed}"
+        kl_f = kl_f * (1 + 0.15 * rng.normal())
+        p = 1.0 / (1.0 + np.exp(-(logit + shift + 0.15 * rng.normal(size=N_ITEMS))))
+        own_pass = table(_draws(rng, p, T_PASS), source="self", logp=np.nan, logp_base=np.nan)
+        own_kl = table(_draws(rng, p, 1.0), source="self")
+        n = own_kl["n_tokens"].to_numpy(float)
+        own_kl["logp_base"] = -1.2 * n + rng.normal(0, 2, len(n))
+        own_kl["logp"] = own_kl["logp_base"] + kl_f * n + 0.3 * np.sqrt(n) * rng.normal(size=len(n))
+        rev = base_kl.assign(source="base")
+        n = rev["n_tokens"].to_numpy(float)
+        rev["logp"] = rev["logp_base"] - 1.5 * kl_f * n + 0.3 * np.sqrt(n) * rng.normal(size=len(n))
+        paths[label] = root / "samples" / f"{method}_seed{seed}.parquet"
+        write_table(pd.concat([own_pass, own_kl, rev], ignore_index=True)[SAMPLE_COLUMNS], paths[label])
+        ce = ce_base + 0.8 * kl_f + 0.02 + 0.05 * rng.normal(size=60)
+        heldout[label] = root / "heldout" / f"{method}_seed{seed}.parquet"
+        write_table(pd.DataFrame({"id": heldout_ids, "ce": ce, "n_tokens": 100}), heldout[label])
+        norms.append({"label": label, "norm": 10 * np.sqrt(kl_f) + rng.uniform(0, 1)})
+    adapters = root / "adapters.tsv"
+    pd.DataFrame(norms).to_csv(adapters, sep="\t", index=False)
+    return paths, heldout, adapters
+
+
+def _stats(root, forgetting=True, **study):
+    from lossgeom.behaviour.sampled_stats import behaviour_statistics
+
+    samples, heldout, adapters = _synthetic_study(root, **study)
+    extra = {"heldout": heldout, "adapters_table": adapters} if forgetting else {}
+    behaviour_statistics(samples, root / "stats", ks=KS, temperature=T_PASS, n_boot=200, **extra)
+    return root / "stats"
+
+
+@pytest.fixture(scope="module")
+def full_study(tmp_path_factory):
+    """The tables of base + 6 methods x 2 seeds + 2 single-seed runs, with forgetting."""
+    return _stats(tmp_path_factory.mktemp("study"), methods=STUDY, single=SINGLE)
+
+
+def _check_behaviour_figures(out):
+    for name in ("pass_at_k", "kl_forgetting"):
+        png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+        _check((png, pdf), out)
+        from PIL import Image
+
+        with Image.open(png) as im:
+            im.load()
+            assert im.size[0] > 1500 and im.size[1] > 800
+        assert png.stat().st_size > 50_000
+
+
+def test_behaviour_figures_full_study(tmp_path, full_study):
+    kl = pd.read_csv(full_study / "kl.tsv", sep="\t")
+    assert kl["model"].nunique() == 14 and (kl[kl["unit"] == "token"]["value"] < 0.01).any()
+    corr = pd.read_csv(full_study / "forgetting_vs_kl.tsv", sep="\t").set_index("predictor")
+    assert np.isfinite(corr.loc["kl_forward_token", "rho"]) and "delta_norm" in corr.index
+    # through the command the rule behaviour_figures runs (workflow/rules/behaviour.smk)
+    assert main(["behaviour-figures", "--tables", str(full_study), "--out", str(tmp_path / "figs")]) == 0
+    _check_behaviour_figures(tmp_path / "figs")
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
+        f"{n}.{e}" for n in ("pass_at_k", "kl_forgetting") for e in ("png", "pdf")
+    )
+
+
+def test_behaviour_figures_without_forgetting_and_missing_tables(tmp_path, full_study):
+    import shutil
+
+    from lossgeom.figures.behaviour import behaviour_figures
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for name in ("pass_at_k", "kl"):
+        shutil.copy(full_study / f"{name}.tsv", tables)
+    behaviour_figures(tables, tmp_path / "figs")  # forgetting not configured: panels say so
+    _check_behaviour_figures(tmp_path / "figs")
+    shutil.copy(full_study / "forgetting.tsv", tables)  # one of the pair without the other
+    with pytest.raises(FileNotFoundError, match="forgetting_vs_kl.tsv"):
+        behaviour_figures(tables, tmp_path / "figs")
+    (tables / "kl.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"kl\.tsv does not exist"):
+        behaviour_figures(tables, tmp_path / "figs")
+    pd.read_csv(full_study / "kl.tsv", sep="\t").drop(columns="seed_floor").to_csv(
+        tables / "kl.tsv", sep="\t", index=False
+    )
+    with pytest.raises(ValueError, match=r"kl.tsv lacks column\(s\) \['seed_floor'\]"):
+        behaviour_figures(tables, tmp_path / "figs")
+
+
+def test_behaviour_figures_single_adapter_nan_rho(tmp_path):
+    from lossgeom.figures.behaviour import behaviour_figures
+
+    tables = _stats(tmp_path, methods={}, single={"sft": STUDY["sft"]})
+    corr = pd.read_csv(tables / "forgetting_vs_kl.tsv", sep="\t")
+    assert corr["rho"].isna().all() and (corr["n"] == 1).all()
+    behaviour_figures(tables, tmp_path / "figs")
+    _check_behaviour_figures(tmp_path / "figs")

@@ -92,7 +92,7 @@ def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper
     by_rule = {}
     for job in paper_jobs:
         by_rule.setdefault(job["rule"], []).append(job)
-    assert {"train", "evaluate", "lmc", "activations", "rollouts"} <= set(by_rule)
+    assert {"train", "evaluate", "lmc", "rollouts"} <= set(by_rule)
     res = paper["resources"]
     for job in (j for j in paper_jobs if j["rule"] in GPU_RULES and j["rule"] != "rollouts"):
         assert job["resources"]["gpu"] == 1, job
@@ -105,7 +105,7 @@ def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper
         # the paper's adapter: 1,500 steps of 32 rows up to 4,608 tokens, estimated at 4-13 GPU-hours;
         # asked for at least the low end and at most the partition's limit (a longer run resumes on retry)
         assert 4 * 60 <= job["resources"]["runtime"] <= res["max_runtime"]
-    for rule in ("evaluate", "lmc", "activations"):
+    for rule in ("evaluate", "lmc"):
         for job in by_rule[rule]:
             assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == (32000, 480), job
     # the base spectrum holds the base model's weights and their SVDs on the host: a model job's memory, no GPU
@@ -127,7 +127,7 @@ def test_the_paper_s_vllm_jobs_get_several_cpus(paper, tmp_path):
             key = "train_online" if job["wildcards"]["label"].startswith("online_grpo/") else "train"
         threads.setdefault(key, set()).add(job["threads"])
     assert threads["evaluate"] == threads["lmc"] == threads["train_online"] == {8}
-    assert threads["train"] == {4} and threads["activations"] == {1}
+    assert threads["train"] == {4}
 
 
 def test_a_profile_overrides_one_rule_s_resources(tmp_path):

@@ -18,6 +18,7 @@ from . import cli_commands as commands
 from .settings import (
     DTYPES,
     BaseSpectrumSettings,
+    BehaviourSettings,
     CkaSettings,
     EvaluationSettings,
     GeometrySettings,
@@ -29,6 +30,7 @@ from .settings import (
 
 # flag defaults are the settings classes' (one place per default): the rules pass every value anyway
 EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
+BEHAVIOUR = BehaviourSettings()
 BASE_SPECTRUM = BaseSpectrumSettings()
 MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
 CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
@@ -253,9 +255,26 @@ def _geometry_commands(add) -> None:
 
 def _behaviour_commands(add) -> None:
     """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
-    sp = add("evaluate", commands.cmd_evaluate, "greedy pass@1 and cross-entropies of the base or one adapter")
+    sp = add(
+        "evaluate",
+        commands.cmd_evaluate,
+        "greedy pass@1 and cross-entropies of the base or one adapter; optionally its samples (pass@k, KL to the "
+        "base) and its held-out cross-entropy",
+    )
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
     sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
+    sp.add_argument(
+        "--activations",
+        type=_json,
+        default=None,
+        help='the CKA probes\' hidden states too, as JSON {"test_set": <problem source>, "n_probe", "pooling", "batch_size"}',
+    )
+    sp.add_argument("--activations-out", type=Path, default=None, help="the activations npz written (--activations)")
+    sp.add_argument("--behaviour", type=_json, default=None, help="the filled behaviour section, as JSON (samples)")
+    sp.add_argument("--base-samples", type=Path, default=None, help="the base's samples table (an adapter's KL)")
+    sp.add_argument("--samples-out", type=Path, default=None, help="the samples table written (with --behaviour)")
+    sp.add_argument("--forgetting", type=_json, default=None, help="the filled forgetting section, as JSON")
+    sp.add_argument("--heldout-out", type=Path, default=None, help="held-out cross-entropies written (--forgetting)")
     _generation_opts(sp)
     _run_opts(sp, EVALUATION.batch_size, "--test-sets")
 
@@ -270,6 +289,21 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("--n-boot", type=int, default=EVALUATION.n_boot, help="bootstrap replicates (--ci bootstrap)")
     sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
     sp.add_argument("--seed", type=int, default=EVALUATION.seed, help="the bootstrap's seed")
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+
+    sp = add(
+        "behaviour-stats",
+        commands.cmd_behaviour_stats,
+        "pass@k, KL to the base both ways and forgetting per model, paired comparisons, forgetting vs KL",
+    )
+    sp.add_argument("samples", nargs="+", type=_labelled, help="model=samples.parquet (one model named base)")
+    sp.add_argument("--heldout", nargs="+", type=_labelled, default=None, help="model=heldout.parquet (forgetting)")
+    sp.add_argument("--adapters", type=Path, default=None, help="the geometry's adapters.tsv (the deltas' norms)")
+    sp.add_argument("--k", nargs="+", type=int, default=list(BEHAVIOUR.k), help="the k of pass@k")
+    sp.add_argument("--temperature", type=float, default=BEHAVIOUR.temperature, help="the pass@k samples' temperature")
+    sp.add_argument("--n-boot", type=int, default=BEHAVIOUR.n_boot, help="bootstrap resamples of items")
+    sp.add_argument("--ci", type=float, default=BEHAVIOUR.ci, help="interval coverage")
+    sp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     sp.add_argument("--out", type=Path, required=True, help="output directory")
 
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
@@ -310,6 +344,7 @@ def _report_commands(add) -> None:
     sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
     sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
     sp.add_argument("--base-spectrum", type=Path, default=None, help="directory written by 'base-spectrum'")
+    sp.add_argument("--behaviour", type=Path, default=None, help="directory written by 'behaviour-stats'")
     sp.add_argument(
         "--roles",
         nargs="+",
@@ -319,6 +354,10 @@ def _report_commands(add) -> None:
     )
     sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
     sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
+
+    sp = add("behaviour-figures", commands.cmd_behaviour_figures, "pass@k curves; KL to the base and forgetting")
+    sp.add_argument("--tables", type=Path, required=True, help="directory written by 'behaviour-stats'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
     sp = add(
         "accuracy-figures", commands.cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set"

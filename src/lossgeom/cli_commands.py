@@ -193,6 +193,13 @@ def cmd_evaluate(a):
         trust_remote_code=a.trust_remote_code,
         generation=_generation(a),
         answer_format=a.answer_template,
+        activations=a.activations,
+        activations_out=a.activations_out,
+        behaviour=a.behaviour,
+        base_samples=a.base_samples,
+        samples_out=a.samples_out,
+        forgetting=a.forgetting,
+        heldout_out=a.heldout_out,
     )
 
 
@@ -255,6 +262,28 @@ def cmd_cka(a):
     cka_tables(dict(a.activations), a.out)
 
 
+def cmd_behaviour_stats(a):
+    from .behaviour.sampled_stats import behaviour_statistics
+
+    behaviour_statistics(
+        dict(a.samples),
+        a.out,
+        ks=a.k,
+        temperature=a.temperature,
+        n_boot=a.n_boot,
+        seed=a.seed,
+        confidence=a.ci,
+        heldout=dict(a.heldout) if a.heldout else None,
+        adapters_table=a.adapters,
+    )
+
+
+def cmd_behaviour_figures(a):
+    from .figures.behaviour import behaviour_figures
+
+    behaviour_figures(a.tables, a.out)
+
+
 def cmd_accuracy_figures(a):
     from .figures.accuracy import accuracy_figures
 
@@ -282,5 +311,5 @@ def cmd_training_figures(a):
 def cmd_claims(a):
     from .claims.check import write_claims
 
-    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum)
+    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum, a.behaviour)
     log.info("claims: %s", df["verdict"].value_counts().to_dict())

@@ -20,7 +20,7 @@ from .config import generation_backend
 from .methods import MethodSpec
 
 # The rules that run a model; they ask for a GPU (the rest are cheap aggregates and figures).
-GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc", "activations")
+GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc")
 # CPU rules that hold the base model's weights on the host (and SVDs of each module): sized as a model job
 # (gpu_job_mem_mb, gpu_job_runtime), with no GPU
 MODEL_CPU_RULES = ("base_spectrum",)

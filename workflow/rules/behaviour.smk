@@ -1,12 +1,13 @@
-# What the deltas do: one evaluation and one activation job per model (base and every adapter), one
-# connectivity sweep per pair, and cheap aggregates (statistics, barriers, CKA) over their outputs.
+# What the deltas do: one evaluation job per model (base and every adapter), one connectivity sweep per
+# pair, and cheap aggregates (statistics, barriers, CKA, pass@k, KL, forgetting) over their outputs.
+# The evaluation job measures everything of one model in one process (the imports and the model load
+# cost more than the toy's measurements): greedy pass@1 and cross-entropies, the CKA probes' hidden
+# states, samples (pass@k, KL to the base) and the held-out text (forgetting). An adapter's job reads
+# the base's samples (KL(base || adapter)), so the base's evaluation runs first.
 
 EVAL = config["evaluation"]
 LMC = config["lmc"]
 CKA = config["cka"]
-MODELS = ["base", *LABELS]
-
-
 wildcard_constraints:
     model=f"base|{STUDY_LABEL}",
 
@@ -14,10 +15,15 @@ wildcard_constraints:
 rule evaluate:
     input:
         unpack(model_adapter),
+        unpack(base_samples_input),
         **model_input("base"),
-        **toy_input(*config["test_sets"].values()),
+        **toy_input(*config["test_sets"].values(), FORGETTING),
+        **heldout_input(),
     output:
         evaluation=f"{RESULTS}/eval/{{model}}.parquet",
+        activations=f"{RESULTS}/activations/{{model}}.npz",
+        samples=f"{RESULTS}/samples/{{model}}.parquet",
+        **({"heldout": f"{RESULTS}/heldout/{{model}}.parquet"} if HAS_FORGETTING else {}),
     params:
         base=model_arg("base"),
         adapter=adapter_arg,
@@ -28,6 +34,10 @@ rule evaluate:
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
         generation=lambda w: as_json(cfg.generation_spec(config, "evaluation")),
+        behaviour=behaviour_args,
+        activations=lambda w: as_json({
+            "test_set": config["test_sets"][CKA["test_set"]], **{k: CKA[k] for k in ("n_probe", "pooling", "batch_size")}
+        }),
         dtype=DTYPE,
         remote=REMOTE,
     threads: job_threads("evaluate")
@@ -43,7 +53,8 @@ rule evaluate:
         "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
         " {params.toy} --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens}"
         " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --activations {params.activations:q} --activations-out {output.activations}"
+        " {params.behaviour} --out {output.evaluation} > {log} 2>&1"
 
 
 rule eval_stats:
@@ -70,6 +81,50 @@ rule eval_stats:
         f"{RESULTS}/benchmarks/eval_stats.tsv"
     shell:
         "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --seed {params.seed} --out {params.out} > {log} 2>&1"
+
+
+rule behaviour_stats:
+    input:
+        samples=expand(rules.evaluate.output.samples, model=MODELS),
+        heldout=expand(f"{RESULTS}/heldout/{{model}}.parquet", model=MODELS) if HAS_FORGETTING else [],
+        # each delta's norm: the contrast to the KL in forgetting_vs_kl.tsv
+        adapters=rules.geometry.output.adapters if HAS_FORGETTING else [],
+    output:
+        pass_at_k=report(f"{RESULTS}/behaviour/pass_at_k.tsv", caption="../report/pass_at_k_table.rst", category="Accuracy"),
+        kl=report(f"{RESULTS}/behaviour/kl.tsv", caption="../report/kl_table.rst", category="KL and forgetting"),
+        pairwise=f"{RESULTS}/behaviour/pairwise.tsv",
+        **(
+            {
+                "forgetting": report(f"{RESULTS}/behaviour/forgetting.tsv", caption="../report/forgetting_table.rst",
+                                     category="KL and forgetting"),
+                "forgetting_vs_kl": f"{RESULTS}/behaviour/forgetting_vs_kl.tsv",
+            }
+            if HAS_FORGETTING
+            else {}
+        ),
+    params:
+        samples=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.samples)),
+        heldout=lambda w, input: (
+            "--heldout " + " ".join(f"{m}={p}" for m, p in zip(MODELS, input.heldout)) + f" --adapters {input.adapters}"
+            if HAS_FORGETTING
+            else ""
+        ),
+        k=" ".join(str(k) for k in BEHAVIOUR["k"]),
+        temperature=BEHAVIOUR["temperature"],
+        n_boot=BEHAVIOUR["n_boot"],
+        ci=BEHAVIOUR["ci"],
+        out=parent_of("pass_at_k"),
+    resources:
+        **job_resources("behaviour_stats"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/behaviour_stats.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/behaviour_stats.tsv"
+    shell:
+        "lossgeom behaviour-stats {params.samples} {params.heldout} --k {params.k} --temperature {params.temperature}"
+        " --n-boot {params.n_boot} --ci {params.ci} --out {params.out} > {log} 2>&1"
 
 
 rule lmc:
@@ -130,44 +185,9 @@ rule lmc_summary:
         "lossgeom lmc-summary {input} --out {output.summary} > {log} 2>&1"
 
 
-rule activations:
-    input:
-        unpack(model_adapter),
-        **model_input("base"),
-        **toy_input(config["test_sets"][CKA["test_set"]]),
-    output:
-        activations=f"{RESULTS}/activations/{{model}}.npz",
-    params:
-        base=model_arg("base"),
-        adapter=adapter_arg,
-        toy=toy_dir_arg,
-        test_set=lambda w: as_json(config["test_sets"][CKA["test_set"]]),
-        n_probe=CKA["n_probe"],
-        pooling=CKA["pooling"],
-        batch_size=CKA["batch_size"],
-        template=lambda w: TEMPLATE,
-        answer_template=lambda w: ANSWER_TEMPLATE,
-        dtype=DTYPE,
-        remote=REMOTE,
-    threads: job_threads("activations")
-    resources:
-        **job_resources("activations"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/activations/{{model}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/activations/{{model}}.tsv"
-    shell:
-        "lossgeom activations --base {params.base} --adapter {params.adapter} --test-set {params.test_set:q}"
-        " {params.toy} --n-probe {params.n_probe} --pooling {params.pooling} --batch-size {params.batch_size}"
-        " --template {params.template:q} --answer-template {params.answer_template:q} --dtype {params.dtype} {params.remote} --threads {threads}"
-        " --out {output} > {log} 2>&1"
-
-
 rule cka:
     input:
-        expand(rules.activations.output.activations, model=MODELS),
+        expand(rules.evaluate.output.activations, model=MODELS),
     output:
         cka=f"{RESULTS}/cka/cka.tsv",
     params:
@@ -252,3 +272,32 @@ rule representations_figures:
         f"{RESULTS}/benchmarks/representations_figures.tsv"
     shell:
         "lossgeom representations-figures --cka {input.cka} --out {params.out} > {log} 2>&1"
+
+
+rule behaviour_figures:
+    input:
+        pass_at_k=rules.behaviour_stats.output.pass_at_k,
+        kl=rules.behaviour_stats.output.kl,
+        **(
+            {"forgetting": rules.behaviour_stats.output.forgetting,
+             "forgetting_vs_kl": rules.behaviour_stats.output.forgetting_vs_kl}
+            if HAS_FORGETTING
+            else {}
+        ),
+        code=figure_code("behaviour"),
+    output:
+        **figure_outputs("pass_at_k", caption="../report/pass_at_k.rst", category="Accuracy"),
+        **figure_outputs("kl_forgetting", caption="../report/kl_forgetting.rst", category="KL and forgetting"),
+    params:
+        tables=parent_of("pass_at_k", "input"),
+        out=parent_of(0),
+    resources:
+        **job_resources("behaviour_figures"),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/behaviour_figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/behaviour_figures.tsv"
+    shell:
+        "lossgeom behaviour-figures --tables {params.tables} --out {params.out} > {log} 2>&1"

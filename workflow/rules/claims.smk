@@ -9,6 +9,7 @@ rule claims:
         lmc=rules.lmc_summary.output.summary,
         cka=rules.cka.output.cka,
         base_spectrum=rules.base_spectrum.output.summary,
+        **({"forgetting_vs_kl": rules.behaviour_stats.output.forgetting_vs_kl} if HAS_FORGETTING else {}),
     output:
         claims=report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
     params:
@@ -17,6 +18,7 @@ rule claims:
         geometry=parent_of("noise_floor", "input"),
         eval_dir=parent_of("pairwise", "input"),
         base_spectrum=parent_of("base_spectrum", "input"),
+        behaviour=lambda w, input: f"--behaviour {Path(input.forgetting_vs_kl).parent}" if HAS_FORGETTING else "",
     resources:
         **job_resources("claims"),
     conda:
@@ -27,4 +29,4 @@ rule claims:
         f"{RESULTS}/benchmarks/claims.tsv"
     shell:
         "lossgeom claims --geometry {params.geometry} --eval-dir {params.eval_dir} --lmc {input.lmc} --cka {input.cka}"
-        " --base-spectrum {params.base_spectrum} --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --base-spectrum {params.base_spectrum} {params.behaviour} --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"

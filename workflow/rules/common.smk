@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from lossgeom import config as cfg
@@ -86,6 +87,8 @@ localrules:
     trajectory_figures,
     base_spectrum_figures,
     eval_stats,
+    behaviour_stats,
+    behaviour_figures,
     lmc_summary,
     cka,
     accuracy_figures,
@@ -176,6 +179,8 @@ def all_targets():
     return [
         *rules.geometry.output,
         *rules.eval_stats.output,
+        *rules.behaviour_stats.output,
+        *rules.behaviour_figures.output,
         *rules.lmc_summary.output,
         *rules.cka.output,
         *rules.claims.output,
@@ -208,3 +213,33 @@ def toy_dir_arg(wildcards, input):
 def lmc_sweep(a, b):
     """The sweep table of the adapter pair (a, b), alpha = 0 at a and 1 at b (an output of the lmc rule)."""
     return rules.lmc.output.sweep.format(first=Label.parse(a), second=Label.parse(b))
+
+
+# The behaviour measures of the evaluation jobs (pass@k, KL to the base, forgetting): lossgeom.behaviour.
+BEHAVIOUR = config["behaviour"]
+FORGETTING = config["forgetting"]
+HAS_FORGETTING = FORGETTING["source"] is not None
+MODELS = ["base", *LABELS]
+# only what changes the samples: editing k, n_boot or ci reruns the statistics, not the evaluations
+SAMPLING = {k: BEHAVIOUR[k] for k in ("test_set", "limit", "n", "temperature", "top_p", "max_new_tokens", "seed")}
+
+
+def base_samples_input(wildcards):
+    """An adapter's evaluation reads the base's samples table (for KL(base || adapter))."""
+    return {} if wildcards.model == "base" else {"base_samples": f"{RESULTS}/samples/base.parquet"}
+
+
+def heldout_input():
+    """The forgetting text as a job input when it is a local file or directory (a change reruns the jobs)."""
+    source = FORGETTING["source"]
+    return {"heldout_text": source} if HAS_FORGETTING and source != "toy" and Path(source).exists() else {}
+
+
+def behaviour_args(wildcards, input, output):
+    """The evaluate job's sampling and held-out options (lossgeom evaluate --behaviour/--forgetting)."""
+    args = f"--behaviour {shlex.quote(as_json(SAMPLING))} --samples-out {output.samples}"
+    if "base_samples" in input.keys():
+        args += f" --base-samples {input.base_samples}"
+    if HAS_FORGETTING:
+        args += f" --forgetting {shlex.quote(as_json(FORGETTING))} --heldout-out {output.heldout}"
+    return args

@@ -140,6 +140,16 @@ def activation_model(base: str, adapter: Path | None, *, dtype: str = "float32",
     return model
 
 
+def release_device_memory() -> None:
+    """Return freed GPU memory to the device (after :func:`extract_activations`' model is dropped), so an
+    engine that sizes itself from the free memory (vLLM) sees it."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def extract_activations(
     base: str,
     adapter: Path | None,

@@ -1,14 +1,16 @@
 """Checks of what other papers claim of fine-tuning updates, on this study's adapters: each delta against
 the base weight's spectrum (``base_spectrum/summary.tsv``). Shuttleworth et al. (2024): LoRA puts intruder
 dimensions into the base's top singular vectors; "The Path Not Taken" (2025): RL-style updates rotate the
-base's principal subspace and change its top singular values less than SFT. Each returns (this_run,
-floor, chance, holds), as the checks of :mod:`.check`."""
+base's principal subspace and change its top singular values less than SFT. And each model's behaviour
+against the base (``behaviour/``): RL's Razor (Shenfeld et al., 2025): forgetting tracks the forward KL to
+the base, and online RL forgets less than SFT. Each returns (this_run, floor, chance, holds), as the checks
+of :mod:`.check`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .tables import RunTables, fmt
+from .tables import Missing, RunTables, fmt
 
 
 def _intruders(t: RunTables):
@@ -54,9 +56,40 @@ def _below_sft(t: RunTables, statistic: str, ratio: bool):
     return text, "data-order " + ", ".join(floors), chance, holds
 
 
+def _forgetting_tracks_kl(t: RunTables):
+    c = t.behaviour_table("forgetting_vs_kl").set_index("predictor")
+    if "kl_forward_token" not in c.index:
+        raise Missing("no kl_forward_token row in behaviour/forgetting_vs_kl.tsv")
+    r = c.loc["kl_forward_token"]
+    text = f"Spearman rho {fmt(r['rho'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] over {int(r['n'])} adapters"
+    if "delta_norm" in c.index:
+        n = c.loc["delta_norm"]
+        text += f"; against ||dW||: {fmt(n['rho'])} [{fmt(n['ci_low'])}, {fmt(n['ci_high'])}]"
+    return text, "95% interval", "0", bool(np.isfinite(r["ci_low"]) and r["ci_low"] > 0)
+
+
+def _online_rl_forgets_less(t: RunTables):
+    sft, online = t.label("sft"), t.label("online_grpo")
+    f_sft, f_on = t.behaviour_row("forgetting", sft), t.behaviour_row("forgetting", online)
+    k_sft = t.behaviour_row("kl", sft, direction="forward", unit="token")
+    k_on = t.behaviour_row("kl", online, direction="forward", unit="token")
+    ff, kf = float(f_sft["seed_floor"]), float(k_sft["seed_floor"])
+    text = (
+        f"forgetting: online GRPO {fmt(f_on['value'])}, SFT {fmt(f_sft['value'])} nats/token; forward KL: "
+        f"online GRPO {fmt(k_on['value'])}, SFT {fmt(k_sft['value'])} nats/token"
+    )
+    holds = all(
+        np.isfinite(floor) and float(s["value"]) - float(o["value"]) > floor
+        for s, o, floor in ((f_sft, f_on, ff), (k_sft, k_on, kf))
+    )
+    return text, f"seed floor of SFT: forgetting {fmt(ff)}, KL {fmt(kf)}", "0", holds
+
+
 ANCHOR_CHECKS = {
     "intruders": _intruders,
     "rl_rotation": lambda t: _below_sft(t, "rotation_left_deg", ratio=False),
     "rl_rotation_chance": lambda t: _below_sft(t, "rotation_left_deg", ratio=True),
     "rl_spectrum": lambda t: _below_sft(t, "sv_change", ratio=False),
+    "forgetting_tracks_kl": _forgetting_tracks_kl,
+    "online_rl_forgets_less": _online_rl_forgets_less,
 }

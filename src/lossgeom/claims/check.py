@@ -3,8 +3,9 @@
 Inputs are the tables the other stages wrote: ``geometry/noise_floor.tsv`` (pairwise values with
 their floors and random levels), ``geometry/adapters.tsv`` (norms, effective ranks),
 ``eval/pairwise.tsv`` (exact McNemar with Holm), ``lmc/summary.tsv`` (barriers),
-``cka/cka.tsv`` and ``base_spectrum/summary.tsv`` (intruder dimensions, rotation and singular-value
-change of each delta against the base, with chance levels and floors). ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) and its two
+``cka/cka.tsv``, ``base_spectrum/summary.tsv`` (intruder dimensions, rotation and singular-value
+change of each delta against the base, with chance levels and floors) and ``behaviour/`` (``kl.tsv``,
+``forgetting.tsv``, ``forgetting_vs_kl.tsv``). ``roles`` maps the paper's six methods (``sft rft dft rift grpo dpo``) and its two
 extra runs (``lr10x``: SFT at 10x the learning rate; ``online_grpo``) to this study's method names; ``seed`` is the seed whose adapters share a LoRA init (cross-method values
 at that seed are compared with the data-order floor, cross-seed values with the init-seed floor).
 
@@ -326,6 +327,7 @@ def write_claims(
     seed: int,
     out: Path,
     base_spectrum: Path | None = None,
+    behaviour: Path | None = None,
 ) -> pd.DataFrame:
     """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
     bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
@@ -340,6 +342,7 @@ def write_claims(
             roles,
             seed,
             base_spectrum and Path(base_spectrum),
+            behaviour and Path(behaviour),
         )
     )
     write_table(df, out)

@@ -42,6 +42,7 @@ class RunTables:
         roles: dict[str, str],
         seed: int,
         base_spectrum: Path | None = None,
+        behaviour: Path | None = None,
     ):
         self.roles, self.seed = roles, seed
         self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
@@ -50,6 +51,8 @@ class RunTables:
         self.lmc = read_table(lmc) if lmc else None
         self.cka = read_table(cka) if cka else None
         self.spectrum = read_table(base_spectrum / "summary.tsv") if base_spectrum else None
+        names = ("kl", "forgetting", "forgetting_vs_kl")
+        self.behaviour = {n: read_table(behaviour / f"{n}.tsv") for n in names} if behaviour else {}
 
     def label(self, role: str, seed: int | None = None) -> str:
         """The label of the adapter of the method playing ``role`` at ``seed`` (default: the shared-init seed)."""
@@ -122,6 +125,23 @@ class RunTables:
         if row.empty:
             raise Missing(f"no base-spectrum {statistic} of {self.label(role)}")
         return row.iloc[0]
+
+    def behaviour_table(self, name: str) -> pd.DataFrame:
+        """``behaviour/{name}.tsv`` (kl, forgetting, forgetting_vs_kl)."""
+        table = self.behaviour.get(name)
+        if table is None:
+            raise Missing(f"no behaviour/{name}.tsv")
+        return table
+
+    def behaviour_row(self, name: str, label: str, **match) -> pd.Series:
+        """The row of adapter ``label`` in ``behaviour/{name}.tsv`` whose columns equal ``match``."""
+        t = self.behaviour_table(name)
+        rows = t[t["model"] == label]
+        for col, value in match.items():
+            rows = rows[rows[col] == value]
+        if rows.empty:
+            raise Missing(f"no behaviour/{name}.tsv row of {label}")
+        return rows.iloc[0]
 
 
 def read_table(path: Path) -> pd.DataFrame | None:

@@ -9,7 +9,7 @@ So a default is one line, and the schema, the rules and the code cannot disagree
 
 Modules: :mod:`.base` (the base class), :mod:`.inputs` (model, problem sources, rollouts, LoRA,
 training), :mod:`.toy`, :mod:`.generation` (the backends' options), :mod:`.stages` (evaluation, lmc,
-cka, geometry, base spectrum, resources). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
+cka, geometry, base spectrum, behaviour, forgetting, resources). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
 """
 
 from .base import POSITIVE_INT, REQUIRED, Settings, setting
@@ -27,8 +27,10 @@ from .stages import (
     LABEL_PATTERN,
     SECTIONS,
     BaseSpectrumSettings,
+    BehaviourSettings,
     CkaSettings,
     EvaluationSettings,
+    ForgettingSettings,
     GeometrySettings,
     LmcSettings,
     ResourcesSettings,
@@ -57,8 +59,10 @@ __all__ = [
     "SCHEMA_SECTIONS",
     "SECTIONS",
     "BaseSpectrumSettings",
+    "BehaviourSettings",
     "CkaSettings",
     "EvaluationSettings",
+    "ForgettingSettings",
     "GeometrySettings",
     "LmcSettings",
     "LoraSettings",

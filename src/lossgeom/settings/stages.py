@@ -1,4 +1,5 @@
-"""The analysis stages' settings: evaluation, lmc, cka, geometry, the base spectrum, and the jobs' resources."""
+"""The analysis stages' settings: evaluation, lmc, cka, geometry, the base spectrum, behaviour (pass@k, KL),
+forgetting, and the jobs' resources."""
 
 from __future__ import annotations
 
@@ -109,6 +110,66 @@ class BaseSpectrumSettings(Settings):
 
 
 @dataclass(frozen=True)
+class BehaviourSettings(Settings):
+    """``behaviour``: what each delta costs and buys, from sampled completions of every model on one test
+    set (measured in each model's evaluation job): pass@k (Chen et al., 2021) and the KL to the base
+    in both directions (lossgeom.behaviour.estimators), compared pairwise by item."""
+
+    test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
+    limit: int = setting(200, POSITIVE_INT, "its first items are sampled")
+    n: int = setting(16, POSITIVE_INT, "samples per item at `temperature` (pass@k for every k <= n)")
+    k: tuple = setting(
+        (1, 2, 4, 8, 16),
+        {"type": "array", "minItems": 1, "items": POSITIVE_INT},
+        "the k of pass@k reported (each at most n)",
+    )
+    temperature: float = setting(
+        1.0,
+        {"type": "number", "exclusiveMinimum": 0},
+        "the pass@k samples' temperature. The KL is between the models' own distributions (temperature 1, "
+        "no top-p): these samples serve it at temperature 1 and top_p 1, else n more are drawn for it",
+    )
+    top_p: float = setting(
+        1.0, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "the pass@k samples' nucleus mass"
+    )
+    max_new_tokens: int | None = setting(
+        None, {"type": ["integer", "null"], "minimum": 1}, "tokens per sample (null: evaluation.max_new_tokens)"
+    )
+    seed: int = setting(0, {"type": "integer", "minimum": 0}, "the sampling seed (the same for every model)")
+    n_boot: int = setting(2000, POSITIVE_INT, "bootstrap resamples of items for every interval")
+    ci: float = setting(0.95, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "interval coverage")
+
+
+@dataclass(frozen=True)
+class ForgettingSettings(Settings):
+    """``forgetting``: cross-entropy on held-out text the study never trains on, each model minus the base,
+    per item (measured in each model's evaluation job; lossgeom.behaviour.heldout)."""
+
+    source: str | None = setting(
+        None,
+        {"type": ["string", "null"]},
+        '"toy" (a held-out split of the toy world in `style`), a local .txt (paragraphs) / .jsonl / .json / '
+        ".parquet / .csv file, a saved dataset directory, or a Hugging Face dataset name; null: not measured",
+    )
+    subset: str | None = setting(
+        None, {"type": ["string", "null"]}, "the dataset's configuration (e.g. wikitext-2-raw-v1)"
+    )
+    split: str = setting("test", {"type": "string"}, "the split read (toy: heldout)")
+    text_field: str = setting("text", {"type": "string"}, "the text column (scored)")
+    prompt_field: str | None = setting(
+        None,
+        {"type": ["string", "null"]},
+        "a prompt column: the text is then scored after the chat-formatted prompt, as a completion; null: plain text",
+    )
+    style: str = setting(
+        "direct", {"enum": ["terse", "verbose", "direct"]}, "toy: the solution style of the held-out text"
+    )
+    min_chars: int = setting(1, POSITIVE_INT, "shorter texts (headings, blank lines) are skipped")
+    limit: int = setting(200, POSITIVE_INT, "the first items kept")
+    max_length: int = setting(512, {"type": "integer", "minimum": 2}, "tokens per item scored (longer are cut)")
+
+
+@dataclass(frozen=True)
 class ResourcesSettings(Settings):
     """``resources``: what each job asks a scheduler (SLURM) or the local machine for, sized from the config
     by :mod:`lossgeom.resources`; a profile still overrides any rule (``set-resources``, ``set-threads``)."""
@@ -167,5 +228,7 @@ SECTIONS: dict[str, type[Settings]] = {
     "cka": CkaSettings,
     "geometry": GeometrySettings,
     "base_spectrum": BaseSpectrumSettings,
+    "behaviour": BehaviourSettings,
+    "forgetting": ForgettingSettings,
     "resources": ResourcesSettings,
 }

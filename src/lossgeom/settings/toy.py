@@ -71,6 +71,9 @@ class ToySettings(Settings):
         },
         "the toy base (the student) and teacher",
     )
+    n_heldout: int = setting(
+        200, POSITIVE_INT, "more held-out problems, never evaluated on: the toy's forgetting text (split heldout)"
+    )
     seed: int = setting(0, {"type": "integer", "minimum": 0}, "the problems' seed")
     min_steps: int = setting(2, POSITIVE_INT, "fewest additions/subtractions per problem")
     max_steps: int = setting(3, POSITIVE_INT, "most additions/subtractions per problem")

@@ -3,14 +3,17 @@
 Layout of ``out_dir`` (the models are trained into ``base/`` and ``teacher/`` beside it by
 ``lossgeom toy-model``):
 
-    problems/train.jsonl, problems/test.jsonl   id, question, solution, answer, verbose_solution
+    problems/{train,test,heldout}.jsonl   id, question, solution, answer, verbose_solution
+
+``heldout`` is drawn after ``test`` from the same stream (so adding it changed neither): problems no
+model is trained or evaluated on, whose solutions are the toy's forgetting text (``forgetting.source: toy``).
     tokenizer/                                  Hugging Face tokenizer files
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..data.prompting import prompt_string
@@ -27,10 +30,12 @@ def build_world(spec: dict, out_dir: Path) -> dict:
     :class:`~lossgeom.settings.ToySettings`' defaults); returns counts."""
     spec = ToySettings.filled(spec)
     limits = {k: spec[k] for k in PROBLEM_LIMIT_KEYS}
-    train, test = generate_splits(spec["seed"], spec["n_train"], spec["n_test"], **limits)
+    train, rest = generate_splits(spec["seed"], spec["n_train"], spec["n_test"] + spec["n_heldout"], **limits)
+    test = rest[: spec["n_test"]]
+    heldout = [replace(p, id=f"toy-heldout-{i}") for i, p in enumerate(rest[spec["n_test"] :])]
     with atomic_dir(out_dir) as tmp:
         (tmp / "problems").mkdir()
-        for name, split in (("train", train), ("test", test)):
+        for name, split in (("train", train), ("test", test), ("heldout", heldout)):
             with open(tmp / "problems" / f"{name}.jsonl", "w") as f:
                 for p in split:
                     f.write(json.dumps(asdict(p)) + "\n")
@@ -44,7 +49,7 @@ def build_world(spec: dict, out_dir: Path) -> dict:
             for s in (p.solution, p.verbose_solution)
         ] + cues
         build_tokenizer(corpus, spec["tokenizer_vocab"]).save_pretrained(str(tmp / "tokenizer"))
-    return {"train": len(train), "test": len(test)}
+    return {"train": len(train), "test": len(test), "heldout": len(heldout)}
 
 
 def read_split(world_dir: Path, split: str):

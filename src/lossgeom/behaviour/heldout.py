@@ -1,0 +1,142 @@
+"""Held-out text for the forgetting measure: what a model's cross-entropy is on text the study never
+trains on, read from the ``forgetting`` config section (:class:`~lossgeom.settings.ForgettingSettings`).
+
+Items are (id, prompt, text). A plain-text item (prompt None: a paragraph of a .txt file, a row of
+WikiText) is scored on its own tokens, the first excepted (nothing predicts it); an item with a
+prompt is scored as a completion right after the chat-formatted prompt, exactly as the training rows
+and ``solution_ce`` are. The toy's held-out text is its ``heldout`` split (problems no model is trained
+or evaluated on) with each problem's solution in ``style``: ``direct`` (the answer line alone) is the
+base's other style, the one its distillation onto the teacher's chain of thought does not train.
+
+Cross-entropies are nats per scored token, float64; texts are cut at ``max_length`` tokens (prompt
+included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.problemsets import LOCAL_SUFFIXES, ProblemSetError, read_records
+from ..data.prompting import prompt_completion
+from ..engines.engine import Adapter, Engine
+from ..fsutil import read_utf8_lines
+from ..settings import ForgettingSettings
+
+
+class HeldoutTextError(ValueError):
+    """The held-out text cannot be read as configured; the message names the ``forgetting`` key."""
+
+
+def _paragraphs(path: Path) -> pd.DataFrame:
+    """A .txt file as one row per paragraph (lines up to a blank line, joined with newlines)."""
+    if not path.exists():
+        raise HeldoutTextError(f"forgetting.source: text file {path} does not exist")
+    paras, cur = [], []
+    for line in read_utf8_lines(path, HeldoutTextError) + [""]:
+        if line.strip():
+            cur.append(line)
+        elif cur:
+            paras.append("\n".join(cur))
+            cur = []
+    return pd.DataFrame({"text": paras})
+
+
+def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
+    """The held-out items of a ``forgetting`` section as a DataFrame (id, prompt, text), in source
+    order, texts shorter than ``min_chars`` skipped, the first ``limit`` kept. Raises
+    :class:`HeldoutTextError` naming the source and the key when it is missing, empty or lacks a field."""
+    spec = ForgettingSettings.filled(spec)
+    source, split = spec["source"], spec["split"]
+    if source is None:
+        raise HeldoutTextError("forgetting.source is not set: nothing to measure forgetting on")
+    try:
+        if source == "toy":
+            if toy_dir is None:
+                raise HeldoutTextError("forgetting.source 'toy' needs the toy world's directory")
+            from ..toy.world import read_split
+
+            problems = read_split(Path(toy_dir), split)
+            df = pd.DataFrame(
+                {
+                    "id": [p.id for p in problems],
+                    "prompt": [p.question for p in problems],
+                    "text": [p.solution_in(spec["style"]) for p in problems],
+                }
+            )
+        else:
+            path = Path(source)
+            raw = _paragraphs(path) if path.suffix == ".txt" else read_records(source, split, spec["subset"])
+            for key, field in (("text_field", spec["text_field"]), ("prompt_field", spec["prompt_field"])):
+                if (
+                    field is not None
+                    and field not in raw.columns
+                    and not (path.suffix == ".txt" and key == "text_field")
+                ):
+                    raise HeldoutTextError(
+                        f"forgetting.{key} {field!r} is not a field of {source!r} (split {split!r}); "
+                        f"it has {list(raw.columns)}"
+                    )
+            text = raw["text" if path.suffix == ".txt" else spec["text_field"]]
+            prompt = raw[spec["prompt_field"]].astype(str) if spec["prompt_field"] else None
+            df = pd.DataFrame(
+                {
+                    "id": [
+                        f"{path.stem if path.suffix in LOCAL_SUFFIXES | {'.txt'} else source}-{split}-{i}"
+                        for i in range(len(raw))
+                    ],
+                    "prompt": prompt if prompt is not None else [None] * len(raw),
+                    "text": text.astype(str),
+                }
+            )
+    except (ProblemSetError, FileNotFoundError) as e:
+        raise HeldoutTextError(f"forgetting.source: {e}") from None
+    except ValueError as e:  # the hub's errors for an unknown split or configuration
+        if isinstance(e, HeldoutTextError):
+            raise
+        raise HeldoutTextError(f"forgetting.source {source!r}: {' '.join(str(e).split())[:300]}") from None
+    df = df[df["text"].str.strip().str.len() >= spec["min_chars"]].iloc[: spec["limit"]].reset_index(drop=True)
+    if df.empty:
+        raise HeldoutTextError(
+            f"forgetting.source {source!r} (split {split!r}) has no text of at least {spec['min_chars']} characters"
+        )
+    return df
+
+
+def heldout_sequences(tokenizer, items: pd.DataFrame, *, template: str, max_length: int):
+    """(ids, mask) per item, cut at ``max_length``: where the item has a prompt, the text as an
+    EOS-terminated completion after the chat-formatted prompt (mask 1 on the completion only: a training
+    row's format, :func:`~lossgeom.data.prompting.prompt_completion`); else the text's own tokens
+    (without special tokens), all scored."""
+    seqs, masks = [], []
+    for prompt, text in zip(items["prompt"], items["text"]):
+        if isinstance(prompt, str):
+            ids, mask = prompt_completion(tokenizer, prompt, text, template, max_length=max_length)
+        else:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
+            mask = [1] * len(ids)
+        seqs.append(ids)
+        masks.append(mask)
+    return seqs, masks
+
+
+def heldout_ce(
+    engine: Engine, items: pd.DataFrame, *, template: str, max_length: int, adapter: Adapter = None
+) -> pd.DataFrame:
+    """Per-item cross-entropy (nats/token) and the number of tokens scored: DataFrame id, ce, n_tokens.
+
+    An item with fewer than one scored token after the first position (a one-token plain text, or a
+    prompt that fills ``max_length``) stops with its id: its cross-entropy is undefined.
+    """
+    seqs, masks = heldout_sequences(engine.tokenizer, items, template=template, max_length=max_length)
+    scored = np.array([sum(m[1:]) for m in masks])
+    if (scored < 1).any():
+        bad = items["id"].iloc[int(np.argmin(scored))]
+        raise HeldoutTextError(
+            f"forgetting: item {bad!r} has no token to score within max_length {max_length} "
+            "(a one-token text, or a prompt as long as max_length)"
+        )
+    ce = engine.score(seqs, masks, adapter=adapter)
+    return pd.DataFrame({"id": items["id"].to_numpy(), "ce": ce, "n_tokens": scored})
