@@ -41,7 +41,8 @@ REPRESENTATIONS_FIGURES = figures("cka_profiles", "cka_last_layer")
 TRAINING_FIGURES = figures("training_curves")
 TRAJECTORY_FIGURES = figures("trajectory")
 BASE_SPECTRUM_FIGURES = figures("base_spectrum")
-BEHAVIOUR_FIGURES = ACCURACY_FIGURES | CONNECTIVITY_FIGURES | REPRESENTATIONS_FIGURES
+SAMPLED_FIGURES = figures("pass_at_k", "kl_forgetting")
+BEHAVIOUR_FIGURES = ACCURACY_FIGURES | CONNECTIVITY_FIGURES | REPRESENTATIONS_FIGURES | SAMPLED_FIGURES
 ALL_FIGURES = GEOMETRY_FIGURES | BEHAVIOUR_FIGURES | TRAINING_FIGURES | TRAJECTORY_FIGURES | BASE_SPECTRUM_FIGURES
 # every table the geometry job writes (the tiny config has no base_alignment.tsv: geometry.base_alignment is off)
 GEOMETRY_TABLES = {
@@ -150,9 +151,10 @@ def test_tiny_study_writes_the_results_contract(study):
     rep = floor[(floor.pair_a == "sft/seed1") & (floor.pair_b == "sft/seed1data5") & (floor.metric == "cosine_global")]
     assert rep.iloc[0]["init"] == "shared" and rep.iloc[0]["data_order"] == "other"
     claims = pd.read_csv(res / "claims.tsv", sep="\t")
-    assert len(claims) == 24 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
+    assert len(claims) == 26 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
     # the base-spectrum rows are computed from the study's own tables (not "not run")
-    assert set(claims.set_index("claim_id").loc[["intruders", "rl_rotation", "rl_spectrum"], "verdict"]) <= {
+    ids = ["intruders", "rl_rotation", "rl_spectrum", "forgetting_tracks_kl"]
+    assert set(claims.set_index("claim_id").loc[ids, "verdict"]) <= {
         "holds",
         "fails",
     }
@@ -205,6 +207,7 @@ AGGREGATES = (
         "results/cka/cka.tsv",
         "results/claims.tsv",
     }
+    | {f"results/behaviour/{n}.tsv" for n in ("pass_at_k", "kl", "forgetting", "pairwise", "forgetting_vs_kl")}
     | GEOMETRY_TABLES
     | ALL_FIGURES
 )
@@ -220,6 +223,8 @@ def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(s
             f"results/adapters/rift/seed{seed}",
             f"results/eval/rift/seed{seed}.parquet",
             f"results/activations/rift/seed{seed}.npz",
+            f"results/samples/rift/seed{seed}.parquet",
+            f"results/heldout/rift/seed{seed}.parquet",
         }
     expected.add("results/adapters/rift/seed1data5")  # its data-order replicate
     # LMC pairs that read rift: sft/seed1 -> rift/seed1 (reference policy) and rift's seed pair
@@ -237,6 +242,8 @@ def test_adding_a_seed_schedules_only_its_adapters_and_the_aggregates(study, tmp
             f"results/adapters/{m}/seed3",
             f"results/eval/{m}/seed3.parquet",
             f"results/activations/{m}/seed3.npz",
+            f"results/samples/{m}/seed3.parquet",
+            f"results/heldout/{m}/seed3.parquet",
         }
     assert planned == expected
 
@@ -276,7 +283,15 @@ def test_report_holds_every_figure_and_the_claims_table(study):
     html = (study / "report.html").read_text(errors="replace")
     for name in sorted(f for f in ALL_FIGURES if f.endswith(".png")):
         assert Path(name).name in html, f"{name} is not in the report"
-    for table in ("claims.tsv", "noise_floor.tsv", "accuracy.tsv", "pairwise.tsv", "summary.tsv"):
+    for table in (
+        "claims.tsv",
+        "noise_floor.tsv",
+        "accuracy.tsv",
+        "pairwise.tsv",
+        "summary.tsv",
+        "kl.tsv",
+        "forgetting.tsv",
+    ):
         assert table in html, f"{table} is not in the report"
     for category in (
         "Claims",
@@ -286,6 +301,7 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         "Connectivity",
         "Representations",
         "Accuracy",
+        "KL and forgetting",
         "Training",
     ):
         assert category in html

@@ -5,8 +5,9 @@ probability that at least one of ``k`` fresh samples is correct is (Chen et al. 
 
     pass@k = 1 - C(n - c, k) / C(n, k),
 
-computed as ``1 - prod_{i = n - c + 1}^{n} (1 - k / i)``, their numerically stable form (no large
-binomials); it is 1 when ``n - c < k``. Averaging it over items estimates the model's pass@k.
+computed from Python's exact integer binomials (:func:`math.comb`; their ratio rounded once), so two
+items with the same exact value get the same float whatever their ``n`` (a paired sign test counts
+them as tied); it is 1 when ``n - c < k``. Averaging it over items estimates the model's pass@k.
 
 KL between two models' distributions over completions. ``P`` is the sampled model's distribution
 over completions of a prompt (temperature 1, no top-p: the model's own distribution), ``Q`` the
@@ -28,6 +29,9 @@ a ratio estimator of ``E[log P/Q] / E[|y|]`` (consistent, not exactly unbiased a
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pandas as pd
 
@@ -48,7 +52,8 @@ def pass_at_k(n: np.ndarray | int, c: np.ndarray | int, k: int) -> np.ndarray:
     for idx in np.ndindex(n_arr.shape):
         nn, cc = int(n_arr[idx]), int(c_arr[idx])
         if nn - cc >= k:
-            out[idx] = 1.0 - float(np.prod(1.0 - k / np.arange(nn - cc + 1, nn + 1)))
+            # exact: P(no correct among k) = C(n - c, k) / C(n, k) as a fraction of integers, rounded once
+            out[idx] = float(Fraction(math.comb(nn, k) - math.comb(nn - cc, k), math.comb(nn, k)))
     return out
 
 

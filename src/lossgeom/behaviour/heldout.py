@@ -49,7 +49,8 @@ def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
     order, texts shorter than ``min_chars`` skipped, the first ``limit`` kept. Raises
     :class:`HeldoutTextError` naming the source and the key when it is missing, empty or lacks a field."""
     spec = ForgettingSettings.filled(spec)
-    source, split = spec["source"], spec["split"]
+    source = spec["source"]
+    split = spec["split"] or ("heldout" if source == "toy" else "test")
     if source is None:
         raise HeldoutTextError("forgetting.source is not set: nothing to measure forgetting on")
     try:
@@ -80,15 +81,20 @@ def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
                         f"it has {list(raw.columns)}"
                     )
             text = raw["text" if path.suffix == ".txt" else spec["text_field"]]
-            prompt = raw[spec["prompt_field"]].astype(str) if spec["prompt_field"] else None
+            prompt = raw[spec["prompt_field"]] if spec["prompt_field"] else pd.Series([None] * len(raw))
+            no_prompt = (prompt.isna() & text.notna()).to_numpy()
+            if spec["prompt_field"] and no_prompt.any():
+                raise HeldoutTextError(
+                    f"forgetting.prompt_field {spec['prompt_field']!r}: row {int(np.flatnonzero(no_prompt)[0])} "
+                    f"of {source!r} has no prompt"
+                )
+            stem = path.stem if path.suffix in LOCAL_SUFFIXES | {".txt"} else source
+            keep = text.notna().to_numpy()  # a missing text cell is skipped, never scored as "nan"
             df = pd.DataFrame(
                 {
-                    "id": [
-                        f"{path.stem if path.suffix in LOCAL_SUFFIXES | {'.txt'} else source}-{split}-{i}"
-                        for i in range(len(raw))
-                    ],
-                    "prompt": prompt if prompt is not None else [None] * len(raw),
-                    "text": text.astype(str),
+                    "id": [f"{stem}-{split}-{i}" for i in np.flatnonzero(keep)],
+                    "prompt": [q if isinstance(q, str) else None for q in prompt[keep]],
+                    "text": [str(t) for t in text[keep]],
                 }
             )
     except (ProblemSetError, FileNotFoundError) as e:
@@ -97,7 +103,8 @@ def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
         if isinstance(e, HeldoutTextError):
             raise
         raise HeldoutTextError(f"forgetting.source {source!r}: {' '.join(str(e).split())[:300]}") from None
-    df = df[df["text"].str.strip().str.len() >= spec["min_chars"]].iloc[: spec["limit"]].reset_index(drop=True)
+    long_enough = [len(t.strip()) >= spec["min_chars"] for t in df["text"]]
+    df = df[long_enough].iloc[: spec["limit"]].reset_index(drop=True)
     if df.empty:
         raise HeldoutTextError(
             f"forgetting.source {source!r} (split {split!r}) has no text of at least {spec['min_chars']} characters"

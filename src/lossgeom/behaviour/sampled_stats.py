@@ -128,10 +128,10 @@ def pass_at_k_tables(samples: dict[str, pd.DataFrame], ks: list[int], temperatur
     return table, by_k
 
 
-def kl_tables(samples: dict[str, pd.DataFrame], idx, confidence):
-    """(kl table, per-item per-sequence KL frames {"kl_forward", "kl_reverse"}) of the adapters."""
+def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence):
+    """(kl table, per-item per-sequence KL frames {"kl_forward", "kl_reverse"}) of the adapters, on
+    ``items`` in their order (the pass@k table's, so one resample of ``idx`` picks the same items)."""
     rows, per_seq = [], {"kl_forward": {}, "kl_reverse": {}}
-    items = None
     for model, s in samples.items():
         if model == BASE:
             continue
@@ -142,9 +142,11 @@ def kl_tables(samples: dict[str, pd.DataFrame], idx, confidence):
         for direction, lr in parts.items():
             if lr.empty:
                 raise ValueError(f"KL: model {model!r} has no temperature-1 {direction} samples; rerun its evaluation")
-            items = lr.index if items is None else items
             if set(lr.index) != set(items):
-                raise ValueError(f"KL: model {model!r} has other items than the others; rerun its evaluation")
+                raise ValueError(
+                    f"KL: model {model!r} has {direction} samples of other items than its pass@k samples; "
+                    "rerun its evaluation"
+                )
             lr = lr.loc[items]
             seq = pd.Series(kl_sequence(lr["log_ratio_sum"], lr["n"]), index=items)
             per_seq[f"kl_{direction}"][model] = seq
@@ -265,11 +267,13 @@ def behaviour_statistics(
     n_items = tables[BASE]["id"].nunique()
     idx = resample_indices(n_items, n_boot, seed)
     passk, by_k = pass_at_k_tables(tables, ks, temperature, idx, confidence)
-    kl, kl_items = kl_tables(tables, idx, confidence)
+    kl, kl_items = kl_tables(tables, by_k[ks[0]].index, idx, confidence)
     pairs = [paired_tests(v, idx, confidence=confidence).assign(measure=f"pass@{k}") for k, v in by_k.items()]
     pairs += [paired_tests(v, idx, confidence=confidence).assign(measure=name) for name, v in kl_items.items()]
     outputs = {"pass_at_k": passk, "kl": kl}
     if heldout:
+        if BASE not in heldout:
+            raise ValueError("forgetting needs the base's held-out cross-entropies (model 'base')")
         h = {m: read_parquet_or(Path(p), ValueError) for m, p in heldout.items()}
         forgetting, ce, hidx = forgetting_table(
             {m: h[m] for m in [BASE] + [m for m in h if m != BASE]}, n_boot, seed, confidence

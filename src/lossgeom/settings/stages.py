@@ -154,7 +154,9 @@ class ForgettingSettings(Settings):
     subset: str | None = setting(
         None, {"type": ["string", "null"]}, "the dataset's configuration (e.g. wikitext-2-raw-v1)"
     )
-    split: str = setting("test", {"type": "string"}, "the split read (toy: heldout)")
+    split: str | None = setting(
+        None, {"type": ["string", "null"]}, "the split read (null: heldout for the toy, else test)"
+    )
     text_field: str = setting("text", {"type": "string"}, "the text column (scored)")
     prompt_field: str | None = setting(
         None,
