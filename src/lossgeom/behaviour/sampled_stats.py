@@ -121,6 +121,7 @@ def pass_at_k_tables(samples: dict[str, pd.DataFrame], ks: list[int], temperatur
     table = pd.DataFrame(rows)
     for col in ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm"):
         table[col] = table.get(col, np.nan)
+    table["seed"] = table["seed"].astype("Int64")  # the base has none
     table["seed_floor"] = np.nan
     for k in ks:
         at_k = table["k"] == k
