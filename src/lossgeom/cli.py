@@ -253,8 +253,9 @@ def _geometry_commands(add) -> None:
     )
 
 
-def _behaviour_commands(add) -> None:
-    """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
+def _evaluate_command(add) -> None:
+    """The evaluate subcommand: one model's greedy pass@1, cross-entropies, and optionally its CKA
+    activations, samples (pass@k, KL) and held-out cross-entropies."""
     sp = add(
         "evaluate",
         commands.cmd_evaluate,
@@ -277,6 +278,11 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("--heldout-out", type=Path, default=None, help="held-out cross-entropies written (--forgetting)")
     _generation_opts(sp)
     _run_opts(sp, EVALUATION.batch_size, "--test-sets")
+
+
+def _behaviour_commands(add) -> None:
+    """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
+    _evaluate_command(add)
 
     sp = add("eval-stats", commands.cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
     sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")

@@ -44,70 +44,67 @@ def _paragraphs(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"text": paras})
 
 
+def _items(source: str, split: str, subset: str | None, text_field: str, prompt_field: str | None) -> pd.DataFrame:
+    """Every row of a text source as (id, prompt, text); a missing text cell is left out (never scored
+    as "nan"). Ids: the source's ``id`` field where it has one, else ``{file stem}-{split}-{row}``."""
+    path = Path(source)
+    txt = path.suffix == ".txt"
+    raw = _paragraphs(path) if txt else read_records(source, split, subset)
+    for key, field in (("text_field", None if txt else text_field), ("prompt_field", prompt_field)):
+        if field is not None and field not in raw.columns:
+            raise HeldoutTextError(
+                f"forgetting.{key} {field!r} is not a field of {source!r} (split {split!r}); it has {list(raw.columns)}"
+            )
+    text = raw["text" if txt else text_field]
+    prompt = raw[prompt_field] if prompt_field else pd.Series([None] * len(raw))
+    no_prompt = (prompt.isna() & text.notna()).to_numpy()
+    if prompt_field and no_prompt.any():
+        raise HeldoutTextError(
+            f"forgetting.prompt_field {prompt_field!r}: row {int(np.flatnonzero(no_prompt)[0])} of {source!r} has no prompt"
+        )
+    keep = text.notna().to_numpy()
+    stem = path.stem if path.suffix in LOCAL_SUFFIXES | {".txt"} else source
+    ids = raw["id"].astype(str) if "id" in raw.columns else pd.Series([f"{stem}-{split}-{i}" for i in range(len(raw))])
+    return pd.DataFrame(
+        {
+            "id": ids[keep].to_numpy(),
+            "prompt": [q if isinstance(q, str) else None for q in prompt[keep]],
+            "text": [str(t) for t in text[keep]],
+        }
+    )
+
+
 def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
     """The held-out items of a ``forgetting`` section as a DataFrame (id, prompt, text), in source
-    order, texts shorter than ``min_chars`` skipped, the first ``limit`` kept. Raises
-    :class:`HeldoutTextError` naming the source and the key when it is missing, empty or lacks a field."""
+    order, texts shorter than ``min_chars`` skipped, the first ``limit`` kept. The toy's source is its
+    world's ``problems/{split}.jsonl``, read as any such file (text: the ``style`` field; prompt: the
+    question). Raises :class:`HeldoutTextError` naming the source and the key when it is missing, empty
+    or lacks a field."""
     spec = ForgettingSettings.filled(spec)
-    source = spec["source"]
+    source, text_field, prompt_field = spec["source"], spec["text_field"], spec["prompt_field"]
     split = spec["split"] or ("heldout" if source == "toy" else "test")
     if source is None:
         raise HeldoutTextError("forgetting.source is not set: nothing to measure forgetting on")
+    if source == "toy":
+        if toy_dir is None:
+            raise HeldoutTextError("forgetting.source 'toy' needs the toy world's directory")
+        source, text_field, prompt_field = str(Path(toy_dir) / "problems" / f"{split}.jsonl"), spec["style"], "question"
     try:
-        if source == "toy":
-            if toy_dir is None:
-                raise HeldoutTextError("forgetting.source 'toy' needs the toy world's directory")
-            from ..toy.world import read_split
-
-            problems = read_split(Path(toy_dir), split)
-            df = pd.DataFrame(
-                {
-                    "id": [p.id for p in problems],
-                    "prompt": [p.question for p in problems],
-                    "text": [p.solution_in(spec["style"]) for p in problems],
-                }
-            )
-        else:
-            path = Path(source)
-            raw = _paragraphs(path) if path.suffix == ".txt" else read_records(source, split, spec["subset"])
-            for key, field in (("text_field", spec["text_field"]), ("prompt_field", spec["prompt_field"])):
-                if (
-                    field is not None
-                    and field not in raw.columns
-                    and not (path.suffix == ".txt" and key == "text_field")
-                ):
-                    raise HeldoutTextError(
-                        f"forgetting.{key} {field!r} is not a field of {source!r} (split {split!r}); "
-                        f"it has {list(raw.columns)}"
-                    )
-            text = raw["text" if path.suffix == ".txt" else spec["text_field"]]
-            prompt = raw[spec["prompt_field"]] if spec["prompt_field"] else pd.Series([None] * len(raw))
-            no_prompt = (prompt.isna() & text.notna()).to_numpy()
-            if spec["prompt_field"] and no_prompt.any():
-                raise HeldoutTextError(
-                    f"forgetting.prompt_field {spec['prompt_field']!r}: row {int(np.flatnonzero(no_prompt)[0])} "
-                    f"of {source!r} has no prompt"
-                )
-            stem = path.stem if path.suffix in LOCAL_SUFFIXES | {".txt"} else source
-            keep = text.notna().to_numpy()  # a missing text cell is skipped, never scored as "nan"
-            df = pd.DataFrame(
-                {
-                    "id": [f"{stem}-{split}-{i}" for i in np.flatnonzero(keep)],
-                    "prompt": [q if isinstance(q, str) else None for q in prompt[keep]],
-                    "text": [str(t) for t in text[keep]],
-                }
-            )
+        df = _items(source, split, spec["subset"], text_field, prompt_field)
     except (ProblemSetError, FileNotFoundError) as e:
         raise HeldoutTextError(f"forgetting.source: {e}") from None
+    except HeldoutTextError:
+        raise
     except ValueError as e:  # the hub's errors for an unknown split or configuration
-        if isinstance(e, HeldoutTextError):
-            raise
         raise HeldoutTextError(f"forgetting.source {source!r}: {' '.join(str(e).split())[:300]}") from None
-    long_enough = [len(t.strip()) >= spec["min_chars"] for t in df["text"]]
-    df = df[long_enough].iloc[: spec["limit"]].reset_index(drop=True)
+    df = df[[len(t.strip()) >= spec["min_chars"] for t in df["text"]]].iloc[: spec["limit"]].reset_index(drop=True)
     if df.empty:
         raise HeldoutTextError(
             f"forgetting.source {source!r} (split {split!r}) has no text of at least {spec['min_chars']} characters"
+        )
+    if df["id"].duplicated().any():
+        raise HeldoutTextError(
+            f"forgetting.source {source!r}: duplicate id {df.loc[df['id'].duplicated(), 'id'].iloc[0]!r}"
         )
     return df
 

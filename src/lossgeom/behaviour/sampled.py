@@ -11,11 +11,19 @@ Samples table (one per model, ``results/samples/{model}.parquet``), one row per 
 * ``completion`` (text), ``token_ids`` (the sampled ids, EOS included when the model stopped),
   ``n_tokens``, ``finish_reason``, ``correct`` (0/1 by the test set's grader);
 * ``logp`` -- log-probability (nats, summed over the completion's tokens given the chat-formatted
-  prompt) under *this* model; ``logp_base`` -- the same under the base. Both through the engine's
-  scoring path (teacher-forced), so a model's KL to itself is exactly 0. NaN on the pass@k draws at a
+  prompt) under *this* model; ``logp_base`` -- the same under the base. NaN on the pass@k draws at a
   temperature other than 1, which no KL reads.
 
-The base's own table has no ``"base"`` rows, and its ``logp_base`` is its ``logp``.
+Where the log-probabilities come from: the sampling model's are the ones the engine returns with each
+sampled token (at temperature 1 and no top-p, the model's own distribution; rounded to 1e-6 per token),
+so no model scores its own samples again; the other model's come from the engine's teacher-forced
+scoring path (:meth:`~lossgeom.engines.engine.Engine.score`; also the sampler's, where an engine returns
+no log-probabilities). The two paths agree to float32 precision (~1e-6 nats per token, checked against a
+float64 enumeration in ``tests/test_behaviour_sampled.py``), far below any KL the study reads (the
+toy's smallest, DPO's, is ~1e-2 nats per token).
+
+The base's own table has no ``"base"`` rows, and its ``logp_base`` is its ``logp`` (its KL to itself is
+exactly 0).
 """
 
 from __future__ import annotations
@@ -61,7 +69,9 @@ def draw_samples(
     desc: str = "sample",
 ) -> pd.DataFrame:
     """``sampling.n`` graded completions per problem (items whose gold is None are left out): rows with
-    id, sample, completion, token_ids, n_tokens, finish_reason, correct (see the module docstring)."""
+    id, sample, completion, token_ids, n_tokens, finish_reason, correct, and logp: the summed
+    log-probabilities of the sampling distribution when ``sampling.logprobs`` and the engine gives them,
+    else NaN (see the module docstring)."""
     grade = get_grader(grader)
     items = [i for i, g in enumerate(golds) if g is not None]
     prompts = [prompt_ids(engine.tokenizer, problems["question"].iloc[i], template) for i in items]
@@ -78,10 +88,12 @@ def draw_samples(
                     "n_tokens": len(c.token_ids),
                     "finish_reason": c.finish_reason,
                     "correct": float(grade.grade(c.text, golds[i]).reward),
+                    # the sampling distribution's log-probability (the model's own at temperature 1)
+                    "logp": float(np.sum(c.logprobs)) if c.logprobs is not None else np.nan,
                 }
             )
     return pd.DataFrame(
-        rows, columns=["id", "sample", "completion", "token_ids", "n_tokens", "finish_reason", "correct"]
+        rows, columns=["id", "sample", "completion", "token_ids", "n_tokens", "finish_reason", "correct", "logp"]
     )
 
 
@@ -98,8 +110,63 @@ def completion_logp(
         ids = [int(t) for t in ids]
         seqs.append(p + ids)
         masks.append([0] * len(p) + [1] * len(ids))
+    # scored in order of length, so a batch pads to its own longest (samples' lengths vary 10x)
+    order = np.argsort([len(x) for x in seqs], kind="stable")
+    nll = np.empty(len(seqs))
+    nll[order] = engine.score([seqs[i] for i in order], [masks[i] for i in order], adapter=adapter)
     n = np.array([len(t) for t in samples["token_ids"]], dtype=np.float64)
-    return -engine.score(seqs, masks, adapter=adapter) * n  # the engine gives the mean NLL per scored token
+    return -nll * n  # the engine gives the mean NLL per scored token
+
+
+def own_samples(
+    engine: Engine,
+    problems: pd.DataFrame,
+    golds: list,
+    *,
+    spec: dict,
+    grader: str,
+    template: str,
+    max_new_tokens: int,
+    adapter: Adapter = None,
+    desc: str = "sample",
+) -> pd.DataFrame:
+    """This model's own rows of its samples table (``source`` "self"; no ``logp_base`` yet): n per item at
+    ``spec``'s temperature and top-p, and n more at temperature 1 unless those are the same draw; the
+    temperature-1 rows with their ``logp`` under this model (module docstring)."""
+    questions = problems.set_index("id")["question"]
+    draws = [(spec["temperature"], spec["top_p"])]
+    if draws[0] != (KL_TEMPERATURE, 1.0):
+        draws.append((KL_TEMPERATURE, 1.0))
+    frames = []
+    for temperature, top_p in draws:
+        kl_draw = (temperature, top_p) == (KL_TEMPERATURE, 1.0)
+        sampling = Sampling(
+            max_new_tokens=max_new_tokens,
+            n=spec["n"],
+            temperature=temperature,
+            top_p=top_p,
+            seed=spec["seed"],
+            logprobs=kl_draw,
+        )
+        s = draw_samples(
+            engine,
+            problems,
+            golds,
+            grader=grader,
+            template=template,
+            sampling=sampling,
+            adapter=adapter,
+            desc=f"{desc} T={temperature:g}",
+        )
+        frames.append(s.assign(source="self", temperature=temperature, logp_base=np.nan))
+    own = pd.concat(frames, ignore_index=True)
+    own.loc[own["temperature"] != KL_TEMPERATURE, "logp"] = np.nan  # no KL reads them
+    unscored = own.index[(own["temperature"] == KL_TEMPERATURE) & own["logp"].isna()]  # an engine gave none
+    if len(unscored):
+        own.loc[unscored, "logp"] = completion_logp(
+            engine, questions, own.loc[unscored], template=template, adapter=adapter
+        )
+    return own
 
 
 def sample_model(
@@ -116,41 +183,31 @@ def sample_model(
     base_samples: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The samples table of one model on one test set (module docstring), from a filled ``behaviour``
-    section ``spec``: n samples per item at its temperature; n more at temperature 1 unless those are
-    the same draw; all of them scored under this model and the base; and, for an adapter,
-    ``base_samples`` (the base's table) scored under it.
+    section ``spec``: its own samples (:func:`own_samples`) with the base's log-probabilities of the
+    temperature-1 ones, and, for an adapter, ``base_samples`` (the base's table) scored under it.
 
     Engine calls are ordered so that a merging engine switches models once: everything under this
     model first, then the base's scores of this model's samples.
     """
-    is_base = adapter is None
-    if not is_base and base_samples is None:
+    if adapter is not None and base_samples is None:
         raise ValueError("an adapter's samples need the base's samples table (for KL(base || adapter))")
     questions = problems.set_index("id")["question"]
-    draws = [(spec["temperature"], spec["top_p"])]
-    if (spec["temperature"], spec["top_p"]) != (KL_TEMPERATURE, 1.0):
-        draws.append((KL_TEMPERATURE, 1.0))
-    frames = []
-    for temperature, top_p in draws:
-        sampling = Sampling(
-            max_new_tokens=max_new_tokens, n=spec["n"], temperature=temperature, top_p=top_p, seed=spec["seed"]
-        )
-        s = draw_samples(
-            engine,
-            problems,
-            golds,
-            grader=grader,
-            template=template,
-            sampling=sampling,
-            adapter=adapter,
-            desc=f"sample {test_set} T={temperature:g}",
-        )
-        frames.append(s.assign(source="self", temperature=temperature, logp=np.nan, logp_base=np.nan))
-    own = pd.concat(frames, ignore_index=True)
+    own = own_samples(
+        engine,
+        problems,
+        golds,
+        spec=spec,
+        grader=grader,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        adapter=adapter,
+        desc=f"sample {test_set}",
+    )
     kl_rows = own.index[own["temperature"] == KL_TEMPERATURE]
-    own.loc[kl_rows, "logp"] = completion_logp(engine, questions, own.loc[kl_rows], template=template, adapter=adapter)
     parts = [own]
-    if not is_base:
+    if adapter is None:
+        own.loc[kl_rows, "logp_base"] = own.loc[kl_rows, "logp"]
+    else:
         base = kl_draws(base_samples[base_samples["test_set"] == test_set]).drop(columns="test_set")
         unknown = sorted(set(base["id"]) - set(questions.index))
         if unknown or base.empty:
@@ -159,14 +216,10 @@ def sample_model(
                 f"({'item ' + repr(unknown[0]) + ' is not in it' if unknown else 'no temperature-1 samples'}); "
                 "rerun the base's evaluation"
             )
-        reverse = base.assign(
-            source="base", logp=completion_logp(engine, questions, base, template=template, adapter=adapter)
-        )
-        parts.append(reverse)
+        logp = completion_logp(engine, questions, base, template=template, adapter=adapter)
+        parts.append(base.assign(source="base", logp=logp))
         # last: the base's scores of this model's samples (a merging engine loads the base once, here)
         own.loc[kl_rows, "logp_base"] = completion_logp(engine, questions, own.loc[kl_rows], template=template)
-    else:
-        own.loc[kl_rows, "logp_base"] = own.loc[kl_rows, "logp"]
     out = pd.concat(parts, ignore_index=True).assign(test_set=test_set)
     out["correct"] = out["correct"].astype(float)
     return out[SAMPLE_COLUMNS]

@@ -155,6 +155,8 @@ def _samples_text(df: pd.DataFrame) -> str:
 
 
 def _pass_at_k(passk: pd.DataFrame, out: Path) -> None:
+    """The pass@k figure (module docstring). Long because it is two panels drawn model by model, each
+    with its intervals, and one shared legend; split, the panels' shared dodge and styles would travel."""
     ks = sorted(int(k) for k in passk["k"].unique())
     adapters = _adapter_order(passk["model"])
     styles = _seed_styles(adapters)

@@ -6,7 +6,8 @@ Layout of ``out_dir`` (the models are trained into ``base/`` and ``teacher/`` be
     problems/{train,test,heldout}.jsonl   id, question, solution, answer, verbose_solution
 
 ``heldout`` is drawn after ``test`` from the same stream (so adding it changed neither): problems no
-model is trained or evaluated on, whose solutions are the toy's forgetting text (``forgetting.source: toy``).
+model is trained or evaluated on, whose solutions are the toy's forgetting text (``forgetting.source:
+toy``); its rows also hold the solution in each style (fields ``terse``, ``verbose``, ``direct``).
     tokenizer/                                  Hugging Face tokenizer files
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from ..data.prompting import prompt_string
 from ..fsutil import atomic_dir
 from ..settings import ToySettings
-from .problems import generate_splits
+from .problems import STYLES, generate_splits
 from .tokenizer import build_tokenizer
 
 PROBLEM_LIMIT_KEYS = ("min_steps", "max_steps", "max_start", "max_operand", "max_double")
@@ -38,7 +39,9 @@ def build_world(spec: dict, out_dir: Path) -> dict:
         for name, split in (("train", train), ("test", test), ("heldout", heldout)):
             with open(tmp / "problems" / f"{name}.jsonl", "w") as f:
                 for p in split:
-                    f.write(json.dumps(asdict(p)) + "\n")
+                    # the held-out rows also carry each style's text, read as any text file's fields
+                    styles = {style: p.solution_in(style) for style in STYLES} if name == "heldout" else {}
+                    f.write(json.dumps({**asdict(p), **styles}) + "\n")
         # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
         # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
         bootstrap = build_tokenizer([p.question + "\n" + p.solution for p in train], spec["tokenizer_vocab"])
@@ -54,7 +57,11 @@ def build_world(spec: dict, out_dir: Path) -> dict:
 
 def read_split(world_dir: Path, split: str):
     """The toy problems of ``split`` as ``Problem`` objects."""
+    from dataclasses import fields
+
     from .problems import Problem
 
     path = Path(world_dir) / "problems" / f"{split}.jsonl"
-    return [Problem(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    names = {f.name for f in fields(Problem)}  # the held-out rows' style texts are not Problem fields
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [Problem(**{k: v for k, v in row.items() if k in names}) for row in rows]
