@@ -23,12 +23,13 @@ def extended():
 
 
 def test_extended_shares_the_default_toy_world_and_recipe(extended):
-    """Every section but ``methods`` and ``lmc`` is the default's: the same toy world, base, prompts,
-    grader, rollouts and LoRA recipe, so the two studies share results/toy and results/rollouts."""
+    """Every section but ``methods``, ``lmc`` and the sampled behaviour's sizes (``behaviour``,
+    ``forgetting``: 200 items x 16 samples, 200 texts) is the default's: the same toy world, base,
+    prompts, grader, rollouts and LoRA recipe, so the two studies share results/toy and results/rollouts."""
     default = yaml.safe_load(DEFAULT.read_text())
     assert set(extended) == set(default)
     for key in default:
-        if key not in ("methods", "lmc"):
+        if key not in ("methods", "lmc", "behaviour", "forgetting"):
             assert extended[key] == default[key], key
     # and the default's own methods are there, with the same settings (the extended study trains
     # every method at every seed; the default runs its extra runs at one)

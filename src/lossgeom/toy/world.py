@@ -3,11 +3,12 @@
 Layout of ``out_dir`` (the models are trained into ``base/`` and ``teacher/`` beside it by
 ``lossgeom toy-model``):
 
-    problems/{train,test,heldout}.jsonl   id, question, solution, answer, verbose_solution
+    problems/{train,test,heldout}.jsonl   id, question, solution, answer, verbose_solution, terse, verbose, direct
 
 ``heldout`` is drawn after ``test`` from the same stream (so adding it changed neither): problems no
 model is trained or evaluated on, whose solutions are the toy's forgetting text (``forgetting.source:
-toy``); its rows also hold the solution in each style (fields ``terse``, ``verbose``, ``direct``).
+toy``). Every split's rows also hold the solution in each style (fields ``terse``, ``verbose``,
+``direct``), read as any text file's fields.
     tokenizer/                                  Hugging Face tokenizer files
 """
 
@@ -39,8 +40,8 @@ def build_world(spec: dict, out_dir: Path) -> dict:
         for name, split in (("train", train), ("test", test), ("heldout", heldout)):
             with open(tmp / "problems" / f"{name}.jsonl", "w") as f:
                 for p in split:
-                    # the held-out rows also carry each style's text, read as any text file's fields
-                    styles = {style: p.solution_in(style) for style in STYLES} if name == "heldout" else {}
+                    # each style's text too, read as a text file's fields (forgetting.source: toy)
+                    styles = {style: p.solution_in(style) for style in STYLES}
                     f.write(json.dumps({**asdict(p), **styles}) + "\n")
         # The BPE is learned from chat-formatted documents so the template's markers merge as in use.
         # Both solution styles are in the corpus: one tokenizer serves the student and the teacher.
