@@ -51,16 +51,18 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
     assert proc.returncode == 0, proc.stdout[-8000:]
     submitted = proc.stdout.count("has been submitted with SLURM jobid")
     # toy base model, 3 trainings, 3 data-order replicates (the tiny config's data_order_replicate),
-    # 4 evaluations, 4 activation extractions, 2 sweeps and the base spectrum (it holds the base model's
-    # weights): all through sbatch
+    # 4 evaluations (each with its activations, samples and held-out text), 2 sweeps and the base spectrum
+    # (it holds the base model's weights): all through sbatch
     assert config["data_order_replicate"], "the count below assumes one replicate per method"
-    assert submitted == 1 + 3 + 3 + 4 + 4 + 2 + 1, proc.stdout[-4000:]
+    assert submitted == 1 + 3 + 3 + 4 + 2 + 1, proc.stdout[-4000:]
     for rule in (
         "geometry",
         "trajectory",
         "trajectory_figures",
         "base_spectrum_figures",
         "eval_stats",
+        "behaviour_stats",
+        "behaviour_figures",
         "cka",
         "lmc_summary",
         "accuracy_figures",
