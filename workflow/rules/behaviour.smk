@@ -8,6 +8,8 @@
 EVAL = config["evaluation"]
 LMC = config["lmc"]
 CKA = config["cka"]
+
+
 wildcard_constraints:
     model=f"base|{STUDY_LABEL}",
 
@@ -86,7 +88,7 @@ rule eval_stats:
 rule behaviour_stats:
     input:
         samples=expand(rules.evaluate.output.samples, model=MODELS),
-        heldout=expand(f"{RESULTS}/heldout/{{model}}.parquet", model=MODELS) if HAS_FORGETTING else [],
+        heldout=expand(rules.evaluate.output.heldout, model=MODELS) if HAS_FORGETTING else [],
         # each delta's norm: the contrast to the KL in forgetting_vs_kl.tsv
         adapters=rules.geometry.output.adapters if HAS_FORGETTING else [],
     output:
