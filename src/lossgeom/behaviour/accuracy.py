@@ -62,9 +62,12 @@ def evaluate_model(
     model of its own, freed before the engine loads). With ``behaviour`` (the filled
     section, its ``test_set`` a key of ``test_sets``) also the samples table to ``samples_out``
     (an adapter reads the base's from ``base_samples``); with ``forgetting`` (the filled section) the
-    held-out cross-entropies to ``heldout_out``. Nothing is written until everything is measured.
+    held-out cross-entropies to ``heldout_out``. Every input is read before a model loads; the
+    activations are written when measured, the other tables once everything is (Snakemake removes a
+    failed job's outputs).
 
-    Long because the formatter spreads its keyword calls over lines; it is one loop over test sets.
+    Long because the formatter spreads its keyword calls over lines; it is the job's one sequence on one
+    engine: the activations, a loop over test sets, the held-out text, the samples.
     """
     spec = generation or GenerationSpec()
     ad = AdapterDir(Path(adapter)) if adapter is not None else None
