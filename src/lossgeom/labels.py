@@ -136,3 +136,22 @@ def wildcard_pattern(methods, replicates: bool = True) -> str:
         Label(name, 0)  # checks the method's form
     data = rf"(?:data{_INT})?" if replicates else ""
     return rf"(?:{'|'.join(map(re.escape, names))})/seed{_INT}{data}"
+
+
+def mean_pair_difference(values, labels: list[Label | None], method: str, kind: str) -> float:
+    """The noise floor of a per-adapter statistic: the mean |difference| of ``values`` (one per label,
+    in ``labels``' order; None: no adapter, e.g. the base) over ``method``'s pairs of adapters of one
+    kind: ``"data"`` (the same init seed, another data order) or ``"seed"`` (another init seed).
+    NaN where the method has no such pair."""
+    diffs = []
+    for a in range(len(labels)):
+        for b in range(a + 1, len(labels)):
+            la, lb = labels[a], labels[b]
+            if la is None or lb is None or la.method != method or lb.method != method:
+                continue
+            shared = la.seed == lb.seed
+            if (kind == "data" and shared and la.data_order_seed != lb.data_order_seed) or (
+                kind == "seed" and not shared
+            ):
+                diffs.append(abs(float(values[a]) - float(values[b])))
+    return sum(diffs) / len(diffs) if diffs else float("nan")

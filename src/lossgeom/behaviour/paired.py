@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .stats import holm
+from .stats import holm, mcnemar_exact
 
 PAIRED_COLUMNS = [
     "model_a",
@@ -72,14 +72,14 @@ def sign_test(diff: np.ndarray) -> tuple[int, int, int, float]:
     """Two-sided exact sign test of per-item differences: (n positive, n negative, n zero, p).
 
     Under H0 a non-zero difference is as likely positive as negative: the count of positives is
-    Binomial(n_nonzero, 1/2) (:func:`scipy.stats.binomtest`). No non-zero difference gives p = 1.
+    Binomial(n_nonzero, 1/2), the exact McNemar test on the two counts (:func:`.stats.mcnemar_exact`,
+    which it is on 0/1 values). No non-zero difference gives p = 1.
     """
     d = np.asarray(diff, dtype=np.float64)
     if np.isnan(d).any():
         raise ValueError("sign test: a per-item difference is NaN")
     pos, neg = int((d > 0).sum()), int((d < 0).sum())
-    p = 1.0 if pos + neg == 0 else float(sps.binomtest(pos, pos + neg, 0.5).pvalue)
-    return pos, neg, int(d.size - pos - neg), p
+    return pos, neg, int(d.size - pos - neg), mcnemar_exact(pos, neg)
 
 
 def paired_tests(

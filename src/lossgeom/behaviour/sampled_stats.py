@@ -28,14 +28,13 @@ order); NaN for a method with one seed.
 
 from __future__ import annotations
 
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..fsutil import read_parquet_or, write_table
-from ..labels import Label
+from ..labels import Label, mean_pair_difference
 from .estimators import kl_sequence, kl_token, per_item_log_ratio, per_item_pass_at_k
 from .paired import (
     mean_interval,
@@ -61,15 +60,13 @@ def _method_seed(model: str) -> tuple[str, float]:
 
 def seed_floor(values: pd.Series) -> pd.Series:
     """Per model (index), the mean |difference| of ``values`` between its method's adapters of different
-    seeds (NaN for the base and for a method with one seed)."""
-    methods = pd.Series({m: _method_seed(m)[0] for m in values.index})
-    out = pd.Series(np.nan, index=values.index)
-    for method, models in methods.groupby(methods).groups.items():
-        if method == BASE or len(models) < 2:
-            continue
-        diffs = [abs(values[a] - values[b]) for a, b in combinations(models, 2)]
-        out[list(models)] = float(np.mean(diffs))
-    return out
+    init seeds (:func:`lossgeom.labels.mean_pair_difference`; NaN for the base and a one-seed method)."""
+    labels = [Label.try_parse(m) for m in values.index]
+    vals = values.to_numpy()
+    return pd.Series(
+        [np.nan if lab is None else mean_pair_difference(vals, labels, lab.method, "seed") for lab in labels],
+        index=values.index,
+    )
 
 
 def _same_items(frames: dict[str, pd.Index], what: str) -> pd.Index:

@@ -50,7 +50,7 @@ import pandas as pd
 from scipy.sparse.linalg import LinearOperator, svds
 
 from ..fsutil import atomic_path, write_table
-from ..labels import Label
+from ..labels import Label, mean_pair_difference
 from ..lora import lowrank
 from ..lora.adapters import AdapterMismatchError
 from .alignment import canonical_base_weights
@@ -248,20 +248,9 @@ def _module_row(label: str, m, W: np.ndarray, base: BaseSVD, top_k: int, thresho
 
 
 def _floor(values: pd.Series, labels: list[Label | None], method: str, kind: str) -> float:
-    """Mean |difference| of a statistic over one method's pairs of adapters of one kind: ``data`` (same
-    init, another data order) or ``seed`` (another init seed)."""
-    diffs = []
-    for a in range(len(labels)):
-        for b in range(a + 1, len(labels)):
-            la, lb = labels[a], labels[b]
-            if la is None or lb is None or la.method != method or lb.method != method:
-                continue
-            shared = la.seed == lb.seed
-            if (kind == "data" and shared and la.data_order_seed != lb.data_order_seed) or (
-                kind == "seed" and not shared
-            ):
-                diffs.append(abs(values.iloc[a] - values.iloc[b]))
-    return float(np.mean(diffs)) if diffs else np.nan
+    """Mean |difference| of a statistic over one method's pairs of adapters of one kind (``data``: same
+    init, another data order; ``seed``: another init seed): :func:`lossgeom.labels.mean_pair_difference`."""
+    return mean_pair_difference(values.to_numpy(), labels, method, kind)
 
 
 def spectrum_summary(modules: pd.DataFrame) -> pd.DataFrame:
