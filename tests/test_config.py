@@ -509,3 +509,25 @@ def test_generation_backends_take_their_options_from_the_settings_classes():
     assert OPENAI_DEFAULTS == GENERATION_BACKENDS["openai"].defaults()
     # the schema has one "generation" property (a duplicate key used to shadow a missing $defs entry)
     assert SCHEMA.read_text().count("\n  generation:") == 1
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"behaviour": {"n": 4, "k": [1, 2, 8]}}, r"behaviour\.k \[1, 2, 8\] asks for pass@8 from behaviour\.n 4"),
+        ({"behaviour": {"test_set": "gsm8k"}}, r"behaviour\.test_set 'gsm8k' is not a key of test_sets"),
+        ({"forgetting": {"style": "poetic"}}, r"forgetting\.style: 'poetic' is not one of"),
+        ({"behaviour": {"k": []}}, r"behaviour\.k"),
+    ],
+)
+def test_bad_behaviour_and_forgetting_settings_stop_before_any_job(tmp_path, section, message):
+    """A pass@k that n samples cannot give, or a test set the study does not have, stops at validation,
+    not in the statistics job after every evaluation has run."""
+    config = yaml.safe_load(DEFAULT.read_text())
+    for key, value in section.items():
+        config[key] = {**config.get(key, {}), **value}
+    bad = tmp_path / "c.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message) as info:
+        load(bad, SCHEMA)
+    assert "\n" not in str(info.value)

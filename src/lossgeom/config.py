@@ -20,6 +20,7 @@ from .settings import (
     GENERATION_BACKENDS,
     SCHEMA_SECTIONS,
     SECTIONS,
+    BehaviourSettings,
     LoraSettings,
     ModelSettings,
     ProblemSourceSettings,
@@ -128,7 +129,14 @@ def _check_consistency(config: dict) -> None:
             f"config error: data_order_replicate.data_seed {rep['data_seed']} equals its seed; "
             "a data-order replicate needs another data order"
         )
-    for key in ("lmc", "cka"):
+    behaviour = config.get("behaviour") or {}
+    n, ks = behaviour.get("n", BehaviourSettings.defaults()["n"]), behaviour.get("k", BehaviourSettings.defaults()["k"])
+    if max(ks) > n:
+        raise ConfigError(
+            f"config error: behaviour.k {list(ks)} asks for pass@{max(ks)} from behaviour.n {n} samples per item; "
+            f"raise behaviour.n to at least {max(ks)} or drop the larger k"
+        )
+    for key in ("lmc", "cka", "behaviour"):
         name = config.get(key, {}).get("test_set")
         if name is not None and name not in config["test_sets"]:
             raise ConfigError(
