@@ -104,9 +104,11 @@ def completion_logp(
     (None: the base): float64 ``(len(samples),)``. ``questions`` maps an item id to its question."""
     if samples.empty:
         return np.zeros(0)
+    # one chat-formatted prompt per item, not per sample (n samples share it)
+    prompts = {pid: prompt_ids(engine.tokenizer, questions[pid], template) for pid in dict.fromkeys(samples["id"])}
     seqs, masks = [], []
     for pid, ids in zip(samples["id"], samples["token_ids"]):
-        p = prompt_ids(engine.tokenizer, questions[pid], template)
+        p = prompts[pid]
         ids = [int(t) for t in ids]
         seqs.append(p + ids)
         masks.append([0] * len(p) + [1] * len(ids))
