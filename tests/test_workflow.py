@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
+from subprocesses import run_snakemake
 
 from lossgeom.geometry.tables import SQUARE_METRICS
 
@@ -70,7 +71,7 @@ def snakemake(workdir: Path, *args: str, configfile: Path = TINY, timeout: int =
         str(configfile),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return run_snakemake(cmd, workdir=workdir, timeout=timeout)
 
 
 def copy_workflow(workdir: Path) -> None:

