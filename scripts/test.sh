@@ -11,14 +11,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install -e ".[test]"
+# What decides the speed of this run (CPU, instruction set, cores, thread variables), so that a log from
+# another machine is read right.
+python -m lossgeom.engines.cpu_threads
 # lint and format first: a tree that ruff does not pass is not tested further (settings: pyproject.toml)
 python -m ruff check .
 python -m ruff format --check .
-python -m pytest "$@"
+SECONDS=0
+rc=0
+python -m pytest "$@" || rc=$?
+echo "test.sh: the main suite took $((SECONDS / 60)) min $((SECONDS % 60)) s (pytest exit $rc)"
+[ "$rc" -eq 0 ] || exit "$rc"
 
 if python -c "import vllm" 2>/dev/null; then
     exit 0  # the vllm-marked tests already ran above
 fi
+SECONDS=0
 VENV=.venv-vllm
 if [ ! -x "$VENV/bin/python" ]; then
     # From inside a virtualenv too, venv builds from the base interpreter: .venv-vllm sees none of
@@ -30,6 +38,11 @@ fi
 # PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break transformers' model
 # imports ("operator torchvision::nms does not exist"); the engine needs none of them.
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
+echo "test.sh: the vLLM environment took $((SECONDS / 60)) min $((SECONDS % 60)) s to build"
+"$VENV/bin/python" -m lossgeom.engines.cpu_threads 2>/dev/null
+SECONDS=0
 # VIRTUAL_ENV too, so that nothing in these tests takes an outer virtualenv for the active one.
 PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV" LOSSGEOM_REQUIRE_VLLM=1 \
-    "$VENV/bin/python" -m pytest -m vllm "$@"
+    "$VENV/bin/python" -m pytest -m vllm "$@" || rc=$?
+echo "test.sh: the vLLM suite took $((SECONDS / 60)) min $((SECONDS % 60)) s (pytest exit $rc)"
+exit "$rc"

@@ -171,3 +171,44 @@ def thread_report(_worker=None) -> dict:
     for name, symbol in (("omp_max_threads", "omp_get_max_threads"), ("mkl_max_threads", "mkl_get_max_threads")):
         report[name] = int(getattr(lib, symbol)()) if lib is not None and hasattr(lib, symbol) else None
     return report
+
+
+def describe_machine(environ: Mapping[str, str] | None = None) -> str:
+    """One paragraph on what decides CPU speed here, for a log's first lines (``python -m
+    lossgeom.engines.cpu_threads``): the CPU model, the cores this process may use, torch's CPU capability,
+    the vLLM CPU kernels that would load (vLLM's own rule in ``platforms/cpu.py``: AVX-512 with BF16 ``_C``,
+    AVX-512 ``_C_AVX512``, else ``_C_AVX2``; or "not installed"), the six thread variables as set, and the
+    worker binding :func:`plan` would give under them."""
+    import importlib.util
+    import platform
+
+    import torch
+
+    environ = os.environ if environ is None else environ
+    model = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpus = allowed_cpus()
+    cap = torch.backends.cpu.get_cpu_capability()
+    if importlib.util.find_spec("vllm") is None:
+        isa = "vLLM not installed"
+    elif torch.cpu._is_avx512_supported():
+        isa = "vLLM CPU kernels _C (AVX-512 + BF16)" if torch.cpu._is_avx512_bf16_supported() else "vLLM _C_AVX512"
+    else:
+        isa = "vLLM CPU kernels _C_AVX2"
+    thread_vars = " ".join(f"{k}={environ.get(k, '-')}" for k in THREAD_VARS)
+    binding = " ".join(f"{k}={v}" for k, v in plan(environ, cpus).items() if k in (BIND_VAR, "MKL_NUM_THREADS"))
+    return (
+        f"CPU: {model}; {len(cpus)} allowed logical CPUs on {len({c.core for c in cpus})} cores "
+        f"(os.cpu_count {os.cpu_count()}); torch {torch.__version__} CPU capability {cap}; {isa}\n"
+        f"thread variables: {thread_vars}; a vLLM CPU worker here would get: {binding}"
+    )
+
+
+if __name__ == "__main__":
+    print(describe_machine())
