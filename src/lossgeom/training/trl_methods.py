@@ -12,7 +12,9 @@
                                                beta=kl_coef, scale_rewards, loss_type=grpo_loss_type
 
 The model handed to every trainer is the job's PEFT model (:func:`lossgeom.training.job.lora_model`),
-so every method of a seed starts from one LoRA init. The reference policy, where a loss has one
+so every method of a seed starts from one LoRA init. Online GRPO's colocated vLLM gets the policy's weights
+built out of place (:mod:`lossgeom.training.weight_sync`: TRL merges the adapter in place, which moves a
+bf16 base a little at every sync). The reference policy, where a loss has one
 (DPO, IPO, KTO; online GRPO with kl_coef > 0), is the base model: TRL copies the initial adapter into
 a frozen ``ref`` adapter, which equals the base because LoRA's B starts at zero. SimPO has none.
 Pairs (DPO, IPO, SimPO) come from one pairing rule, :func:`lossgeom.training.views.dpo_pairs`.
@@ -73,6 +75,11 @@ def trl_trainer(spec, model, common_args: dict, view: pd.DataFrame, tokenizer, c
         model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=callbacks, **extra
     )
     try:
-        return trainer_cls(**kwargs)
+        trainer = trainer_cls(**kwargs)
     except ImportError as e:  # e.g. generation 'vllm' on a GPU without vLLM installed
         raise MethodSpecError(f"method {spec.method!r} ({spec.loss}): {' '.join(str(e).split())}") from None
+    from .weight_sync import keep_base_exact
+
+    # online GRPO with colocated vLLM: weights synced out of place, so the bf16 base cannot drift
+    keep_base_exact(trainer)
+    return trainer
