@@ -161,6 +161,7 @@ def test_summarize():
     )
     assert summarize(df) == {
         "truncated": 2,
+        "grade_failed (left out of training)": 0,
         "rows": 7,
         "prompts": 3,
         "accuracy": pytest.approx(3 / 7),
@@ -192,6 +193,7 @@ def test_summary_table_counts_notes_reasons_and_served_models():
     t = summary_table(df).set_index("quantity")["value"]
     assert t["truncated"] == 1 and t["finish reason: length"] == 1 and t["finish reason: stop"] == 2
     assert t["grade note: timeout: math-verify"] == 1 and t["grade note: no answer"] == 1
+    assert t["grade_failed (left out of training)"] == 1
     assert t["served_models"] == "ds-1: 2 rows; ds-2: 1 row"
     assert t["mean completion tokens per request"] == 20.0 and "mean prompt tokens per request" not in t
 

@@ -48,6 +48,7 @@ def test_all_rows_unit_weight(rollouts, loss):
     assert view["completion"].tolist() == rollouts["completion"].tolist()
     assert view["reward"].tolist() == rollouts["reward"].tolist()
     assert counts == {
+        "grade_failed": 0,
         "rollouts": 16,
         "correct": 7,
         "prompts": 4,
@@ -270,9 +271,40 @@ def test_truncated_rollouts_are_dropped_by_default_and_counted(rollouts, loss):
     cut = [0, 5, 13]  # p1-0 (correct), p2-1 (correct), p4-1 (correct)
     view, counts = build_view(_with_truncation(rollouts, cut), method_spec(loss), seed=0)
     assert counts["truncated"] == 3 and counts["truncated_policy"] == "drop"
-    assert counts["rollouts"] == 13 and counts["correct"] == 4
+    # the group statistics see all 16 rows; the 3 cut ones count as wrong (7 correct - 3)
+    assert counts["rollouts"] == 16 and counts["correct"] == 4
     texts = set(view["completion"]) if "completion" in view else set(view["chosen"]) | set(view["rejected"])
     assert not texts & {rollouts["completion"][i] for i in cut}
+
+
+def test_a_truncated_completion_counts_as_wrong_in_its_whole_group():
+    """Issue 30: p has 1 correct and 3 cut completions. Dropping the cut ones first made the group read
+    "all correct" (the correct row got the bare bias b and the group was not mixed); over the whole
+    group it is 1 of 4, so the correct row gets 1 - 1/4 + b."""
+    roll = _with_truncation(_rollouts({"p": [1, 0, 1, 1], "q": [1, 0, 0, 0]}), [1, 2, 3])
+    roll.loc[[2, 3], "reward"] = 1.0  # graded correct before the cut (a boxed answer inside the reasoning)
+    view, counts = build_view(roll, GRPO, seed=0)
+    assert counts["mixed_groups"] == 2 and counts["correct"] == 2 and counts["rows"] == 5
+    p = view[view["prompt_id"] == "p"]
+    assert p["completion"].tolist() == ["p-0-ok"]
+    assert p["weight"].tolist() == pytest.approx([1 - 0.25 + 0.1])
+    want = grpo_advantages(pd.Series([1.0, 0, 0, 0]), pd.Series(["p"] * 4), 0.1, False, "zero")[0]
+    assert p["weight"].iloc[0] == pytest.approx(want)
+    # and RFT never trains on a cut completion graded correct, whatever the truncation policy
+    rft, _ = build_view(roll, method_spec("rft", truncated="no_eos"), seed=0)
+    assert set(rft["completion"]) == {"p-0-ok", "q-0-ok"}
+
+
+@pytest.mark.parametrize("loss", ["sft", "rft", "offline_grpo", "dpo", "kto"])
+def test_rows_whose_grade_failed_are_left_out_and_counted(rollouts, loss):
+    roll = rollouts.assign(grade_note="ok")
+    roll.loc[[1, 4], "grade_note"] = ["timeout: math-verify took over 5 s", "error: RecursionError"]
+    view, counts = build_view(roll, method_spec(loss), seed=0)
+    assert counts["grade_failed"] == 2 and counts["rollouts"] == 14
+    texts = set(view["completion"]) if "completion" in view else set(view["chosen"]) | set(view["rejected"])
+    assert not texts & {rollouts["completion"][i] for i in (1, 4)}
+    # p1 is now 1 correct of 3 graded: still mixed; p2 lost one correct row: still all correct
+    assert counts["mixed_groups"] == 2
 
 
 def test_truncated_rollouts_kept_without_eos(rollouts):
@@ -308,6 +340,26 @@ def test_tokenized_truncated_row_has_no_eos(toy_world):
     assert rows["completion_mask"][0][:-1] == rows["completion_mask"][1]
 
 
+def test_rows_longer_than_max_length_are_left_out_and_counted_never_cut(toy_world):
+    from lossgeom.data.prompting import prompt_completion
+    from lossgeom.modeling import load_tokenizer
+    from lossgeom.training.job import tokenize_view
+
+    tok = load_tokenizer(toy_world / "tokenizer")
+    long = "3 + 4 = 7, and 7 + 5 = 12, and 12 + 1 = 13\n#### 13"
+    view = pd.DataFrame(
+        {"prompt": ["1 + 1?", "3 + 4 + 5 + 1?"], "completion": ["1 + 1 = 2\n#### 2", long], "reward": [1.0, 0.5]}
+    ).assign(weight=[1.0, 2.0])
+    short_len = len(prompt_completion(tok, "1 + 1?", "1 + 1 = 2\n#### 2")[0])
+    assert len(prompt_completion(tok, "3 + 4 + 5 + 1?", long)[0]) > short_len
+    counts = {}
+    rows = tokenize_view(view, tok, "{question}", short_len, counts)
+    assert counts == {"over_max_length": 1} and len(rows) == 1
+    assert rows[0]["input_ids"][-1] == tok.eos_token_id and rows[0]["row_weight"] == 1.0
+    with pytest.raises(ViewError, match="every one of the 2 training rows is longer than max_length 3"):
+        tokenize_view(view, tok, "{question}", 3)
+
+
 @pytest.mark.parametrize("limit", [None, 5])
 def test_tokenized_rows_are_arrow_arrays_equal_to_the_per_row_tokenisation(toy_world, monkeypatch, limit):
     """The view as Arrow int32/int8 lists (a large_list past the offset limit) reads back exactly as
@@ -329,12 +381,12 @@ def test_tokenized_rows_are_arrow_arrays_equal_to_the_per_row_tokenisation(toy_w
             "weight": [0.5, 1.0, 2.0],
         }
     )
-    rows = job.tokenize_view(view, tok, "Q: {question}", 12)
+    rows = job.tokenize_view(view, tok, "Q: {question}", 64)
     table = rows.data.table
     kind = pa.large_list if limit else pa.list_
     assert table.schema.field("input_ids").type == kind(pa.int32())
     assert table.schema.field("completion_mask").type == kind(pa.int8())
     for i, r in view.iterrows():
-        ids, mask = prompt_completion(tok, r.prompt, r.completion, "Q: {question}", 12)
+        ids, mask = prompt_completion(tok, r.prompt, r.completion, "Q: {question}")
         assert rows[i]["input_ids"] == ids and rows[i]["completion_mask"] == mask
         assert (rows[i]["row_weight"], rows[i]["row_reward"]) == (r.weight, r.reward)

@@ -194,6 +194,16 @@ def read_rollouts(path: Path | str) -> pd.DataFrame:
     return df
 
 
+def grade_failed_mask(rollouts: pd.DataFrame):
+    """Rows the grader could not grade (``grade_note`` "timeout: ..." or "error: ..."; their reward 0 says
+    nothing about the completion); a table without the column has none. Bool numpy array of the rows'
+    length. Training leaves them out of every view (:func:`lossgeom.training.views.build_view`)."""
+    if "grade_note" not in rollouts:
+        return (pd.Series(False, index=rollouts.index)).to_numpy(dtype=bool)
+    note = rollouts["grade_note"].fillna("").astype(str)
+    return (note.str.startswith("timeout") | note.str.startswith("error")).to_numpy(dtype=bool)
+
+
 def summarize(df: pd.DataFrame) -> dict:
     """Counts a researcher checks first: rows, prompts, accuracy, and how many prompts are mixed
     (some correct and some incorrect samples: the ones GRPO and DPO can use)."""
@@ -207,6 +217,7 @@ def summarize(df: pd.DataFrame) -> dict:
         "prompts_mixed": int(((per_prompt["mean"] > 0) & (per_prompt["mean"] < 1)).sum()),
         "no_answer": int(df["answer"].isna().sum()),
         "truncated": int((df["finish_reason"] == "length").sum()) if "finish_reason" in df else 0,
+        "grade_failed (left out of training)": int(grade_failed_mask(df).sum()),
         "rows_with_logprobs": int(df["logprobs"].map(lambda v: v is not None and len(v) > 0).sum()),
         "served_models": served_models(df),
     }

@@ -44,7 +44,7 @@ from ..modeling import load_model, load_tokenizer
 from .attention import padding_free_attention
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .trl_methods import trl_classes, trl_trainer
-from .views import build_view
+from .views import ViewError, build_view
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +55,32 @@ def fingerprint(spec: MethodSpec, seed: int, rollouts_path: Path, base_model: st
     return hashlib.sha256((payload + file_sha256(rollouts_path)).encode()).hexdigest()[:16]
 
 
-def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int) -> Dataset:
+def tokenize_view(view: pd.DataFrame, tokenizer, template: str, max_length: int, counts: dict | None = None) -> Dataset:
     """Pre-tokenised rows for ``OfflineLossTrainer``: prompt + completion ids (EOS-terminated unless the
     view's ``eos`` is False: a truncated rollout under ``truncated: no_eos``), completion mask, row numbers.
+
+    A row longer than ``max_length`` tokens is left out, never cut (cut, it would lose its EOS and its
+    final answer and still be trained on as a whole answer); ``counts["over_max_length"]`` says how many.
 
     Held as Arrow arrays from the start (ids int32, mask int8: 5 bytes a token), never as Python lists of
     the whole view (~45 bytes a token: ~12 GB for a paper-sized table of 161k rows); only one row is a
     list at a time. The rows read back as the same Python ints (``benchmarks/bench_train_memory.py``)."""
-    n = len(view)
-    ids_parts, mask_parts = [], []
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    ids_parts, mask_parts, lengths = [], [], []
+    keep = np.zeros(len(view), dtype=bool)
     for i, r in enumerate(view.itertuples(index=False)):
-        ids, mask = prompt_completion(
-            tokenizer, r.prompt, r.completion, template, max_length, eos=getattr(r, "eos", True)
-        )
+        ids, mask = prompt_completion(tokenizer, r.prompt, r.completion, template, None, eos=getattr(r, "eos", True))
+        if max_length and len(ids) > max_length:
+            continue
+        keep[i] = True
         ids_parts.append(np.asarray(ids, dtype=np.int32))
         mask_parts.append(np.asarray(mask, dtype=np.int8))
-        offsets[i + 1] = offsets[i] + len(ids)
+        lengths.append(len(ids))
+    if counts is not None:
+        counts["over_max_length"] = int((~keep).sum())
+    if not keep.any():
+        raise ViewError(f"every one of the {len(view)} training rows is longer than max_length {max_length} tokens")
+    view = view[keep]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return Dataset(
         pa.table(
             {
@@ -135,7 +144,7 @@ def offline_trainer(spec: MethodSpec, model, rows: Dataset, tokenizer, common_ar
 
     common = dict(common_args)
     if spec.padding_free:
-        # TRL enforces max_length only by packing; tokenize_view has already cut every row to it
+        # TRL enforces max_length only by packing; tokenize_view has already left out every longer row
         common["max_length"] = None
         # each packed row attends within itself (flash attention's varlen kernels, or varlen_sdpa)
         model.get_base_model().set_attn_implementation(padding_free_attention())
@@ -220,6 +229,10 @@ def train_adapter(
     view, counts = build_view(rollouts, spec, data_seed)
     log.info("method %s seed %d: %s", spec.method, seed, counts)
     tokenizer = load_tokenizer(base_model, trust_remote_code)
+    rows = None
+    if spec.loss_def.trainer != "trl":  # tokenised before the model is loaded: no device waits on it
+        rows = tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length, counts)
+        log.info("%d rows longer than max_length %d left out", counts["over_max_length"], spec.max_length)
     model = lora_model(load_model(base_model, dtype, trust_remote_code), spec, seed)
     fp = fingerprint(spec, seed, Path(rollouts_path), base_model)
     resume = last_checkpoint(Path(ckpt_dir), fp)
@@ -230,7 +243,6 @@ def train_adapter(
     if spec.loss_def.trainer == "trl":
         trainer = trl_trainer(spec, model, _common_args(spec, seed, Path(ckpt_dir)), view, tokenizer, callbacks)
     else:
-        rows = tokenize_view(view, tokenizer, spec.prompt_template, spec.max_length)
         trainer = offline_trainer(spec, model, rows, tokenizer, _common_args(spec, seed, Path(ckpt_dir)), callbacks)
     trainer.train(resume_from_checkpoint=resume)
     info = {
