@@ -69,9 +69,14 @@ def _draws(rng, p_item, temperature, n, source="self", kl=True):
                     "correct": float(rng.uniform() < p),
                     "logp": -rng.uniform(0.5, 3.0) * nt if kl else np.nan,
                     "logp_base": np.nan,
+                    "logp_sampler": np.nan,
                 }
             )
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    out = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    if kl:  # the decode path's log-probabilities: the scoring path's plus a small per-token bias and noise
+        bias = rng.uniform(-2e-3, 2e-3)
+        out["logp_sampler"] = out["logp"] + out["n_tokens"] * (bias + rng.normal(0, 1e-3, len(out)))
+    return out
 
 
 def build_study(root: Path, pass_temperature: float = 1.0, rng_seed: int = 0):
@@ -93,7 +98,7 @@ def build_study(root: Path, pass_temperature: float = 1.0, rng_seed: int = 0):
         parts = [own]
         if pass_temperature != 1.0:
             parts.append(_draws(rng, np.clip(p + 0.2, 0, 1), pass_temperature, n, kl=False))
-        rev = base[base["temperature"] == 1.0].assign(source="base")
+        rev = base[base["temperature"] == 1.0].assign(source="base", logp_sampler=np.nan)
         rev["logp"] = rev["logp_base"] - rng.normal(0.4, 1.0, len(rev)) * np.sqrt(rev["n_tokens"])
         parts.append(rev)
         t = pd.concat(parts, ignore_index=True)
@@ -311,8 +316,20 @@ def _check_kl(kl: pd.DataFrame, raw):
     assert len(kl) == len(ADAPTERS) * 4
     assert list(kl.columns) == [
         "model", "method", "seed", "direction", "unit", "value", "ci_low", "ci_high", "seed_floor",
-        "n_items", "n_samples", "tokens_per_sample",
+        "path_floor", "n_items", "n_samples", "tokens_per_sample",
     ]  # fmt: skip
+
+    def gap(t):  # the model against itself through the two paths, by hand: (per sequence, per token)
+        own = t[(t["source"] == "self") & (t["temperature"] == 1.0)]
+        d = (own["logp_sampler"] - own["logp"]).to_numpy()
+        return abs(d.mean()), abs(d.sum() / own["n_tokens"].sum())
+
+    for m in ADAPTERS:
+        want = np.maximum(gap(raw[m]), gap(raw[BASE]))
+        rows = kl[kl["model"] == m]
+        close(rows.loc[rows["unit"] == "sequence", "path_floor"].to_numpy(), want[0])
+        close(rows.loc[rows["unit"] == "token", "path_floor"].to_numpy(), want[1])
+        assert 0 < want[1] < 5e-3
     for direction in ("forward", "reverse"):
         values = {"sequence": {}, "token": {}}
         for m in ADAPTERS:

@@ -282,7 +282,7 @@ def _synthetic_study(root, methods, seeds=(42, 123), single=None, rng_seed=0):
     p_base = 1.0 / (1.0 + np.exp(-logit))
 
     def table(kind, **cols):
-        return kind.assign(test_set="toy", **cols)
+        return kind.assign(test_set="toy", logp_sampler=np.nan, **cols)
 
     base_pass = table(_draws(rng, p_base, T_PASS), source="self", logp=np.nan, logp_base=np.nan)
     base_kl = table(_draws(rng, p_base, 1.0), source="self")

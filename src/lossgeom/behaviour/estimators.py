@@ -92,3 +92,19 @@ def kl_token(log_ratio_sum: np.ndarray, tokens: np.ndarray, axis: int = -1) -> n
     return np.sum(np.asarray(log_ratio_sum, dtype=np.float64), axis=axis) / np.sum(
         np.asarray(tokens, dtype=np.float64), axis=axis
     )
+
+
+def path_gap(samples: pd.DataFrame) -> tuple[float, float]:
+    """How far the engine's two paths put one model's log-probabilities apart on its own samples: (nats
+    per sequence, nats per token) of ``logp_sampler - logp`` (decode path minus scoring path), the mean
+    over samples and the ratio of sums over tokens, as :func:`kl_sequence` and :func:`kl_token` average a
+    KL's log-ratios. It is the KL estimate of the model against itself through the two paths: what the
+    numerics alone would add to a KL whose two terms came from different paths. NaN when no sample has
+    a sampler log-probability (an engine with one path, or a table written before the column existed)."""
+    if "logp_sampler" not in samples:
+        return float("nan"), float("nan")
+    s = samples[samples["logp_sampler"].notna() & samples["logp"].notna()]
+    if s.empty:
+        return float("nan"), float("nan")
+    d = (s["logp_sampler"] - s["logp"]).to_numpy(dtype=np.float64)
+    return float(d.mean()), float(d.sum() / s["n_tokens"].to_numpy(dtype=np.float64).sum())

@@ -12,18 +12,22 @@ Samples table (one per model, ``results/samples/{model}.parquet``), one row per 
   ``n_tokens``, ``finish_reason``, ``correct`` (0/1 by the test set's grader);
 * ``logp`` -- log-probability (nats, summed over the completion's tokens given the chat-formatted
   prompt) under *this* model; ``logp_base`` -- the same under the base. NaN on the pass@k draws at a
-  temperature other than 1, which no KL reads.
+  temperature other than 1, which no KL reads;
+* ``logp_sampler`` -- the same completion's log-probability as the sampler returned it with the sample
+  (the decode path), for this model's own temperature-1 draws; NaN elsewhere and where the engine
+  returns none.
 
-Where the log-probabilities come from: the sampling model's are the ones the engine returns with each
-sampled token (at temperature 1 and no top-p, the model's own distribution; rounded to 1e-6 per token),
-so no model scores its own samples again; the other model's come from the engine's teacher-forced
-scoring path (:meth:`~lossgeom.engines.engine.Engine.score`; also the sampler's, where an engine returns
-no log-probabilities). The two paths agree to float32 precision (~1e-6 nats per token, checked against a
-float64 enumeration in ``tests/test_behaviour_sampled.py``), far below any KL the study reads (the
-toy's smallest, DPO's, is ~1e-2 nats per token).
+Where the log-probabilities come from: both terms of every KL, ``logp`` and ``logp_base``, from the
+engine's teacher-forced scoring path (:meth:`~lossgeom.engines.engine.Engine.score`), with the engine's
+settings of the job: the two log-probabilities of a log-ratio are computed the same way. The sampler's own
+(``logp_sampler``) are kept beside them as the path floor's material: the same model, the same tokens,
+through the engine's two paths (decode and prefill). In float32 on a CPU they agree to ~1e-6 nats per
+token; vLLM in bf16 is not batch-invariant and decodes and prefills with different kernels, so there the
+gap can reach a small KL (the toy's DPO is ~1e-2 nats per token). ``kl.tsv`` reports it beside every
+KL (``path_floor``, :func:`~lossgeom.behaviour.estimators.path_gap`).
 
 The base's own table has no ``"base"`` rows, and its ``logp_base`` is its ``logp`` (its KL to itself is
-exactly 0).
+exactly 0: one path).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ SAMPLE_COLUMNS = [
     "correct",
     "logp",
     "logp_base",
+    "logp_sampler",
 ]
 KL_TEMPERATURE = 1.0  # the KL is between the models' own distributions
 
@@ -134,7 +139,8 @@ def own_samples(
 ) -> pd.DataFrame:
     """This model's own rows of its samples table (``source`` "self"; no ``logp_base`` yet): n per item at
     ``spec``'s temperature and top-p, and n more at temperature 1 unless those are the same draw; the
-    temperature-1 rows with their ``logp`` under this model (module docstring)."""
+    temperature-1 rows with their ``logp`` under this model by the scoring path and ``logp_sampler`` as
+    the sampler gave it (module docstring)."""
     questions = problems.set_index("id")["question"]
     draws = [(spec["temperature"], spec["top_p"])]
     if draws[0] != (KL_TEMPERATURE, 1.0):
@@ -161,13 +167,12 @@ def own_samples(
             desc=f"{desc} T={temperature:g}",
         )
         frames.append(s.assign(source="self", temperature=temperature, logp_base=np.nan))
-    own = pd.concat(frames, ignore_index=True)
-    own.loc[own["temperature"] != KL_TEMPERATURE, "logp"] = np.nan  # no KL reads them
-    unscored = own.index[(own["temperature"] == KL_TEMPERATURE) & own["logp"].isna()]  # an engine gave none
-    if len(unscored):
-        own.loc[unscored, "logp"] = completion_logp(
-            engine, questions, own.loc[unscored], template=template, adapter=adapter
-        )
+    own = pd.concat(frames, ignore_index=True).rename(columns={"logp": "logp_sampler"})
+    kl = own["temperature"] == KL_TEMPERATURE
+    own.loc[~kl, "logp_sampler"] = np.nan  # no KL reads them
+    own["logp"] = np.nan
+    # the scoring path, as every other log-probability of a KL (module docstring)
+    own.loc[kl, "logp"] = completion_logp(engine, questions, own.loc[kl], template=template, adapter=adapter)
     return own
 
 
@@ -219,7 +224,7 @@ def sample_model(
                 "rerun the base's evaluation"
             )
         logp = completion_logp(engine, questions, base, template=template, adapter=adapter)
-        parts.append(base.assign(source="base", logp=logp))
+        parts.append(base.assign(source="base", logp=logp, logp_sampler=np.nan))  # the base's, in its own table
         # last: the base's scores of this model's samples (a merging engine loads the base once, here)
         own.loc[kl_rows, "logp_base"] = completion_logp(engine, questions, own.loc[kl_rows], template=template)
     out = pd.concat(parts, ignore_index=True).assign(test_set=test_set)

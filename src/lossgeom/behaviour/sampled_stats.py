@@ -12,7 +12,9 @@ percentile bootstrap over items with one resample matrix per item set, exact sig
   base with its paired interval and sign test (Holm over the models at that k), and ``seed_floor``;
 * ``kl.tsv`` -- per adapter, direction (``forward``: KL(adapter || base) on the adapter's samples;
   ``reverse``: KL(base || adapter) on the base's) and unit (``sequence``: nats per completion;
-  ``token``: nats per sampled token): value, interval, ``seed_floor``, tokens per sample;
+  ``token``: nats per sampled token): value, interval, ``seed_floor``, ``path_floor`` (the larger of the
+  adapter's and the base's KL against itself through the engine's decode and scoring paths: what the
+  numerics alone could make of a KL, :func:`~.estimators.path_gap`), tokens per sample;
 * ``forgetting.tsv`` -- per adapter: held-out cross-entropy (nats/token), the base's, the difference
   (the forgetting) with its paired interval and sign test against the base (Holm over adapters);
 * ``pairwise.tsv`` -- every pair of models per measure (``pass@k``: every model; ``kl_forward``,
@@ -35,7 +37,7 @@ import pandas as pd
 
 from ..fsutil import read_parquet_or, write_table
 from ..labels import Label, mean_pair_difference
-from .estimators import kl_sequence, kl_token, per_item_log_ratio, per_item_pass_at_k
+from .estimators import kl_sequence, kl_token, path_gap, per_item_log_ratio, per_item_pass_at_k
 from .paired import (
     mean_interval,
     paired_tests,
@@ -130,9 +132,12 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
     """(kl table, per-item per-sequence KL frames {"kl_forward", "kl_reverse"}) of the adapters, on
     ``items`` in their order (the pass@k table's, so one resample of ``idx`` picks the same items)."""
     rows, per_seq = [], {"kl_forward": {}, "kl_reverse": {}}
+    # the path floor: each model against itself through the engine's two paths (estimators.path_gap)
+    gaps = {model: np.abs(path_gap(kl_draws(s, "self"))) for model, s in samples.items()}
     for model, s in samples.items():
         if model == BASE:
             continue
+        floor = np.fmax(gaps[model], gaps.get(BASE, np.nan))  # (sequence, token); NaN where no engine has two paths
         parts = {
             "forward": per_item_log_ratio(kl_draws(s, "self")),
             "reverse": per_item_log_ratio(kl_draws(s, "base"), -1.0),
@@ -159,10 +164,15 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
                 "tokens_per_sample": float(lr["tokens"].sum() / lr["n"].sum()),
             }
             low, high = mean_interval(seq.to_numpy(), idx, confidence)
-            rows.append({**common, "unit": "sequence", "value": float(seq.mean()), "ci_low": low, "ci_high": high})
+            rows.append(
+                {**common, "unit": "sequence", "value": float(seq.mean()), "ci_low": low, "ci_high": high}
+                | {"path_floor": float(floor[0])}
+            )
             low, high = ratio_interval(lr["log_ratio_sum"].to_numpy(), lr["tokens"].to_numpy(), idx, confidence)
             tok = float(kl_token(lr["log_ratio_sum"], lr["tokens"]))
-            rows.append({**common, "unit": "token", "value": tok, "ci_low": low, "ci_high": high})
+            rows.append(
+                {**common, "unit": "token", "value": tok, "ci_low": low, "ci_high": high, "path_floor": float(floor[1])}
+            )
     table = pd.DataFrame(rows)
     table["seed_floor"] = np.nan
     for (direction, unit), g in table.groupby(["direction", "unit"], sort=False):
@@ -177,6 +187,7 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
         "ci_low",
         "ci_high",
         "seed_floor",
+        "path_floor",
         "n_items",
         "n_samples",
         "tokens_per_sample",
