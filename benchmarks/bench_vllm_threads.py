@@ -37,26 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# The variables Snakemake's shell sets to a job's threads (snakemake/shell.py), in its order.
-WORKFLOW_THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "GOTO_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-SHAPE = dict(  # bench_generation.py's toy shape
-    hidden_size=64,
-    intermediate_size=192,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=32,
-    vocab_size=400,
-    max_position_embeddings=1024,
-    tie_word_embeddings=True,
-)
+from bench_generation import SHAPES  # the benchmarks' own folder is on sys.path when run as a script
+
+from lossgeom.engines.cpu_threads import THREAD_VARS as WORKFLOW_THREAD_VARS  # Snakemake's six, in its order
+
+SHAPE = SHAPES["toy"]
 
 
 def build(out: Path) -> tuple[Path, Path]:
