@@ -14,6 +14,8 @@
 #
 # Then, from the repository root:
 #   snakemake --workflow-profile profiles/slurm ...
+# With the fake GPU, a job given a GPU sees no CUDA device and stops (lossgeom.devices); run such a
+# study with LOSSGEOM_DEVICE=cpu in the environment (sbatch carries it into the jobs), as the tests do.
 #
 # Environment:
 #   SLURM_LOCAL_DIR        scratch dir (default: <repo>/.slurm, git-ignored)

@@ -35,6 +35,14 @@ def tiny_qwen3(**overrides):
     return Qwen3ForCausalLM(Qwen3Config(**{**fields, **overrides}))
 
 
+@pytest.fixture(autouse=True)
+def _placeholder_gpus_run_on_the_cpu(request, monkeypatch):
+    """The test SLURM cluster's GPUs are placeholders (/dev/null, scripts/slurm-local.sh), so its GPU jobs
+    run on the CPU: LOSSGEOM_DEVICE=cpu, which sbatch --export=ALL carries into them (lossgeom.devices)."""
+    if request.node.get_closest_marker("slurm"):
+        monkeypatch.setenv("LOSSGEOM_DEVICE", "cpu")
+
+
 TINY_TOY = {
     "seed": 0,
     "n_train": 200,

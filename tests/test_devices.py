@@ -185,3 +185,44 @@ def test_command_wrapper_holds_the_gpu_while_the_command_runs(two_gpus):
             slow.kill()
     assert out.strip() == "0"
     assert fast.stdout.strip() == "1"
+
+
+# -- a job given a GPU that sees no CUDA device stops at once (issue 30) -------------------------------------
+@pytest.mark.parametrize(
+    "env, granted",
+    [
+        ({}, None),
+        ({"CUDA_VISIBLE_DEVICES": ""}, None),
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, None),
+        ({"SLURM_GPUS_ON_NODE": "0"}, None),
+        ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),
+        ({"SLURM_JOB_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}, "SLURM_JOB_GPUS=2,3"),
+        ({"SLURM_GPUS_ON_NODE": "1"}, "SLURM_GPUS_ON_NODE=1"),
+    ],
+)
+def test_what_says_a_gpu_was_granted(env, granted):
+    from lossgeom.devices import granted_gpus
+
+    assert granted_gpus(env) == granted
+
+
+def test_a_gpu_job_on_a_cpu_build_stops_in_one_line_before_any_work(tmp_path):
+    """`lossgeom train` given a GPU (SLURM's CUDA_VISIBLE_DEVICES) with this CPU-only torch: one line naming
+    the grant, the build and the fix, exit 2, before it reads its (missing) inputs; LOSSGEOM_DEVICE=cpu runs on."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cmd = [sys.executable, "-m", "lossgeom.cli", "train", "--spec", "{}", "--seed", "1"]
+    cmd += ["--rollouts", str(tmp_path / "missing.parquet"), "--base", str(tmp_path / "base")]
+    cmd += ["--out", str(tmp_path / "out"), "--checkpoints", str(tmp_path / "ckpt")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOSSGEOM_"))}
+    env.update(SLURM_JOB_ID="7", CUDA_VISIBLE_DEVICES="0")
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.splitlines() if " INFO " not in line]  # claim_gpu's log line aside
+    assert run.returncode == 2, run.stderr
+    assert len(lines) == 1 and "was given a GPU (CUDA_VISIBLE_DEVICES=0) but sees no CUDA device" in lines[0]
+    assert "CPU build" in lines[0] and "CONDA_OVERRIDE_CUDA" in lines[0] and "LOSSGEOM_DEVICE=cpu" in lines[0]
+    env["LOSSGEOM_DEVICE"] = "cpu"
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "given a GPU" not in run.stderr  # on to its own input errors

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import cli_commands as commands
+from .devices import NoCudaError
 from .settings import (
     DTYPES,
     BaseSpectrumSettings,
@@ -446,9 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         if a.command in GPU_COMMANDS:
-            from .devices import claim_gpu
+            from .devices import claim_gpu, require_cuda_if_granted
 
             with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
+                require_cuda_if_granted(a.command)  # given a GPU and no CUDA: stop now, not at the time limit
                 try:
                     a.func(a)
                 except _oom_errors() as e:
@@ -459,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         # A CUDA out-of-memory, restated with the rule, the batch size and the key: one line, no traceback.
         if a.verbose:
             raise
+        print(f"lossgeom: error: {e}", file=sys.stderr)
+        return 2
+    except NoCudaError as e:
+        # given a GPU, no CUDA: one line naming the fix, before any work
         print(f"lossgeom: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -48,7 +48,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["claim_gpu", "count_gpus", "default_lock_dir", "under_slurm"]
+__all__ = [
+    "claim_gpu",
+    "count_gpus",
+    "default_lock_dir",
+    "granted_gpus",
+    "NoCudaError",
+    "require_cuda_if_granted",
+    "under_slurm",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,9 @@ ENV_LOCK_DIR = "LOSSGEOM_GPU_LOCK_DIR"
 # processes reuse the claimed device instead of waiting for their own lock
 ENV_CLAIMED = "LOSSGEOM_GPU_CLAIMED"
 _SLURM_JOB_VARS = ("SLURM_JOB_ID", "SLURM_JOBID")
+# Set to "cpu" to run a job on the CPU although a GPU was granted (a test cluster whose GPUs are placeholders)
+ENV_DEVICE = "LOSSGEOM_DEVICE"
+_SLURM_GPU_VARS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
 
 
 def under_slurm() -> bool:
@@ -286,3 +297,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class NoCudaError(RuntimeError):
+    """A job given a GPU sees no CUDA device (:func:`require_cuda_if_granted`); the message is one line."""
+
+
+def granted_gpus(environ=None) -> str | None:
+    """What says this job was given a GPU, as ``"VAR=value"``, or ``None``: SLURM's GPU variables, or a
+    ``CUDA_VISIBLE_DEVICES`` naming a device (set by SLURM for ``--gpus``, by :func:`claim_gpu` on a
+    workstation whose ``nvidia-smi`` lists GPUs, or by the user); ``""`` and ``-1`` name none."""
+    environ = os.environ if environ is None else environ
+    for var in _SLURM_GPU_VARS:
+        value = environ.get(var, "").strip()
+        if value and value not in ("0", "(null)"):
+            return f"{var}={value}"
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible not in ("-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def require_cuda_if_granted(command: str, environ=None) -> None:
+    """Stop at once, in one line, when this job was given a GPU (:func:`granted_gpus`) and torch sees no
+    CUDA device: the job would otherwise train on the CPU inside a GPU allocation until its time limit
+    (a CPU build of torch, e.g. conda-forge's on a login node without GPUs). ``LOSSGEOM_DEVICE=cpu``
+    lets it run on the CPU all the same. Raises :class:`NoCudaError` (the CLI prints its line, exit 2)."""
+    environ = os.environ if environ is None else environ
+    granted = granted_gpus(environ)
+    if granted is None or environ.get(ENV_DEVICE, "").strip().lower() == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if torch.version.cuda is None:
+        why = (
+            f"torch {torch.__version__} is a CPU build: install a CUDA build (pip: `pip install torch "
+            "--index-url https://download.pytorch.org/whl/cu126`; snakemake --sdm conda: build the environment "
+            "with CONDA_OVERRIDE_CUDA=12.6 set, so conda-forge solves pytorch's CUDA build on a node without GPUs)"
+        )
+    else:
+        why = (
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable device: check the node's "
+            "driver (nvidia-smi) and that CUDA_VISIBLE_DEVICES names a device of this node"
+        )
+    raise NoCudaError(
+        f"lossgeom {command} was given a GPU ({granted}) but sees no CUDA device: {why}; "
+        f"set {ENV_DEVICE}=cpu to run it on the CPU anyway"
+    )
