@@ -56,6 +56,7 @@ class Script:
         self.content: str | None = None  # None: "work\n#### <answer>"
         self.finish_reason = "stop"
         self.refuse: str | None = None  # answer 400 to a request whose body has this field
+        self.broken: dict[int, str] = {}  # seed -> "null" (content null), "no_choices" or "html": malformed 200s
 
     def response(self, body: dict) -> dict:
         question = body["messages"][0]["content"]
@@ -129,6 +130,26 @@ def make_handler(script: Script):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            broken = script.broken.get(body.get("seed"))
+            if broken is not None:
+                with script.lock:
+                    script.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            if broken == "html":
+                data = b"<html><body>502 Bad Gateway</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            if broken is not None:
+                out = script.response(body)
+                if broken == "null":
+                    out["choices"][0]["message"]["content"] = None
+                else:
+                    out["choices"] = []
+                self._send(200, out)
+                return
             with script.lock:
                 script.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 status = script.plan.pop(0) if script.plan else 200
@@ -271,7 +292,11 @@ def test_a_rerun_requests_only_what_the_journal_lacks(server, tmp_path, monkeypa
     with pytest.raises(GenerationError):
         run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0)
     journal_lines = (tmp_path / "j.jsonl").read_text().splitlines()
-    assert len(journal_lines) == 1 + 4  # header + the four answers that came back
+    assert len(journal_lines) == 1 + 4 + 1  # header + the four answers that came back + the failure, with why
+    assert json.loads(journal_lines[-1]) == {
+        "key": "2:0",
+        "failed": f"{server.url} answered 500 after 0 retries: scripted 500",
+    }
     with open(tmp_path / "j.jsonl", "a") as f:
         f.write('{"key": "2:1", "compl')  # a torn line, as a kill mid-write leaves it
     server.fail_after, server.requests = None, []
@@ -693,3 +718,47 @@ def test_runtime_options_are_not_params_and_reach_the_job():
         "openai": {"base_url": "http://x", "model": "m"},
     }
     assert generation_runtime(config, "rollouts") == {"max_concurrency": 64, "prices": {"prompt": 1, "completion": 2}}
+
+
+# -- a teacher that keeps going: requests that fail for good are journalled, asked again, counted (issue 30) --
+SEED0 = 5 * 1_000_003  # the seed of request "0:0" in run(); "i:j" has SEED0 + 2 * i + j
+
+
+@pytest.mark.parametrize("broken", ["null", "no_choices", "html"])
+def test_a_request_that_fails_for_good_leaves_its_prompt_out_whole_and_the_job_goes_on(
+    server, tmp_path, monkeypatch, caplog, broken
+):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.broken = {SEED0 + 3: broken}  # "1:1": prompt 1's second sample, malformed every time
+    df, journal = run(server.url, tmp_path / "j.jsonl", max_concurrency=2, max_retries=0, max_failed_fraction=0.2)
+    assert sorted(set(df["prompt_id"])) == ["p0", "p2"] and len(df) == 4  # prompt 1 left out whole
+    asked = [r["body"]["seed"] for r in server.requests]
+    assert asked.count(SEED0 + 3) == 2  # once, then once more at the end
+    failures = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()[1:]]
+    failures = [f for f in failures if "failed" in f]
+    assert [f["key"] for f in failures] == ["1:1", "1:1"] and all(server.url in f["failed"] for f in failures)
+    assert "1 of 6 requests failed for good" in caplog.text and "left out whole" in caplog.text
+
+
+def test_a_failure_at_first_is_asked_again_at_the_end(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.plan = [503]  # the first request fails past its (zero) retries; the endpoint then recovers
+    df, _ = run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0, max_failed_fraction=0.2)
+    assert len(df) == 6 and len(server.requests) == 7
+
+
+def test_past_the_allowed_fraction_the_job_stops_with_a_summary(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.broken = {SEED0 + 1: "null", SEED0 + 4: "no_choices"}  # 2 of 6; 0.2 allows 1
+    with pytest.raises(GenerationError) as info:
+        run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0, max_failed_fraction=0.2)
+    msg = str(info.value)
+    assert "2 of 6 requests failed for good" in msg and "max_failed_fraction 0.2 allows (1)" in msg
+    assert "answered no content" in msg and "without choices" in msg and "\n" not in msg
+
+
+def test_an_html_page_with_status_200_is_named_as_such(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.broken = {SEED0: "html"}
+    with pytest.raises(GenerationError, match="answered what is not a chat completion .str"):
+        run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0)

@@ -5,8 +5,13 @@ self-hosted ``vllm serve``), with bounded concurrency, retries and a journal tha
   (the server applies its own chat template), ``n = 1``, ``seed = seed * 1_000_003 + request index``
   (endpoints that ignore seeds are not reproducible, and the source column says which endpoint it was).
 - Retries: the ``openai`` client's own (exponential backoff with jitter, ``Retry-After`` honoured, on
-  connection errors, timeouts, 408, 409, 429 and 5xx), ``max_retries`` times per request; then the job
-  stops with one line naming the endpoint and the status, keeping what came back.
+  connection errors, timeouts, 408, 409, 429 and 5xx), ``max_retries`` times per request. A request still
+  failing then, or answered malformed (no choices, no content, a page that is not JSON), fails for good
+  (:class:`RequestFailed`): its reason is journalled, the job goes on, and it is asked once more after all
+  the others; a prompt with a request that failed both times is left out whole (a partial group would
+  change its group statistics) and counted in a warning. Past ``max_failed_fraction`` of the requests the
+  job stops with one line summing up the reasons, keeping what came back. A refusal of the request itself
+  (400 naming a setting, 401, 403, 404) stops it at once: every request would meet it.
 - Concurrency: at most ``max_concurrency`` requests in flight (threads; the client is thread-safe).
 - Journal: every completed request is appended to a JSONL file outside the job's output (flushed and
   fsynced), under a header holding the fingerprint of everything that determines the answers (endpoint,
@@ -68,6 +73,15 @@ from tqdm.auto import tqdm
 
 from .engine import Completion, GenerationError, Sampling
 
+
+class RequestFailed(GenerationError):
+    """One request failed for good and says nothing of the others: past the client's retries (5xx, 429,
+    timeouts, a dropped connection) or answered malformed (no choices, no content). The job goes on, keeps
+    the reason in the journal, asks again at the end, and stops only past ``max_failed_fraction``. A
+    refusal of the request itself (400, 401, 403, 404) is a plain :class:`GenerationError`: every request
+    would meet it, so the job stops at once."""
+
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FORMAT = "lossgeom.api_journal.v2"  # v2: records carry meta (reasoning, served model, usage)
@@ -117,6 +131,12 @@ class Journal:
         with self._lock:
             self._write_line({"key": key, "completion": completion})
             self.done[key] = completion
+
+    def fail(self, key: str, reason: str) -> None:
+        """Keep why ``key`` failed for good (a ``{"key", "failed"}`` line): read back, it is not done, so a
+        rerun asks again; the journal keeps the reason for whoever reads it."""
+        with self._lock:
+            self._write_line({"key": key, "failed": reason})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -321,11 +341,27 @@ class ApiTeacher:
     def _request(self, content: str, sampling: Sampling, seed: int) -> dict:
         """One request; its journal record ``{"text", "logprobs", "finish_reason", "meta"}``."""
         kw = self.request_fields(sampling, seed)
+        url = self.options["base_url"]
         try:
             r = self.client.chat.completions.create(messages=[{"role": "user", "content": content}], **kw)
         except self._openai.OpenAIError as e:
             raise self._describe(e, kw) from None
-        choice = r.choices[0]
+        except (ValueError, TypeError, AttributeError) as e:  # a body the client could not read (HTML, bad JSON)
+            raise RequestFailed(
+                f"{url} answered what is not a chat completion ({type(e).__name__}: {e})"[:300]
+            ) from None
+        if not hasattr(r, "choices"):  # e.g. an HTML error page served with status 200: the client returns text
+            raise RequestFailed(f"{url} answered what is not a chat completion ({type(r).__name__}: {str(r)[:80]!r})")
+        choices = r.choices
+        if not isinstance(choices, list) or not choices:
+            raise RequestFailed(f"{url} answered a chat completion without choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None or (getattr(message, "content", None) is None and _reasoning(message) is None):
+            raise RequestFailed(
+                f"{url} answered no content (finish reason {getattr(choice, 'finish_reason', None)!r}): an empty "
+                "answer is not a completion to train on"
+            )
         lp = None
         content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
         if content_lp:
@@ -361,17 +397,16 @@ class ApiTeacher:
             return GenerationError(f"{url} denied access with the key in ${self.options['api_key_env']} (403)")
         if isinstance(e, o.NotFoundError):
             return GenerationError(f"{url}: model {self.options['model']!r} or the chat endpoint was not found (404)")
+        # below: one request's failure, past the client's retries; the job goes on (RequestFailed)
         if isinstance(e, o.RateLimitError):
-            return GenerationError(
-                f"{url}: still rate-limited (429) {retries}; lower generation.openai.max_concurrency"
-            )
+            return RequestFailed(f"{url}: still rate-limited (429) {retries}; lower generation.openai.max_concurrency")
         if isinstance(e, o.APITimeoutError):
-            return GenerationError(f"{url}: requests timed out ({self.options['timeout_s']} s) {retries}")
+            return RequestFailed(f"{url}: requests timed out ({self.options['timeout_s']} s) {retries}")
         if isinstance(e, o.APIConnectionError):
-            return GenerationError(f"cannot reach {url} {retries} (is the server up and the URL right?)")
+            return RequestFailed(f"cannot reach {url} {retries} (is the server up and the URL right?)")
         if isinstance(e, o.APIStatusError):
-            return GenerationError(f"{url} answered {e.status_code} {retries}: {message[:200]}")
-        return GenerationError(f"{url}: {type(e).__name__}: {str(e)[:200]}")
+            return RequestFailed(f"{url} answered {e.status_code} {retries}: {message[:200]}")
+        return RequestFailed(f"{url}: {type(e).__name__}: {str(e)[:200]}")
 
     def sample(
         self, contents: list[str], sampling: Sampling, journal: Journal, seed_base: int = 0, desc: str = "api rollouts"
@@ -394,37 +429,84 @@ class ApiTeacher:
             self.options.get("prices"),
             self.options.get("progress_every_s", 300.0),
         )
+        failed: dict[str, str] = {}  # key -> why it failed for good (the latest try)
         if todo:
+            allowed = int(float(self.options.get("max_failed_fraction", 0.0)) * len(keys))
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, unit="req")
-            failed_once = threading.Event()  # after a failure no new request goes out (only those in flight)
+            stop = threading.Event()  # a fatal error, or too many failures: no new request goes out
+            lock = threading.Lock()
 
             def run(key: str):
-                if failed_once.is_set():
+                if stop.is_set():
                     return
                 i, j = map(int, key.split(":"))
                 try:
                     rec = self._request(contents[i], sampling, seed_base * 1_000_003 + i * n + j)
+                except RequestFailed as e:
+                    journal.fail(key, str(e))
+                    with lock:
+                        failed[key] = str(e)
+                        too_many = len(failed) > allowed
+                    if too_many:
+                        stop.set()
+                        raise GenerationError(_failure_summary(failed, len(keys), allowed, self.options)) from None
+                    return
                 except BaseException:
-                    failed_once.set()
+                    stop.set()
                     raise
+                with lock:
+                    failed.pop(key, None)
                 journal.append(key, rec)
                 bar.update(1)
                 progress.add(rec)
 
-            with ThreadPoolExecutor(max_workers=int(self.options["max_concurrency"])) as pool:
-                futures = [pool.submit(run, k) for k in todo]
-                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in done if f.exception() is not None]
-                if failed:
-                    for f in pending:
-                        f.cancel()
-                    bar.close()
-                    raise failed[0].exception()
+            # every request once, then the ones that failed for good once more, at the end
+            for attempt in (todo, lambda: sorted(failed, key=keys.index)):
+                batch = attempt() if callable(attempt) else attempt
+                if not batch:
+                    continue
+                with ThreadPoolExecutor(max_workers=int(self.options["max_concurrency"])) as pool:
+                    futures = [pool.submit(run, k) for k in batch]
+                    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                    errors = [f.exception() for f in done if f.exception() is not None]
+                    if errors:
+                        for f in pending:
+                            f.cancel()
+                        bar.close()
+                        raise errors[0]
             bar.close()
+        if failed:
+            log.warning(
+                "api teacher: %s; the %d prompt(s) they belong to are left out whole",
+                _failure_summary(failed, len(keys), None, self.options),
+                len({k.split(":")[0] for k in failed}),
+            )
         log.info("%s", progress.line())
-        records = [[journal.done[f"{i}:{j}"] for j in range(n)] for i in range(len(contents))]
+        # a prompt with a request that failed for good is left out whole: a partial group would change its
+        # group statistics (offline GRPO's baseline, DPO's pairs), as a dropped truncated row once did
+        records = [
+            [journal.done[f"{i}:{j}"] for j in range(n)] if all(f"{i}:{j}" in journal.done for j in range(n)) else []
+            for i in range(len(contents))
+        ]
         _log_unusual_finishes([rec for recs in records for rec in recs])
         return [[_completion(rec) for rec in recs] for recs in records]
+
+
+def _failure_summary(failed: Mapping[str, str], total: int, allowed: int | None, options: Mapping) -> str:
+    """One line on the requests that failed for good: how many of how many, the commonest reasons, and
+    (``allowed`` given: the job stops) what the setting allows and what a rerun does."""
+    reasons: dict[str, int] = {}
+    for why in failed.values():
+        reasons[why[:120]] = reasons.get(why[:120], 0) + 1
+    common = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    head = f"{len(failed)} of {total} requests failed for good ({common})"
+    if allowed is None:
+        return head
+    return (
+        f"{head}: more than generation.openai.max_failed_fraction {options.get('max_failed_fraction', 0.0)} allows "
+        f"({allowed}); the journal keeps every answer received and each failure's reason, and a rerun asks only "
+        "for the rest"
+    )
 
 
 def _endpoint_message(e) -> str:

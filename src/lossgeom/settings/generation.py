@@ -57,6 +57,13 @@ class OpenAISettings(Settings):
         runtime=True,
     )
     timeout_s: float = setting(600.0, {"type": "number", "exclusiveMinimum": 0}, "seconds per request", runtime=True)
+    max_failed_fraction: float = setting(
+        0.005,
+        {"type": "number", "minimum": 0, "maximum": 1},
+        "the share of requests that may fail for good (past the retries, twice, or answered malformed) before the "
+        "job stops; under it, a prompt with a failed request is left out whole (its group would be partial)",
+        runtime=True,
+    )
     progress_every_s: float = setting(
         300.0,
         {"type": "number", "exclusiveMinimum": 0},
