@@ -43,6 +43,7 @@ def test_every_loss_trains_and_writes_the_results_contract(tmp_path, tiny_base, 
     assert len(metrics) == 1 + 6
     saved = json.loads((out / "train_info.json").read_text())
     assert saved["seed"] == 1 and saved["counts"] == info["counts"]
+    assert saved["versions"]["torch"] == torch.__version__ and saved["versions"]["trl"]  # the stack it ran on
     assert ("pairs" in info["counts"]) == (loss == "dpo")
 
 

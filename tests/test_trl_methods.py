@@ -140,7 +140,7 @@ def test_a_missing_trl_trainer_stops_with_one_line(tmp_path, tiny_base, tiny_rol
     with pytest.raises(
         MethodSpecError,
         match=r"^method 'm' \(simpo\): TRL's trl\.experimental\.no_such_module\.CPOTrainer "
-        r"is not available in the installed trl \(.*\); install trl>=1\.0,<2$",
+        r"is not available in the installed trl \(.*\); install trl>=1\.16,<2$",
     ):
         train_adapter(method_spec("simpo"), 1, tiny_rollouts, str(tiny_base), tmp_path / "o", tmp_path / "c")
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()  # stopped before any work

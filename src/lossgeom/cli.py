@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command in GPU_COMMANDS:
             from .devices import claim_gpu, require_cuda_if_granted
+            from .versions import stack_line
+
+            logging.getLogger("lossgeom").info("stack: %s", stack_line())  # each job's log says what it ran on
 
             with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
                 require_cuda_if_granted(a.command)  # given a GPU and no CUDA: stop now, not at the time limit

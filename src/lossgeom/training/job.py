@@ -41,6 +41,7 @@ from ..data.rollouts import read_rollouts
 from ..fsutil import atomic_dir, file_sha256
 from ..methods import MethodSpec
 from ..modeling import load_model, load_tokenizer
+from ..versions import stack
 from .attention import padding_free_attention
 from .trainers import FiniteGradCallback, MetricsCallback, OfflineLossTrainer, SaveAdapterCallback, metrics_table
 from .trl_methods import trl_classes, trl_trainer
@@ -258,6 +259,7 @@ def train_adapter(
         "fingerprint": fp,
         "resumed_from": resume,
         "spec": spec.to_dict(),
+        "versions": stack(),
     }
     with atomic_dir(out_dir) as tmp:
         analysis = saves / f"step{spec.analysis_step}"

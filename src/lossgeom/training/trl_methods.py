@@ -34,7 +34,7 @@ import pandas as pd
 from ..losses import MethodSpecError
 
 # The TRL releases these trainers were checked against (pyproject.toml pins the same range).
-TRL_RANGE = "trl>=1.0,<2"
+TRL_RANGE = "trl>=1.16,<2"
 
 
 def trl_classes(spec) -> tuple[type, type]:
