@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from lossgeom.data.rollouts import ROLLOUT_META, served_models
+from lossgeom.engines.api_journal import Journal, fingerprint
 from lossgeom.engines.engine import OPENAI_DEFAULTS, GenerationError, GenerationSpec, Sampling
-from lossgeom.engines.openai_api import ApiTeacher, Journal, build_completion, fingerprint, finish_reason, response_meta
+from lossgeom.engines.openai_api import ApiTeacher, build_completion, finish_reason, response_meta
 from lossgeom.generation.sampling import sample_rollouts
 
 KEY = "sk-test-DO-NOT-LEAK-4f9a"

@@ -189,3 +189,33 @@ def test_jobs_that_run_vllm_get_the_vllm_conda_env(paper):
     assert conda_env(paper, "train", "online_grpo") == CONDA_ENV_VLLM  # TRL's colocated vLLM
     assert conda_env(paper, "train", "sft") == conda_env(paper, "rollouts") == conda_env(paper, "cka") == CONDA_ENV
     assert (ROOT / CONDA_ENV).is_file() and (ROOT / CONDA_ENV_VLLM).is_file()
+
+
+# -- memory grows only after a memory kill (issue 30) ----------------------------------------------------------
+def test_only_the_tries_killed_for_memory_grow_it_up_to_the_cap():
+    assert [attempt_memory(16000, a, 1.5, memory_kills=0) for a in (1, 2, 3)] == [16000] * 3  # time limits
+    assert [attempt_memory(16000, a, 1.5, memory_kills=1) for a in (1, 2, 3)] == [16000, 24000, 24000]
+    assert attempt_memory(16000, 3, 1.5, memory_kills=2, cap=30000) == 30000
+    assert attempt_memory(16000, 3, 1.5, memory_kills=2, cap=8000) == 16000  # never below the first try's
+
+
+def test_memory_kills_are_read_from_the_plugins_log_of_each_try(tmp_path):
+    import types
+
+    from snakemake.iocontainers import Wildcards
+    from snakemake_executor_plugin_slurm.utils import get_job_wildcards
+
+    from lossgeom.resources import memory_kills, slurm_job_logs
+
+    wildcards = Wildcards(fromdict={"label": "dpo/seed42"})
+    # the folder the plugin writes the job's logs to (its own get_job_wildcards)
+    folder = tmp_path / "rule_train" / get_job_wildcards(types.SimpleNamespace(wildcards=wildcards))
+    folder.mkdir(parents=True)
+    (folder / "101.log").write_text("step 300\nslurmstepd: error: *** JOB 101 CANCELLED AT ... DUE TO TIME LIMIT ***\n")
+    (folder / "102.log").write_text(
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=102.0. Some of the step tasks have been OOM Killed.\n"
+    )
+    logs = slurm_job_logs(tmp_path, "train", dict(wildcards.items()))
+    assert [p.name for p in logs] == ["101.log", "102.log"]
+    assert memory_kills(logs) == 1
+    assert slurm_job_logs(tmp_path, "evaluate", {"model": "base"}) == []

@@ -67,7 +67,8 @@ def cmd_rollouts(a):
         golds=golds,
     )
     if gen.backend == "openai":
-        from .engines.openai_api import ApiTeacher, Journal, fingerprint
+        from .engines.api_journal import Journal, fingerprint
+        from .engines.openai_api import ApiTeacher
 
         if a.journal is None:
             raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")

@@ -14,6 +14,7 @@ profile retries it, so a limit below the whole run costs one restart, not the ru
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Mapping
 
 from .config import generation_backend
@@ -86,7 +87,38 @@ def rule_resources(config: Mapping, rule: str, method: str | None = None) -> dic
     return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["cpu_job_runtime"], "gpu": 0}
 
 
-def attempt_memory(mem_mb: int, attempt: int, growth: float) -> int:
-    """Host memory of the ``attempt``-th try (1 = first): ``mem_mb x growth^(attempt - 1)``, so a job
-    killed for memory is retried with more."""
-    return math.ceil(mem_mb * growth ** (max(1, attempt) - 1))
+def attempt_memory(
+    mem_mb: int, attempt: int, growth: float, memory_kills: int | None = None, cap: int | None = None
+) -> int:
+    """Host memory of the ``attempt``-th try (1 = first): ``mem_mb x growth^k``, at most ``cap`` MB (never below
+    ``mem_mb``), where ``k`` is ``memory_kills``, the earlier tries that were killed for memory
+    (:func:`memory_kills`), so a job stopped at its time limit or by a bug is retried with what it had; with
+    ``memory_kills`` None (unknown), every earlier try counts."""
+    k = max(1, attempt) - 1 if memory_kills is None else min(memory_kills, max(1, attempt) - 1)
+    mem = math.ceil(mem_mb * growth**k)
+    return max(mem_mb, min(mem, cap)) if cap else mem
+
+
+# What SLURM writes into a job's log when the job's cgroup ran out of memory (slurmstepd: "Detected 1 oom_kill
+# event in StepId=..." since SLURM 19; older: "Exceeded job memory limit"; the job state OUT_OF_MEMORY).
+MEMORY_KILL_MARKERS = ("oom_kill event", "oom-kill", "OUT_OF_MEMORY", "Exceeded job memory limit")
+
+
+def slurm_job_logs(logdir: Path, rule: str, wildcards: Mapping[str, str]) -> list[Path]:
+    """The SLURM plugin's log files of one job's tries: ``<logdir>/rule_<rule>/<wildcards>/<slurm id>.log``,
+    the wildcards' values joined by ``_`` with ``/`` as ``_`` (the plugin's ``get_job_wildcards``)."""
+    key = "_".join(str(v) for v in wildcards.values()).replace("/", "_")
+    folder = Path(logdir) / f"rule_{rule}" / key
+    return sorted(folder.glob("*.log")) if folder.is_dir() else []
+
+
+def memory_kills(logs: list[Path]) -> int:
+    """How many of ``logs`` (one per try) say the try was killed for memory (:data:`MEMORY_KILL_MARKERS`)."""
+    n = 0
+    for log in logs:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        n += any(m in text for m in MEMORY_KILL_MARKERS)
+    return n

@@ -13,6 +13,8 @@ from lossgeom.resources import (
     CONDA_ENV,
     api_rollouts,
     attempt_memory,
+    memory_kills,
+    slurm_job_logs,
     conda_env,
     rule_resources,
     rule_threads,
@@ -55,10 +57,15 @@ def job_resources(rule):
     with the attempt (a job killed for memory is retried with more), wall time, GPUs. A profile overrides
     any of them per rule (set-resources). On a CPU-only workstation profiles/default caps the GPUs at 0,
     so GPU rules run on the CPU; under SLURM gpu=1 is submitted as --gpus=1."""
-    growth = config["resources"]["memory_growth"]
+    growth, cap = config["resources"]["memory_growth"], config["resources"]["max_mem_mb"]
 
     def mem_mb(wildcards, attempt):
-        return attempt_memory(rule_resources(config, rule, _job_method(rule, wildcards))["mem_mb"], attempt, growth)
+        first = rule_resources(config, rule, _job_method(rule, wildcards))["mem_mb"]
+        if attempt <= 1:
+            return first
+        # only the tries SLURM killed for memory grow it (their logs say so: profiles/slurm's slurm-logdir)
+        kills = memory_kills(slurm_job_logs(Path("logs/slurm"), rule, dict(wildcards.items())))
+        return attempt_memory(first, attempt, growth, kills, cap)
 
     def runtime(wildcards):
         return rule_resources(config, rule, _job_method(rule, wildcards))["runtime"]

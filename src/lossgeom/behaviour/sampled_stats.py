@@ -128,6 +128,23 @@ def pass_at_k_tables(samples: dict[str, pd.DataFrame], ks: list[int], temperatur
     return table, by_k
 
 
+KL_COLUMNS = [
+    "model",
+    "method",
+    "seed",
+    "direction",
+    "unit",
+    "value",
+    "ci_low",
+    "ci_high",
+    "seed_floor",
+    "path_floor",
+    "n_items",
+    "n_samples",
+    "tokens_per_sample",
+]
+
+
 def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence):
     """(kl table, per-item per-sequence KL frames {"kl_forward", "kl_reverse"}) of the adapters, on
     ``items`` in their order (the pass@k table's, so one resample of ``idx`` picks the same items)."""
@@ -177,22 +194,7 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
     table["seed_floor"] = np.nan
     for (direction, unit), g in table.groupby(["direction", "unit"], sort=False):
         table.loc[g.index, "seed_floor"] = seed_floor(g.set_index("model")["value"]).to_numpy()
-    cols = [
-        "model",
-        "method",
-        "seed",
-        "direction",
-        "unit",
-        "value",
-        "ci_low",
-        "ci_high",
-        "seed_floor",
-        "path_floor",
-        "n_items",
-        "n_samples",
-        "tokens_per_sample",
-    ]
-    return table[cols], {k: pd.DataFrame(v) for k, v in per_seq.items()}
+    return table[KL_COLUMNS], {k: pd.DataFrame(v) for k, v in per_seq.items()}
 
 
 def forgetting_table(heldout: dict[str, pd.DataFrame], n_boot: int, seed: int, confidence: float):

@@ -59,18 +59,16 @@ without EOS, never teaches an EOS after a cut answer); the endpoint's own word s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Mapping
 
 from tqdm.auto import tqdm
 
+from .api_journal import Journal
 from .engine import Completion, GenerationError, Sampling
 
 
@@ -84,7 +82,6 @@ class RequestFailed(GenerationError):
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FORMAT = "lossgeom.api_journal.v2"  # v2: records carry meta (reasoning, served model, usage)
 COMPLETION_MODES = ("answer", "reasoning+answer")
 THINK_FORMAT = "<think>\n{reasoning}\n</think>\n\n{answer}"
 # the endpoint's finish reasons for an answer the model ended itself; "length" and anything else
@@ -92,80 +89,6 @@ THINK_FORMAT = "<think>\n{reasoning}\n</think>\n\n{answer}"
 ENDED = frozenset({"stop", "eos", "end_turn", None})
 # request settings a 400 may name, with the change that stops the endpoint refusing it
 REFUSABLE = {"logprobs": "logprobs: false", "reasoning_effort": "reasoning_effort: null", "thinking": "thinking: null"}
-
-
-class Journal:
-    """Append-only JSONL of completed requests: a header line ``{"format", "fingerprint"}``, then one
-    ``{"key": ..., "completion": {"text", "logprobs", "finish_reason", "meta"}}`` line per request
-    (``meta``: the ``ROLLOUT_META`` fields and ``endpoint_finish_reason``, so a rerun restores them)."""
-
-    def __init__(self, path: Path | str, fingerprint: str):
-        self.path, self.fingerprint = Path(path), fingerprint
-        self.done: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        if self.path.exists():
-            lines = self.path.read_text(errors="replace").splitlines()
-            header = _loads(lines[0]) if lines else None
-            if not header or header.get("format") != JOURNAL_FORMAT or header.get("fingerprint") != fingerprint:
-                log.warning("discarding journal %s: it belongs to other requests", self.path)
-                self.path.unlink()
-            else:
-                for line in lines[1:]:
-                    rec = _loads(line)
-                    if rec and "key" in rec and "completion" in rec:  # a torn last line is skipped
-                        self.done[rec["key"]] = rec["completion"]
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"format": JOURNAL_FORMAT, "fingerprint": fingerprint})
-        elif self.path.read_bytes()[-1:] not in (b"\n", b""):
-            with open(self.path, "a") as f:  # end a torn line, so the next record starts on its own
-                f.write("\n")
-
-    def _write_line(self, obj) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(obj, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def append(self, key: str, completion: dict) -> None:
-        with self._lock:
-            self._write_line({"key": key, "completion": completion})
-            self.done[key] = completion
-
-    def fail(self, key: str, reason: str) -> None:
-        """Keep why ``key`` failed for good (a ``{"key", "failed"}`` line): read back, it is not done, so a
-        rerun asks again; the journal keeps the reason for whoever reads it."""
-        with self._lock:
-            self._write_line({"key": key, "failed": reason})
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _loads(line: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
-
-
-# the generation.openai settings that shape a request or the record kept of its answer
-FINGERPRINTED = ("base_url", "model", "logprobs", "thinking", "reasoning_effort", "completion", "max_tokens")
-
-
-def fingerprint(options: Mapping, sampling: Sampling, template: str, problems: list[tuple[str, str]]) -> str:
-    """What the journal's answers depend on: endpoint, model, the request settings (``FINGERPRINTED``),
-    sampling, template and the problems; changing any of them re-requests everything."""
-    payload = json.dumps(
-        {
-            **{k: options.get(k) for k in FINGERPRINTED},
-            "sampling": sampling.__dict__,
-            "template": template,
-            "problems": problems,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def build_completion(reasoning: str | None, answer: str | None, mode: str, truncated: bool = False) -> str:
@@ -416,19 +339,12 @@ class ApiTeacher:
         n = sampling.n
         keys = [f"{i}:{j}" for i in range(len(contents)) for j in range(n)]
         todo = [k for k in keys if k not in journal.done]
+        done = len(keys) - len(todo)
         log.info(
-            "api teacher %s: %d of %d requests in the journal, %d to send",
-            self.source,
-            len(keys) - len(todo),
-            len(keys),
-            len(todo),
+            "api teacher %s: %d of %d requests in the journal, %d to send", self.source, done, len(keys), len(todo)
         )
-        progress = ApiProgress(
-            len(keys),
-            [journal.done[k] for k in keys if k in journal.done],
-            self.options.get("prices"),
-            self.options.get("progress_every_s", 300.0),
-        )
+        seen = [journal.done[k] for k in keys if k in journal.done]
+        progress = ApiProgress(len(keys), seen, self.options.get("prices"), self.options.get("progress_every_s", 300.0))
         failed: dict[str, str] = {}  # key -> why it failed for good (the latest try)
         if todo:
             allowed = int(float(self.options.get("max_failed_fraction", 0.0)) * len(keys))
@@ -460,21 +376,10 @@ class ApiTeacher:
                 bar.update(1)
                 progress.add(rec)
 
-            # every request once, then the ones that failed for good once more, at the end
-            for attempt in (todo, lambda: sorted(failed, key=keys.index)):
-                batch = attempt() if callable(attempt) else attempt
-                if not batch:
-                    continue
-                with ThreadPoolExecutor(max_workers=int(self.options["max_concurrency"])) as pool:
-                    futures = [pool.submit(run, k) for k in batch]
-                    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                    errors = [f.exception() for f in done if f.exception() is not None]
-                    if errors:
-                        for f in pending:
-                            f.cancel()
-                        bar.close()
-                        raise errors[0]
-            bar.close()
+            try:  # every request once, then the ones that failed for good once more, at the end
+                _run_passes(run, [todo, lambda: sorted(failed, key=keys.index)], int(self.options["max_concurrency"]))
+            finally:
+                bar.close()
         if failed:
             log.warning(
                 "api teacher: %s; the %d prompt(s) they belong to are left out whole",
@@ -482,14 +387,35 @@ class ApiTeacher:
                 len({k.split(":")[0] for k in failed}),
             )
         log.info("%s", progress.line())
-        # a prompt with a request that failed for good is left out whole: a partial group would change its
-        # group statistics (offline GRPO's baseline, DPO's pairs), as a dropped truncated row once did
-        records = [
-            [journal.done[f"{i}:{j}"] for j in range(n)] if all(f"{i}:{j}" in journal.done for j in range(n)) else []
-            for i in range(len(contents))
-        ]
+        records = _whole_groups(journal, len(contents), n)
         _log_unusual_finishes([rec for recs in records for rec in recs])
         return [[_completion(rec) for rec in recs] for recs in records]
+
+
+def _run_passes(run, passes: list, concurrency: int) -> None:
+    """Each pass's keys through ``run`` on ``concurrency`` threads, one pass after the other (a pass is a list
+    of keys, or a callable giving one when its turn comes: the failures of the passes before); the first
+    error cancels the requests not yet sent and is raised."""
+    for keys in passes:
+        keys = keys() if callable(keys) else keys
+        if not keys:
+            continue
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(run, k) for k in keys]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in done if f.exception() is not None]
+            if errors:
+                for f in pending:
+                    f.cancel()
+                raise errors[0]
+
+
+def _whole_groups(journal: Journal, prompts: int, n: int) -> list[list[dict]]:
+    """The journal's records of each prompt's ``n`` requests, in order; ``[]`` for a prompt with a request
+    that failed for good: left out whole, since a partial group would change its group statistics
+    (offline GRPO's baseline, DPO's pairs), as a dropped truncated row once did."""
+    keys = [[f"{i}:{j}" for j in range(n)] for i in range(prompts)]
+    return [[journal.done[k] for k in ks] if all(k in journal.done for k in ks) else [] for ks in keys]
 
 
 def _failure_summary(failed: Mapping[str, str], total: int, allowed: int | None, options: Mapping) -> str:

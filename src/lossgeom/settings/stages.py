@@ -218,8 +218,13 @@ class ResourcesSettings(Settings):
     memory_growth: float = setting(
         1.5,
         {"type": "number", "minimum": 1},
-        "host memory of a retried job: the first attempt's x this per further attempt (an out-of-memory kill "
-        "is retried with more)",
+        "host memory of a retried job: the first attempt's x this per earlier attempt that SLURM killed for "
+        "memory (its log says oom_kill or OUT_OF_MEMORY); a job stopped at its time limit keeps its memory",
+    )
+    max_mem_mb: int | None = setting(
+        None,
+        {"type": ["integer", "null"], "minimum": 1},
+        "the most host memory a retried job asks for, MB (a node's size); null: no cap",
     )
 
 
