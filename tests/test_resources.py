@@ -112,8 +112,21 @@ def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper
     (spectrum,) = by_rule["base_spectrum"]
     assert spectrum["resources"].get("gpu", 0) == 0
     assert (spectrum["resources"]["mem_mb"], spectrum["resources"]["runtime"]) == (32000, 480)
-    for job in (j for j in paper_jobs if j["rule"] not in GPU_RULES + MODEL_CPU_RULES):
+    # so does geometry with base_alignment (the base's attention weights in float64, ~7.5 GB; the rule is then
+    # not a local one: the SLURM study test sees it local without base_alignment)
+    (geometry,) = by_rule["geometry"]
+    assert paper["geometry"]["base_alignment"]
+    assert (geometry["resources"]["mem_mb"], geometry["resources"].get("gpu", 0)) == (32000, 0)
+    for job in (j for j in paper_jobs if j["rule"] not in (*GPU_RULES, *MODEL_CPU_RULES, "geometry")):
         assert job["resources"].get("gpu", 0) == 0 and job["resources"]["mem_mb"] == res["cpu_job_mem_mb"]
+
+
+def test_geometry_from_the_factors_alone_stays_a_small_aggregate(tmp_path):
+    override = tmp_path / "no_base_alignment.yaml"
+    override.write_text("geometry:\n  base_alignment: false\n")
+    jobs = _dry_run_jobs(tmp_path, "--configfile", str(PAPER), str(override))
+    (geometry,) = [j for j in jobs if j["rule"] == "geometry"]
+    assert geometry["resources"]["mem_mb"] == 4000 and geometry["resources"]["runtime"] == 30
 
 
 def test_the_paper_s_vllm_jobs_get_several_cpus(paper, tmp_path):
@@ -164,6 +177,9 @@ def test_which_jobs_run_vllm(paper):
 def test_toy_resources_and_an_imported_table(tmp_path):
     toy = with_defaults(load(ROOT / "config" / "config.yaml", SCHEMA))
     assert rule_resources(toy, "rollouts")["gpu"] == 1 and not api_rollouts(toy)
+    # the toy measures base alignment too: geometry is sized as a model job (on a workstation all run locally)
+    assert rule_resources(toy, "geometry") == {"mem_mb": 16000, "runtime": 240, "gpu": 0}
+    toy["geometry"]["base_alignment"] = False
     assert rule_resources(toy, "geometry") == {"mem_mb": 4000, "runtime": 30, "gpu": 0}
     imported = yaml.safe_load(PAPER.read_text())
     imported["rollouts"]["import"] = "rollouts.jsonl"

@@ -23,7 +23,8 @@ from .methods import MethodSpec
 # The rules that run a model; they ask for a GPU (the rest are cheap aggregates and figures).
 GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc")
 # CPU rules that hold the base model's weights on the host (and SVDs of each module): sized as a model job
-# (gpu_job_mem_mb, gpu_job_runtime), with no GPU
+# (gpu_job_mem_mb, gpu_job_runtime), with no GPU; so is geometry with geometry.base_alignment (a submitted
+# job then, not a local one: workflow/rules/geometry.smk)
 MODEL_CPU_RULES = ("base_spectrum",)
 # generation stage of a rule (lossgeom.config.generation_backend), where it has one
 GENERATION_STAGE = {"rollouts": "rollouts", "evaluate": "evaluation", "lmc": "lmc", "train": "training"}
@@ -82,7 +83,7 @@ def rule_resources(config: Mapping, rule: str, method: str | None = None) -> dic
         return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["max_runtime"], "gpu": 0}
     if rule in GPU_RULES:
         return {"mem_mb": res["gpu_job_mem_mb"], "runtime": res["gpu_job_runtime"], "gpu": 1}
-    if rule in MODEL_CPU_RULES:
+    if rule in MODEL_CPU_RULES or (rule == "geometry" and config["geometry"]["base_alignment"]):
         return {"mem_mb": res["gpu_job_mem_mb"], "runtime": res["gpu_job_runtime"], "gpu": 0}
     return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["cpu_job_runtime"], "gpu": 0}
 

@@ -88,7 +88,6 @@ def job_threads(rule):
 localrules:
     all,
     toy_world,
-    geometry,
     geometry_figures,
     trajectory,
     trajectory_figures,

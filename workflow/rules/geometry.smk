@@ -26,6 +26,9 @@ rule geometry:
         top_k=GEOMETRY["top_k"],
         out=parent_of(0),
         base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
+    # from the factors alone a cheap aggregate, run in the Snakemake process; with base_alignment it reads the
+    # base's attention weights in float64 and runs their SVDs (~7.5 GB for Qwen3-4B): a submitted CPU job
+    localrule: not BASE_ALIGNMENT
     resources:
         **job_resources("geometry"),
     conda:
