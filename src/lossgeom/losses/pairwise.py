@@ -36,8 +36,10 @@ def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.Da
 class PairwiseLoss(Loss):
     trainer = "trl"
     eos_optional = False
-    # chosen + rejected (2 sequences), each also through the frozen reference (a forward pass, ~1/3 of a
-    # training pass): 2 x 4/3
+    # In SFT-row passes: chosen + rejected through the policy each step (2), and TRL 1.16's one-off reference
+    # pass (precompute_ref_log_probs: DPOTrainer._precompute_ref_logps runs both sequences of every pair of
+    # the dataset through the base, a forward being ~1/3 of a training pass: 2/3 per pair) over a dataset of
+    # about the pairs trained on (the paper's: <= 40k pairs for 1,500 x 32), and again on every resume: 2 + 2/3
     step_cost = 8 / 3
 
     def view(self, rollouts, rows, spec, seed, counts):
