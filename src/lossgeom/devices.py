@@ -295,10 +295,6 @@ def main(argv: list[str] | None = None) -> int:
     return 127  # pragma: no cover - execvp does not return
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 class NoCudaError(RuntimeError):
     """A job given a GPU sees no CUDA device (:func:`require_cuda_if_granted`); the message is one line."""
 
@@ -346,3 +342,7 @@ def require_cuda_if_granted(command: str, environ=None) -> None:
         f"lossgeom {command} was given a GPU ({granted}) but sees no CUDA device: {why}; "
         f"set {ENV_DEVICE}=cpu to run it on the CPU anyway"
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -181,15 +181,12 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
                 "tokens_per_sample": float(lr["tokens"].sum() / lr["n"].sum()),
             }
             low, high = mean_interval(seq.to_numpy(), idx, confidence)
-            rows.append(
-                {**common, "unit": "sequence", "value": float(seq.mean()), "ci_low": low, "ci_high": high}
-                | {"path_floor": float(floor[0])}
-            )
+            row = {**common, "unit": "sequence", "value": float(seq.mean()), "ci_low": low, "ci_high": high}
+            rows.append({**row, "path_floor": float(floor[0])})
             low, high = ratio_interval(lr["log_ratio_sum"].to_numpy(), lr["tokens"].to_numpy(), idx, confidence)
             tok = float(kl_token(lr["log_ratio_sum"], lr["tokens"]))
-            rows.append(
-                {**common, "unit": "token", "value": tok, "ci_low": low, "ci_high": high, "path_floor": float(floor[1])}
-            )
+            row = {**common, "unit": "token", "value": tok, "ci_low": low, "ci_high": high}
+            rows.append({**row, "path_floor": float(floor[1])})
     table = pd.DataFrame(rows)
     table["seed_floor"] = np.nan
     for (direction, unit), g in table.groupby(["direction", "unit"], sort=False):
