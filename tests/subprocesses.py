@@ -136,9 +136,14 @@ def _end_group(proc: subprocess.Popen, grace: float = 20) -> None:
             continue
 
 
+# resolved here, in the parent: between fork and exec the child only calls it (no dlopen in a forked child
+# of a process with threads)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_server(cmd: list[str], **popen) -> subprocess.Popen:
