@@ -74,7 +74,7 @@ def draw_samples(
     desc: str = "sample",
 ) -> pd.DataFrame:
     """``sampling.n`` graded completions per problem (items whose gold is None are left out): rows with
-    id, sample, completion, token_ids, n_tokens, finish_reason, correct, and logp: the summed
+    id, sample, completion, token_ids, n_tokens, finish_reason, correct, and logp_sampler: the summed
     log-probabilities of the sampling distribution when ``sampling.logprobs`` and the engine gives them,
     else NaN (see the module docstring)."""
     grade = get_grader(grader)
@@ -94,11 +94,12 @@ def draw_samples(
                     "finish_reason": c.finish_reason,
                     "correct": float(grade.grade(c.text, golds[i]).reward),
                     # the sampling distribution's log-probability (the model's own at temperature 1)
-                    "logp": float(np.sum(c.logprobs)) if c.logprobs is not None else np.nan,
+                    "logp_sampler": float(np.sum(c.logprobs)) if c.logprobs is not None else np.nan,
                 }
             )
     return pd.DataFrame(
-        rows, columns=["id", "sample", "completion", "token_ids", "n_tokens", "finish_reason", "correct", "logp"]
+        rows,
+        columns=["id", "sample", "completion", "token_ids", "n_tokens", "finish_reason", "correct", "logp_sampler"],
     )
 
 
@@ -167,7 +168,7 @@ def own_samples(
             desc=f"{desc} T={temperature:g}",
         )
         frames.append(s.assign(source="self", temperature=temperature, logp_base=np.nan))
-    own = pd.concat(frames, ignore_index=True).rename(columns={"logp": "logp_sampler"})
+    own = pd.concat(frames, ignore_index=True)
     kl = own["temperature"] == KL_TEMPERATURE
     own.loc[~kl, "logp_sampler"] = np.nan  # no KL reads them
     own["logp"] = np.nan

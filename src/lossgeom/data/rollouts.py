@@ -43,6 +43,7 @@ import math
 import numbers
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..fsutil import read_parquet_or, read_utf8_lines
@@ -194,12 +195,20 @@ def read_rollouts(path: Path | str) -> pd.DataFrame:
     return df
 
 
-def grade_failed_mask(rollouts: pd.DataFrame):
+def truncated_mask(rollouts: pd.DataFrame) -> np.ndarray:
+    """Rows cut at the sampler's token limit (``finish_reason == "length"``); a table without the column
+    (imported, or written before it existed) has none. Bool of the rows' length."""
+    if "finish_reason" not in rollouts:
+        return np.zeros(len(rollouts), dtype=bool)
+    return (rollouts["finish_reason"] == "length").to_numpy(dtype=bool)
+
+
+def grade_failed_mask(rollouts: pd.DataFrame) -> np.ndarray:
     """Rows the grader could not grade (``grade_note`` "timeout: ..." or "error: ..."; their reward 0 says
-    nothing about the completion); a table without the column has none. Bool numpy array of the rows'
-    length. Training leaves them out of every view (:func:`lossgeom.training.views.build_view`)."""
+    nothing about the completion); a table without the column has none. Bool of the rows' length.
+    Training leaves them out of every view (:func:`lossgeom.training.views.build_view`)."""
     if "grade_note" not in rollouts:
-        return (pd.Series(False, index=rollouts.index)).to_numpy(dtype=bool)
+        return np.zeros(len(rollouts), dtype=bool)
     note = rollouts["grade_note"].fillna("").astype(str)
     return (note.str.startswith("timeout") | note.str.startswith("error")).to_numpy(dtype=bool)
 
@@ -216,7 +225,7 @@ def summarize(df: pd.DataFrame) -> dict:
         "prompts_all_wrong": int((per_prompt["mean"] == 0).sum()),
         "prompts_mixed": int(((per_prompt["mean"] > 0) & (per_prompt["mean"] < 1)).sum()),
         "no_answer": int(df["answer"].isna().sum()),
-        "truncated": int((df["finish_reason"] == "length").sum()) if "finish_reason" in df else 0,
+        "truncated": int(truncated_mask(df).sum()),
         "grade_failed (left out of training)": int(grade_failed_mask(df).sum()),
         "rows_with_logprobs": int(df["logprobs"].map(lambda v: v is not None and len(v) > 0).sum()),
         "served_models": served_models(df),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..data.rollouts import grade_failed_mask
+from ..data.rollouts import grade_failed_mask, truncated_mask
 from ..losses.base import ViewError
 from ..losses.kto import kto_rows
 from ..losses.offline_grpo import grpo_advantages
@@ -47,14 +47,6 @@ __all__ = [
     "online_prompts",
     "truncated_mask",
 ]
-
-
-def truncated_mask(rollouts: pd.DataFrame) -> np.ndarray:
-    """Rows cut at the sampler's token limit (``finish_reason == "length"``); a table without the column
-    (imported, or written before it existed) has none. Bool of the rows' length."""
-    if "finish_reason" not in rollouts:
-        return np.zeros(len(rollouts), dtype=bool)
-    return (rollouts["finish_reason"] == "length").to_numpy(dtype=bool)
 
 
 def build_view(rollouts: pd.DataFrame, spec, seed: int) -> tuple[pd.DataFrame, dict]:
