@@ -223,11 +223,16 @@ class VLLMEngine(Engine):
         """End the engine's processes (engine core and workers, reaped) and its client threads.
 
         Dropping the ``LLM`` alone left its engine-core process behind until the interpreter exited (a zombie
-        for the rest of a test session); vLLM's client ``shutdown`` stops and joins it."""
+        for the rest of a test session); vLLM's client ``shutdown`` stops it. When the engine core outlives
+        vLLM's grace period (5 s; a loaded 2-core machine), vLLM 0.32 SIGKILLs it (``v1/utils.py``,
+        ``shutdown`` then ``kill_process_tree``) without reaping it, so its processes are joined here."""
         llm, self.llm = self.llm, None
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
+            manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+            for proc in getattr(manager, "processes", ()):
+                proc.join(timeout=30)  # ended by SIGTERM or SIGKILL by now: this only reaps it
         del llm, core
         gc.collect()
         self._tmp.cleanup()
