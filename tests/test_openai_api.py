@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class Script:
         self.finish_reason = "stop"
         self.refuse: str | None = None  # answer 400 to a request whose body has this field
         self.broken: dict[int, str] = {}  # seed -> "null" (content null), "no_choices" or "html": malformed 200s
+        self.cap: int | None = None  # answer 429 while this many are being answered (DeepSeek's concurrency cap)
+        self.delay_s = 0.0  # each answer takes this long
+        self.in_flight = self.peak = self.refused = 0
 
     def response(self, body: dict) -> dict:
         question = body["messages"][0]["content"]
@@ -160,8 +164,15 @@ def make_handler(script: Script):
                     status = 400
                 if self.headers.get("Authorization") != f"Bearer {KEY}":
                     status = 401
+                if status == 200 and script.cap is not None and script.in_flight >= script.cap:
+                    status = 429
+                    script.refused += 1
                 if status == 200:
                     script.ok += 1
+                    script.in_flight += 1
+                    script.peak = max(script.peak, script.in_flight)
+            if status == 200 and script.delay_s:
+                time.sleep(script.delay_s)
             if status == 400:  # OpenAI's error body for a parameter a model does not take
                 self._send(
                     400,
@@ -178,6 +189,8 @@ def make_handler(script: Script):
                 self._send(status, {"error": {"message": f"scripted {status}", "type": "x", "code": status}})
             else:
                 self._send(200, script.response(body))
+                with script.lock:
+                    script.in_flight -= 1
 
     return Handler
 
@@ -763,3 +776,17 @@ def test_an_html_page_with_status_200_is_named_as_such(server, tmp_path, monkeyp
     server.broken = {SEED0: "html"}
     with pytest.raises(GenerationError, match="answered what is not a chat completion .str"):
         run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0)
+
+
+def test_a_concurrency_capped_endpoint_gets_fewer_requests_in_flight(server, tmp_path, monkeypatch):
+    """An endpoint that answers 429 past 4 concurrent requests (DeepSeek's way): the teacher, allowed 16, halves
+    its requests in flight on the 429s and every request is answered (before, 16 went on hitting the cap)."""
+    monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
+    server.cap, server.delay_s = 4, 0.05
+    teacher = ApiTeacher(options(server.url, max_concurrency=16, max_retries=10))
+    contents = [q for q in ANSWERS for _ in range(10)]
+    journal = Journal(tmp_path / "j.jsonl", "capped")
+    out = teacher.sample(contents, Sampling(max_new_tokens=16, n=2, temperature=1.0, seed=5), journal)
+    assert [len(c) for c in out] == [2] * len(contents)
+    assert server.refused > 0 and teacher.gate.cuts >= 2 and teacher.gate.limit <= 8  # 16 -> 8 -> 4 at least
+    assert server.peak <= 4

@@ -162,7 +162,9 @@ def model_shape(config: Mapping, which: str = "base") -> Shape | None:
     """The shape of ``model.<which>``: a toy model's from its ``toy.models`` entry, a directory's or a hub
     model's from its ``config.json`` (the directory, else the hub cache, else :data:`KNOWN_SHAPES`); None
     when none of them has it."""
-    name = config["model"].get(which) or config["model"]["base"]
+    name = config["model"].get(which)
+    if which != "base" and name in (None, "base"):  # the teacher defaults to the base
+        which, name = "base", config["model"]["base"]
     if name == "toy":
         from .settings.toy import ToyModelSettings
 

@@ -6,9 +6,10 @@ rule files unpack them, :file:`workflow/rules/common.smk`); a profile overrides 
 host memory, ``runtime`` in minutes of wall time, ``gpu`` in devices (the SLURM plugin submits
 ``gpu=1`` as ``--gpus=1``; locally ``profiles/default`` caps their sum at the GPUs present).
 
-A training job's time limit is its estimated compute (:func:`train_minutes`), capped at
-``resources.max_runtime``: a job stopped at its limit resumes from its last checkpoint when the
-profile retries it, so a limit below the whole run costs one restart, not the run.
+A model job's time limit is its estimated device time (:func:`lossgeom.stage_costs.rule_minutes`, from the
+FLOP model of :mod:`lossgeom.cost_model`), capped at ``resources.max_runtime``: a training job stopped at its
+limit resumes from its last checkpoint when the profile retries it, so a limit below the whole run costs one
+restart, not the run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Mapping
 
 from .config import generation_backend
 from .methods import MethodSpec
+from .stage_costs import rule_minutes
 
 # The rules that run a model; they ask for a GPU (the rest are cheap aggregates and figures).
 GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc")
@@ -28,15 +30,6 @@ GPU_RULES = ("toy_model", "rollouts", "train", "evaluate", "lmc")
 MODEL_CPU_RULES = ("base_spectrum",)
 # generation stage of a rule (lossgeom.config.generation_backend), where it has one
 GENERATION_STAGE = {"rollouts": "rollouts", "evaluate": "evaluation", "lmc": "lmc", "train": "training"}
-
-
-def train_minutes(spec: MethodSpec, resources: Mapping) -> int:
-    """The time limit of one training job, minutes: padded tokens (every row at ``max_length``, so the
-    estimate bounds the run) x the loss's ``step_cost``, at ``train_tokens_per_second``, times the
-    margin, plus the overhead; at most ``max_runtime``."""
-    tokens = spec.steps * spec.batch_size * spec.grad_accum * spec.max_length * spec.loss_def.step_cost
-    minutes = tokens / resources["train_tokens_per_second"] / 60 * resources["train_runtime_margin"]
-    return min(resources["max_runtime"], math.ceil(minutes + resources["train_runtime_overhead"]))
 
 
 def uses_vllm(config: Mapping, rule: str, method: str | None = None) -> bool:
@@ -75,14 +68,12 @@ def rule_resources(config: Mapping, rule: str, method: str | None = None) -> dic
 
     ``config`` is the filled config (:func:`lossgeom.config.with_defaults`)."""
     res = config["resources"]
-    if rule == "train":
-        spec = MethodSpec.from_config(config, method)
-        return {"mem_mb": res["train_mem_mb"], "runtime": train_minutes(spec, res), "gpu": 1}
     if rule == "rollouts" and api_rollouts(config):
         # an API teacher: requests over the network for hours or days, no model; a local rule (see rollouts.smk)
         return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["max_runtime"], "gpu": 0}
     if rule in GPU_RULES:
-        return {"mem_mb": res["gpu_job_mem_mb"], "runtime": res["gpu_job_runtime"], "gpu": 1}
+        mem = res["train_mem_mb"] if rule == "train" else res["gpu_job_mem_mb"]
+        return {"mem_mb": mem, "runtime": rule_minutes(config, rule, method) or res["gpu_job_runtime"], "gpu": 1}
     if rule in MODEL_CPU_RULES or (rule == "geometry" and config["geometry"]["base_alignment"]):
         return {"mem_mb": res["gpu_job_mem_mb"], "runtime": res["gpu_job_runtime"], "gpu": 0}
     return {"mem_mb": res["cpu_job_mem_mb"], "runtime": res["cpu_job_runtime"], "gpu": 0}

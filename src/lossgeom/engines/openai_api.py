@@ -12,7 +12,9 @@ self-hosted ``vllm serve``), with bounded concurrency, retries and a journal tha
   change its group statistics) and counted in a warning. Past ``max_failed_fraction`` of the requests the
   job stops with one line summing up the reasons, keeping what came back. A refusal of the request itself
   (400 naming a setting, 401, 403, 404) stops it at once: every request would meet it.
-- Concurrency: at most ``max_concurrency`` requests in flight (threads; the client is thread-safe).
+- Concurrency: at most ``max_concurrency`` requests in flight (threads; the client is thread-safe), the
+  provider's published limit; fewer while the endpoint answers 429 (:mod:`.api_limits`: halved on a 429,
+  grown back one at a time).
 - Journal: every completed request is appended to a JSONL file outside the job's output (flushed and
   fsynced), under a header holding the fingerprint of everything that determines the answers (endpoint,
   model, the request settings ``logprobs``, ``thinking``, ``reasoning_effort`` and ``completion``,
@@ -69,6 +71,7 @@ from typing import Mapping
 from tqdm.auto import tqdm
 
 from .api_journal import Journal
+from .api_limits import InFlight
 from .engine import Completion, GenerationError, Sampling
 
 
@@ -234,11 +237,18 @@ class ApiTeacher:
         if not key:
             raise GenerationError(f"generation.openai.api_key_env names ${env}, which is not set in the environment")
         self._openai = openai
+        ceiling = int(self.options["max_concurrency"])
+        self.gate = InFlight(ceiling)  # lowered while the endpoint answers 429 (lossgeom.engines.api_limits)
+        from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+        # a connection for every request in flight (the client's default pool holds 1,000)
+        limits = type(DEFAULT_CONNECTION_LIMITS)(max_connections=max(ceiling, 1000), max_keepalive_connections=ceiling)
         self.client = openai.OpenAI(
             base_url=self.options["base_url"],
             api_key=key,
             max_retries=int(self.options["max_retries"]),
             timeout=float(self.options["timeout_s"]),
+            http_client=openai.DefaultHttpxClient(limits=limits, event_hooks={"response": [self.gate.on_response]}),
         )
 
     @property
@@ -357,7 +367,9 @@ class ApiTeacher:
                     return
                 i, j = map(int, key.split(":"))
                 try:
-                    rec = self._request(contents[i], sampling, seed_base * 1_000_003 + i * n + j)
+                    with self.gate:
+                        rec = self._request(contents[i], sampling, seed_base * 1_000_003 + i * n + j)
+                    self.gate.succeeded()
                 except RequestFailed as e:
                     journal.fail(key, str(e))
                     with lock:

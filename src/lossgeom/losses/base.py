@@ -75,9 +75,10 @@ class Loss:
     eos_optional: ClassVar[bool] = True
     # whether the view drops truncated rollouts under ``truncated: drop`` (online GRPO samples its own)
     reads_completions: ClassVar[bool] = True
-    # compute of one example relative to one SFT row (forward + backward of one sequence): what the train
-    # job's time limit is sized by (lossgeom.resources). An estimate per loss kind, stated where set.
-    step_cost: ClassVar[float] = 1.0
+    # what one example costs (lossgeom.cost_model, which sizes the train job's time limit): sequences through a
+    # training pass, and sequences through a forward without gradients (a reference's log-probs); stated where set
+    train_sequences: ClassVar[float] = 1.0
+    forward_sequences: ClassVar[float] = 0.0
 
     # -- resolution --------------------------------------------------------------------------------
     def resolve(self, values: dict, config: Mapping) -> None:
@@ -86,6 +87,10 @@ class Loss:
         for key in self.from_rollouts:
             if values.get(key) is None:
                 values[key] = config["rollouts"].get(key)
+
+    def cost_sequences(self, spec) -> tuple[float, float]:
+        """(sequences through a training pass, sequences through a forward) per example of ``spec``."""
+        return self.train_sequences, self.forward_sequences
 
     def check_spec(self, spec, where: str) -> None:
         """Checks that need the shared settings too (e.g. a batch that must hold whole groups)."""

@@ -39,8 +39,8 @@ class KTO(Loss):
     Params = KTOParams
     trainer = "trl"
     eos_optional = False
-    # each completion and a mismatched (KL) completion, both also through the frozen reference: 2 x 4/3
-    step_cost = 8 / 3
+    # each completion and a mismatched (KL) completion, both also through the frozen reference
+    train_sequences, forward_sequences = 2.0, 2.0
     # moved to trl.experimental for TRL 1.0 and promoted back later (both paths exist in 1.16)
     trl_trainers = (("trl", "KTOConfig", "KTOTrainer"), ("trl.experimental.kto", "KTOConfig", "KTOTrainer"))
 

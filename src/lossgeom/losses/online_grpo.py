@@ -78,10 +78,11 @@ class OnlineGRPO(Loss):
     trl_trainers = (("trl", "GRPOConfig", "GRPOTrainer"),)
     from_rollouts = ("max_new_tokens", "temperature", "grader")
     reads_completions = False  # it samples its own
-    # sampling each completion (decoding is memory-bound: ~30 ms a step at batch 64 on an H100 with hf, so
-    # a 4k-token completion costs ~3x its training pass) plus the training pass: ~4 (vLLM's colocated
-    # sampling is cheaper; the estimate stays an upper bound)
-    step_cost = 4.0
+    # each completion through a training pass, and one forward more: with vLLM's importance-sampling correction
+    # (TRL 1.16's default) GRPOTrainer recomputes the sampled completions' log-probs (grpo_trainer.py, around
+    # line 2643); a bound for hf sampling, which skips it. Sampling the completions is costed as decoding
+    # (lossgeom.cost_model), and kl_coef > 0 adds the reference's forward (cost_sequences)
+    train_sequences, forward_sequences = 1.0, 1.0
 
     def resolve(self, values, config):
         super().resolve(values, config)
@@ -93,6 +94,9 @@ class OnlineGRPO(Loss):
             values["generation"] = backend if backend in ("hf", "vllm") else "hf"
         if values.get("vllm_max_model_length") is None:
             values["vllm_max_model_length"] = values["max_length"]  # what the trainer sees of a row
+
+    def cost_sequences(self, spec):
+        return self.train_sequences, self.forward_sequences + (1.0 if spec.params.kl_coef > 0 else 0.0)
 
     def check_spec(self, spec, where):
         k = spec.params.num_generations

@@ -36,11 +36,11 @@ def dpo_pairs(rollouts: pd.DataFrame, pairs_per_prompt: int, seed: int) -> pd.Da
 class PairwiseLoss(Loss):
     trainer = "trl"
     eos_optional = False
-    # In SFT-row passes: chosen + rejected through the policy each step (2), and TRL 1.16's one-off reference
-    # pass (precompute_ref_log_probs: DPOTrainer._precompute_ref_logps runs both sequences of every pair of
-    # the dataset through the base, a forward being ~1/3 of a training pass: 2/3 per pair) over a dataset of
-    # about the pairs trained on (the paper's: <= 40k pairs for 1,500 x 32), and again on every resume: 2 + 2/3
-    step_cost = 8 / 3
+    # chosen + rejected through the policy each step, and TRL 1.16's one-off reference pass
+    # (precompute_ref_log_probs: DPOTrainer._precompute_ref_logps runs both sequences of every pair of the
+    # dataset through the base) over a dataset of at most the pairs trained on (the paper's: <= 40k pairs for
+    # 1,500 x 32; again on every resume): a bound
+    train_sequences, forward_sequences = 2.0, 2.0
 
     def view(self, rollouts, rows, spec, seed, counts):
         view = dpo_pairs(rollouts, spec.params.pairs_per_prompt, seed)

@@ -22,7 +22,7 @@ class SimPO(PairwiseLoss):
     name = "simpo"
     Params = SimPOParams
     trl_trainers = (("trl.experimental.cpo", "CPOConfig", "CPOTrainer"),)
-    step_cost = 2.0  # chosen + rejected, reference-free
+    train_sequences, forward_sequences = 2.0, 0.0  # chosen + rejected, reference-free
 
     def trl_args(self, spec):
         return {

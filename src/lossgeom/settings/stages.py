@@ -176,18 +176,69 @@ class ResourcesSettings(Settings):
     """``resources``: what each job asks a scheduler (SLURM) or the local machine for, sized from the config
     by :mod:`lossgeom.resources`; a profile still overrides any rule (``set-resources``, ``set-threads``)."""
 
-    train_tokens_per_second: float = setting(
-        2000,
+    gpu_peak_tflops: float = setting(
+        989.0,
         {"type": "number", "exclusiveMinimum": 0},
-        "training throughput of one device in padded tokens a second (an SFT row = 1 unit; other losses scale "
-        "by their step_cost): a training job's time limit is steps x batch x grad_accum x max_length x step_cost "
-        "/ this, times train_runtime_margin, plus train_runtime_overhead",
+        "one GPU's peak dense bf16 TFLOP/s (989: an H100 SXM's datasheet; an H200's is the same): the cost "
+        "model's compute rate (lossgeom.cost_model), at each stage's utilisation below",
     )
-    train_runtime_margin: float = setting(
-        1.25, {"type": "number", "minimum": 1}, "factor on the estimated training time (the time limit's headroom)"
+    gpu_memory_tb_s: float = setting(
+        3.35,
+        {"type": "number", "exclusiveMinimum": 0},
+        "one GPU's memory bandwidth, TB/s (3.35: H100 SXM; H200: 4.8): the rate that bounds decoding",
     )
-    train_runtime_overhead: int = setting(
-        15, POSITIVE_INT, "minutes added to a training job's limit: loading the model and data, saving adapters"
+    train_utilisation: float = setting(
+        0.35,
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "fraction of the peak a training pass runs at (an ASSUMPTION until measured: bench_throughput.py prints "
+        "the MFU on a GPU)",
+    )
+    prefill_utilisation: float = setting(
+        0.5,
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "fraction of the peak a forward without gradients (scoring, prompts) runs at (an ASSUMPTION)",
+    )
+    decode_bandwidth_utilisation: float = setting(
+        0.6,
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "fraction of the memory bandwidth decoding reaches (an ASSUMPTION): its time is the larger of its bytes "
+        "at this rate and its FLOPs at prefill_utilisation",
+    )
+    train_tokens_per_second: float | None = setting(
+        None,
+        {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "a MEASURED training throughput of one GPU, tokens a second of an SFT row, where one exists: it replaces "
+        "the FLOP model's training rate (other losses scale by their sequences per example)",
+    )
+    mean_prompt_tokens: float | None = setting(
+        None,
+        {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "expected tokens of a prompt, for the expected column of `lossgeom cost` (null: its bound, training.max_length "
+        "less rollouts.max_new_tokens)",
+    )
+    mean_completion_tokens: float | None = setting(
+        None,
+        {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "expected tokens of a completion (every stage), for the expected column of `lossgeom cost` (null: its "
+        "limit); time limits always take every completion at its limit",
+    )
+    padding_fraction: float = setting(
+        0.47,
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "share of a padded trainer's tokens that are padding (TRL's DPO, KTO, CPO, GRPO; 0.47 measured by "
+        "bench_throughput.py at the paper's lengths in random batches of 8), for the expected column",
+    )
+    test_set_rows: int = setting(
+        1500,
+        POSITIVE_INT,
+        "rows assumed for a problem source whose size cannot be read before it is loaded (a hub dataset the "
+        "cost model does not know, with no `limit`): an upper bound for sizing jobs",
+    )
+    runtime_margin: float = setting(
+        1.25, {"type": "number", "minimum": 1}, "factor on a model job's estimated time (its time limit's headroom)"
+    )
+    runtime_overhead: int = setting(
+        15, POSITIVE_INT, "minutes added to a model job's limit: starting, loading the model and data, saving"
     )
     max_runtime: int = setting(
         1440,
@@ -205,7 +256,10 @@ class ResourcesSettings(Settings):
         "weights on the host), MB",
     )
     gpu_job_runtime: int = setting(
-        240, POSITIVE_INT, "time limit of the other GPU jobs and of the base spectrum, minutes"
+        240,
+        POSITIVE_INT,
+        "time limit of the model jobs the cost model does not size (the toy's pretraining, the base spectrum, "
+        "geometry with base_alignment), minutes",
     )
     cpu_job_mem_mb: int = setting(4000, POSITIVE_INT, "host memory of the CPU jobs (aggregates, figures), MB")
     cpu_job_runtime: int = setting(30, POSITIVE_INT, "time limit of the CPU jobs, minutes")
