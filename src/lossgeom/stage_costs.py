@@ -246,3 +246,32 @@ def gpu_hours(config: Mapping) -> list[dict]:
         }
     )
     return rows
+
+
+def gpu_hours_markdown(config: Mapping) -> str:
+    """:func:`gpu_hours` as a markdown table, under a line stating the rates and lengths it assumes (the
+    README's table is this, for config/paper.yaml)."""
+    res = config["resources"]
+    measured = res.get("train_tokens_per_second")
+    train = (
+        f"training at a MEASURED {measured:,.0f} tokens/s"
+        if measured
+        else (f"training at {res['train_utilisation']:.0%} of it (assumed)")
+    )
+    prompt, completion = (
+        f"{v:,.0f}" if v else None for v in (res["mean_prompt_tokens"], res["mean_completion_tokens"])
+    )
+    lines = [
+        f"One GPU of {res['gpu_peak_tflops']:,.0f} TFLOP/s and {res['gpu_memory_tb_s']} TB/s; {train}, forwards at "
+        f"{res['prefill_utilisation']:.0%} (assumed), decoding at {res['decode_bandwidth_utilisation']:.0%} of the "
+        f"bandwidth (assumed). Expected: prompts of {prompt or 'their bound of'} and completions of "
+        f"{completion or 'their limit of'} tokens, padded trainers "
+        f"{res['padding_fraction']:.0%} padding; bound: every completion at its limit.",
+        "",
+        "| stage | jobs | time limit a job | GPU-h expected | GPU-h bound |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in gpu_hours(config):
+        limit = "" if r["limit_min"] is None else f"{r['limit_min'] / 60:.1f} h"
+        lines.append(f"| {r['stage']} | {r['jobs']} | {limit} | {r['expected_gpu_h']:.1f} | {r['bound_gpu_h']:.1f} |")
+    return "\n".join(lines) + "\n"
