@@ -111,3 +111,16 @@ def test_the_readme_s_gpu_hour_table_is_the_cost_model_s(paper):
 
     readme = (ROOT / "README.md").read_text()
     assert gpu_hours_markdown(paper) in readme
+
+
+def test_lossgeom_cost_prints_the_table_and_refuses_a_bad_config_in_one_line(paper, tmp_path, capsys):
+    from lossgeom.cli import main
+    from lossgeom.stage_costs import gpu_hours_markdown
+
+    assert main(["cost", "--configfile", str(ROOT / "config" / "paper.yaml")]) == 0
+    assert capsys.readouterr().out == gpu_hours_markdown(paper)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config" / "paper.yaml").read_text() + "\nresources:\n  gpu_peak_tflops: -3\n")
+    assert main(["cost", "--configfile", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpu_peak_tflops" in err[0], err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,17 @@ def test_tiny_study_writes_the_results_contract(study):
     assert (abs(cos.values.diagonal() - 1) < 1e-9).all()
     assert (abs(cos.values - cos.values.T) < 1e-12).all()
     assert (res / "figures" / "cosine_global.png").stat().st_size > 10_000
+    # every model job recorded its library versions; one table holds them (the rollouts are imported: no job)
+    versions = pd.read_csv(res / "versions.tsv", sep="\t", keep_default_na=False)
+    assert versions.groupby("rule", sort=False).size().to_dict() == {
+        "toy_model": 1,
+        "train": len(LABELS + REPLICATES),
+        "evaluate": 1 + len(LABELS),
+        "lmc": len(list((res / "lmc").glob("*/*/*/*.tsv"))),
+        "base_spectrum": 1,
+    }
+    assert set(versions["python"]) == {platform.python_version()} and set(versions["differs"]) == {""}
+    assert json.loads((res / "versions" / "train" / "dpo" / "seed2.json").read_text())["command"] == "train"
     # every rule wrote a log and a benchmark
     assert (res / "logs" / "train" / "dpo" / "seed2.log").exists()
     assert (res / "benchmarks" / "train" / "dpo" / "seed2.tsv").exists()
@@ -207,6 +219,9 @@ AGGREGATES = (
         "results/eval/cochran.json",
         "results/cka/cka.tsv",
         "results/claims.tsv",
+        "results/versions.tsv",
+        "results/versions.html",
+        "results/versions/base_spectrum.json",  # the base spectrum reads every adapter: its job reruns
     }
     | {f"results/behaviour/{n}.tsv" for n in ("pass_at_k", "kl", "forgetting", "pairwise", "forgetting_vs_kl")}
     | GEOMETRY_TABLES
@@ -226,10 +241,14 @@ def test_changing_one_learning_rate_reruns_that_method_and_the_aggregates_only(s
             f"results/activations/rift/seed{seed}.npz",
             f"results/samples/rift/seed{seed}.parquet",
             f"results/heldout/rift/seed{seed}.parquet",
+            f"results/versions/train/rift/seed{seed}.json",
+            f"results/versions/evaluate/rift/seed{seed}.json",
         }
-    expected.add("results/adapters/rift/seed1data5")  # its data-order replicate
+    # its data-order replicate
+    expected |= {"results/adapters/rift/seed1data5", "results/versions/train/rift/seed1data5.json"}
     # LMC pairs that read rift: sft/seed1 -> rift/seed1 (reference policy) and rift's seed pair
-    expected |= {"results/lmc/sft/seed1/rift/seed1.tsv", "results/lmc/rift/seed1/rift/seed2.tsv"}
+    for pair in ("sft/seed1/rift/seed1", "rift/seed1/rift/seed2"):
+        expected |= {f"results/lmc/{pair}.tsv", f"results/versions/lmc/{pair}.json"}
     assert planned == expected
 
 
@@ -245,6 +264,8 @@ def test_adding_a_seed_schedules_only_its_adapters_and_the_aggregates(study, tmp
             f"results/activations/{m}/seed3.npz",
             f"results/samples/{m}/seed3.parquet",
             f"results/heldout/{m}/seed3.parquet",
+            f"results/versions/train/{m}/seed3.json",
+            f"results/versions/evaluate/{m}/seed3.json",
         }
     assert planned == expected
 
@@ -292,6 +313,8 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         "summary.tsv",
         "kl.tsv",
         "forgetting.tsv",
+        "versions.tsv",
+        "versions.html",
     ):
         assert table in html, f"{table} is not in the report"
     for category in (
@@ -304,6 +327,7 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         "Accuracy",
         "KL and forgetting",
         "Training",
+        "Settings",
     ):
         assert category in html
 

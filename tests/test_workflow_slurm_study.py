@@ -71,6 +71,7 @@ def test_tiny_study_through_the_slurm_profile(tmp_path):
         "toy_world",
         "import_rollouts",
         "rollouts_summary",
+        "versions",
     ):
         assert f"localrule {rule}:" in proc.stdout, rule
     cos = pd.read_csv(tmp_path / "results" / "geometry" / "cosine_global.tsv", sep="\t", index_col=0)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import cli_commands as commands
+from .cli_oom import OutOfMemory, oom_errors, out_of_memory_line
 from .devices import NoCudaError
 from .settings import (
     DTYPES,
@@ -25,7 +26,6 @@ from .settings import (
     GeometrySettings,
     LmcSettings,
     ModelSettings,
-    RolloutsSettings,
     TrainingSettings,
 )
 
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _geometry_commands(add)
     _behaviour_commands(add)
     _report_commands(add)
+    for name in MODEL_COMMANDS:  # each model job records its stack (in a declared output of its rule)
+        sub.choices[name].add_argument("--versions-out", type=Path, help="JSON record of the versions it ran with")
     return p
 
 
@@ -390,47 +392,40 @@ def _report_commands(add) -> None:
     sp.add_argument("--cka", type=Path, required=True, help="cka.tsv written by 'cka'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
+    sp = add("cost", commands.cmd_cost, "every stage's GPU-hours and each job's time limit, from the FLOP model")
+    sp.add_argument("--configfile", type=Path, default=Path("config/config.yaml"), help="the study's config")
+
+    sp = add("versions", commands.cmd_versions, "the library versions of every model job in one table")
+    sp.add_argument("records", nargs="+", type=_labelled, help="rule/job=record (a model job's --versions-out)")
+    sp.add_argument("--out", type=Path, required=True, help="versions .tsv")
+    sp.add_argument("--html", type=Path, default=None, help="the table as an HTML page too (the report's)")
+
 
 # Subcommands that run a model: they get a device of their own (lossgeom.devices.claim_gpu).
 GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc", "activations"}
+MODEL_COMMANDS = GPU_COMMANDS | {"base-spectrum"}  # and one holding its weights: each logs and records its stack
 
 
-def _out_of_memory(a) -> str:
-    """The one line for a GPU out-of-memory error: the rule, the batch size in effect, the key to lower."""
-    spec = getattr(a, "spec", None) or {}
-    if a.command == "train":
-        key = (
-            f"training.batch_size (or methods.{spec.get('method', '<method>')}.batch_size; raise training.grad_accum "
-            "to keep the effective batch)"
-        )
-        batch = spec.get("batch_size")
-    elif a.command == "toy-model":
-        key, batch = f"toy.models.{a.out.name}.batch_size", spec.get("batch_size")
-    elif a.command == "rollouts":
-        key, batch = (
-            "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization or max_num_seqs)",
-            RolloutsSettings.filled(spec)["batch_size"],
-        )
+def _run(a) -> None:
+    """Run the subcommand: a GPU command on a device of its own; a model command logs its stack, and records it
+    in ``--versions-out`` when done (:func:`lossgeom.versions.write_record`)."""
+    from .versions import stack_line, write_record
+
+    if a.command in MODEL_COMMANDS:
+        log.info("stack: %s", stack_line())  # each job's log says what it ran on
+    if a.command in GPU_COMMANDS:
+        from .devices import claim_gpu, require_cuda_if_granted
+
+        with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
+            require_cuda_if_granted(a.command)  # given a GPU and no CUDA: stop now, not at the time limit
+            try:
+                a.func(a)
+            except oom_errors() as e:
+                raise OutOfMemory(out_of_memory_line(a)) from e
     else:
-        key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size", "activations": "cka.batch_size"}[
-            a.command
-        ]
-        batch = a.batch_size
-    rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
-    return (
-        f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config and rerun"
-    )
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    """torch's out-of-memory exceptions (``torch.OutOfMemoryError``, and ``torch.cuda``'s name for it)."""
-    import torch
-
-    return tuple({getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
-
-
-class _OutOfMemory(Exception):
-    """A GPU out-of-memory error, restated as one line (:func:`_out_of_memory`)."""
+        a.func(a)
+    if getattr(a, "versions_out", None) is not None:
+        write_record(a.versions_out, a.command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,21 +441,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
     try:
-        if a.command in GPU_COMMANDS:
-            from .devices import claim_gpu, require_cuda_if_granted
-            from .versions import stack_line
-
-            logging.getLogger("lossgeom").info("stack: %s", stack_line())  # each job's log says what it ran on
-
-            with claim_gpu():  # one GPU per job on a workstation; a no-op under SLURM or without GPUs
-                require_cuda_if_granted(a.command)  # given a GPU and no CUDA: stop now, not at the time limit
-                try:
-                    a.func(a)
-                except _oom_errors() as e:
-                    raise _OutOfMemory(_out_of_memory(a)) from e
-        else:
-            a.func(a)
-    except _OutOfMemory as e:
+        _run(a)
+    except OutOfMemory as e:
         # A CUDA out-of-memory, restated with the rule, the batch size and the key: one line, no traceback.
         if a.verbose:
             raise

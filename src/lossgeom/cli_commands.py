@@ -6,6 +6,7 @@ only its own stage). The parser, the argument types and the error handling are i
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 log = logging.getLogger("lossgeom")
 
@@ -314,3 +315,21 @@ def cmd_claims(a):
 
     df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum, a.behaviour)
     log.info("claims: %s", df["verdict"].value_counts().to_dict())
+
+
+def cmd_versions(a):
+    from .versions import write_versions_table
+
+    df = write_versions_table(dict(a.records), a.out, a.html)
+    log.info("versions: %d jobs", len(df))
+
+
+def cmd_cost(a):
+    from .config import load, with_defaults
+    from .stage_costs import gpu_hours_markdown
+
+    # the workflow's schema, beside the package in the checkout the package is installed from (pip install -e)
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    if not schema.is_file():
+        raise FileNotFoundError(f"{schema}: lossgeom cost reads the workflow's schema; run it from a checkout")
+    print(gpu_hours_markdown(with_defaults(load(a.configfile, schema))), end="")

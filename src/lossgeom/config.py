@@ -290,6 +290,11 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
     return out
 
 
+def api_rollouts(config: dict) -> bool:
+    """Whether the rollouts come from an API teacher: a job that needs no GPU and must reach the network."""
+    return not config["rollouts"]["import"] and generation_backend(config, "rollouts") == "openai"
+
+
 def generation_backend(config: dict, stage: str) -> str:
     """The backend of ``stage`` (rollouts, evaluation, lmc): its override, else ``generation.backend``, else hf."""
     gen = config.get("generation", {})

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from .config import generation_backend
+from .config import api_rollouts, generation_backend
 from .methods import MethodSpec
 from .stage_costs import rule_minutes
 
@@ -49,11 +49,6 @@ CONDA_ENV, CONDA_ENV_VLLM = "envs/lossgeom.yaml", "envs/lossgeom-vllm.yaml"
 def conda_env(config: Mapping, rule: str, method: str | None = None) -> str:
     """The conda environment file of a job (``--sdm conda``): the vLLM one where the job runs vLLM."""
     return CONDA_ENV_VLLM if uses_vllm(config, rule, method) else CONDA_ENV
-
-
-def api_rollouts(config: Mapping) -> bool:
-    """Whether the rollouts come from an API teacher: a job that needs no GPU and must reach the network."""
-    return not config["rollouts"]["import"] and generation_backend(config, "rollouts") == "openai"
 
 
 def rule_threads(config: Mapping, rule: str, method: str | None = None) -> int:

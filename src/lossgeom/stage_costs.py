@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .config import adapter_labels, lmc_pairs, section
+from .config import adapter_labels, api_rollouts, lmc_pairs, section
 from .cost_model import Shape, decode_bytes, decode_flops, forward_flops, lora_train_flops, model_shape
 from .methods import MethodSpec
 
@@ -178,8 +178,6 @@ def lmc_work(config: Mapping, bound: bool) -> Work:
 
 def rollouts_work(config: Mapping, bound: bool) -> Work:
     """The rollouts job: the teacher's samples (none on a device for an API teacher or imported rollouts)."""
-    from .resources import api_rollouts
-
     if config["rollouts"]["import"] or api_rollouts(config):
         return Work()
     ro = config["rollouts"]

@@ -26,6 +26,7 @@ rule evaluate:
         activations=f"{RESULTS}/activations/{{model}}.npz",
         samples=f"{RESULTS}/samples/{{model}}.parquet",
         **({"heldout": f"{RESULTS}/heldout/{{model}}.parquet"} if HAS_FORGETTING else {}),
+        versions=versions_record("evaluate", "{model}"),
     params:
         base=model_arg("base"),
         adapter=adapter_arg,
@@ -56,7 +57,7 @@ rule evaluate:
         " {params.toy} --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens}"
         " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
         " --threads {threads} --activations {params.activations:q} --activations-out {output.activations}"
-        " {params.behaviour} --out {output.evaluation} > {log} 2>&1"
+        " {params.behaviour} --out {output.evaluation} --versions-out {output.versions} > {log} 2>&1"
 
 
 rule eval_stats:
@@ -137,6 +138,7 @@ rule lmc:
         **toy_input(config["test_sets"][LMC["test_set"]]),
     output:
         sweep=f"{RESULTS}/lmc/{{first}}/{{second}}.tsv",
+        versions=versions_record("lmc", "{first}/{second}"),
     wildcard_constraints:
         first=STUDY_LABEL,
         second=STUDY_LABEL,
@@ -166,7 +168,8 @@ rule lmc:
         " --second {wildcards.second}={input.second} --test-set {params.test_set:q} {params.toy}"
         " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
         " --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
-        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
+        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output.sweep}"
+        " --versions-out {output.versions} > {log} 2>&1"
 
 
 rule lmc_summary:

@@ -102,6 +102,7 @@ localrules:
     representations_figures,
     claims,
     training_figures,
+    versions,
 
 
 # An adapter label as a wildcard: the study's methods only, seeds canonical (lossgeom.labels)
@@ -110,6 +111,13 @@ STUDY_LABEL = wildcard_pattern(config["methods"], replicates=False)
 
 wildcard_constraints:
     label=wildcard_pattern(config["methods"]),
+
+
+def versions_record(rule, job=""):
+    """Where a job of a model-running rule records the library versions it ran with (``lossgeom ...
+    --versions-out``): a declared output of the rule, gathered by the versions rule (results/versions.tsv).
+    ``job``: the rule's wildcards, e.g. "{label}" (none for a rule of one job)."""
+    return f"{RESULTS}/versions/{rule}/{job}.json" if job else f"{RESULTS}/versions/{rule}.json"
 
 
 def as_json(obj):
@@ -200,6 +208,7 @@ def all_targets():
         *rules.connectivity_figures.output,
         *rules.representations_figures.output,
         *rules.training_figures.output,
+        *rules.versions.output,
     ]
 
 

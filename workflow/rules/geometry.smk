@@ -138,6 +138,7 @@ rule base_spectrum:
             f"{RESULTS}/base_spectrum/summary.tsv", caption="../report/base_spectrum_table.rst", category="Geometry against the base"
         ),
         settings=f"{RESULTS}/base_spectrum/settings.json",
+        versions=versions_record("base_spectrum"),
     params:
         adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
         base=model_arg("base"),
@@ -157,7 +158,8 @@ rule base_spectrum:
         f"{RESULTS}/benchmarks/base_spectrum.tsv"
     shell:
         "lossgeom base-spectrum {params.adapters} --base-model {params.base} {params.remote} --top-k {params.top_k}"
-        " --threshold {params.threshold} --seed {params.seed} --cache-dir {params.cache} --out {params.out} > {log} 2>&1"
+        " --threshold {params.threshold} --seed {params.seed} --cache-dir {params.cache} --out {params.out}"
+        " --versions-out {output.versions} > {log} 2>&1"
 
 
 rule base_spectrum_figures:

@@ -40,6 +40,7 @@ else:
             **toy_input(config["prompts"]),
         output:
             rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
+            versions=versions_record("rollouts"),
         params:
             model=model_arg(config["rollouts"]["sampler"]),
             problems=as_json(config["prompts"]),
@@ -68,11 +69,13 @@ else:
             "lossgeom rollouts --model {params.model} --problems {params.problems:q} {params.toy_dir}"
             " --spec {params.spec:q} --template {params.template:q} --generation {params.generation:q} {params.journal}"
             " --generation-runtime {resources.generation_runtime:q}"
-            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output} > {log} 2>&1"
+            " --dtype {params.dtype} {params.remote} --threads {threads} --out {output.rollouts}"
+            " --versions-out {output.versions} > {log} 2>&1"
 
 
-# The rollout table, whichever rule wrote it: what training and the summary read.
-ROLLOUTS = (rules.import_rollouts if config["rollouts"]["import"] else rules.rollouts).output.rollouts
+# The rule that writes the rollout table, and the table: what training and the summary read.
+ROLLOUTS_RULE = rules.import_rollouts if config["rollouts"]["import"] else rules.rollouts
+ROLLOUTS = ROLLOUTS_RULE.output.rollouts
 
 
 localrules:

@@ -23,7 +23,8 @@ rule toy_model:
     input:
         world=f"{TOY}/world",
     output:
-        directory(f"{TOY}/models/{{name}}"),
+        model=directory(f"{TOY}/models/{{name}}"),
+        versions=versions_record("toy_model", "{name}"),
     wildcard_constraints:
         name="base|teacher",
     params:
@@ -41,4 +42,4 @@ rule toy_model:
         f"{RESULTS}/benchmarks/toy_model/{{name}}.tsv"
     shell:
         "lossgeom toy-model --spec {params.spec:q} --world {input.world} --template {params.template:q}"
-        " --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
+        " --seed {params.seed} --threads {threads} --out {output.model} --versions-out {output.versions} > {log} 2>&1"

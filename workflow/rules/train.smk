@@ -10,6 +10,7 @@ rule train:
         # {label}: method/seed<N> (an adapter of the study) or method/seed<N>data<M> (a data-order
         # replicate: the LoRA init of N, the data order of M; the geometry's data-order noise floor)
         adapter=directory(f"{RESULTS}/adapters/{{label}}"),
+        versions=versions_record("train", "{label}"),
     params:
         spec=lambda w: train_spec(w.label),
         seed=lambda w: Label.parse(w.label).seed,
@@ -28,8 +29,8 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{label}}.tsv"
     shell:
         "lossgeom train --spec {params.spec:q} --seed {params.seed} --rollouts {input.rollouts}"
-        " --base {params.base} --out {output} --checkpoints {params.checkpoints}"
-        " --dtype {params.dtype} {params.remote} --threads {threads} > {log} 2>&1"
+        " --base {params.base} --out {output.adapter} --checkpoints {params.checkpoints}"
+        " --dtype {params.dtype} {params.remote} --threads {threads} --versions-out {output.versions} > {log} 2>&1"
 
 
 rule training_figures:

@@ -345,13 +345,17 @@ class ApiTeacher:
         self, contents: list[str], sampling: Sampling, journal: Journal, seed_base: int = 0, desc: str = "api rollouts"
     ) -> list[list[Completion]]:
         """``sampling.n`` completions of each user message, in order; completed requests are taken from
-        ``journal`` and new ones appended to it. Token ids are not returned by chat endpoints (empty)."""
+        ``journal`` and new ones appended to it. Token ids are not returned by chat endpoints (empty).
+        Long because the requests, their failure accounting and the retry pass share state (failures, stop)."""
         n = sampling.n
         keys = [f"{i}:{j}" for i in range(len(contents)) for j in range(n)]
         todo = [k for k in keys if k not in journal.done]
-        done = len(keys) - len(todo)
         log.info(
-            "api teacher %s: %d of %d requests in the journal, %d to send", self.source, done, len(keys), len(todo)
+            "api teacher %s: %d of %d requests in the journal, %d to send",
+            self.source,
+            len(keys) - len(todo),
+            len(keys),
+            len(todo),
         )
         seen = [journal.done[k] for k in keys if k in journal.done]
         progress = ApiProgress(len(keys), seen, self.options.get("prices"), self.options.get("progress_every_s", 300.0))
