@@ -103,3 +103,53 @@ def test_causal_counts_half_the_square_and_the_paper_s_model():
     dense, causal = forward_flops(qwen, t, causal=False), forward_flops(qwen, t)
     assert dense - causal == 4 * 36 * 32 * 128 * (t * t - t * (t + 1) / 2)
     assert 8.0e9 < causal / t < 8.7e9
+
+
+def _sft_trainer(model, tokens: int, checkpointing: bool, out_dir):
+    """TRL's SFTTrainer on one row of ``tokens`` tokens, set up as training runs it (gradient checkpointing
+    enabled as Trainer.train does, transformers' trainer.py)."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t2")), pad_token="t0", eos_token="t1"
+    )
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        use_cpu=True,
+        report_to=[],
+        gradient_checkpointing=checkpointing,
+        save_strategy="no",
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+    )
+    ds = Dataset.from_dict({"input_ids": [list(range(2, 2 + tokens))]})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    trainer.current_gradient_accumulation_steps = 1
+    if checkpointing:
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+    return trainer
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("targets", TARGETS[:2] + [["down_proj"]], ids=lambda t: "+".join(t))
+def test_a_training_step_of_trl_s_trainer_equals_the_count(checkpointing, targets, tmp_path):
+    """One training step of TRL's SFTTrainer (the trainers' base), with TRL's default gradient checkpointing and
+    without: torch's count equals the formula's (the loss's T - 1 positions through the LM head)."""
+    from peft import LoraConfig, get_peft_model
+
+    shape, rank, tokens = SHAPES[0], 4, 19
+    model = get_peft_model(_model(shape), LoraConfig(r=rank, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    trainer = _sft_trainer(model, tokens, checkpointing, tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    counted = _counted(lambda: trainer.training_step(trainer.model, batch))
+    expected = lora_train_flops(
+        shape, tokens, targets, rank, causal=False, checkpointing=checkpointing, head_tokens=tokens - 1
+    )
+    assert expected == counted

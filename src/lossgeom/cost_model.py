@@ -12,8 +12,8 @@ projections and MLP of each layer, and the LM head), ``L`` layers, ``H`` query h
 - a LoRA training pass (frozen base): that forward; the LoRA factors' own products (``2 T r (n + m)`` per
   adapted ``n -> m`` module, forward; twice that backward); and the input gradients of every product whose
   input depends on an adapted module (``2 n m T`` each; the first layer's projections below its first
-  adapted module need none). No weight gradient of the base, no gradient checkpointing (the trainers use
-  none);
+  adapted module need none). No weight gradient of the base. With gradient checkpointing (the trainers':
+  TRL's default), each layer's forward once more, and every input gradient;
 - sampling ``n`` new tokens after a ``p``-token prompt: the prompt's forward, then ``2 P`` per new token and
   attention over ``p + 1 ... p + n`` keys; decoding is bound by memory, so its time is the larger of its
   FLOPs at the compute rate and its bytes (the weights once per decoding step of the batch, and every
@@ -109,15 +109,40 @@ def forward_flops(shape: Shape, tokens: float, causal: bool = True) -> float:
     return 2 * shape.linear_params * tokens + core
 
 
-def lora_train_flops(shape: Shape, tokens: float, targets, rank: int, causal: bool = True) -> float:
+def lora_train_flops(
+    shape: Shape,
+    tokens: float,
+    targets,
+    rank: int,
+    causal: bool = True,
+    checkpointing: bool = False,
+    head_tokens: float | None = None,
+) -> float:
     """FLOPs of one sequence's LoRA training pass (forward and backward; the base frozen), ``targets`` the
-    adapted module names (those of :data:`MODULE_GROUPS` count), ``rank`` the LoRA rank. Long because the
-    backward follows the layer's data flow to know which products need an input gradient."""
+    adapted module names (those of :data:`MODULE_GROUPS` count), ``rank`` the LoRA rank, ``head_tokens`` the
+    positions the LM head computes (default all; the trainers' loss: the ``tokens - 1`` with a next token).
+
+    ``checkpointing``: transformers' gradient checkpointing as the trainers run it (TRL's configs default it on,
+    ``trl/trainer/base_config.py``): the input embeddings require a gradient (TRL's ``enable_input_require_grads``),
+    and each decoder layer's forward is recomputed in the backward, up to the last product whose output the
+    backward needs (torch's non-reentrant checkpoint stops early): ``down_proj`` itself, or an adapted
+    ``down_proj``'s LoRA ``B``, is not recomputed.
+
+    Long because the backward follows the layer's data flow to know which products need an input gradient."""
     dims, targets = shape.modules(), set(targets)
+    head = tokens if head_tokens is None else head_tokens
     core = 2 * shape.heads * shape.head_dim * attended_pairs(tokens, causal)  # one of QK^T, PV
-    total = forward_flops(shape, tokens, causal)
-    grad = False  # whether the layer's input depends on an adapted module (never at the first layer)
+    total = forward_flops(shape, tokens, causal) - 2 * shape.hidden * shape.vocab * (tokens - head)
+    grad = checkpointing  # whether the layer's input needs a gradient (never at the first layer, unless forced)
+    lora_fwd = {m: 2 * tokens * rank * sum(dims[m]) for m in targets if m in dims}
     for _ in range(shape.layers):
+        if checkpointing:  # the layer's forward again, less what the backward does not need
+            total += sum(2 * n * out * tokens for n, out in dims.values()) + 2 * core + sum(lora_fwd.values())
+            total -= (
+                2 * tokens * rank * dims["down_proj"][1]
+                if "down_proj" in targets
+                else 2 * tokens * (dims["down_proj"][0] * dims["down_proj"][1])
+            )
         for group in MODULE_GROUPS:
             adapted = [m for m in group if m in targets]
             for m in group:
@@ -137,7 +162,7 @@ def lora_train_flops(shape: Shape, tokens: float, targets, rank: int, causal: bo
                 grad = q or k or v
             grad = grad or bool(adapted)
     if grad:  # the LM head's input gradient
-        total += 2 * shape.hidden * shape.vocab * tokens
+        total += 2 * shape.hidden * shape.vocab * head
     return total
 
 

@@ -36,6 +36,7 @@ OPTIM_KEYS = (
     "checkpoint_every",
     "truncated",
     "padding_free",
+    "group_by_length",
 )
 TRUNCATED_POLICIES = tuple(TrainingSettings.schema()["truncated"]["enum"])
 # Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
@@ -87,8 +88,9 @@ class MethodSpec:
         learning_rate (peak), lr_scheduler, warmup_ratio (fraction of ``steps``), weight_decay,
         max_grad_norm, max_length (tokens of prompt + completion), precision (``fp32`` | ``bf16``),
         threads (CPU threads for torch). padding_free: rows concatenated without padding (the offline
-            trainer only; see the training settings). truncated: what training does with a rollout cut at the
-            token limit (``finish_reason == "length"``): ``drop`` it (the default) or train it
+            trainer only; see the training settings). group_by_length: batches of pairs of similar length
+            (TRL's pairwise trainers only; see the training settings). truncated: what training does with
+            a rollout cut at the token limit (``finish_reason == "length"``): ``drop`` it (the default) or train it
             without EOS (``no_eos``: losses whose ``eos_optional`` is set, those whose rows this
             project tokenises), so the student never learns to stop mid-derivation.
         data_seed: the data-order seed for every seed of this method (``None``: the job's seed).
@@ -119,6 +121,7 @@ class MethodSpec:
     threads: int = _T["threads"]
     truncated: str = _T["truncated"]
     padding_free: bool = _T["padding_free"]
+    group_by_length: bool = _T["group_by_length"]
     checkpoint_every: int | None = _T["checkpoint_every"]
     prompt_template: str = ModelSettings.defaults()["prompt_template"]
 

@@ -10,7 +10,8 @@ less ``rollouts.max_new_tokens`` (what a training row leaves them).
 
 What each job does (the rules in workflow/rules/):
 - ``rollouts``: prompts x ``k`` completions sampled by the teacher (an API teacher's: no device time);
-- ``train``: steps x batch x grad_accum examples, each ``train_sequences`` rows through a LoRA training pass and
+- ``train``: steps x batch x grad_accum examples, each ``train_sequences`` rows through a LoRA training pass (with
+  gradient checkpointing, TRL's default) and
   ``forward_sequences`` through a forward (the loss's ``cost_sequences``); a loss that samples its own
   completions (online GRPO) also decodes one per row, a step's rows in one batch;
 - ``evaluate`` (one per model): greedy decoding of every test item, a forward of each prompt (its answer's
@@ -31,6 +32,7 @@ from typing import Mapping
 
 from .config import adapter_labels, api_rollouts, lmc_pairs, section
 from .cost_model import Shape, decode_bytes, decode_flops, forward_flops, lora_train_flops, model_shape
+from .losses.pairwise import PairwiseLoss
 from .methods import MethodSpec
 
 # Rows of the hub datasets the shipped configs name (their dataset cards), so that jobs are sized before the
@@ -130,9 +132,14 @@ def train_work(config: Mapping, method: str, bound: bool) -> Work:
     tokens = min(spec.max_length, prompt + completion) if loss.reads_completions else prompt + completion
     trained, forwards = loss.cost_sequences(spec)
     padded = not (loss.trainer == "offline" and spec.padding_free)
-    waste = 1.0 if bound or not padded else 1.0 / (1.0 - config["resources"]["padding_fraction"])
+    res = config["resources"]
+    grouped = spec.group_by_length and isinstance(loss, PairwiseLoss)  # lossgeom.training.trl_methods groups them
+    fraction = res["grouped_padding_fraction"] if grouped else res["padding_fraction"]
+    waste = 1.0 if bound or not padded else 1.0 / (1.0 - fraction)
     targets, rank = spec.lora.target_modules, spec.lora.r
-    row = lora_train_flops(shape, tokens, targets, rank)
+    # every trainer runs with TRL's default gradient checkpointing (trl/trainer/base_config.py: on); the loss's
+    # positions (a next token) through the LM head
+    row = lora_train_flops(shape, tokens, targets, rank, checkpointing=True, head_tokens=tokens - 1)
     work = Work(
         train=examples * waste * (trained * row + forwards * forward_flops(shape, tokens)),
         train_token_flops=row / tokens,
@@ -263,8 +270,9 @@ def gpu_hours_markdown(config: Mapping) -> str:
         f"One GPU of {res['gpu_peak_tflops']:,.0f} TFLOP/s and {res['gpu_memory_tb_s']} TB/s; {train}, forwards at "
         f"{res['prefill_utilisation']:.0%} (assumed), decoding at {res['decode_bandwidth_utilisation']:.0%} of the "
         f"bandwidth (assumed). Expected: prompts of {prompt or 'their bound of'} and completions of "
-        f"{completion or 'their limit of'} tokens, padded trainers "
-        f"{res['padding_fraction']:.0%} padding; bound: every completion at its limit.",
+        f"{completion or 'their limit of'} tokens, padded trainers {res['padding_fraction']:.0%} padding (pairs "
+        f"grouped by length: {res['grouped_padding_fraction']:.0%}), gradient checkpointing; bound: every "
+        "completion at its limit.",
         "",
         "| stage | jobs | time limit a job | GPU-h expected | GPU-h bound |",
         "|---|---:|---:|---:|---:|",

@@ -137,6 +137,17 @@ class TrainingSettings(Settings):
         "per token; false: rows right-padded to the batch's longest. TRL's own trainers (dpo, ipo, simpo, kto, "
         "online_grpo) pad either way: TRL 1.16 has no padding-free option for them (DPOTrainer disables its own)",
     )
+    group_by_length: bool = setting(
+        True,
+        {"type": "boolean"},
+        "the pairwise losses (dpo, ipo on TRL's DPOTrainer; simpo on its CPOTrainer) batch pairs of similar length: "
+        "each epoch the pairs are shuffled by the data-order seed and the epoch, cut into megabatches of up to 50 "
+        "batches and sorted by length within each (transformers' LengthGroupedSampler), a pair's length being the "
+        "one the collator pads it to (prompt + the longer of chosen and rejected, cut at max_length). Every pair is "
+        "still trained once an epoch in a seeded order; only which pairs share a batch changes, and far less of a "
+        "batch is padding. false: random batches. kto keeps the sequential order its KL estimate needs; the other "
+        "losses are unaffected",
+    )
     truncated: str = setting(
         "drop",
         {"enum": ["drop", "no_eos"]},

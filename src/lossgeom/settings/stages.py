@@ -225,8 +225,15 @@ class ResourcesSettings(Settings):
     padding_fraction: float = setting(
         0.47,
         {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-        "share of a padded trainer's tokens that are padding (TRL's DPO, KTO, CPO, GRPO; 0.47 measured by "
-        "bench_throughput.py at the paper's lengths in random batches of 8), for the expected column",
+        "share of a padded trainer's tokens that are padding in random batches (TRL's KTO and GRPO, and the "
+        "pairwise losses without training.group_by_length; 0.47 measured by bench_throughput.py at the paper's "
+        "lengths in batches of 8 rows), for the expected column",
+    )
+    grouped_padding_fraction: float = setting(
+        0.24,
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "the same for the pairwise losses' length-grouped batches (training.group_by_length; 0.237 measured by "
+        "bench_throughput.py --modes dpo-grouped at the paper's lengths, 8 pairs a batch)",
     )
     test_set_rows: int = setting(
         1500,

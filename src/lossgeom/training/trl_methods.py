@@ -19,6 +19,11 @@ bf16 base a little at every sync). The reference policy, where a loss has one
 a frozen ``ref`` adapter, which equals the base because LoRA's B starts at zero. SimPO has none.
 Pairs (DPO, IPO, SimPO) come from one pairing rule, :func:`lossgeom.training.views.dpo_pairs`.
 
+Batches of pairs (DPO, IPO, SimPO) are drawn from pairs of similar length where ``training.group_by_length``
+(the default): :func:`group_pairs_by_length`. TRL 1.16 pads them otherwise: DPOTrainer turns its own
+``padding_free`` off, and transformers' ``train_sampling_strategy="group_by_length"`` cannot read a pair's
+length (see :func:`pair_lengths`).
+
 Each loss's settings, dataset and extra trainer arguments are its module's (:mod:`lossgeom.losses`).
 Where TRL keeps a trainer (``trl`` or ``trl.experimental``) changes between releases; :func:`trl_classes`
 looks in each place a release of :data:`TRL_RANGE` has it and stops with one line when none has.
@@ -29,7 +34,10 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import numpy as np
 import pandas as pd
+import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from ..losses import MethodSpecError
 
@@ -82,4 +90,83 @@ def trl_trainer(spec, model, common_args: dict, view: pd.DataFrame, tokenizer, c
 
     # online GRPO with colocated vLLM: weights synced out of place, so the bf16 base cannot drift
     keep_base_exact(trainer)
+    if spec.group_by_length:
+        group_pairs_by_length(trainer)
     return trainer
+
+
+def pair_lengths(data, max_length: int | None) -> np.ndarray | None:
+    """Tokens each pair of a preference dataset, as TRL's trainer has tokenised it, takes in a collated
+    batch (int64, one per row): the length its rows are padded to, so a batch is as long as its longest pair.
+
+    DPOTrainer (dpo, ipo): columns ``prompt_ids``, ``chosen_ids``, ``rejected_ids``; its collator stacks
+    prompt+chosen and prompt+rejected of every pair in one batch of 2 x pairs rows, each cut at ``max_length``
+    and padded to the longest, so a pair's length is ``min(max_length, prompt + max(chosen, rejected))``.
+    The longer completion, not chosen + rejected: the shorter one is padded to the longer one either way.
+    CPOTrainer (simpo): ``chosen_input_ids`` and ``rejected_input_ids`` (prompt included, already cut),
+    padded to the longer of the two: ``max(chosen, rejected)``. None for any other layout (KTO's single
+    completions, online GRPO's prompts).
+
+    transformers cannot find these itself: without a ``length`` column its length-grouped sampler measures
+    ``input_ids``, which neither trainer's dataset has (trainer.py ``_get_train_sampler``)."""
+    import pyarrow.compute as pc
+
+    def tokens(column: str) -> np.ndarray:
+        # the Arrow column through the dataset's indices (a filtered dataset's rows), without a Python list
+        return pc.list_value_length(data.with_format("arrow")[column]).to_numpy().astype(np.int64)
+
+    columns = set(data.column_names)
+    if {"prompt_ids", "chosen_ids", "rejected_ids"} <= columns:
+        lengths = tokens("prompt_ids") + np.maximum(tokens("chosen_ids"), tokens("rejected_ids"))
+        return np.minimum(lengths, max_length) if max_length else lengths
+    if {"chosen_input_ids", "rejected_input_ids"} <= columns:
+        return np.maximum(tokens("chosen_input_ids"), tokens("rejected_input_ids"))
+    return None
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' :class:`LengthGroupedSampler` (each epoch: the rows permuted, cut into megabatches
+    of ``min(50, rows // (4 batch_size))`` batches, each megabatch sorted by ``lengths``, longest first, and
+    the longest row of all moved to the front, so a job that runs out of memory does so at its first step)
+    with its permutation drawn from ``seed + epoch``.
+
+    transformers' own draws from the global torch RNG (``generator=None`` in ``_get_train_sampler``):
+    an order set by whatever used the RNG before, and one a job resumed in a later epoch does not replay.
+    This one is a function of the data-order seed and the epoch, as accelerate's seedable random sampler
+    (the Trainer's default) is; the Trainer calls :meth:`set_epoch` at each epoch, a resumed one too."""
+
+    def __init__(self, lengths, batch_size: int, seed: int):
+        super().__init__(batch_size, lengths=[int(n) for n in lengths])
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def group_pairs_by_length(trainer) -> bool:
+    """Make ``trainer`` (a built TRL trainer) draw its training batches from pairs of similar length
+    (:class:`SeededLengthGroupedSampler` on :func:`pair_lengths`, seeded by the data-order seed); False,
+    and the trainer unchanged, when its dataset is not pairs (KTO, online GRPO).
+
+    What changes is which pairs share a batch, not which pairs are trained on nor how often: each epoch
+    is still a seeded shuffle of every pair, only regrouped within megabatches of up to 50 optimiser steps'
+    pairs (so within each megabatch the steps go from long pairs to short ones, and the first step holds
+    the longest pair). Every pair's loss is its own (no term mixes pairs), so only the batch-to-batch noise
+    and the step a pair lands on differ from random batches, which is acceptable for the same reason a
+    seeded shuffle is: the data order is a seeded nuisance, and it stays the data-order seed's. KTO keeps its sequential order: TRL pairs each
+    of its completions with a neighbour's in the batch for the KL estimate, fixed when the data is prepared."""
+    args = trainer.args
+    lengths = pair_lengths(trainer.train_dataset, getattr(args, "max_length", None))  # GRPOConfig has none
+    if lengths is None:
+        return False
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    # the sampler groups the rows of one optimiser step, as transformers' group_by_length does
+    batch = args.train_batch_size * args.gradient_accumulation_steps
+    # an instance attribute: Trainer.get_train_dataloader calls self._get_train_sampler(dataset)
+    trainer._get_train_sampler = lambda train_dataset=None: SeededLengthGroupedSampler(lengths, batch, seed)
+    return True
