@@ -269,18 +269,22 @@ def test_online_grpo_is_deterministic_and_resumes_after_a_kill(tmp_path, numeric
             assert torch.equal(ta[k], tc[k])
 
 
-@pytest.mark.parametrize("loss", ["simpo"])
+@pytest.mark.parametrize("loss", ["simpo", "dpo", "kto"])
 def test_a_contrastive_method_resumes_after_a_kill(tmp_path, tiny_base, tiny_rollouts, monkeypatch, loss):
+    """Killed after checkpoint 4 and resumed, the run ends in the uninterrupted run's adapters, the last step's
+    (trained after the resume) included. DPO and KTO keep TRL's frozen reference adapter, which PEFT saves in
+    checkpoint-N/ref/: transformers then loaded only that subfolder, and the trained adapter restarted at zero."""
     spec = method_spec(loss)
     full = tmp_path / "full"
     train_adapter(spec, 1, tiny_rollouts, str(tiny_base), full, tmp_path / "full.ckpt")
     out, ckpt = tmp_path / "killed", tmp_path / "killed.ckpt"
     info = kill_then_resume(monkeypatch, spec, 1, tiny_rollouts, tiny_base, out, ckpt)
     assert info["resumed_from"].endswith("checkpoint-4")
-    ta, tb = _tensors(full), _tensors(out)
-    assert any(v.abs().sum() > 0 for k, v in ta.items() if k.endswith("lora_B.weight"))
-    for k in ta:
-        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-7)
+    for sub in ("", "step6"):
+        ta, tb = _tensors(full / sub), _tensors(out / sub)
+        assert any(v.abs().sum() > 0 for k, v in ta.items() if k.endswith("lora_B.weight"))
+        for k in ta:
+            torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-7, msg=f"{sub or 'analysis step'}: {k}")
 
 
 def test_online_grpo_sizes_its_colocated_vllm_from_the_config(monkeypatch):

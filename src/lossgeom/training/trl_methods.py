@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,9 +91,34 @@ def trl_trainer(spec, model, common_args: dict, view: pd.DataFrame, tokenizer, c
 
     # online GRPO with colocated vLLM: weights synced out of place, so the bf16 base cannot drift
     keep_base_exact(trainer)
+    resume_the_trained_adapter(trainer)
     if spec.group_by_length:
         group_pairs_by_length(trainer)
     return trainer
+
+
+def resume_the_trained_adapter(trainer) -> None:
+    """Make ``trainer``'s resume load the trained adapter, not only the frozen reference beside it.
+
+    TRL's DPO and KTO trainers keep the reference policy as a second, frozen PEFT adapter (``ref``), which
+    PEFT saves in ``checkpoint-N/ref/``; the trained ``default`` adapter lies at the checkpoint's root.
+    transformers 5's ``Trainer._load_from_checkpoint`` loads only the adapters in subfolders when there is any
+    (trainer.py, "Load adapters following PR # 24096"), so a resumed DPO, IPO or KTO run went on from the
+    untrained adapter (B = 0) with the restored optimiser state and step (tests/test_trl_methods.py). After
+    transformers' load, the root's adapter is loaded into the active one as well."""
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint, model=None):
+        original(resume_from_checkpoint, model)
+        peft_model = trainer.model if model is None else model
+        root = Path(resume_from_checkpoint)
+        subdirs = [p for p in root.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file()]
+        if subdirs and (root / "adapter_config.json").is_file() and hasattr(peft_model, "load_adapter"):
+            active = peft_model.active_adapters[0]
+            peft_model.load_adapter(str(root), active, is_trainable=True)
+            peft_model.set_adapter(active)
+
+    trainer._load_from_checkpoint = load
 
 
 def pair_lengths(data, max_length: int | None) -> np.ndarray | None:
