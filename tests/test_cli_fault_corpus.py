@@ -868,6 +868,124 @@ CASES = [
         r"500.*after 0 retries",
         needs="server-500",
     ),
+    # -- values outside their setting's range (issue 31): one line naming the flag and the range ----------
+    Case(
+        "ranges/geometry-top-k-zero",
+        lambda w, t, c: (
+            _geometry(w.good, w.good2, out=_out(t, "geo"))[:-4] + ["--top-k", "0", "--out", str(_out(t, "geo"))],
+            _out(t, "geo"),
+        ),
+        r"--top-k 0: 0 is less than the minimum of 1 \(the config's geometry\.top_k\)",
+    ),
+    Case(
+        "ranges/geometry-top-k-negative",
+        lambda w, t, c: (
+            _geometry(w.good, w.good2, out=_out(t, "geo"))[:-4] + ["--top-k", "-3", "--out", str(_out(t, "geo"))],
+            _out(t, "geo"),
+        ),
+        r"--top-k -3: -3 is less than the minimum of 1",
+    ),
+    Case(
+        "ranges/base-spectrum-threshold-above-one",
+        lambda w, t, c: (
+            [
+                "base-spectrum",
+                f"a={w.good}",
+                "--base-model",
+                str(w.base),
+                "--threshold",
+                "1.5",
+                "--out",
+                str(_out(t, "bs")),
+            ],
+            _out(t, "bs"),
+        ),
+        r"--threshold 1\.5: 1\.5 is greater than the maximum of 1 \(the config's base_spectrum\.threshold\)",
+    ),
+    Case(
+        "ranges/behaviour-stats-k-zero",
+        lambda w, t, c: (
+            ["behaviour-stats", str(t / "samples.parquet"), "--k", "1", "0", "--out", str(_out(t, "beh"))],
+            _out(t, "beh"),
+        ),
+        r"--k \[1, 0\]: 0 is less than the minimum of 1 \(the config's behaviour\.k\)",
+    ),
+    Case(
+        "ranges/lmc-one-alpha",
+        lambda w, t, c: (
+            [
+                "lmc",
+                "--base",
+                str(w.base),
+                "--first",
+                f"a={w.good}",
+                "--second",
+                f"b={w.good2}",
+                "--toy-dir",
+                str(w.world),
+                "--test-set",
+                json.dumps({"source": "toy", "split": "test"}),
+                "--alphas",
+                "1",
+                "--out",
+                str(_out(t, "lmc.tsv")),
+            ],
+            _out(t, "lmc.tsv"),
+        ),
+        r"--alphas 1: 1 is less than the minimum of 2 \(the config's lmc\.alphas\)",
+    ),
+    # -- adapters that cannot be measured (issue 31): named by file and module -------------------------------
+    Case(
+        "adapters/nan-in-lora-A",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t),
+                    lambda d: {
+                        k: (v * float("nan") if "layers.1.self_attn.k_proj.lora_A" in k else v) for k, v in d.items()
+                    },
+                ),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"bad/adapter_model\.safetensors: module layers\.1\.self_attn\.k_proj: lora_A holds NaN or Inf",
+    ),
+    Case(
+        "adapters/inf-in-lora-B-evaluate",
+        lambda w, t, c: (
+            _evaluate(
+                w,
+                _out(t),
+                adapter=str(
+                    _edit_adapter_tensors(
+                        _copy_adapter(w.good, t),
+                        lambda d: {
+                            k: (v + float("inf") if "layers.0.self_attn.o_proj.lora_B" in k else v)
+                            for k, v in d.items()
+                        },
+                    )
+                ),
+            ),
+            _out(t),
+        ),
+        r"module layers\.0\.self_attn\.o_proj: lora_B holds NaN or Inf",
+    ),
+    Case(
+        "adapters/all-zero-delta",
+        lambda w, t, c: (
+            _geometry(
+                w.good,
+                _edit_adapter_tensors(
+                    _copy_adapter(w.good, t), lambda d: {k: (v * 0 if "lora_B" in k else v) for k, v in d.items()}
+                ),
+                out=_out(t, "geo"),
+            ),
+            _out(t, "geo"),
+        ),
+        r"its delta is zero in every module .*cosines and angles with it are undefined",
+    ),
 ]
 if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_vllm_engine.py runs it
     CASES.append(
@@ -1215,3 +1333,73 @@ def test_a_dora_adapter_is_not_a_fault_for_evaluation(w, tmp_path):
 
 def test_the_corpus_is_large_enough():
     assert len(CASES) + len(OOM_CASES) + len(CONFIG_CASES) + 2 + 1 >= 40  # + the YAML files, + through Snakemake
+
+
+def test_damaged_caches_are_not_faults(w, tmp_path, capsys, caplog):
+    """A damaged cache (issue 31) is no fault of the input: ``trajectory`` (factor caches) and
+    ``base-spectrum`` (base-SVD caches) rebuild every zero-byte, truncated, bit-flipped or garbage cache file,
+    exit 0 with the tables of a clean run, byte for byte, and log one WARNING per file; no traceback."""
+    import logging
+
+    adapters = []
+    for name, src in (("a/seed1", w.good), ("a/seed2", w.good2)):
+        d = shutil.copytree(src, tmp_path / name)
+        (d / "train_info.json").write_text(json.dumps({"save_steps": [1], "analysis_step": 1}))
+        adapters.append(f"{name}={d}")
+    commands = {
+        "trajectory": ["trajectory", *adapters, "--top-k", "2"],
+        "base-spectrum": ["base-spectrum", *adapters, "--base-model", str(w.base)],
+    }
+
+    def flip(raw: bytes) -> bytes:  # the middle byte: inside an array's data in both formats
+        return raw[: len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 64]) + raw[len(raw) // 2 + 1 :]
+
+    damage = [lambda raw: b"", lambda raw: raw[: len(raw) // 2], flip, lambda raw: b"\x93NUMPY" + raw[6:]]
+    for command, argv in commands.items():
+        cache, out = tmp_path / "cache" / command, tmp_path / command
+        assert main([*argv, "--cache-dir", str(cache), "--out", str(out / "clean")]) == 0
+        files = sorted(cache.iterdir())
+        for i, path in enumerate(files):
+            path.write_bytes(damage[i % len(damage)](path.read_bytes()))
+        capsys.readouterr()
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert main([*argv, "--cache-dir", str(cache), "--out", str(out / "damaged")]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "cache" in r.getMessage()]
+        assert len(warned) == len(files) >= 2 and all(any(str(p) in m for m in warned) for p in files), warned
+        tables = sorted(p.name for p in (out / "clean").glob("*.tsv"))
+        assert tables and tables == sorted(p.name for p in (out / "damaged").glob("*.tsv"))
+        for name in tables:
+            assert (out / "damaged" / name).read_bytes() == (out / "clean" / name).read_bytes(), (command, name)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_free_space(w, tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing (issue 31: a full disk ended in a traceback): one line, the path, the space left."""
+    import errno
+
+    import lossgeom.data.rollouts as rollouts
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.parquet"))
+
+    monkeypatch.setattr(rollouts.pd.DataFrame, "to_parquet", full)
+    rc = main(_import(_jsonl(tmp_path / "r.jsonl", [_row()]), _out(tmp_path)))
+    line = assert_one_line(
+        rc, capsys.readouterr().err, r"out\.parquet: No space left on device .*MB free there", _out(tmp_path)
+    )
+    assert "free some space" in line
+
+
+def test_a_bug_s_oserror_keeps_its_traceback(w, tmp_path, monkeypatch):
+    """Only the machine's OSErrors (full disk, quota, file-size limit, permissions) become one line."""
+    import errno
+
+    import lossgeom.data.rollouts as rollouts
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(rollouts.pd.DataFrame, "to_parquet", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(_import(_jsonl(tmp_path / "r.jsonl", [_row()]), _out(tmp_path)))

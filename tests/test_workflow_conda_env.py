@@ -243,7 +243,7 @@ def test_env_file_mirrors_pyproject_dependencies():
     assert sorted(have) == sorted(wanted), "envs/lossgeom.yaml and pyproject.toml name other packages"
     for name, (pyname, specifier) in wanted.items():
         pinned = [s.version for s in have[name] if s.operator == "=="]
-        if pinned:  # the pip part: the locked version, inside pyproject's range (tests/test_env_locks.py)
+        if pinned:  # the pip part: the locked version, inside pyproject's range (tests/test_workflow_env_locks.py)
             assert specifier.contains(pinned[0]), f"{name}=={pinned[0]} here, outside {pyname}{specifier}"
         else:
             assert have[name] == specifier, f"{name}: {have[name]} here, {pyname}{specifier} in pyproject"

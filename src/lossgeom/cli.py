@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from . import cli_commands as commands
-from .cli_oom import OutOfMemory, oom_errors, out_of_memory_line
+from .cli_checks import check_arguments
+from .cli_oom import OutOfMemory, disk_error_line, oom_errors, out_of_memory_line
 from .devices import NoCudaError
 from .settings import (
     DTYPES,
@@ -441,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(a.threads)
     try:
+        check_arguments(a)  # a value the config's schema would refuse: one line, before any work
         _run(a)
     except OutOfMemory as e:
         # A CUDA out-of-memory, restated with the rule, the batch size and the key: one line, no traceback.
@@ -457,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.verbose:
             raise
         print(f"lossgeom: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a full disk, a quota, a file-size limit, no permission: the machine's, named with the path
+        line = disk_error_line(e)
+        if line is None or a.verbose:
+            raise  # any other OSError is a bug: its traceback
+        print(f"lossgeom: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -130,8 +130,10 @@ def cmd_train(a):
 
 
 def cmd_geometry(a):
+    from .fsutil import check_replaceable
     from .geometry import compare_adapter_dirs
 
+    check_replaceable(a.out, keep=(a.cache_dir,))  # --out is replaced whole: refuse before reading weights
     labels = [label for label, _ in a.adapters]
     dirs = [path for _, path in a.adapters]
     base_weights = None
@@ -151,10 +153,12 @@ def cmd_trajectory(a):
 
 
 def cmd_base_spectrum(a):
+    from .fsutil import check_replaceable
     from .geometry import build_factor_cache, load_adapter
     from .geometry.spectrum import write_base_spectrum
     from .lora.checkpoint import base_weights_of
 
+    check_replaceable(a.out, keep=(a.cache_dir,))  # --out is replaced whole: refuse before reading weights
     # top_k=1: only the factors and the delta's singular values are read (the chance level's spectrum)
     caches = {label: build_factor_cache(load_adapter(d), top_k=1, label=label) for label, d in a.adapters}
     base_weights = base_weights_of(a.base_model, a.adapters[0][1], trust_remote_code=a.trust_remote_code)

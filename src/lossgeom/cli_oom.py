@@ -1,9 +1,24 @@
-"""A GPU out-of-memory error in a model command, restated as one line: the rule, the batch size in effect and
-the config key to lower (``lossgeom.cli.main`` catches :class:`OutOfMemory`)."""
+"""Resource errors of a command restated as one line (``lossgeom.cli.main`` prints them): a GPU out of memory
+(the rule, the batch size in effect and the config key to lower: :class:`OutOfMemory`), and a disk that is
+full, over quota or a file-size limit, or a path the job may not write (:func:`disk_error_line`)."""
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 from .settings import RolloutsSettings
+
+# the OSErrors that are the machine's, not the program's: each named with its path and what to do
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the process may write (ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+}
 
 
 def out_of_memory_line(a) -> str:
@@ -42,3 +57,21 @@ def oom_errors() -> tuple[type[BaseException], ...]:
 
 class OutOfMemory(Exception):
     """A GPU out-of-memory error, restated as one line (:func:`out_of_memory_line`)."""
+
+
+def disk_error_line(e: OSError) -> str | None:
+    """One line for an OSError of :data:`DISK_ERRNOS`: the path, what happened, and the free space of its
+    file system (for a full disk or quota); None for any other OSError (a bug keeps its traceback)."""
+    what = DISK_ERRNOS.get(e.errno)
+    if what is None:
+        return None
+    path = e.filename or "(a file being written)"
+    line = f"{path}: {e.strerror or what} ({what})" if e.strerror and e.strerror.lower() != what else f"{path}: {what}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
+        existing = next((p for p in (Path(e.filename), *Path(e.filename).parents) if p.exists()), None)
+        if existing is not None:
+            free = shutil.disk_usage(existing).free
+            line += f" ({free / 2**20:,.0f} MB free there); free some space or point the output elsewhere"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        line += "; write the outputs where this user may"
+    return line

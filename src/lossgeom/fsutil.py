@@ -44,9 +44,93 @@ def atomic_dir(path: Path | str):
     tmp.mkdir()  # not mkdtemp: its 0700 mode would survive the rename
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        replace_dir(tmp, path)  # the old one renamed aside, not deleted first: a failure keeps it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# The files a directory of tables holds (what atomic_swap_dir may delete when it replaces one).
+TABLE_SUFFIXES = (".tsv", ".json")
+
+
+def check_replaceable(path: Path | str, suffixes=TABLE_SUFFIXES, keep=()) -> None:
+    """Stop (``ValueError``) unless replacing the directory ``path`` whole (:func:`atomic_swap_dir`) deletes
+    no more than an earlier run's outputs: ``path`` is absent, or a directory holding only plain files whose
+    names end in one of ``suffixes``; and none of ``keep`` (directories a run writes and a later run reads,
+    as a cache; ``None`` entries are skipped) lies inside it, where the replacement would delete it.
+
+    Why: a command that used to add its files to ``--out`` now replaces ``--out``; given ``.`` or a home
+    directory it would otherwise delete everything there. Called before any work, so a refusal is quick.
+    """
+    path = Path(os.path.realpath(path))
+    for k in keep:
+        if k is not None and Path(os.path.realpath(k)).is_relative_to(path):
+            raise ValueError(f"{k} lies inside {path}, which is replaced as a whole: give a directory outside it")
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory")
+    other = sorted(
+        e.name + ("/" if e.is_dir() else "")
+        for e in os.scandir(path)
+        if not (e.is_file(follow_symlinks=False) and e.name.endswith(tuple(suffixes)))
+    )
+    if other:
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        raise ValueError(
+            f"{path} holds {', '.join(other[:3])}{more}: not this command's outputs ({'/'.join(suffixes)} files),"
+            " and its outputs replace the directory as a whole; give a new or empty output directory"
+        )
+
+
+def replace_dir(new: Path | str, path: Path | str) -> None:
+    """Move the directory ``new`` to ``path`` (on one filesystem), replacing whatever ``path`` held as a
+    unit: the old one is renamed aside, ``new`` renamed in, then the old one deleted.
+
+    If renaming ``new`` in fails, the old one is renamed back (``new`` stays where it was, for the caller
+    to delete). Between the two renames ``path`` is briefly absent: a process killed exactly there leaves
+    the old contents beside it as ``.{name}.{pid}.{hex}.old``. An old copy that cannot be deleted is left
+    there too: ``path`` already holds the new one.
+    """
+    new, path = Path(new), Path(path)
+    old = None
+    if os.path.lexists(path):
+        old = _sibling(path).with_suffix(".old")
+        os.rename(path, old)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        if old is not None:
+            os.rename(old, path)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_swap_dir(path: Path | str, suffixes=TABLE_SUFFIXES, keep=()):
+    """Yield a new temporary directory beside ``path``; when the block ends without error it takes
+    ``path``'s place as a unit (:func:`replace_dir`).
+
+    So ``path`` holds either exactly the files the block wrote, or, after any error in the block (an
+    exception, a full disk, a file-size limit), its previous contents untouched (or still does not
+    exist); the temporary directory is deleted either way. :func:`check_replaceable` (``suffixes``,
+    ``keep``) runs first. ``path`` is followed through symbolic links: the directory a link points to is
+    replaced, beside itself, and the link kept. Unlike :func:`atomic_dir`, an old ``path`` stays whole
+    until the new one is complete (``atomic_dir`` deletes it first, then renames).
+    """
+    path = Path(os.path.realpath(path))
+    check_replaceable(path, suffixes, keep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path)
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would survive the rename
+    try:
+        yield tmp
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -61,6 +145,32 @@ def file_sha256(*paths: Path | str, names: bool = False) -> str:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
+    return h.hexdigest()
+
+
+def arrays_digest(arrays, *context: str) -> str:
+    """SHA-256 (hex) of named arrays, for a cache to prove its content when read back.
+
+    Hashed in order: each ``context`` string (what the arrays must belong to, e.g. a format, its
+    version and the key the cache is stored under), then for each name in sorted order a JSON line
+    ``[name, dtype.str, shape]`` (``dtype.str`` carries byte order, kind and item size) and the
+    array's C-order bytes. Any one flipped bit, a renamed, reshaped or retyped array changes it.
+
+    Args: arrays: name -> ``np.ndarray`` (any shape, dtype without Python objects).
+    Cost: one pass over the bytes (about 1.7 GB/s on an x86 core with SHA extensions), no copy for
+    C-contiguous arrays.
+    """
+    import json
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for c in context:
+        h.update(json.dumps(c).encode() + b"\n")  # JSON-quoted: no context string can run into the next
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\n")
+        h.update(a)  # the buffer of a C-contiguous array: its bytes, without a copy
     return h.hexdigest()
 
 

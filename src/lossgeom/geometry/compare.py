@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..fsutil import atomic_path, write_table
+from ..fsutil import atomic_swap_dir, check_replaceable, write_table
 from ..lora.adapters import check_compatible, load_adapter
 from .alignment import base_alignment
 from .factors import FactorCache, build_factor_cache, factor_cache_for_dir
@@ -36,7 +36,9 @@ def write_geometry(
     base_weights: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
 ) -> PairGeometry:
-    """Compute all-pairs geometry and write the tables into ``out_dir`` (each file atomically).
+    """Compute all-pairs geometry and write the tables into ``out_dir``, the directory as a whole
+    (:func:`lossgeom.fsutil.atomic_swap_dir`): it ends up holding exactly these files, or, when anything
+    fails, its previous contents untouched (or no ``out_dir`` where there was none).
 
     Files (tab-separated, ``nan`` for undefined values):
       * ``long.tsv``: ``pair_a, pair_b, module, layer, side, metric, value`` (:func:`long_table`).
@@ -50,18 +52,8 @@ def write_geometry(
     Returns:
         The :class:`PairGeometry` the tables came from.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out_dir)  # before the pairs: a refused out_dir stops at once
     geo = pairwise_geometry(caches, top_k=top_k, progress=progress)
-    for metric, df in square_matrices(geo).items():
-        write_table(df, out_dir / f"{metric}.tsv", index=True)
-    write_table(per_layer_table(geo), out_dir / "per_layer.tsv")
-    write_table(adapters_table(caches), out_dir / "adapters.tsv")
-    write_table(per_module_adapter_table(caches), out_dir / "adapter_modules.tsv")
-    write_table(noise_floor_table(geo), out_dir / "noise_floor.tsv")
-    write_table(long_table(geo), out_dir / "long.tsv")
-    if base_weights is not None:
-        write_table(base_alignment(caches, base_weights, top_k=top_k), out_dir / "base_alignment.tsv")
     settings = {
         "labels": geo.labels,
         "sources": [caches[l].source for l in geo.labels],
@@ -72,8 +64,17 @@ def write_geometry(
         "random_mc_samples": RANDOM_MC_SAMPLES,
         "random_mc_seed": RANDOM_MC_SEED,
     }
-    with atomic_path(out_dir / "settings.json") as p:
-        p.write_text(json.dumps(settings, indent=2) + "\n")
+    with atomic_swap_dir(out_dir) as tmp:
+        for metric, df in square_matrices(geo).items():
+            write_table(df, tmp / f"{metric}.tsv", index=True)
+        write_table(per_layer_table(geo), tmp / "per_layer.tsv")
+        write_table(adapters_table(caches), tmp / "adapters.tsv")
+        write_table(per_module_adapter_table(caches), tmp / "adapter_modules.tsv")
+        write_table(noise_floor_table(geo), tmp / "noise_floor.tsv")
+        write_table(long_table(geo), tmp / "long.tsv")
+        if base_weights is not None:
+            write_table(base_alignment(caches, base_weights, top_k=top_k), tmp / "base_alignment.tsv")
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     return geo
 
 
@@ -90,7 +91,8 @@ def compare_adapter_dirs(
 
     Args:
         dirs: adapter directories (``adapter_config.json`` + ``adapter_model.safetensors``).
-        out_dir: where :func:`write_geometry` writes.
+        out_dir: where :func:`write_geometry` writes (replaced as a whole; refused before any work when it
+            holds anything but ``.tsv``/``.json`` files, or when ``cache_dir`` lies inside it).
         top_k: subspace dimension for principal angles (the paper uses 10).
         labels: one per directory; default :func:`label_for_dir` (``"{method}/seed{seed}[data{d}]"``
             for ``.../{method}/seed{seed}[data{d}]``, else the directory's name). Must be unique.
@@ -105,6 +107,7 @@ def compare_adapter_dirs(
     Long because it wires the stages of a comparison (load or reuse caches, pairs, random levels, base
     alignment) and their progress messages.
     """
+    check_replaceable(out_dir, keep=(cache_dir,))
     dirs = [Path(d) for d in dirs]
     if len(dirs) < 2:
         raise ValueError("compare_adapter_dirs: give at least two adapter directories")

@@ -4,7 +4,9 @@
 and scale plus its thin SVD summary: singular values, the top-``k`` left / right singular vectors
 (explicit, orthonormal), numerical rank, norm, effective rank and stable rank.
 :func:`save_factor_cache` / :func:`load_factor_cache` store it as safetensors with the adapter's
-fingerprint; :func:`factor_cache_for_dir` reuses a stored cache only when the fingerprint matches.
+fingerprint and a digest of its own content (:func:`lossgeom.fsutil.arrays_digest` over every array and
+the metadata); :func:`factor_cache_for_dir` reuses a stored cache only when the digest proves its content
+and the fingerprint matches the adapter, and rebuilds any other (a damaged one with a WARNING line).
 
 Numerics (all float64). Per-module SVDs use CholeskyQR, batched over modules of one shape: the ``R``
 of ``B = Q R`` is the Cholesky factor of ``B^T B``, and ``U_k = B R^{-1} W_k`` costs one
@@ -16,25 +18,33 @@ or ``cond(A)`` above ``CHOLQR_MAX_COND``, or ``s ||B|| ||A|| / sigma_k`` above
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ..fsutil import atomic_path
+from ..fsutil import arrays_digest, atomic_path
 from ..lora import lowrank
 from ..lora.adapters import LoraAdapter, ShapeGroup, adapter_fingerprint, load_adapter
 
 CACHE_FORMAT = "lossgeom.factor_cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: metadata "digest" proves the content (version 1 files had none)
 CHOLQR_MAX_COND = 1e7  # above this cond(B) or cond(A), use Householder QR for the module
 CHOLQR_MAX_KAPPA = 1e3  # s||B|| ||A|| / sigma_k above this: Householder QR for the module
 NUMERICAL_RANK_RTOL = 1e-10  # singular values <= rtol * sigma_1 count as zero
 
+log = logging.getLogger(__name__)
+
 
 class FactorCacheError(ValueError):
-    """A factor cache file is unreadable, of another format, or stale (fingerprint mismatch)."""
+    """A factor cache file is unreadable, of another format or version, fails its content digest, or
+    is stale (:class:`StaleFactorCacheError`)."""
+
+
+class StaleFactorCacheError(FactorCacheError):
+    """An intact factor cache of other adapter content (fingerprint mismatch): rebuilt without alarm."""
 
 
 # ============================================================================================
@@ -325,9 +335,17 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 _GROUP_ARRAYS = ("B", "A", "scales", "S", "U", "V", "numerical_rank", "householder", "layers")
 
 
+def _content_digest(meta: Mapping[str, str], tensors: Mapping[str, np.ndarray]) -> str:
+    """The digest a cache file carries in its metadata: every other metadata entry (format and
+    version included) as sorted JSON, then every tensor (:func:`lossgeom.fsutil.arrays_digest`)."""
+    rest = {k: v for k, v in meta.items() if k != "digest"}
+    return arrays_digest(tensors, json.dumps(rest, sort_keys=True))
+
+
 def save_factor_cache(cache: FactorCache, path: str | Path) -> None:
     """Write a cache to one safetensors file (atomic). Metadata: format, version, fingerprint,
-    source, label, base model, target modules, top_k and each group's module names."""
+    source, label, base model, target modules, top_k, each group's module names, and ``digest``
+    (:func:`_content_digest` of the rest and the tensors)."""
     from safetensors.numpy import save_file
 
     tensors = {}
@@ -350,55 +368,77 @@ def save_factor_cache(cache: FactorCache, path: str | Path) -> None:
         "top_k": str(cache.top_k),
         "groups": json.dumps(groups_meta),
     }
+    meta["digest"] = _content_digest(meta, tensors)
     _atomic_write(Path(path), lambda p: save_file(tensors, str(p), metadata=meta))
 
 
-def load_factor_cache(path: str | Path, expected_fingerprint: str | None = None) -> FactorCache:
-    """Read a cache written by :func:`save_factor_cache`.
+def _read_checked(path: Path) -> tuple[dict, dict]:
+    """The metadata and tensors of a cache file whose format, version and content digest check out.
 
     Raises:
-        FactorCacheError: unreadable file, another format or version, or (when
-        ``expected_fingerprint`` is given) a cache built from other adapter content.
+        FactorCacheError: one line naming ``path`` and why (unreadable, truncated or empty; another
+        format or version; no digest: written by older code; digest mismatch: changed after writing).
     """
     from safetensors import safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - any read failure is reported the same way
-        raise FactorCacheError(f"{path}: cannot read factor cache ({e})") from None
+        raise FactorCacheError(f"{path}: cannot read factor cache ({' '.join(str(e).split())[:200]})") from None
     if meta.get("format") != CACHE_FORMAT or meta.get("version") != str(CACHE_VERSION):
         raise FactorCacheError(
             f"{path}: not a {CACHE_FORMAT} v{CACHE_VERSION} file (format={meta.get('format')!r}, "
-            f"version={meta.get('version')!r})"
+            f"version={meta.get('version')!r}: written by older or other code)"
         )
+    if not meta.get("digest"):
+        raise FactorCacheError(f"{path}: no content digest (written by older code)")
+    if _content_digest(meta, tensors) != meta["digest"]:
+        raise FactorCacheError(f"{path}: content digest mismatch (the file changed after it was written)")
+    return meta, tensors
+
+
+def load_factor_cache(path: str | Path, expected_fingerprint: str | None = None) -> FactorCache:
+    """Read a cache written by :func:`save_factor_cache`, after checking its content digest.
+
+    Raises:
+        FactorCacheError: unreadable or damaged file, another format or version, no or a wrong
+        digest (:func:`_read_checked`). StaleFactorCacheError: (when ``expected_fingerprint`` is
+        given) an intact cache built from other adapter content.
+    """
+    path = Path(path)
+    meta, tensors = _read_checked(path)
     fp = meta.get("fingerprint") or None
     if expected_fingerprint is not None and fp != expected_fingerprint:
-        raise FactorCacheError(f"{path}: stale cache, fingerprint {fp} but the adapter is {expected_fingerprint}")
-    groups = {}
-    for gi, gm in enumerate(json.loads(meta["groups"])):
-        arrs = {a: tensors[f"g{gi}.{a}"] for a in _GROUP_ARRAYS}
-        arrs["householder"] = arrs["householder"].astype(bool)
-        groups[tuple(gm["key"])] = FactorGroup(names=tuple(gm["names"]), **arrs)
-    tm = json.loads(meta["target_modules"])
-    return FactorCache(
-        source=meta.get("source", ""),
-        label=meta.get("label") or None,
-        fingerprint=fp,
-        base_model_name_or_path=json.loads(meta["base_model_name_or_path"]),
-        target_modules=tuple(tm) if isinstance(tm, list) else tm,
-        top_k=int(meta["top_k"]),
-        groups=groups,
-    )
+        raise StaleFactorCacheError(f"{path}: stale cache, fingerprint {fp} but the adapter is {expected_fingerprint}")
+    try:  # the digest proves these were written so; a failure here is a writer's bug, still no traceback
+        groups = {}
+        for gi, gm in enumerate(json.loads(meta["groups"])):
+            arrs = {a: tensors[f"g{gi}.{a}"] for a in _GROUP_ARRAYS}
+            arrs["householder"] = arrs["householder"].astype(bool)
+            groups[tuple(gm["key"])] = FactorGroup(names=tuple(gm["names"]), **arrs)
+        tm = json.loads(meta["target_modules"])
+        return FactorCache(
+            source=meta.get("source", ""),
+            label=meta.get("label") or None,
+            fingerprint=fp,
+            base_model_name_or_path=json.loads(meta["base_model_name_or_path"]),
+            target_modules=tuple(tm) if isinstance(tm, list) else tm,
+            top_k=int(meta["top_k"]),
+            groups=groups,
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise FactorCacheError(f"{path}: malformed factor cache ({type(e).__name__}: {e})") from None
 
 
 def factor_cache_for_dir(
     adapter_dir: str | Path, cache_path: str | Path | None = None, top_k: int = 10, label: str | None = None
 ) -> FactorCache:
-    """The factor cache of an adapter directory; reuse ``cache_path`` when its fingerprint
-    matches the adapter's content and it holds at least ``top_k`` vectors, else build and save it.
+    """The factor cache of an adapter directory; reuse ``cache_path`` when its content digest checks
+    out, its fingerprint matches the adapter's content and it holds at least ``top_k`` vectors, else
+    build and save it (over the old file). A damaged, foreign or older-format file is rebuilt with one
+    WARNING line naming it and why; a stale one (the adapter changed) with an INFO line.
     Without ``cache_path`` it is built in memory only (no hashing)."""
     if cache_path is None:
         return build_factor_cache(load_adapter(adapter_dir), top_k=top_k, label=label)
@@ -407,12 +447,15 @@ def factor_cache_for_dir(
     if cache_path.is_file():
         try:
             cache = load_factor_cache(cache_path, expected_fingerprint=fp)
+        except StaleFactorCacheError as e:
+            log.info("%s; rebuilding it", e)
+        except FactorCacheError as e:
+            log.warning("%s; rebuilding it", e)
+        else:
             if cache.top_k >= top_k:
                 cache.label = label or cache.label
                 cache.source = str(adapter_dir)
                 return cache
-        except FactorCacheError:
-            pass  # stale or foreign: rebuild below
     cache = build_factor_cache(load_adapter(adapter_dir), top_k=top_k, label=label, fingerprint=fp)
     save_factor_cache(cache, cache_path)
     return cache

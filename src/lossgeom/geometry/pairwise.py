@@ -33,7 +33,7 @@ import numpy as np
 from scipy.linalg.blas import dsyrk
 
 from ..lora import lowrank
-from ..lora.adapters import check_compatible
+from ..lora.adapters import AdapterMismatchError, check_compatible
 from .factors import FactorCache
 
 SMALL_ANGLE_SWITCH_RAD = 1e-3  # below: recompute angles with the sine formula on explicit vectors
@@ -231,6 +231,11 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     check_compatible(cs)
     n = len(cs)
     for c, l in zip(cs, labels):
+        if c.norm == 0:  # every cosine and angle with it would be 0/0
+            raise AdapterMismatchError(
+                f"adapter {l!r} ({c.source}): its delta is zero in every module (lora_B or lora_A all zero: an "
+                "untrained adapter?); cosines and angles with it are undefined"
+            )
         if c.top_k < top_k and any(m.rank > c.top_k for m in c.modules.values()):
             raise ValueError(
                 f"factor cache of {l!r} ({c.source}) holds {c.top_k} vectors, {top_k} requested: rebuild it"

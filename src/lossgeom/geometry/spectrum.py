@@ -27,12 +27,13 @@ number sits at its chance level moves the base's spectrum as much as any update 
 below it keeps off the base's principal directions.
 
 **Cost**: the base's SVD is computed once per base module (LAPACK ``gesdd``) and cached by the weight's
-content (``cache_dir``); the top-``k`` of each ``W'`` comes from ARPACK's Lanczos (``scipy.sparse.linalg.
-svds``, ``tol=0``: to machine precision) on ``x -> W x + s B (A x)``, never forming ``W'``. At Qwen3-4B's
-shape on a Gaussian base (the hard case for Lanczos: its top singular values crowd at the spectrum's edge)
-that is 3-6x faster than a dense SVD of ``W'`` per module (``benchmarks/bench_base_spectrum.py``); a
-trained base's top singular values are spread further apart, where Lanczos converges sooner. Where
-``k >= q`` (ARPACK needs ``k < q``) the dense SVD of ``W'`` is used.
+content (``cache_dir``; each file carries a digest of its arrays, checked on every read: :func:`base_svd`);
+the top-``k`` of each ``W'`` comes from ARPACK's Lanczos (``scipy.sparse.linalg.svds``, ``tol=0``: to
+machine precision) on ``x -> W x + s B (A x)``, never forming ``W'``. At Qwen3-4B's shape on a Gaussian
+base (the hard case for Lanczos: its top singular values crowd at the spectrum's edge) that is 3-6x faster
+than a dense SVD of ``W'`` per module (``benchmarks/bench_base_spectrum.py``); a trained base's top
+singular values are spread further apart, where Lanczos converges sooner. Where ``k >= q`` (ARPACK needs
+``k < q``) the dense SVD of ``W'`` is used.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse.linalg import LinearOperator, svds
 
-from ..fsutil import atomic_path, write_table
+from ..fsutil import arrays_digest, atomic_path, atomic_swap_dir, check_replaceable, write_table
 from ..labels import Label, mean_pair_difference
 from ..lora import lowrank
 from ..lora.adapters import AdapterMismatchError
@@ -78,6 +79,8 @@ SUMMARY_STATS = {
     "sv_change": ("sv_change", "median"),
 }
 SPECTRUM_TABLES = ("modules", "summary")
+BASE_SVD_FORMAT = "lossgeom.base_svd"
+BASE_SVD_VERSION = 2  # 2: a "meta" entry with the weight's digest and the arrays' (version 1 files had none)
 
 
 @dataclass(frozen=True)
@@ -91,29 +94,80 @@ class BaseSVD:
     V: np.ndarray
 
 
+class BaseSVDCacheError(ValueError):
+    """A base-SVD cache file that cannot be trusted (the message says why)."""
+
+
+def _base_svd_digest(weight: str, arrays: Mapping[str, np.ndarray]) -> str:
+    """The digest a base-SVD file carries: format, version, the weight's SHA-256 and the arrays."""
+    return arrays_digest(arrays, BASE_SVD_FORMAT, str(BASE_SVD_VERSION), weight)
+
+
+def _read_base_svd(path: Path, weight: str, shape: tuple[int, int]) -> BaseSVD:
+    """A cached :class:`BaseSVD` whose format, version, weight and content digest check out.
+
+    Raises:
+        BaseSVDCacheError: unreadable (empty, truncated, not a zip, a bad zip CRC), another format or
+        version (no ``meta`` entry: written by older code), the SVD of another weight, a digest mismatch,
+        or shapes that are not those of a ``shape`` weight's SVD.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {n: z[n] for n in ("U", "S", "V")}
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        meta = meta if isinstance(meta, dict) else {}
+    except Exception as e:  # noqa: BLE001 - whatever np.load/zipfile raise on a damaged file, reported alike
+        raise BaseSVDCacheError(f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if meta.get("format") != BASE_SVD_FORMAT or meta.get("version") != BASE_SVD_VERSION:
+        raise BaseSVDCacheError(
+            f"not a {BASE_SVD_FORMAT} v{BASE_SVD_VERSION} file (format={meta.get('format')!r}, "
+            f"version={meta.get('version')!r}: written by older or other code)"
+        )
+    if meta.get("weight") != weight:
+        raise BaseSVDCacheError(f"the SVD of another weight ({str(meta.get('weight'))[:16]}...)")
+    if meta.get("digest") != _base_svd_digest(weight, arrays):
+        raise BaseSVDCacheError("content digest mismatch (the file changed after it was written)")
+    U, S, V = arrays["U"], arrays["S"], arrays["V"]
+    q = min(shape)
+    if U.shape != (shape[0], q) or S.shape != (q,) or V.ndim != 2 or V.shape[0] != shape[1]:
+        raise BaseSVDCacheError(f"shapes U {U.shape}, S {S.shape}, V {V.shape} for a {shape} weight")
+    return BaseSVD(U, S, V)
+
+
 def base_svd(W: np.ndarray, k: int, cache_dir: str | Path | None = None) -> BaseSVD:
     """The thin SVD of a base weight (:class:`BaseSVD`, ``k`` right vectors), float64, read from ``cache_dir``
-    when it holds the SVD of this very weight with at least ``k`` right vectors (files are named by the
-    SHA-256 of its float64 bytes and shape), else computed with LAPACK and saved there."""
+    when it holds the SVD of this very weight with at least ``k`` right vectors, else computed with LAPACK and
+    saved there (atomically).
+
+    A file is named by the SHA-256 of the weight's shape and float64 bytes (its first 32 hex digits) and
+    holds ``U``, ``S``, ``V`` and ``meta`` (JSON: format, version, the whole SHA-256 of the weight, and
+    ``digest``: :func:`lossgeom.fsutil.arrays_digest` of the three arrays under those). A file that fails any
+    check (:func:`_read_base_svd`) is recomputed and replaced, with one WARNING line naming it and why."""
     W = np.ascontiguousarray(W, dtype=np.float64)
     k = min(k, min(W.shape))
     path = None
     if cache_dir is not None:
         h = hashlib.sha256(repr(W.shape).encode())
         h.update(memoryview(W))  # the contiguous float64 bytes, without a copy
-        digest = h.hexdigest()[:32]
-        path = Path(cache_dir) / f"{digest}.npz"
+        weight = h.hexdigest()
+        path = Path(cache_dir) / f"{weight[:32]}.npz"
         if path.is_file():
-            with np.load(path) as z:
-                if z["V"].shape[1] >= k:
-                    return BaseSVD(z["U"], z["S"], z["V"][:, :k])
+            try:
+                cached = _read_base_svd(path, weight, W.shape)
+            except BaseSVDCacheError as e:
+                log.warning("base SVD cache %s: %s; recomputing it", path, e)
+            else:
+                if cached.V.shape[1] >= k:
+                    return BaseSVD(cached.U, cached.S, cached.V[:, :k])
     U, S, Vt = np.linalg.svd(W, full_matrices=False)
     out = BaseSVD(U, S, np.ascontiguousarray(Vt[:k].T))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        arrays = {"U": out.U, "S": out.S, "V": out.V}
+        meta = {"format": BASE_SVD_FORMAT, "version": BASE_SVD_VERSION, "weight": weight}
+        meta["digest"] = _base_svd_digest(weight, arrays)
+        with atomic_path(path) as tmp:  # one file: its digest is never out of step with its arrays
             with open(tmp, "wb") as f:
-                np.savez(f, U=out.U, S=out.S, V=out.V)
+                np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
     return out
 
 
@@ -303,13 +357,12 @@ def write_base_spectrum(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Write ``modules.tsv`` (:func:`base_spectrum`), ``summary.tsv`` (:func:`spectrum_summary`) and
-    ``settings.json`` into ``out_dir`` (each atomically); returns the summary."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ``settings.json`` into ``out_dir``, the directory as a whole (:func:`lossgeom.fsutil.atomic_swap_dir`):
+    exactly these files, or after any failure its previous contents untouched; returns the summary. An
+    ``out_dir`` holding other files, or ``cache_dir`` inside it, stops before any work."""
+    check_replaceable(out_dir, keep=(cache_dir,))
     modules = base_spectrum(caches, base_weights, top_k, threshold, seed, cache_dir, progress)
     summary = spectrum_summary(modules)
-    write_table(modules, out_dir / "modules.tsv")
-    write_table(summary, out_dir / "summary.tsv")
     settings = {
         "labels": list(caches),
         "sources": [c.source for c in caches.values()],
@@ -319,8 +372,10 @@ def write_base_spectrum(
         "angle_unit": "degrees",
         "chance": "the same statistic for U_r diag(S_dW) V_r^T, U_r and V_r Haar-random: one draw per adapter and module",
     }
-    with atomic_path(out_dir / "settings.json") as p:
-        p.write_text(json.dumps(settings, indent=2) + "\n")
+    with atomic_swap_dir(out_dir) as tmp:
+        write_table(modules, tmp / "modules.tsv")
+        write_table(summary, tmp / "summary.tsv")
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     log.info(
         "wrote the base spectrum of %d adapters (%d modules) to %s", len(caches), modules["module"].nunique(), out_dir
     )

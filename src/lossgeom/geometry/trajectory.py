@@ -34,7 +34,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..fsutil import atomic_path, write_table
+from ..fsutil import atomic_swap_dir, check_replaceable, write_table
 from ..labels import Label, step_dir
 from ..lora.adapters import check_compatible
 from .factors import FactorCache, factor_cache_for_dir
@@ -186,13 +186,11 @@ def write_trajectory(
     progress: bool = False,
 ) -> Trajectory:
     """Build the trajectory of ``adapters`` (label -> adapter directory) and write ``paths.tsv``,
-    ``steps.tsv``, ``cross_steps.tsv`` and ``settings.json`` into ``out_dir`` (each atomically)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ``steps.tsv``, ``cross_steps.tsv`` and ``settings.json`` into ``out_dir``, the directory as a whole
+    (:func:`lossgeom.fsutil.atomic_swap_dir`): exactly these files, or after any failure its previous
+    contents untouched. An ``out_dir`` holding other files, or ``cache_dir`` inside it, stops before any work."""
+    check_replaceable(out_dir, keep=(cache_dir,))
     traj = build_trajectory(adapters, top_k, cache_dir, progress)
-    write_table(paths_table(traj), out_dir / "paths.tsv")
-    write_table(steps_table(traj), out_dir / "steps.tsv")
-    write_table(cross_steps_table(traj), out_dir / "cross_steps.tsv")
     settings = {
         "adapters": {label: str(d) for label, d in adapters.items()},
         "steps": {label: sorted(int(s) for s in g["step"]) for label, g in traj.index.groupby("label", sort=False)},
@@ -200,7 +198,10 @@ def write_trajectory(
         "angle_unit": "degrees",
         "n_sine_recomputed": traj.geo.n_sine_recomputed,
     }
-    with atomic_path(out_dir / "settings.json") as p:
-        p.write_text(json.dumps(settings, indent=2) + "\n")
+    with atomic_swap_dir(out_dir) as tmp:
+        write_table(paths_table(traj), tmp / "paths.tsv")
+        write_table(steps_table(traj), tmp / "steps.tsv")
+        write_table(cross_steps_table(traj), tmp / "cross_steps.tsv")
+        (tmp / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     log.info("wrote the trajectory of %d adapters (%d adapter-steps) to %s", len(adapters), len(traj.index), out_dir)
     return traj

@@ -298,6 +298,26 @@ def _read_groups(f, metas: list[_ModuleMeta], bf16: bool) -> tuple[dict, dict[st
     return groups, {m.name: deltas[m.name] for m in metas}
 
 
+def _check_finite(groups: dict, wpath: Path) -> None:
+    """Raise naming the file and the first module whose factor holds NaN or Inf (a diverged training run):
+    every measure of it would be NaN, or LAPACK's "did not converge" with no module named."""
+    for g in groups.values():
+        for which, stack in (("lora_A", g.A), ("lora_B", g.B)):
+            bad = ~np.isfinite(stack).reshape(len(g.names), -1).all(axis=1)
+            if bad.any():
+                name = g.names[int(np.argmax(bad))]
+                raise _fail(wpath, f"module {name}: {which} holds NaN or Inf (a diverged run?)")
+
+
+def zero_modules(adapter: LoraAdapter) -> list[str]:
+    """The modules whose delta is exactly zero (``B = 0`` or ``A = 0``: PEFT's initialisation, untrained)."""
+    out = []
+    for g in adapter.groups.values():
+        zero = ~(g.B.reshape(len(g.names), -1).any(axis=1) & g.A.reshape(len(g.names), -1).any(axis=1))
+        out += [n for n, z in zip(g.names, zero) if z]
+    return out
+
+
 def load_adapter(path: str | Path) -> LoraAdapter:
     """Read a PEFT LoRA adapter directory into float64 factors.
 
@@ -309,7 +329,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
     Raises:
         AdapterMismatchError: missing files, a pickle-only adapter, a safetensors file that cannot be
         read (truncated, corrupt), a module with only A or only B, factors that are not 2-D, inner
-        dimensions of A and B that differ, or a rank other than the config's;
+        dimensions of A and B that differ, a rank other than the config's, or a factor holding NaN or Inf;
         :class:`UnsupportedAdapterError` (a subclass) for variants (DoRA, LoRA bias, embedding LoRA,
         extra full weights, another PEFT type).
     """
@@ -338,6 +358,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
         parts = _factor_keys(keys, wpath)
         metas = _module_metas(parts, {k: tuple(f.get_slice(k).get_shape()) for k in keys}, cfg, wpath)
         groups, modules = _read_groups(f, metas, has_bf16)
+    _check_finite(groups, wpath)
     tm = cfg.get("target_modules")
     target_modules = tm if isinstance(tm, str) else tuple(sorted(tm or ()))
     return LoraAdapter(
