@@ -45,3 +45,27 @@ def test_file_sha256_streams_and_names_matter(tmp_path):
     b.write_bytes(b"same")
     assert file_sha256(a) == file_sha256(b)
     assert file_sha256(a, names=True) != file_sha256(b, names=True)
+
+
+def test_atomic_files_renames_every_staged_file_or_none(tmp_path):
+    import pandas as pd
+
+    from lossgeom.fsutil import atomic_files, write_table
+
+    df = pd.DataFrame({"a": [1, 2]})
+    old = tmp_path / "old.tsv"
+    old.write_text("old\n")
+    with atomic_files() as stage:
+        write_table(df, stage(tmp_path / "t.parquet"))  # the format follows the target's suffix
+        write_table(df, stage(old))
+    assert pd.read_parquet(tmp_path / "t.parquet").equals(df) and old.read_text().startswith("a\n")
+    old.write_text("old\n")
+    try:
+        with atomic_files() as stage:
+            write_table(df, stage(old))
+            write_table(df, stage(tmp_path / "second.tsv"))
+            raise OSError(28, "No space left on device (injected)")
+    except OSError:
+        pass
+    assert old.read_text() == "old\n" and not (tmp_path / "second.tsv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.tsv", "t.parquet"]  # no temporary file left

@@ -50,6 +50,33 @@ def atomic_dir(path: Path | str):
         raise
 
 
+@contextlib.contextmanager
+def atomic_files():
+    """Yield ``stage``: ``stage(path)`` gives a temporary path beside ``path`` to write instead; when the block
+    ends without error every staged file is renamed to its path, and on any error none is (the targets keep
+    their old contents, the temporary files are deleted). For a command whose several outputs share a
+    directory with other files (eval-stats beside the models' evaluations), where a directory swap cannot
+    serve. The renames are atomic one by one: only a kill between two of them leaves a mix."""
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(path)
+        staged.append((tmp.with_name(tmp.name + path.suffix), path))  # the suffix kept: it picks the format
+        return staged[-1][0]
+
+    try:
+        yield stage
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 # The files a directory of tables holds (what atomic_swap_dir may delete when it replaces one).
 TABLE_SUFFIXES = (".tsv", ".json")
 

@@ -23,7 +23,7 @@ from html import escape
 from importlib import metadata, util
 from pathlib import Path
 
-from .fsutil import write_table, write_text
+from .fsutil import atomic_files, write_table, write_text
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ def write_versions_table(records: Mapping[str, Path | str], out: Path | str, htm
     df = versions_table(records)
     for line in mixed_lines(df):
         log.warning("mixed stacks: %s", line)
-    write_table(df, out)
-    if html is not None:
-        write_text(html, versions_html(df))
+    with atomic_files() as stage:  # the table and its page together
+        write_table(df, stage(out))
+        if html is not None:
+            write_text(stage(html), versions_html(df))
     return df

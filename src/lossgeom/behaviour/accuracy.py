@@ -23,7 +23,7 @@ import pandas as pd
 from ..data.problemsets import load_test_set
 from ..engines.backends import open_engine
 from ..engines.engine import AdapterDir, GenerationSpec
-from ..fsutil import atomic_path, read_parquet_or, write_table
+from ..fsutil import atomic_files, read_parquet_or, write_table
 from .activations import extract_activations, release_device_memory
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .heldout import heldout_ce, load_heldout
@@ -166,11 +166,12 @@ def evaluate_model(
             "solution_ce",
         ]
     ]
-    if behaviour:
-        write_table(samples, samples_out)
-    if heldout_items is not None:
-        write_table(heldout, heldout_out)
-    write_table(df, out)
+    with atomic_files() as stage:  # the model's outputs appear together or not at all
+        if behaviour:
+            write_table(samples, stage(samples_out))
+        if heldout_items is not None:
+            write_table(heldout, stage(heldout_out))
+        write_table(df, stage(out))
     return df
 
 
@@ -200,7 +201,7 @@ def accuracy_statistics(
         p.insert(0, "test_set", t)
         pairs.append(p)
         cochran[t] = {**cochran_summary(correct), "n_unparsable_gold": unparsable}
-    write_table(pd.concat(acc, ignore_index=True), out_dir / "accuracy.tsv")
-    write_table(pd.concat(pairs, ignore_index=True), out_dir / "pairwise.tsv")
-    with atomic_path(out_dir / "cochran.json") as tmp:
-        tmp.write_text(json.dumps(cochran, indent=2, default=float))
+    with atomic_files() as stage:  # all three or none (out_dir also holds the models' evaluations)
+        write_table(pd.concat(acc, ignore_index=True), stage(out_dir / "accuracy.tsv"))
+        write_table(pd.concat(pairs, ignore_index=True), stage(out_dir / "pairwise.tsv"))
+        stage(out_dir / "cochran.json").write_text(json.dumps(cochran, indent=2, default=float))

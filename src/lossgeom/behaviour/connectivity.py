@@ -14,7 +14,7 @@ import pandas as pd
 from ..data.problemsets import load_test_set
 from ..engines.backends import open_engine
 from ..engines.engine import GenerationSpec, PathPoint
-from ..fsutil import write_table
+from ..fsutil import atomic_files, write_table
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .interpolation import alpha_grid, barrier
 
@@ -101,6 +101,7 @@ def connectivity_summary(sweeps: list[Path], out: Path) -> pd.DataFrame:
             }
         )
     summary = pd.DataFrame(rows)
-    write_table(summary, out)
-    write_table(curves, out.with_name("curves.tsv"))
+    with atomic_files() as stage:  # both or neither (the directory also holds the sweeps)
+        write_table(summary, stage(out))
+        write_table(curves, stage(out.with_name("curves.tsv")))
     return summary

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fsutil import read_parquet_or, write_table
+from ..fsutil import atomic_files, read_parquet_or, write_table
 from ..labels import Label, mean_pair_difference
 from .estimators import kl_sequence, kl_token, path_gap, per_item_log_ratio, per_item_pass_at_k
 from .paired import (
@@ -295,5 +295,6 @@ def behaviour_statistics(
     pairwise = pd.concat(pairs, ignore_index=True)
     outputs["pairwise"] = pairwise[["measure", *[c for c in pairwise.columns if c != "measure"]]]
     out_dir = Path(out_dir)
-    for name, df in outputs.items():
-        write_table(df, out_dir / f"{name}.tsv")
+    with atomic_files() as stage:  # every table or none
+        for name, df in outputs.items():
+            write_table(df, stage(out_dir / f"{name}.tsv"))
