@@ -69,3 +69,21 @@ def test_atomic_files_renames_every_staged_file_or_none(tmp_path):
         pass
     assert old.read_text() == "old\n" and not (tmp_path / "second.tsv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.tsv", "t.parquet"]  # no temporary file left
+
+
+def test_a_file_written_0600_gets_the_umask_s_mode(tmp_path):
+    """safetensors' save_file creates its file 0600: a factor cache in a shared results/cache was unreadable to
+    the group. Through atomic_path it gets what the umask allows, as any other file."""
+    import os
+    import stat
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from lossgeom.fsutil import _umask, atomic_path
+
+    out = tmp_path / "cache.safetensors"
+    with atomic_path(out) as tmp:
+        save_file({"x": np.zeros(3)}, str(tmp))
+        assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o600  # what safetensors made
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~_umask()

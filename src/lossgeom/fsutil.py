@@ -20,6 +20,17 @@ def _sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would, racing other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str):
     """Yield a temporary file path beside ``path``; rename it to ``path`` on success, delete it on error."""
@@ -28,6 +39,8 @@ def atomic_path(path: Path | str):
     tmp = _sibling(path)  # not mkstemp: its 0600 mode would survive the rename
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):  # some writers create their file 0600 (safetensors' save_file): the umask's mode
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
