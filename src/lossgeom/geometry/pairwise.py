@@ -26,6 +26,7 @@ about 3x faster.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -33,9 +34,10 @@ import numpy as np
 from scipy.linalg.blas import dsyrk
 
 from ..lora import lowrank
-from ..lora.adapters import AdapterMismatchError, check_compatible
+from ..lora.adapters import check_compatible
 from .factors import FactorCache
 
+log = logging.getLogger(__name__)
 SMALL_ANGLE_SWITCH_RAD = 1e-3  # below: recompute angles with the sine formula on explicit vectors
 
 
@@ -231,10 +233,13 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     check_compatible(cs)
     n = len(cs)
     for c, l in zip(cs, labels):
-        if c.norm == 0:  # every cosine and angle with it would be 0/0
-            raise AdapterMismatchError(
-                f"adapter {l!r} ({c.source}): its delta is zero in every module (lora_B or lora_A all zero: an "
-                "untrained adapter?); cosines and angles with it are undefined"
+        if c.norm == 0:  # every cosine and angle with it is 0/0: NaN in the tables, said here
+            # not an error: online GRPO on a base that never earns a reward legitimately ends where it began
+            log.warning(
+                "adapter %r (%s): its delta is zero in every module (lora_B or lora_A all zero: an untrained "
+                "adapter, or a run without a learning signal); its cosines and angles are undefined (nan)",
+                l,
+                c.source,
             )
         if c.top_k < top_k and any(m.rank > c.top_k for m in c.modules.values()):
             raise ValueError(
