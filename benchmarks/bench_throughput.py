@@ -26,11 +26,10 @@ dataloader over one epoch. The padding is counted over every batch of the epoch;
 evenly spaced through the epoch, are timed (a step: policy forward + backward of the 2 x batch rows; TRL's
 one-off reference pass is replaced by zeros, as it is not what is compared).
 
-MFU (GPU only): FLOPs per real token of LoRA training = 4 P (the frozen weights' forward and activation
-gradients; no weight gradients) + 6 P_lora (forward, activation and weight gradients of the adapter)
-+ 3 x the causal attention's forward (QK^T and AV, 2 x 2 x T/2 x heads x head_dim per layer, T the
-row's length; the backward is twice the forward) over the peak bf16 dense FLOP/s of the device
-(``--peak-tflops``, else a table of known devices). P counts every matmul weight, the LM head included.
+MFU (GPU only): FLOPs per real token of LoRA training (:func:`lossgeom.cost_model.lora_train_flops`, the
+study's one FLOP model: forward, input gradients where autograd needs them, the adapter's weight gradients;
+no recompute) over the peak bf16 dense FLOP/s of the device (``--peak-tflops``, else a table of known
+devices). A measured rate goes into ``resources.train_tokens_per_second``.
 """
 
 from __future__ import annotations
@@ -130,21 +129,15 @@ def build(mode: str, a, cfg):
 
 
 def flops_per_token(cfg, rank: int, lengths: np.ndarray) -> float:
-    """LoRA training FLOPs per real token (see the module docstring), averaged over the rows' lengths."""
-    h, layers, heads, kv, d = (
-        cfg.hidden_size,
-        cfg.num_hidden_layers,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    )
-    attn_w = h * heads * d * 2 + h * kv * d * 2  # q, o and k, v projections
-    mlp_w = 3 * h * cfg.intermediate_size
-    p = layers * (attn_w + mlp_w) + h * cfg.vocab_size
-    p_lora = layers * rank * ((h + heads * d) * 2 + (h + kv * d) * 2)
-    mean_t = float((lengths.astype(float) ** 2).sum() / lengths.sum())  # token-weighted row length
-    attention_fwd = layers * 2 * 2 * (mean_t / 2) * heads * d
-    return 4 * p + 6 * p_lora + 3 * attention_fwd
+    """LoRA training FLOPs per real token, averaged over the rows' lengths: lossgeom.cost_model's count of a
+    training pass (tested against torch's FLOP counter), without gradient checkpointing's recompute (MFU counts
+    the model's FLOPs, not the hardware's)."""
+    from lossgeom.cost_model import Shape, lora_train_flops
+
+    shape = Shape.from_hf(cfg.to_dict())
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    total = sum(lora_train_flops(shape, float(t), targets, rank, head_tokens=float(t) - 1) for t in lengths)
+    return total / float(lengths.sum())
 
 
 def run_mode(mode: str, a) -> dict:
