@@ -33,41 +33,18 @@ rule claims:
         " --base-spectrum {params.base_spectrum} {params.behaviour} --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
-# The library versions every model-running job ran with (each job's versions output), in one table with the
-# distributions that differ across jobs flagged: the report's Settings page. A cheap aggregate, run locally.
-def toy_models():
-    """The toy models the study trains (toy_model jobs): the models that training and the rollouts read."""
-    readers = [rules.train, ROLLOUTS_RULE]
-    return sorted({Path(r.input.model).name for r in readers if "model" in r.input.keys()})
-
-
-def version_records():
-    """``{"<rule>/<job>": versions record}`` of every model-running job, named through its rule's output."""
-    records = {f"toy_model/{name}": rules.toy_model.output.versions.format(name=name) for name in toy_models()}
-    if not config["rollouts"]["import"]:
-        records["rollouts"] = rules.rollouts.output.versions
-    records |= {f"train/{label}": rules.train.output.versions.format(label=label) for label in GEOMETRY_LABELS}
-    records |= {f"evaluate/{model}": rules.evaluate.output.versions.format(model=model) for model in MODELS}
-    records |= {
-        f"lmc/{a}/{b}": rules.lmc.output.versions.format(first=Label.parse(a), second=Label.parse(b))
-        for a, b in cfg.lmc_pairs(config)
-    }
-    records["base_spectrum"] = rules.base_spectrum.output.versions
-    return records
-
-
-VERSION_RECORDS = version_records()
-
-
+# The library versions every model-running job ran with (each job's versions output, gathered by
+# version_records in common.smk), in one table with the distributions that differ across jobs flagged: the
+# report's Settings page. A cheap aggregate, run locally.
 rule versions:
     input:
-        list(VERSION_RECORDS.values()),
+        lambda w: list(version_records().values()),
     output:
         versions=report(f"{RESULTS}/versions.tsv", caption="../report/versions.rst", category="Settings"),
         # the same table as a page the report shows, the versions that differ across jobs marked
         html=report(f"{RESULTS}/versions.html", caption="../report/versions.rst", category="Settings"),
     params:
-        records=" ".join(f"{label}={path}" for label, path in VERSION_RECORDS.items()),
+        records=lambda w: " ".join(f"{label}={path}" for label, path in version_records().items()),
     resources:
         **job_resources("versions"),
     conda:

@@ -120,6 +120,28 @@ def versions_record(rule, job=""):
     return f"{RESULTS}/versions/{rule}/{job}.json" if job else f"{RESULTS}/versions/{rule}.json"
 
 
+def toy_models():
+    """The toy models the study trains (toy_model jobs): the models that training and the rollouts read."""
+    readers = [rules.train, ROLLOUTS_RULE]
+    return sorted({Path(r.input.model).name for r in readers if "model" in r.input.keys()})
+
+
+def version_records():
+    """``{"<rule>/<job>": versions record}`` of every model-running job, named through its rule's output (the
+    rules are read when it is called: from an input function, once every rule file is included)."""
+    records = {f"toy_model/{name}": rules.toy_model.output.versions.format(name=name) for name in toy_models()}
+    if not config["rollouts"]["import"]:
+        records["rollouts"] = rules.rollouts.output.versions
+    records |= {f"train/{label}": rules.train.output.versions.format(label=label) for label in GEOMETRY_LABELS}
+    records |= {f"evaluate/{model}": rules.evaluate.output.versions.format(model=model) for model in MODELS}
+    records |= {
+        f"lmc/{a}/{b}": rules.lmc.output.versions.format(first=Label.parse(a), second=Label.parse(b))
+        for a, b in cfg.lmc_pairs(config)
+    }
+    records["base_spectrum"] = rules.base_spectrum.output.versions
+    return records
+
+
 def as_json(obj):
     """Compact, key-sorted JSON: a stable param string, so reruns trigger only on real changes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
