@@ -124,3 +124,12 @@ def test_lossgeom_cost_prints_the_table_and_refuses_a_bad_config_in_one_line(pap
     assert main(["cost", "--configfile", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gpu_peak_tflops" in err[0], err
+
+
+def test_the_table_names_the_sources_whose_rows_it_assumed(paper):
+    from lossgeom.stage_costs import gpu_hours_markdown
+
+    assert "ASSUMED (" not in gpu_hours_markdown(paper)  # every paper source is counted or known
+    config = copy.deepcopy(paper)
+    config["test_sets"]["gsm8k"] = {**config["test_sets"]["gsm8k"], "source": "someone/unknown"}
+    assert "Rows ASSUMED (1,500 each; give a `limit`): someone/unknown." in gpu_hours_markdown(config)

@@ -153,13 +153,12 @@ def evaluate_work(config: Mapping, bound: bool) -> Work:
     """One evaluation job (the base's or an adapter's: the same work)."""
     shape, ev = model_shape(config), config["evaluation"]
     work = Work()
+    prompt, new = lengths(config, ev["max_new_tokens"], bound)
     for ts in config["test_sets"].values():
         rows, _ = source_rows(ts, config)
-        prompt, new = lengths(config, ev["max_new_tokens"], bound)
         work.add(sampling(shape, prompt, new, ev["batch_size"]), rows)
         work.add(Work(prefill=forward_flops(shape, prompt)), rows)  # the gold answer's cross-entropy
     cka = section(config, "cka")
-    prompt, new = lengths(config, ev["max_new_tokens"], bound)
     work.add(Work(prefill=forward_flops(shape, prompt + new)), cka["n_probe"])
     beh = section(config, "behaviour")
     prompt, new = lengths(config, beh["max_new_tokens"] or ev["max_new_tokens"], bound)
@@ -280,4 +279,8 @@ def gpu_hours_markdown(config: Mapping) -> str:
     for r in gpu_hours(config):
         limit = "" if r["limit_min"] is None else f"{r['limit_min'] / 60:.1f} h"
         lines.append(f"| {r['stage']} | {r['jobs']} | {limit} | {r['expected_gpu_h']:.1f} | {r['bound_gpu_h']:.1f} |")
+    sources = [config["prompts"], *config["test_sets"].values()]
+    assumed = [str(src["source"]) for src in sources if not source_rows(src, config)[1]]
+    if assumed:  # sized by resources.test_set_rows, not by their own rows
+        lines += ["", f"Rows ASSUMED ({res['test_set_rows']:,} each; give a `limit`): {', '.join(assumed)}."]
     return "\n".join(lines) + "\n"
