@@ -234,6 +234,40 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
         _check((out / f"{n}.png", out / f"{n}.pdf"), out)
 
 
+def test_a_figure_command_that_fails_part_way_replaces_none_of_its_figures(tmp_path, correct, monkeypatch, capsys):
+    """accuracy-figures writes four figures (eight files); a full disk at the third figure leaves all eight of
+    the earlier run's files in place (the same inodes: none replaced) and nothing beside them (issue 31)."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    table = correct.iloc[:, :3].set_axis(["base", "sft/seed1", "dpo/seed1"], axis=1)
+    acc = pd.concat([accuracy_table(table, n_boot=100).reset_index().assign(test_set=t) for t in ("toy", "gsm8k")])
+    pw = pd.concat([pairwise_tests(table).assign(test_set=t) for t in ("toy", "gsm8k")])
+    acc.to_csv(tmp_path / "accuracy.tsv", sep="\t", index=False)
+    pw.to_csv(tmp_path / "pairwise.tsv", sep="\t", index=False)
+    out = tmp_path / "figures"
+    out.mkdir()
+    argv = ["accuracy-figures", "--accuracy", f"{tmp_path}/accuracy.tsv", "--pairwise", f"{tmp_path}/pairwise.tsv"]
+    assert main([*argv, "--out", str(out)]) == 0
+    before = {p.name: p.stat().st_ino for p in out.iterdir()}
+    assert len(before) == 8
+    calls = []
+    savefig = Figure.savefig
+
+    def full_disk_at_the_fifth_file(self, fname, *args, **kw):
+        calls.append(fname)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+        return savefig(self, fname, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", full_disk_at_the_fifth_file)
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "no space left" in capsys.readouterr().err
+    assert len(calls) == 5
+    assert {p.name: p.stat().st_ino for p in out.iterdir()} == before
+
+
 # The pass@k and KL/forgetting figures (lossgeom.figures.behaviour), from the tables behaviour_statistics
 # writes for a synthetic study: samples and held-out tables of the base and every adapter, built below.
 

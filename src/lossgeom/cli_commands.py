@@ -5,10 +5,25 @@ only its own stage). The parser, the argument types and the error handling are i
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 log = logging.getLogger("lossgeom")
+
+
+def figure_set(cmd):
+    """A figures subcommand whose figures appear together or not at all: a failure at the last figure leaves
+    every earlier one's old files in place (:func:`lossgeom.figures.common.all_or_none`)."""
+
+    @functools.wraps(cmd)
+    def run(a):
+        from .figures.common import all_or_none
+
+        with all_or_none():
+            cmd(a)
+
+    return run
 
 
 def _generation(a):
@@ -165,18 +180,21 @@ def cmd_base_spectrum(a):
     write_base_spectrum(caches, base_weights, a.out, a.top_k, a.threshold, a.seed, cache_dir=a.cache_dir, progress=True)
 
 
+@figure_set
 def cmd_trajectory_figures(a):
     from .figures.trajectory import trajectory_figure
 
     trajectory_figure(a.tables, dict(a.roles), a.seed, a.out)
 
 
+@figure_set
 def cmd_base_spectrum_figures(a):
     from .figures.spectrum import base_spectrum_figure
 
     base_spectrum_figure(a.tables, dict(a.roles), a.seed, a.out)
 
 
+@figure_set
 def cmd_geometry_figures(a):
     from .figures.geometry import geometry_figures
 
@@ -284,30 +302,35 @@ def cmd_behaviour_stats(a):
     )
 
 
+@figure_set
 def cmd_behaviour_figures(a):
     from .figures.behaviour import behaviour_figures
 
     behaviour_figures(a.tables, a.out)
 
 
+@figure_set
 def cmd_accuracy_figures(a):
     from .figures.accuracy import accuracy_figures
 
     accuracy_figures(a.accuracy, a.pairwise, a.out)
 
 
+@figure_set
 def cmd_connectivity_figures(a):
     from .figures.connectivity import connectivity_figures
 
     connectivity_figures(a.summary, a.curves, a.out)
 
 
+@figure_set
 def cmd_representations_figures(a):
     from .figures.representations import representations_figures
 
     representations_figures(a.cka, a.out)
 
 
+@figure_set
 def cmd_training_figures(a):
     from .figures.training import training_figures
 

@@ -1,13 +1,16 @@
 """What every figure shares: an explicit Agg canvas (no pyplot, no GUI backend), a seaborn style
-applied only inside the figure's own ``with`` block, an atomic PNG + PDF save without volatile
-metadata (so re-running a figure job gives byte-identical files), one colour and name per method, and
-the table helpers of the model x model figures. Every figure rule tracks this module as an input."""
+applied only inside the figure's own ``with`` block, a PNG + PDF save without volatile metadata (so
+re-running a figure job gives byte-identical files) whose files appear together or not at all, one
+colour and name per method, and the table helpers of the model x model figures. Every figure rule
+tracks this module as an input."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from contextlib import ExitStack
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -17,7 +20,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..fsutil import atomic_path
+from ..fsutil import atomic_files
 from ..labels import Label
 
 DPI = 200
@@ -40,19 +43,38 @@ def figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
     return fig, (axes[0] if len(axes) == 1 else axes)
 
 
+# The staging function of the figure set being written (:func:`all_or_none`), if any.
+_STAGE: ContextVar = ContextVar("figure_stage", default=None)
+
+
+@contextlib.contextmanager
+def all_or_none():
+    """Every figure written with :func:`save` inside the block appears when the block ends without error, and none if
+    anything in it fails (each target keeps its old file): a figure command's set of figures, written into a
+    directory that other jobs' figures share, appears whole (:func:`lossgeom.fsutil.atomic_files`)."""
+    with atomic_files() as stage:
+        token = _STAGE.set(stage)
+        try:
+            yield
+        finally:
+            _STAGE.reset(token)
+
+
 def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_path`` (.png) and its .pdf sibling atomically; returns both paths."""
+    """Write ``out_path`` (.png) and its .pdf sibling, both or neither (inside :func:`all_or_none`, with the
+    rest of its set); returns both paths."""
     png = Path(out_path)
     if png.suffix.lower() != ".png":
         raise ValueError(f"output path must end in .png, got {str(png)!r}")
     pdf = png.with_suffix(".pdf")
-    for path, fmt, extra in (
+    with ExitStack() as stack:
+        stage = _STAGE.get() or stack.enter_context(atomic_files())
         # zlib level 1: ~0.5 s less per figure than PIL's default 6, for a file ~20% larger
-        (png, "png", {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}),
-        (pdf, "pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}}),
-    ):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, **extra)
+        png_kw = {"metadata": {"Software": None}, "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}
+        fig.savefig(stage(png), format="png", dpi=DPI, **png_kw)
+        fig.savefig(
+            stage(pdf), format="pdf", dpi=DPI, metadata={"CreationDate": None, "Creator": None, "Producer": None}
+        )
     return png, pdf
 
 
