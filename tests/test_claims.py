@@ -9,6 +9,7 @@ import pytest
 
 from lossgeom.claims.check import CHECKS, OUTPUT_COLUMNS, write_claims
 from lossgeom.claims.paper import paper_claims
+from lossgeom.claims.verdicts import Judged, replicates_text, verdict
 from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
 from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
 from lossgeom.labels import Label
@@ -33,6 +34,9 @@ COS = {
     ("grpo", "dpo"): 0.1,
 }
 ANGLE = {"rft": 6.7, "rift": 8.2, "grpo": 18.5, "dft": 26.7, "dpo": 54.6}
+# the replicates of a run shaped like the default study's: the shared-init seed, its data-order replicate,
+# another init seed
+REPLICATES = ("seed42", "seed42data7", "seed123")
 
 
 def _cos(a, b):
@@ -90,69 +94,57 @@ def _write_run(tmp_path, dpo_acc=0.9, barrier_rift_dpo=2.0, data_floor=0.95):
     _noise_floor(data_floor).to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
     pd.DataFrame(
         {
-            "label": [f"{m}/seed42" for m in ROLES],
-            "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2],
-            "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1],
+            "label": [f"{m}/{r}" for r in REPLICATES for m in ROLES],
+            "norm": [2.8, 2.8, 2.0, 3.0, 2.5, 0.2] * len(REPLICATES),
+            "effective_rank_mean": [4, 4, 4, 4, 3.8, 6.1] * len(REPLICATES),
         }
     ).to_csv(geo / "adapters.tsv", sep="\t", index=False)
     ev = tmp_path / "eval"
     ev.mkdir()
-    models = ["base"] + [f"{m}/seed42" for m in ROLES]
-    acc = {
-        "base": 0.2,
-        "sft/seed42": 0.6,
-        "rft/seed42": 0.6,
-        "dft/seed42": 0.6,
-        "rift/seed42": 0.61,
-        "grpo/seed42": 0.6,
-        "dpo/seed42": dpo_acc,
+    models = ["base"] + [f"{m}/seed{s}" for s in (42, 123) for m in ROLES]  # data-order replicates: no evaluation
+    acc = {"base": 0.2} | {
+        f"{m}/seed{s}": a for s in (42, 123) for m, a in zip(ROLES, (0.6, 0.6, 0.6, 0.61, 0.6, dpo_acc))
     }
     rows = []
     for a, b in itertools.combinations(models, 2):
         p = 1.0 if abs(acc[a] - acc[b]) < 0.05 else 1e-6
         rows.append({"test_set": "toy", "model_a": a, "model_b": b, "acc_a": acc[a], "acc_b": acc[b], "p_holm": p})
     pd.DataFrame(rows).to_csv(ev / "pairwise.tsv", sep="\t", index=False)
+    sweeps = [
+        ("sft", "grpo", 2.0, 5.0, 0.0),
+        ("grpo", "rift", 5.0, 2.2, 0.1),
+        ("rift", "dpo", 3.8, 8.6, barrier_rift_dpo),
+    ]
     lmc = pd.DataFrame(
         [
             {
-                "pair_a": "sft/seed42",
-                "pair_b": "grpo/seed42",
+                "pair_a": f"{a}/seed{s}",
+                "pair_b": f"{b}/seed{s}",
                 "metric": "answer_ce",
-                "value_a": 2.0,
-                "value_b": 5.0,
-                "barrier": 0.0,
-            },
+                "value_a": va,
+                "value_b": vb,
+                "barrier": bar,
+            }
+            for s in (42, 123)
+            for a, b, va, vb, bar in sweeps
+        ]
+        + [  # a seed pair from each side of the shared init: the seed's adapter and its data-order replicate
             {
-                "pair_a": "grpo/seed42",
-                "pair_b": "rift/seed42",
-                "metric": "answer_ce",
-                "value_a": 5.0,
-                "value_b": 2.2,
-                "barrier": 0.1,
-            },
-            {
-                "pair_a": "rift/seed42",
-                "pair_b": "dpo/seed42",
-                "metric": "answer_ce",
-                "value_a": 3.8,
-                "value_b": 8.6,
-                "barrier": barrier_rift_dpo,
-            },
-            {
-                "pair_a": "sft/seed42",
+                "pair_a": f"sft/{r}",
                 "pair_b": "sft/seed123",
                 "metric": "answer_ce",
                 "value_a": 2.0,
                 "value_b": 2.0,
                 "barrier": 0.0,
-            },
+            }
+            for r in ("seed42", "seed42data7")
         ]
     )
     lmc.to_csv(tmp_path / "lmc.tsv", sep="\t", index=False)
     cka = []
-    for layer in range(4):
+    for layer, s in itertools.product(range(4), (42, 123)):
         for a, b, v in (("sft", "rift", 0.995), ("sft", "grpo", 0.85), ("grpo", "dpo", 0.45), ("dft", "dpo", 0.45)):
-            cka.append({"model_a": f"{a}/seed42", "model_b": f"{b}/seed42", "layer": layer, "cka": v})
+            cka.append({"model_a": f"{a}/seed{s}", "model_b": f"{b}/seed{s}", "layer": layer, "cka": v})
     pd.DataFrame(cka).to_csv(tmp_path / "cka.tsv", sep="\t", index=False)
     return geo, ev
 
@@ -207,7 +199,7 @@ def _write_behaviour(tmp_path, kl=KL, forget=FORGET, floor=0.01):
 
     kl_rows, f_rows = [], []
     for m in kl:
-        for seed, jitter in ((42, 0.0), (123, floor)) if m != "online_grpo" else ((42, 0.0),):
+        for seed, jitter in ((42, 0.0), (123, floor)):
             label = str(Label(m, seed))
             for direction in ("forward", "reverse"):
                 for unit in ("sequence", "token"):
@@ -289,23 +281,23 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
         write_claims(geo, ev, None, None, {"ppo": "ppo"}, 42, tmp_path / "c3.tsv")
 
 
-@pytest.mark.parametrize("floor, verdict", [(0.95, "holds"), (0.96, "holds"), (0.961, "fails"), (0.98, "fails")])
+@pytest.mark.parametrize("floor, verdict", [(0.95, "holds"), (0.96, "fragile"), (0.961, "fails"), (0.98, "fails")])
 def test_the_cluster_must_stand_above_the_data_order_floor(tmp_path, floor, verdict):
-    """No tolerance: the smallest cluster cosine (0.96 here) against the mean data-order floor."""
+    """No tolerance: the smallest cluster cosine (0.96 here) against the mean data-order floor; on the floor
+    exactly, no replicate stands clear of it (a margin of 0 is no larger than the spread, 0): fragile."""
     geo, ev = _write_run(tmp_path, data_floor=floor)
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
     assert out.loc["cluster_vs_floor", "verdict"] == verdict
 
 
 def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:
-    """noise_floor rows of SFT against an sft_lr10x and an online_grpo adapter (shared init, seed 42), in the
+    """noise_floor rows of SFT against an sft_lr10x and an online_grpo adapter (shared init, each replicate), in the
     row orders the geometry writes them (norm_ratio = ||dW_b|| / ||dW_a|| of the row's pair)."""
     rows = []
-    for b, cos, ratio, sft_first in (
-        ("sft_lr10x/seed42", cos_lr, ratio_lr, True),
-        ("online_grpo/seed42", cos_online, ratio_online, False),
+    for (m, cos, ratio, sft_first), rep in itertools.product(
+        (("sft_lr10x", cos_lr, ratio_lr, True), ("online_grpo", cos_online, ratio_online, False)), REPLICATES
     ):
-        a = "sft/seed42"
+        a, b = f"sft/{rep}", f"{m}/{rep}"
         pa, pb, r = (a, b, ratio) if sft_first else (b, a, 1 / ratio)
         for metric, v in (
             ("cosine_global", cos),
@@ -415,8 +407,8 @@ def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
         ((4.0, 8.0, 0.02, 0), ("holds", "holds", "holds")),
         # GRPO below SFT by less than the data-order floor (JITTER): not a difference
         ((10.0 - JITTER / 2, 20.0, 0.05 - JITTER / 200, 0), ("fails", "holds", "fails")),
-        # less rotation than SFT, but no less than its chance level: only its size keeps it small
-        ((4.0, 4.0, 0.02, 0), ("holds", "fails", "holds")),
+        # less rotation than SFT, but more than its chance level: only its size keeps it small
+        ((4.0, 3.8, 0.02, 0), ("holds", "fails", "holds")),
     ],
 )
 def test_base_spectrum_claims_read_each_difference_against_its_floor_and_chance(tmp_path, grpo, verdicts):
@@ -451,7 +443,7 @@ def test_forgetting_tracks_kl_reads_the_rank_correlation_s_interval(tmp_path, fo
     beh = _write_behaviour(tmp_path, forget=forget)
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", None, beh).set_index("claim_id")
     assert out.loc["forgetting_tracks_kl", "verdict"] == verdict
-    assert "over 13 adapters" in out.loc["forgetting_tracks_kl", "this_run"]
+    assert "over 14 adapters" in out.loc["forgetting_tracks_kl", "this_run"]
     assert out.loc["forgetting_tracks_kl", "source"].startswith("Shenfeld et al. 2025")
 
 
@@ -473,3 +465,68 @@ def test_online_rl_forgets_less_needs_both_below_sft_by_more_than_its_floor(
     roles = {**ROLES, "online_grpo": "online_grpo"}
     out = write_claims(geo, ev, None, None, roles, 42, tmp_path / "claims.tsv", None, beh).set_index("claim_id")
     assert out.loc["online_rl_forgets_less", "verdict"] == verdict
+
+
+# ---- the verdict over replicates (lossgeom.claims.verdicts) --------------------------------------------
+
+
+def _judged(*margins, interval=False):
+    """Replicates named r0, r1, ... each with the margins given (one dict of condition -> margin each)."""
+    return {f"r{i}": Judged("", "", "", dict(m), interval) for i, m in enumerate(margins)}
+
+
+@pytest.mark.parametrize(
+    "margins, want",
+    [
+        # every replicate meets the rule by more than the replicates spread
+        (({"c": 0.05}, {"c": 0.06}, {"c": 0.04}), "holds"),
+        (({"c": -0.3}, {"c": -0.25}), "fails"),
+        # one replicate disagrees
+        (({"c": 0.05}, {"c": -0.01}, {"c": 0.04}), "fragile"),
+        # all agree, but the smallest margin (0.01) is within the spread (0.04)
+        (({"c": 0.01}, {"c": 0.05}), "fragile"),
+        (({"c": -0.01}, {"c": -0.05}), "fragile"),
+        # on the threshold exactly: no margin at all
+        (({"c": 0.0}, {"c": 0.0}), "fragile"),
+        # an "and" rule fails on one violated condition, whatever the other does
+        (({"a": 0.01, "b": -0.5}, {"a": 0.3, "b": -0.45}), "fails"),
+        (({"a": 0.2, "b": 0.5}, {"a": 0.25, "b": 0.45}), "holds"),
+        (({"a": 0.2, "b": 0.01}, {"a": 0.25, "b": 0.45}), "fragile"),
+        # a margin that could not be computed settles nothing
+        (({"c": float("nan")}, {"c": 0.5}), "fragile"),
+        # one replicate: its spread is unknown
+        (({"c": 0.5},), "inconclusive"),
+        ((), "not run"),
+    ],
+)
+def test_the_verdict_needs_every_replicate_to_agree_by_more_than_they_spread(margins, want):
+    assert verdict(_judged(*margins)) == want
+
+
+def test_one_replicate_settles_a_claim_read_from_a_confidence_interval():
+    assert verdict(_judged({"c": 0.4}, interval=True)) == "holds"
+    assert verdict(_judged({"c": -0.1}, interval=True)) == "fails"
+
+
+def test_the_replicates_column_counts_them_and_gives_each_margin_and_the_spread():
+    count, margins = replicates_text(_judged({"a": 0.05, "b": 1.0}, {"a": -0.01, "b": 2.0}))
+    assert count == "1 of 2 hold"
+    assert margins == "a: r0 +0.05, r1 -0.01; spread 0.06 | b: r0 +1, r1 +2; spread 1"
+
+
+def test_each_replicate_reads_its_own_adapters(tmp_path):
+    """A run whose other init seed's cluster sits below 0.9 (SFT-RFT 0.89 at seed 123): the cluster claim holds at
+    seed 42 and its data-order replicate but not at seed 123, so it is fragile, not held, and the row says so."""
+    geo, ev = _write_run(tmp_path)
+    nf = pd.read_csv(geo / "noise_floor.tsv", sep="\t")
+    at_123 = (nf.pair_a == "sft/seed123") & (nf.pair_b == "rft/seed123") & (nf.metric == "cosine_global")
+    assert at_123.sum() == 1
+    nf.loc[at_123, "value"] = 0.89
+    nf.to_csv(geo / "noise_floor.tsv", sep="\t", index=False)
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
+    row = out.loc["cluster"]
+    assert row["verdict"] == "fragile"
+    assert row["replicates"] == "2 of 3 hold"
+    assert "seed42 +0.06, seed42data7 +0.06, seed123 -0.01; spread 0.07" in row["margins"]
+    assert "SFT-RFT 0.97" in row["this_run"]  # the texts are the shared-init seed's
+    assert out.loc["dft", "verdict"] == "holds"  # DFT's bounds still clear at seed 123 (0.55 < 0.89)

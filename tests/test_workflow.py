@@ -153,13 +153,11 @@ def test_tiny_study_writes_the_results_contract(study):
     rep = floor[(floor.pair_a == "sft/seed1") & (floor.pair_b == "sft/seed1data5") & (floor.metric == "cosine_global")]
     assert rep.iloc[0]["init"] == "shared" and rep.iloc[0]["data_order"] == "other"
     claims = pd.read_csv(res / "claims.tsv", sep="\t")
-    assert len(claims) == 26 and set(claims["verdict"]) <= {"holds", "fails", "not run"}
-    # the base-spectrum rows are computed from the study's own tables (not "not run")
+    assert len(claims) == 26 and set(claims["verdict"]) <= {"holds", "fails", "fragile", "inconclusive", "not run"}
+    # the base-spectrum rows are computed from the study's own tables (not "not run"), on every replicate
     ids = ["intruders", "rl_rotation", "rl_spectrum", "forgetting_tracks_kl"]
-    assert set(claims.set_index("claim_id").loc[ids, "verdict"]) <= {
-        "holds",
-        "fails",
-    }
+    assert set(claims.set_index("claim_id").loc[ids, "verdict"]) <= {"holds", "fails", "fragile"}
+    assert set(claims.set_index("claim_id").loc[ids[:3], "replicates"].str.split().str[2]) == {"3"}
     assert (abs(cos.values.diagonal() - 1) < 1e-9).all()
     assert (abs(cos.values - cos.values.T) < 1e-12).all()
     assert (res / "figures" / "cosine_global.png").stat().st_size > 10_000
@@ -406,9 +404,6 @@ def test_tiny_extended_study_runs_end_to_end(tmp_path):
     metrics = pd.read_csv(res / "adapters" / "online_grpo" / "seed1" / "metrics.tsv", sep="\t")
     assert {"reward", "accuracy"} <= set(metrics.columns) and len(metrics) == 4
     claims = pd.read_csv(res / "claims.tsv", sep="\t").set_index("claim_id")
-    assert claims.loc["lr10x", "verdict"] in ("holds", "fails")
+    assert claims.loc["lr10x", "verdict"] != "not run"
     # the random tiny base rarely earns a reward, so online GRPO's update may be zero: then its row says why
-    assert (
-        claims.loc["online_grpo", "verdict"] in ("holds", "fails")
-        or "zero update" in claims.loc["online_grpo", "this_run"]
-    )
+    assert claims.loc["online_grpo", "verdict"] != "not run" or "zero update" in claims.loc["online_grpo", "this_run"]

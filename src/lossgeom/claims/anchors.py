@@ -3,14 +3,15 @@ the base weight's spectrum (``base_spectrum/summary.tsv``). Shuttleworth et al. 
 dimensions into the base's top singular vectors; "The Path Not Taken" (2025): RL-style updates rotate the
 base's principal subspace and change its top singular values less than SFT. And each model's behaviour
 against the base (``behaviour/``): RL's Razor (Shenfeld et al., 2025): forgetting tracks the forward KL to
-the base, and online RL forgets less than SFT. Each returns (this_run, floor, chance, holds), as the checks
-of :mod:`.check`."""
+the base, and online RL forgets less than SFT. Each returns a :class:`~.verdicts.Judged` (this_run, floor,
+chance, each condition's margin), as the checks of :mod:`.check`."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .tables import Missing, RunTables, fmt
+from .verdicts import Judged
 
 
 def _intruders(t: RunTables):
@@ -19,7 +20,8 @@ def _intruders(t: RunTables):
     text += f" intruder dimensions (top-k of W + dW, summed over {int(rows['sft']['n_modules'])} modules)"
     floor = "data-order " + ", ".join(f"{m.upper()} {fmt(r['data_floor'])}" for m, r in rows.items())
     chance = "chance " + ", ".join(f"{m.upper()} {int(r['chance'])}" for m, r in rows.items())
-    return text, floor, chance, all(r["value"] >= 1 for r in rows.values())
+    # counts: the threshold "at least 1" lies between 0 and 1, so a count's margin is its distance to 0.5
+    return Judged(text, floor, chance, {"each >= 1": min(float(r["value"]) for r in rows.values()) - 0.5})
 
 
 SPECTRUM_NAMES = {
@@ -29,18 +31,19 @@ SPECTRUM_NAMES = {
 
 
 def _below_sft(t: RunTables, statistic: str, ratio: bool):
-    """(text, floor, chance, holds): GRPO's and DPO's ``statistic`` (or its ratio to chance) each below SFT's
-    by more than the larger of the two methods' data-order floors (and, for a ratio, below 1)."""
+    """GRPO's and DPO's ``statistic`` (or its ratio to chance) each below SFT's by more than the larger of the
+    two methods' data-order floors (and, for a ratio, below 1): one margin per method and condition."""
     col, floor_col = ("ratio_to_chance", "ratio_data_floor") if ratio else ("value", "data_floor")
     rows = {m: t.spectrum_row(m, statistic) for m in ("sft", "grpo", "dpo")}
     sft = float(rows["sft"][col])
-    holds, parts, floors = True, [], []
+    margins, parts, floors = {}, [], []
     for m in ("grpo", "dpo"):
         v = float(rows[m][col])
         floor = np.nanmax([float(rows["sft"][floor_col]), float(rows[m][floor_col])])
         floors.append(f"SFT/{m.upper()} {fmt(floor)}")
-        holds &= bool(np.isfinite(v) and np.isfinite(sft) and sft - v > (floor if np.isfinite(floor) else 0.0))
-        holds &= (v < 1.0) if ratio else True
+        margins[f"{m.upper()} below SFT by > floor"] = sft - v - (floor if np.isfinite(floor) else 0.0)
+        if ratio:
+            margins[f"{m.upper()} < 1"] = 1.0 - v
         parts.append(f"{m.upper()} {fmt(v)}")
     what = SPECTRUM_NAMES[statistic] + (", ratio to chance" if ratio else "")
     text = f"{what}: SFT {fmt(sft)}, " + ", ".join(parts)
@@ -53,7 +56,7 @@ def _below_sft(t: RunTables, statistic: str, ratio: bool):
             + ")"
         )
     chance = "1" if ratio else "chance " + ", ".join(f"{m.upper()} {fmt(float(r['chance']))}" for m, r in rows.items())
-    return text, "data-order " + ", ".join(floors), chance, holds
+    return Judged(text, "data-order " + ", ".join(floors), chance, margins)
 
 
 def _forgetting_tracks_kl(t: RunTables):
@@ -65,7 +68,9 @@ def _forgetting_tracks_kl(t: RunTables):
     if "delta_norm" in c.index:
         n = c.loc["delta_norm"]
         text += f"; against ||dW||: {fmt(n['rho'])} [{fmt(n['ci_low'])}, {fmt(n['ci_high'])}]"
-    return text, "95% interval", "0", bool(np.isfinite(r["ci_low"]) and r["ci_low"] > 0)
+    if t.replicate[0] != t.seed or t.replicate[1] is not None:
+        raise Missing("one correlation over every adapter: read once")
+    return Judged(text, "95% interval", "0", {"95% interval above 0": float(r["ci_low"])}, interval=True)
 
 
 def _online_rl_forgets_less(t: RunTables):
@@ -78,11 +83,11 @@ def _online_rl_forgets_less(t: RunTables):
         f"forgetting: online GRPO {fmt(f_on['value'])}, SFT {fmt(f_sft['value'])} nats/token; forward KL: "
         f"online GRPO {fmt(k_on['value'])}, SFT {fmt(k_sft['value'])} nats/token"
     )
-    holds = all(
-        np.isfinite(floor) and float(s["value"]) - float(o["value"]) > floor
-        for s, o, floor in ((f_sft, f_on, ff), (k_sft, k_on, kf))
-    )
-    return text, f"seed floor of SFT: forgetting {fmt(ff)}, KL {fmt(kf)}", "0", holds
+    margins = {
+        f"{what} below SFT's by > SFT's seed floor": float(s["value"]) - float(o["value"]) - floor
+        for what, s, o, floor in (("forgetting", f_sft, f_on, ff), ("forward KL", k_sft, k_on, kf))
+    }
+    return Judged(text, f"seed floor of SFT: forgetting {fmt(ff)}, KL {fmt(kf)}", "0", margins)
 
 
 ANCHOR_CHECKS = {

@@ -1,8 +1,10 @@
 """The run's tables as the claim checks read them (:class:`RunTables`), with lookups that raise
-:class:`Missing` when a value is absent (the claim's verdict is then "not run")."""
+:class:`Missing` when a value is absent (the claim's verdict is then "not run"), seen from one replicate
+of the run at a time (:meth:`RunTables.at`)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ class RunTables:
         behaviour: Path | None = None,
     ):
         self.roles, self.seed = roles, seed
+        self.replicate: tuple[int, int | None] = (seed, None)  # (init seed, data seed) of the adapters read
         self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
         self.adapters = pd.read_csv(geometry / "adapters.tsv", sep="\t")
         self.pairwise = read_table(eval_dir / "pairwise.tsv") if eval_dir else None
@@ -55,10 +58,29 @@ class RunTables:
         self.behaviour = {n: read_table(behaviour / f"{n}.tsv") for n in names} if behaviour else {}
 
     def label(self, role: str, seed: int | None = None) -> str:
-        """The label of the adapter of the method playing ``role`` at ``seed`` (default: the shared-init seed)."""
+        """The label of the adapter of the method playing ``role`` at init ``seed`` (default: this view's
+        replicate: the shared-init seed's adapter, its data-order replicate's, or another init seed's)."""
         if role not in self.roles:
             raise Missing(f"no method plays {role}")
-        return str(Label(self.roles[role], self.seed if seed is None else seed))
+        return str(Label(self.roles[role], *self.replicate) if seed is None else Label(self.roles[role], seed))
+
+    def replicates(self) -> list[str]:
+        """The run's replicates, named as label suffixes: the shared-init seed (``seed42``), then its data-order
+        replicates (``seed42data7``), then the other init seeds (``seed123``), as the geometry's adapters have
+        them. A claim is checked on each (:meth:`at`); one whose inputs a replicate lacks skips it."""
+        names = set(self.nf["pair_a"]) | set(self.nf["pair_b"])
+        labels = [x for x in map(Label.try_parse, names) if x is not None]  # a name that is not a label: no adapter
+        data = sorted({(x.seed, x.data_seed) for x in labels if x.data_seed is not None})
+        seeds = sorted({x.seed for x in labels if x.data_seed is None} - {self.seed})
+        return [f"seed{self.seed}", *(f"seed{s}data{d}" for s, d in data), *(f"seed{s}" for s in seeds)]
+
+    def at(self, replicate: str) -> RunTables:
+        """This run seen from ``replicate`` (a name of :meth:`replicates`): :meth:`label` then gives that
+        replicate's adapters. The tables are shared, not copied."""
+        label = Label.parse(f"x/{replicate}")  # x: any method; the replicate is the label's seed part
+        view = copy.copy(self)
+        view.replicate = (label.seed, label.data_seed)
+        return view
 
     def init_seeds(self, role: str) -> list[int]:
         """The init seeds of the geometry's adapters of the method playing ``role``, replicates left out."""
@@ -78,12 +100,17 @@ class RunTables:
         return float(self.pair(self.label(ra), self.label(rb))["value"])
 
     def same_method(self, role: str, init: str, metric: str = "cosine_global") -> pd.DataFrame:
-        """Rows of a method's own pairs: ``init='other'`` (init-seed pairs) or ``'shared'`` (data-order pairs)."""
-        if role not in self.roles:
+        """Rows of a method's own pairs: ``init='other'``: this replicate's adapter against the method's other
+        init seeds; ``'shared'``: the method's data-order pairs (the floor: every replicate's)."""
+        m = self.roles.get(role)
+        if m is None:
             raise Missing(f"no method plays {role}")
-        m = self.roles[role]
         nf = self.nf[(self.nf["metric"] == metric) & (self.nf["method_a"] == m) & (self.nf["method_b"] == m)]
-        nf = nf[(nf["init"] == init) & ((nf["data_order"] == "other") if init == "shared" else True)]
+        if init == "other":
+            mine = self.label(role)
+            nf = nf[(nf["init"] == "other") & ((nf["pair_a"] == mine) | (nf["pair_b"] == mine))]
+        else:
+            nf = nf[(nf["init"] == init) & (nf["data_order"] == "other")]
         if nf.empty:
             raise Missing(f"no {init}-init pair of {m}")
         return nf
@@ -117,7 +144,7 @@ class RunTables:
         return rows.set_index("layer")["cka"].sort_index()
 
     def spectrum_row(self, role: str, statistic: str) -> pd.Series:
-        """The ``base_spectrum/summary.tsv`` row of ``statistic`` for the shared-init adapter of ``role``."""
+        """The ``base_spectrum/summary.tsv`` row of ``statistic`` for this replicate's adapter of ``role``."""
         if self.spectrum is None:
             raise Missing("no base_spectrum/summary.tsv")
         s = self.spectrum
