@@ -8,6 +8,11 @@ Snakefile runs before scheduling anything (:func:`lossgeom.config.load`) and mus
 :class:`~lossgeom.config.ConfigError` line naming the key; ``test_snakemake_stops_on_a_bad_config``
 checks one of them through Snakemake itself.
 
+Only input errors (:class:`lossgeom.errors.InputError`, a missing input file) and the machine's (a GPU out
+of memory, a full disk, no CUDA) end this way: a bug's exception, a plain ValueError included, keeps its
+traceback (``test_a_bug_s_valueerror_keeps_its_traceback``), so a library's ValueError on a bad file is caught
+where the file is read and named there.
+
 New inputs get a row. The inputs are built once per module from the tiny world and the tiny random
 model of ``conftest.py`` (adapters are random PEFT LoRAs, never trained), so the whole corpus runs in
 well under a minute. Crash points (SIGKILL mid-job, then a rerun) are in ``test_workflow_crash_points.py``.
@@ -972,6 +977,84 @@ CASES = [
         ),
         r"module layers\.0\.self_attn\.o_proj: lora_B holds NaN or Inf",
     ),
+    # -- a library's ValueError on a bad file, caught at the read and named (issue 31: a plain ValueError is a
+    # bug's, with its traceback; these used to pass as one line only because every ValueError did) ------------
+    Case(
+        "intermediates/lmc-sweep-not-utf8",
+        lambda w, t, c: (
+            [
+                "lmc-summary",
+                str(_jsonl(t / "s.tsv", [], raw=b"pair_a\tpair_b\n\xff\xfe\t1\n")),
+                "--out",
+                str(_out(t, "s")),
+            ],
+            _out(t, "s"),
+        ),
+        r"s\.tsv: not a sweep table of 'lossgeom lmc' \(.*utf-8",
+    ),
+    Case(
+        "intermediates/lmc-sweep-without-endpoints",
+        lambda w, t, c: (
+            [
+                "lmc-summary",
+                str(_jsonl(t / "s.tsv", [], raw=b"pair_a\tpair_b\talpha\tmetric\tvalue\na\tb\t0.5\taccuracy\t1\n")),
+                "--out",
+                str(_out(t, "s")),
+            ],
+            _out(t, "s"),
+        ),
+        r"s\.tsv: not a sweep table of 'lossgeom lmc' \(a curve's alphas do not run from 0 to 1\)",
+    ),
+    Case(
+        "intermediates/eval-stats-wrong-columns",
+        lambda w, t, c: (
+            ["eval-stats", f"m={_parquet(t / 'e.parquet', pd.DataFrame({'x': [1]}))}", "--out", str(_out(t, "stats"))],
+            _out(t, "stats"),
+        ),
+        r"e\.parquet: not an evaluation table of 'lossgeom evaluate' \(no column\(s\) \['test_set'",
+    ),
+    Case(
+        "intermediates/trajectory-train-info-not-json",
+        lambda w, t, c: (
+            [
+                "trajectory",
+                f"a/seed1={_jsonl(_copy_adapter(w.good, t) / 'train_info.json', [], raw=b'{not json').parent}",
+                "--out",
+                str(_out(t, "traj")),
+            ],
+            _out(t, "traj"),
+        ),
+        r"train_info\.json: not the train_info\.json of 'lossgeom train' \(JSONDecodeError",
+    ),
+    Case(
+        "adapters/config-not-json-with-base-model",
+        lambda w, t, c: (
+            [
+                "geometry",
+                str(_jsonl(_copy_adapter(w.good, t) / "adapter_config.json", [], raw=b"{not json").parent),
+                str(w.good2),
+                "--base-model",
+                str(w.base),
+                "--out",
+                str(_out(t, "geo")),
+            ],
+            _out(t, "geo"),
+        ),
+        r"bad/adapter_config\.json: not a PEFT adapter config \(JSONDecodeError",
+    ),
+    Case(
+        "models/no-chat-template",
+        lambda w, t, c: (_evaluate(w, _out(t), base=_copy_model(w, t, drop=["chat_template.jinja"])), _out(t)),
+        r"model: cannot write a chat prompt \(.*chat_template",
+    ),
+    Case(
+        "ranges/behaviour-stats-ci-above-one",
+        lambda w, t, c: (
+            ["behaviour-stats", str(t / "samples.parquet"), "--ci", "1.5", "--out", str(_out(t, "beh"))],
+            _out(t, "beh"),
+        ),
+        r"--ci 1\.5: 1\.5 is greater than or equal to the maximum of 1 \(the config's behaviour\.ci\)",
+    ),
 ]
 if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_vllm_engine.py runs it
     CASES.append(
@@ -1249,12 +1332,16 @@ def test_config_case(edit, expect, tmp_path):
 
 @pytest.mark.parametrize(
     "text, expect",
-    [("seeds: [1\n", r"is not valid YAML"), ("- 1\n- 2\n", r"must hold a mapping")],
-    ids=["yaml-syntax", "yaml-not-a-mapping"],
+    [
+        ("seeds: [1\n", r"is not valid YAML"),
+        ("- 1\n- 2\n", r"must hold a mapping"),
+        (b"seeds: [1]\n# \xff\n", r"is not UTF-8 text"),
+    ],
+    ids=["yaml-syntax", "yaml-not-a-mapping", "not-utf8"],
 )
 def test_config_file_case(text, expect, tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     with pytest.raises(ConfigError, match=expect) as info:
         load(path, SCHEMA)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
@@ -1389,6 +1476,74 @@ def test_a_bug_s_oserror_keeps_its_traceback(w, tmp_path, monkeypatch):
     monkeypatch.setattr(rollouts.pd.DataFrame, "to_parquet", broken)
     with pytest.raises(OSError, match="Bad file descriptor"):
         main(_import(_jsonl(tmp_path / "r.jsonl", [_row()]), _out(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "bug", [ValueError("operands could not be broadcast together"), FloatingPointError("overflow encountered")]
+)
+def test_a_bug_s_valueerror_keeps_its_traceback(tmp_path, monkeypatch, capsys, bug):
+    """A plain ValueError or FloatingPointError raised inside a command is a bug (a shape mismatch, a broken
+    invariant), not an input error (issue 31, "a bug must look like a bug"): it propagates with its traceback,
+    where it used to end in one line and exit 2 like a bad input. Input errors are InputErrors."""
+    from lossgeom import cli_commands
+
+    def command(a):
+        raise bug
+
+    monkeypatch.setattr(cli_commands, "cmd_lmc_summary", command)
+    with pytest.raises(type(bug), match=str(bug)):
+        main(["lmc-summary", str(tmp_path / "s.tsv"), "--out", str(tmp_path / "summary.tsv")])
+    assert "lossgeom: error:" not in capsys.readouterr().err
+
+
+def test_an_input_error_raised_inside_a_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """Any InputError (here a diverged training run's NonFiniteError, also a FloatingPointError; and a bare
+    OS FileNotFoundError of a missing input) is one line and exit 2."""
+    from lossgeom import cli_commands
+    from lossgeom.training.trainers import NON_FINITE_FIX, NonFiniteError
+
+    out = tmp_path / "summary.tsv"
+    argv = ["lmc-summary", str(tmp_path / "s.tsv"), "--out", str(out)]
+
+    def diverged(a):
+        raise NonFiniteError(f"non-finite loss (nan); training stopped, no adapter written; {NON_FINITE_FIX}")
+
+    monkeypatch.setattr(cli_commands, "cmd_lmc_summary", diverged)
+    assert_one_line(main(argv), capsys.readouterr().err, r"non-finite loss .*lower the method's learning_rate", out)
+    monkeypatch.undo()
+    assert_one_line(main(argv), capsys.readouterr().err, r"s\.tsv: no such file or directory \(check the path", out)
+
+
+# Exception classes of lossgeom that are not input errors, and why each is not.
+NOT_INPUT_ERRORS = {
+    "lossgeom.devices.NoCudaError": "the machine's: a GPU granted and no CUDA (one line of its own in cli.main)",
+    "lossgeom.cli_oom.OutOfMemory": "the machine's: a GPU out of memory, restated (one line of its own in cli.main)",
+    "lossgeom.claims.tables.Missing": "a table value absent: the claim's verdict is 'not run', never an error",
+}
+
+
+def test_every_input_error_class_is_an_input_error():
+    """Each exception class lossgeom defines is an InputError (what cli.main prints as one line; a ValueError,
+    so ``except ValueError`` callers keep working), or is listed in NOT_INPUT_ERRORS with the reason."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import lossgeom
+    from lossgeom.errors import InputError
+
+    found = {}
+    for info in pkgutil.walk_packages(lossgeom.__path__, "lossgeom."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
+                found[f"{info.name}.{name}"] = obj
+    assert {"lossgeom.config.ConfigError", "lossgeom.training.trainers.NonFiniteError"} <= set(found)
+    assert set(NOT_INPUT_ERRORS) <= set(found), "a listed class no longer exists: drop it from the list"
+    stray = sorted(n for n, c in found.items() if not issubclass(c, InputError) and n not in NOT_INPUT_ERRORS)
+    assert not stray, f"not InputErrors and not listed in NOT_INPUT_ERRORS: {stray}"
+    assert issubclass(found["lossgeom.training.trainers.NonFiniteError"], FloatingPointError)
+    assert not any(issubclass(found[n], InputError) for n in NOT_INPUT_ERRORS)
 
 
 def test_an_adapter_with_a_zero_delta_is_named_not_refused(w, tmp_path, capsys, caplog):

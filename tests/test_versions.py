@@ -14,6 +14,7 @@ import trl
 
 from lossgeom import cli_commands
 from lossgeom.cli import GPU_COMMANDS, MODEL_COMMANDS, build_parser, main
+from lossgeom.errors import InputError
 from lossgeom.versions import (
     COLUMNS,
     NOT_INSTALLED,
@@ -138,7 +139,7 @@ def test_every_model_command_records_its_stack_when_done(tmp_path, monkeypatch):
     assert ran == [False] and read_record(record) == stack()
 
     def fails(a):
-        raise ValueError("bad input")
+        raise InputError("bad input")
 
     monkeypatch.setattr(cli_commands, "cmd_base_spectrum", fails)
     assert main([*argv, str(tmp_path / "failed.json")]) == 2 and not (tmp_path / "failed.json").exists()

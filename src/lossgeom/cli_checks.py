@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+from .errors import InputError
 from .settings import (
     BaseSpectrumSettings,
     BehaviourSettings,
@@ -25,9 +26,11 @@ CHECKED = {
     ("trajectory", "top_k"): ("geometry", GeometrySettings, "top_k"),
     ("base-spectrum", "top_k"): ("base_spectrum", BaseSpectrumSettings, "top_k"),
     ("base-spectrum", "threshold"): ("base_spectrum", BaseSpectrumSettings, "threshold"),
+    ("base-spectrum", "seed"): ("base_spectrum", BaseSpectrumSettings, "seed"),
     ("evaluate", "max_new_tokens"): ("evaluation", EvaluationSettings, "max_new_tokens"),
     ("evaluate", "batch_size"): ("evaluation", EvaluationSettings, "batch_size"),
     ("eval-stats", "n_boot"): ("evaluation", EvaluationSettings, "n_boot"),
+    ("eval-stats", "seed"): ("evaluation", EvaluationSettings, "seed"),
     ("lmc", "alphas"): ("lmc", LmcSettings, "alphas"),
     ("lmc", "limit"): ("lmc", LmcSettings, "limit"),
     ("lmc", "accuracy_subset"): ("lmc", LmcSettings, "accuracy_subset"),
@@ -35,19 +38,26 @@ CHECKED = {
     ("lmc", "batch_size"): ("evaluation", EvaluationSettings, "batch_size"),
     ("behaviour-stats", "k"): ("behaviour", BehaviourSettings, "k"),
     ("behaviour-stats", "n_boot"): ("behaviour", BehaviourSettings, "n_boot"),
+    ("behaviour-stats", "ci"): ("behaviour", BehaviourSettings, "ci"),
+    ("behaviour-stats", "temperature"): ("behaviour", BehaviourSettings, "temperature"),
     ("activations", "n_probe"): ("cka", CkaSettings, "n_probe"),
     ("activations", "batch_size"): ("cka", CkaSettings, "batch_size"),
 }
 
 
-class ArgumentRangeError(ValueError):
+class ArgumentRangeError(InputError):
     """A command-line value outside the range of the setting it stands for."""
 
 
 def check_arguments(a: Namespace) -> None:
     """Raise :class:`ArgumentRangeError` for the first value of ``a`` (parsed arguments of ``a.command``) that
-    the schema of its setting refuses."""
+    the schema of its setting refuses, and :class:`InputError` for flags that need another one."""
     from jsonschema import Draft202012Validator
+
+    generation = getattr(a, "generation", None)
+    openai = isinstance(generation, dict) and generation.get("backend") == "openai"
+    if a.command == "rollouts" and openai and a.journal is None:
+        raise InputError("the openai backend needs --journal (where completed requests survive a restart)")
 
     for (command, dest), (section, settings, key) in CHECKED.items():
         if command != a.command or getattr(a, dest, None) is None:

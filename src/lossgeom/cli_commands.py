@@ -47,11 +47,24 @@ def cmd_toy_world(a):
 def cmd_toy_model(a):
     from .modeling import load_tokenizer
     from .toy.pretrain import pretrain
+    from .toy.shipped import model_key, unpack
     from .toy.world import read_split
 
+    key = model_key(a.spec, a.seed, a.template, a.world)
+    if a.shipped is not None:  # toy.models_from: the model --out names, checked against this key, copied
+        unpack(a.shipped, a.out.name, key, a.out)
+        log.info("toy model %s: copied from %s (its key and SHA-256s checked)", a.out, a.shipped)
+        return
     tokenizer = load_tokenizer(a.world / "tokenizer")
-    info = pretrain(a.spec, tokenizer, read_split(a.world, "train"), a.template, a.out, a.seed, a.threads)
+    info = pretrain(a.spec, tokenizer, read_split(a.world, "train"), a.template, a.out, a.seed, a.threads, key)
     log.info("toy model %s: %s", a.out, info)
+
+
+def cmd_toy_ship(a):
+    from .toy.shipped import ship
+
+    manifest = ship(a.models, a.out)
+    log.info("shipped %s to %s", ", ".join(manifest["models"]), a.out)
 
 
 def cmd_rollouts(a):
@@ -360,3 +373,9 @@ def cmd_cost(a):
     if not schema.is_file():
         raise FileNotFoundError(f"{schema}: lossgeom cost reads the workflow's schema; run it from a checkout")
     print(gpu_hours_markdown(with_defaults(load(a.configfile, schema))), end="")
+
+
+def cmd_compare_runs(a):
+    from .run_diff import compare_runs
+
+    print(compare_runs(*a.runs, a.out, tuple(a.names)), end="")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import InputError
 from .labels import Label
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
@@ -31,7 +32,7 @@ from .settings import (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is missing, of the wrong type, or inconsistent. The message names the key."""
 
 
@@ -118,7 +119,7 @@ def _check_consistency(config: dict) -> None:
     for name, entry in config["methods"].items():
         if "seeds" in entry and len(set(entry["seeds"])) != len(entry["seeds"]):
             raise ConfigError(f"config error: methods.{name}.seeds {entry['seeds']} repeats a seed")
-    labels = set(adapter_labels(config))
+    labels = set(adapter_labels(config)) | set(replicate_labels(config))
     rep = config.get("data_order_replicate")
     if rep and rep["seed"] not in config["seeds"]:
         raise ConfigError(
@@ -189,9 +190,11 @@ def load(path: Path | str, schema_path: Path | str) -> dict:
     """Read a YAML config file and validate it."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"config error: {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config error: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config error: {path} must hold a mapping at the top level")
     return validate(config, schema_path)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .errors import InputError
+
 # the linear maps of a Qwen3/Llama decoder layer in data-flow order, grouped by what feeds them:
 # (q, k, v) read the layer's input, o the attention's output, (gate, up) the residual after attention,
 # down the MLP's hidden state
@@ -208,7 +210,10 @@ def model_shape(config: Mapping, which: str = "base") -> Shape | None:
     if not path.is_file():
         path = _hub_cached_config(name)
     if path is not None and path.is_file():
-        return Shape.from_hf(json.loads(path.read_text()))
+        try:
+            return Shape.from_hf(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+            raise InputError(f"{path}: not a model's config.json ({type(e).__name__}: {e})") from None
     return Shape(**KNOWN_SHAPES[name]) if name in KNOWN_SHAPES else None
 
 

@@ -48,6 +48,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import InputError
+
 __all__ = [
     "claim_gpu",
     "count_gpus",
@@ -87,9 +89,9 @@ def count_gpus() -> int:
         try:
             n = int(env)
         except ValueError:
-            raise ValueError(f"{ENV_NUM_GPUS} must be an integer, got {env!r}") from None
+            raise InputError(f"{ENV_NUM_GPUS} must be an integer, got {env!r}") from None
         if n < 0:
-            raise ValueError(f"{ENV_NUM_GPUS} must be >= 0, got {n}")
+            raise InputError(f"{ENV_NUM_GPUS} must be >= 0, got {n}")
         return n
     smi = shutil.which("nvidia-smi")
     if smi is None:

@@ -14,6 +14,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from .errors import InputError
+
 
 def _sibling(path: Path) -> Path:
     """A unique temporary name beside ``path`` (same filesystem, so the final rename is atomic)."""
@@ -106,11 +108,11 @@ def check_replaceable(path: Path | str, suffixes=TABLE_SUFFIXES, keep=()) -> Non
     path = Path(os.path.realpath(path))
     for k in keep:
         if k is not None and Path(os.path.realpath(k)).is_relative_to(path):
-            raise ValueError(f"{k} lies inside {path}, which is replaced as a whole: give a directory outside it")
+            raise InputError(f"{k} lies inside {path}, which is replaced as a whole: give a directory outside it")
     if not os.path.lexists(path):
         return
     if not path.is_dir():
-        raise ValueError(f"{path}: not a directory")
+        raise InputError(f"{path}: not a directory")
     other = sorted(
         e.name + ("/" if e.is_dir() else "")
         for e in os.scandir(path)
@@ -118,7 +120,7 @@ def check_replaceable(path: Path | str, suffixes=TABLE_SUFFIXES, keep=()) -> Non
     )
     if other:
         more = f" and {len(other) - 3} more" if len(other) > 3 else ""
-        raise ValueError(
+        raise InputError(
             f"{path} holds {', '.join(other[:3])}{more}: not this command's outputs ({'/'.join(suffixes)} files),"
             " and its outputs replace the directory as a whole; give a new or empty output directory"
         )
@@ -241,12 +243,35 @@ def read_utf8_lines(path: Path, error: type[ValueError]) -> list[str]:
     return lines
 
 
-def read_parquet_or(path: Path, error: type[ValueError], columns=None):
-    """``pd.read_parquet``; a file that is not parquet (or is truncated) stops with one line naming it."""
+def read_parquet_or(path: Path, error: type[ValueError], columns=None, required=(), what: str = "a table"):
+    """``pd.read_parquet``; a file that is not parquet (or is truncated), or lacks one of the ``required``
+    columns (then it is not ``what``, e.g. "a samples table of 'lossgeom evaluate'"), stops with one line
+    naming it."""
     import pandas as pd
     import pyarrow as pa
 
+    if not Path(path).exists():
+        raise error(f"{path} does not exist (check the path, or run the job that writes it)")
     try:
-        return pd.read_parquet(path, columns=columns)
+        df = pd.read_parquet(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise error(f"{path}: not a readable parquet file ({' '.join(str(e).split())[:200]})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise error(f"{path}: not {what} (no column(s) {missing})")
+    return df
+
+
+def read_tsv_or(path: Path, error: type[ValueError], columns=(), what: str = "a readable TSV table"):
+    """``pd.read_csv(path, sep="\t")``; a file that is not a readable table (not UTF-8, torn, empty) or lacks
+    one of ``columns`` stops with one line naming it and what it should be (``what``)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not {what} ({' '.join(str(e).split())[:200]})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise error(f"{path}: not {what} (no column(s) {missing})")
+    return df

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
+
 METHOD_PATTERN = r"[A-Za-z0-9_-]+"
 _INT = r"(?:0|[1-9][0-9]*)"  # canonical decimal only: "seed042" would name a directory no job writes
 _METHOD_RE = re.compile(METHOD_PATTERN)
@@ -31,7 +33,7 @@ FORMS = "'{method}/seed<N>' or '{method}/seed<N>data<M>'"
 def _check_count(name: str, value) -> int:
     """``value`` as an ``int`` if it is a non-negative integer (numpy integers included, bools not)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        raise InputError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -52,7 +54,7 @@ class Label:
 
     def __post_init__(self):
         if not isinstance(self.method, str) or not _METHOD_RE.fullmatch(self.method):
-            raise ValueError(f"adapter label: method {self.method!r} is not of the form {METHOD_PATTERN}")
+            raise InputError(f"adapter label: method {self.method!r} is not of the form {METHOD_PATTERN}")
         # object.__setattr__: the dataclass is frozen; normalises numpy integers to int
         object.__setattr__(self, "seed", _check_count("adapter label: seed", self.seed))
         if self.data_seed is not None:
@@ -67,7 +69,7 @@ class Label:
         """
         match = _LABEL_RE.fullmatch(text) if isinstance(text, str) else None  # fullmatch: no "\n" slips past "$"
         if match is None:
-            raise ValueError(f"adapter label {text!r} is not of the form {FORMS}")
+            raise InputError(f"adapter label {text!r} is not of the form {FORMS}")
         data = match["data"]
         return cls(match["method"], int(match["seed"]), None if data is None else int(data))
 
@@ -91,7 +93,7 @@ class Label:
         p = Path(os.path.abspath(path))
         label = cls.try_parse(f"{p.parent.name}/{p.name}")
         if label is None:
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r} is not an adapter directory .../{{method}}/seed<N> or .../{{method}}/seed<N>data<M>"
             )
         return label

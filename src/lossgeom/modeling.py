@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -18,7 +20,7 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """A model or tokenizer cannot be loaded from a directory or hub id; the message names it."""
 
 
@@ -60,7 +62,7 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise InputError(f"model.dtype (--dtype) {dtype!r} is not one of {sorted(DTYPES)}")
     name_or_path = str(name_or_path)
     _check_location(name_or_path, "model")
     try:

@@ -32,6 +32,7 @@ from typing import Mapping
 
 from .config import adapter_labels, api_rollouts, lmc_pairs, section
 from .cost_model import Shape, decode_bytes, decode_flops, forward_flops, lora_train_flops, model_shape
+from .errors import InputError
 from .losses.pairwise import PairwiseLoss
 from .methods import MethodSpec
 
@@ -94,18 +95,27 @@ def _known_rows(source: Mapping, config: Mapping) -> int | None:
         toy = config["toy"]
         return {"train": toy["n_train"], "test": toy["n_test"], "heldout": toy.get("n_heldout")}.get(split)
     path = Path(name)
-    if path.is_file():
-        if path.suffix == ".jsonl":
-            return sum(1 for line in path.open() if line.strip())
-        if path.suffix == ".json":
-            return len(json.loads(path.read_text()))
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        if path.suffix == ".csv":
-            return max(0, sum(1 for _ in path.open()) - 1)
+    if path.is_file() and path.suffix in (".jsonl", ".json", ".parquet", ".csv"):
+        try:
+            return _file_rows(path)
+        except (ValueError, TypeError) as e:  # not UTF-8, not JSON, not parquet: the file's fault, named
+            raise InputError(
+                f"{path}: not a readable {path.suffix[1:]} problem file ({' '.join(str(e).split())[:200]})"
+            ) from None
     return KNOWN_ROWS.get((name, split))
+
+
+def _file_rows(path: Path) -> int:
+    """The rows of a local problem file (.jsonl, .json, .parquet or .csv)."""
+    if path.suffix == ".jsonl":
+        return sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text(encoding="utf-8")))
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return max(0, sum(1 for _ in path.open(encoding="utf-8")) - 1)
 
 
 def lengths(config: Mapping, limit: int, bound: bool) -> tuple[float, float]:

@@ -23,6 +23,7 @@ from html import escape
 from importlib import metadata, util
 from pathlib import Path
 
+from .errors import InputError
 from .fsutil import atomic_files, write_table, write_text
 
 log = logging.getLogger(__name__)
@@ -85,14 +86,14 @@ def read_record(path: Path | str) -> dict[str, str | None]:
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a versions record: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not a versions record: not valid JSON ({e})") from None
     versions = record.get("versions") if isinstance(record, dict) else None
     if not isinstance(versions, dict) or not isinstance(versions.get("python"), str):
         expected = '{"versions": {"python": "3.x", "<distribution>": version or null, ...}}'
-        raise ValueError(f"{path}: not a versions record: expected {expected} (lossgeom.versions.write_record)")
+        raise InputError(f"{path}: not a versions record: expected {expected} (lossgeom.versions.write_record)")
     bad = sorted(k for k, v in versions.items() if v is not None and not isinstance(v, str))
     if bad:
-        raise ValueError(
+        raise InputError(
             f"{path}: not a versions record: {bad[0]!r} is {versions[bad[0]]!r}, expected a string or null"
         )
     return versions

@@ -139,9 +139,9 @@ rule lmc:
     output:
         sweep=f"{RESULTS}/lmc/{{first}}/{{second}}.tsv",
         versions=versions_record("lmc", "{first}/{second}"),
-    wildcard_constraints:
-        first=STUDY_LABEL,
-        second=STUDY_LABEL,
+    wildcard_constraints:  # a data-order replicate may be an endpoint (a seed claim's second replicate)
+        first=wildcard_pattern(config["methods"]),
+        second=wildcard_pattern(config["methods"]),
     params:
         base=model_arg("base"),
         toy=toy_dir_arg,

@@ -126,6 +126,24 @@ def toy_models():
     return sorted({Path(r.input.model).name for r in readers if "model" in r.input.keys()})
 
 
+def toy_shipped_dir():
+    """toy.models_from as a path (a relative one is the workflow's own: beside the Snakefile, whatever the
+    working directory), or None where the study trains its toy models."""
+    value = config["toy"]["models_from"]
+    return None if value == "train" else Path(workflow.basedir, value)
+
+
+def toy_shipped(wildcards):
+    """The shipped model's files as the toy_model job's inputs, so that a re-shipped model reruns the study."""
+    shipped = toy_shipped_dir()
+    return [] if shipped is None else [str(shipped / "manifest.json"), *sorted(map(str, (shipped / wildcards.name).rglob("*.*")))]
+
+
+def toy_shipped_arg(wildcards):
+    shipped = toy_shipped_dir()
+    return "" if shipped is None else f"--shipped {shlex.quote(str(shipped))}"
+
+
 def version_records():
     """``{"<rule>/<job>": versions record}`` of every model-running job, named through its rule's output (the
     rules are read when it is called: from an input function, once every rule file is included)."""

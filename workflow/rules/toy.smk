@@ -1,5 +1,6 @@
 # The toy world: generated problems, an offline tokenizer, and small Qwen3 base and teacher models
-# trained from scratch. Only scheduled when the config uses "toy" somewhere.
+# trained from scratch, or copied from a shipped directory (toy.models_from). Only scheduled when the
+# config uses "toy" somewhere.
 
 
 rule toy_world:
@@ -22,6 +23,7 @@ rule toy_world:
 rule toy_model:
     input:
         world=f"{TOY}/world",
+        shipped=toy_shipped,
     output:
         model=directory(f"{TOY}/models/{{name}}"),
         versions=versions_record("toy_model", "{name}"),
@@ -31,6 +33,7 @@ rule toy_model:
         spec=lambda w: as_json(config["toy"]["models"][w.name]),
         seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
         template=lambda w: TEMPLATE,
+        shipped=toy_shipped_arg,
     threads: job_threads("toy_model")
     resources:
         **job_resources("toy_model"),
@@ -42,4 +45,5 @@ rule toy_model:
         f"{RESULTS}/benchmarks/toy_model/{{name}}.tsv"
     shell:
         "lossgeom toy-model --spec {params.spec:q} --world {input.world} --template {params.template:q}"
-        " --seed {params.seed} --threads {threads} --out {output.model} --versions-out {output.versions} > {log} 2>&1"
+        " --seed {params.seed} --threads {threads} --out {output.model} --versions-out {output.versions}"
+        " {params.shipped} > {log} 2>&1"

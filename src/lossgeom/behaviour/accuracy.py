@@ -23,11 +23,12 @@ import pandas as pd
 from ..data.problemsets import load_test_set
 from ..engines.backends import open_engine
 from ..engines.engine import AdapterDir, GenerationSpec
+from ..errors import InputError
 from ..fsutil import atomic_files, read_parquet_or, write_table
 from .activations import extract_activations, release_device_memory
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .heldout import heldout_ce, load_heldout
-from .sampled import sample_model
+from .sampled import SAMPLES_READ, SAMPLES_WHAT, sample_model
 from .stats import accuracy_table, cochran_summary, pairwise_tests
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,23 @@ def evaluate_model(
     spec = generation or GenerationSpec()
     ad = AdapterDir(Path(adapter)) if adapter is not None else None
     if behaviour and (samples_out is None or (ad is not None and base_samples is None)):
-        raise ValueError("behaviour sampling needs samples_out, and for an adapter the base's samples table")
+        raise InputError(
+            "--behaviour needs --samples-out, and for an adapter --base-samples (the base's samples table)"
+        )
     if behaviour and behaviour.get("test_set") not in test_sets:
-        raise ValueError(
+        raise InputError(
             f"behaviour.test_set {behaviour.get('test_set')!r} is not one of the test sets {sorted(test_sets)}"
         )
     if forgetting and heldout_out is None:
-        raise ValueError("forgetting needs heldout_out, the table it writes")
+        raise InputError("--forgetting needs --heldout-out, the table it writes")
     if activations and activations_out is None:
-        raise ValueError("activations need activations_out, the npz they are written to")
+        raise InputError("--activations needs --activations-out, the npz they are written to")
     # read every input before the model is loaded: a bad path or source stops the job at once
-    base_table = read_parquet_or(Path(base_samples), ValueError) if behaviour and ad is not None else None
+    base_table = (
+        read_parquet_or(Path(base_samples), InputError, required=SAMPLES_READ, what=SAMPLES_WHAT)
+        if behaviour and ad is not None
+        else None
+    )
     heldout_items = load_heldout(forgetting, toy_dir) if forgetting else None
     if activations:
         extract_activations(
@@ -175,12 +182,38 @@ def evaluate_model(
     return df
 
 
+EVALUATION_COLUMNS = ("test_set", "id", "correct", "gold_ok")  # what the statistics read of an evaluation
+
+
+def _read_evaluations(evaluations: dict[str, Path]) -> dict[str, pd.DataFrame]:
+    """Each model's evaluation table (``lossgeom evaluate``'s), checked: it has :data:`EVALUATION_COLUMNS`, 0/1
+    in ``correct``, each item once per test set, and the first model's items, so that every file's fault is
+    one line naming it."""
+    what = "an evaluation table of 'lossgeom evaluate'"
+    frames = {
+        m: read_parquet_or(Path(p), InputError, required=EVALUATION_COLUMNS, what=what) for m, p in evaluations.items()
+    }
+    first_model, first = next(iter(frames.items()))
+    for model, df in frames.items():
+        path = evaluations[model]
+        if not df.loc[df["gold_ok"].astype(bool), "correct"].isin([0, 1]).all():  # NaN where the gold is not
+            raise InputError(f"{path}: 'correct' holds a value other than 0 and 1; rerun its evaluation")
+        if df.duplicated(["test_set", "id"]).any():
+            raise InputError(f"{path}: an item appears twice in one test set; rerun its evaluation")
+        if set(zip(df["test_set"], df["id"])) != set(zip(first["test_set"], first["id"])):
+            raise InputError(
+                f"{path}: other test items than {evaluations[first_model]} (model {first_model!r}); evaluate "
+                "every model on the same test sets"
+            )
+    return frames
+
+
 def accuracy_statistics(
     evaluations: dict[str, Path], out_dir: Path, *, n_boot: int, mid_p: bool, seed: int = 0, ci: str = "wilson"
 ) -> None:
     """Per test set: accuracy with CIs (``ci``: see :func:`.stats.accuracy_table`), exact McNemar for every pair with Holm correction,
     Cochran's Q. Writes ``accuracy.tsv``, ``pairwise.tsv``, ``cochran.json`` into ``out_dir``."""
-    frames = {m: pd.read_parquet(p) for m, p in evaluations.items()}
+    frames = _read_evaluations(evaluations)
     test_sets = list(dict.fromkeys(t for df in frames.values() for t in df["test_set"]))
     acc, pairs, cochran = [], [], {}
     for t in test_sets:
@@ -189,7 +222,7 @@ def accuracy_statistics(
         gold_ok = first["gold_ok"].astype(bool)
         unparsable = int((~gold_ok).sum())
         if gold_ok.sum() == 0:
-            raise ValueError(f"test set {t!r}: no item has a parsable gold answer ({len(gold_ok)} items)")
+            raise InputError(f"test set {t!r}: no item has a parsable gold answer ({len(gold_ok)} items)")
         correct = pd.DataFrame(
             {m: df.loc[gold_ok.index[gold_ok], "correct"].astype(int) for m, df in per_model.items()}
         )

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ..data.problemsets import load_problems
 from ..data.prompting import answer_template, answer_text, prompt_completion, right_padded
 from ..engines.adapters import merge_adapter
+from ..errors import InputError
 from ..fsutil import atomic_path
 from ..modeling import load_model, load_tokenizer
 from .evaluation import gold_answer_text, reference_solution
@@ -75,9 +76,9 @@ def hidden_states(
     :func:`lossgeom.data.prompting.answer_template`)."""
     fmt = answer_template(template, answer_format)
     if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        raise InputError(f"cka.pooling {pooling!r} is not one of {POOLINGS}")
     if problems.empty:
-        raise ValueError("the CKA probe set is empty")
+        raise InputError("the CKA probe set is empty: cka.test_set has no items")
     model.eval()
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id

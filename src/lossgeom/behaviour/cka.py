@@ -37,6 +37,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..fsutil import write_table
 
 __all__ = ["linear_cka", "debiased_linear_cka", "cka_matrix", "cka_tables"]
@@ -117,17 +118,17 @@ def cka_matrix(acts: Mapping[str, np.ndarray]) -> pd.DataFrame:
     for label in labels:
         arr = np.asarray(acts[label], dtype=np.float64)
         if arr.ndim != 3:
-            raise ValueError(f"activations of {label!r} must have shape (n_layers, n, d), got {arr.shape}")
+            raise InputError(f"activations of {label!r} must have shape (n_layers, n, d), got {arr.shape}")
         arrays[label] = arr
     n_layers, n = arrays[labels[0]].shape[:2]
     for label, arr in arrays.items():
         if arr.shape[:2] != (n_layers, n):
-            raise ValueError(
+            raise InputError(
                 f"activations of {label!r} have (n_layers, n) = {arr.shape[:2]}, expected "
                 f"{(n_layers, n)} like {labels[0]!r}"
             )
     if n < 4:
-        raise ValueError(f"cka_matrix needs n >= 4 examples, got {n}")
+        raise InputError(f"CKA needs at least 4 probes, the activations hold {n}: raise cka.n_probe")
 
     rows = []
     pairs = list(combinations_with_replacement(labels, 2))
@@ -137,7 +138,7 @@ def cka_matrix(acts: Mapping[str, np.ndarray]) -> pd.DataFrame:
         for label in labels:
             x = arrays[label][layer]
             if not np.isfinite(x).all():
-                raise ValueError(f"activations of {label!r} at layer {layer} are not finite")
+                raise InputError(f"activations of {label!r} at layer {layer} are not finite")
             reps[label] = _Rep(x - x.mean(axis=0))
         for la, lb in pairs:
             a, b = reps[la], reps[lb]
@@ -234,12 +235,12 @@ def cka_tables(activations: dict[str, Path], out: Path) -> pd.DataFrame:
             with np.load(path) as z:
                 z_ids, z_acts = z["ids"], z["acts"]
         except (OSError, ValueError, KeyError, EOFError) as e:  # not an npz, truncated, or another layout
-            raise ValueError(
+            raise InputError(
                 f"{path}: not an activations file of 'lossgeom activations' ({type(e).__name__}: "
                 f"{' '.join(str(e).split())[:160]})"
             ) from None
         if ids is not None and not np.array_equal(ids, z_ids):
-            raise ValueError(f"activations {path} were taken on other probes than the first model's")
+            raise InputError(f"activations {path} were taken on other probes than the first model's")
         ids = z_ids
         acts[label] = z_acts.astype(np.float64)
     table = cka_matrix(acts)

@@ -14,7 +14,8 @@ import pandas as pd
 from ..data.problemsets import load_test_set
 from ..engines.backends import open_engine
 from ..engines.engine import GenerationSpec, PathPoint
-from ..fsutil import atomic_files, write_table
+from ..errors import InputError
+from ..fsutil import atomic_files, read_tsv_or, write_table
 from .evaluation import cross_entropies, greedy_pass_at_1
 from .interpolation import alpha_grid, barrier
 
@@ -75,15 +76,25 @@ def connectivity_sweep(
     return df
 
 
+SWEEP_COLUMNS = ("pair_a", "pair_b", "alpha", "metric", "value")
+
+
+def _read_sweep(path: Path) -> pd.DataFrame:
+    """A sweep table of :func:`connectivity_sweep`, checked: its columns, known metrics, and a grid from 0 to 1."""
+    what = "a sweep table of 'lossgeom lmc'"
+    df = read_tsv_or(path, InputError, SWEEP_COLUMNS, what)
+    unknown = sorted(set(df["metric"].astype(str)) - set(LMC_METRICS))
+    if unknown:
+        raise InputError(f"{path}: not {what} (metric {unknown[0]!r} is not one of {list(LMC_METRICS)})")
+    ends = df.groupby(["pair_a", "pair_b", "metric"])["alpha"].agg(["min", "max"])
+    if ((ends["min"] != 0.0) | (ends["max"] != 1.0)).any():
+        raise InputError(f"{path}: not {what} (a curve's alphas do not run from 0 to 1)")
+    return df
+
+
 def connectivity_summary(sweeps: list[Path], out: Path) -> pd.DataFrame:
     """One row per (pair, metric): endpoint values, extreme along the path, and the barrier."""
-    frames = []
-    for p in sweeps:
-        df = pd.read_csv(p, sep="\t")
-        missing = [c for c in ("pair_a", "pair_b", "alpha", "metric", "value") if c not in df.columns]
-        if missing:
-            raise ValueError(f"{p}: not a sweep table of 'lossgeom lmc' (no column(s) {missing})")
-        frames.append(df)
+    frames = [_read_sweep(p) for p in sweeps]
     curves = pd.concat(frames, ignore_index=True)
     rows = []
     for (a, b, metric), g in curves.groupby(["pair_a", "pair_b", "metric"], sort=False):

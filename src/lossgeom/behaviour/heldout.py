@@ -22,11 +22,12 @@ import pandas as pd
 from ..data.problemsets import LOCAL_SUFFIXES, ProblemSetError, read_records
 from ..data.prompting import prompt_completion
 from ..engines.engine import Adapter, Engine
+from ..errors import InputError
 from ..fsutil import read_utf8_lines
 from ..settings import ForgettingSettings
 
 
-class HeldoutTextError(ValueError):
+class HeldoutTextError(InputError):
     """The held-out text cannot be read as configured; the message names the ``forgetting`` key."""
 
 

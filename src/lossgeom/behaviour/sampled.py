@@ -38,6 +38,7 @@ import pandas as pd
 from ..data.grading import get_grader
 from ..data.prompting import prompt_ids
 from ..engines.engine import Adapter, Engine, Sampling
+from ..errors import InputError
 
 SAMPLE_COLUMNS = [
     "test_set",
@@ -55,6 +56,9 @@ SAMPLE_COLUMNS = [
     "logp_sampler",
 ]
 KL_TEMPERATURE = 1.0  # the KL is between the models' own distributions
+# the columns a samples table must have to be read back (a table written before logp_sampler existed is one)
+SAMPLES_READ = [c for c in SAMPLE_COLUMNS if c != "logp_sampler"]
+SAMPLES_WHAT = "a samples table of 'lossgeom evaluate --behaviour'"
 
 
 def kl_draws(samples: pd.DataFrame, source: str = "self") -> pd.DataFrame:
@@ -219,7 +223,7 @@ def sample_model(
         base = kl_draws(base_samples[base_samples["test_set"] == test_set]).drop(columns="test_set")
         unknown = sorted(set(base["id"]) - set(questions.index))
         if unknown or base.empty:
-            raise ValueError(
+            raise InputError(
                 f"the base's samples do not match test set {test_set!r} as sampled here "
                 f"({'item ' + repr(unknown[0]) + ' is not in it' if unknown else 'no temperature-1 samples'}); "
                 "rerun the base's evaluation"

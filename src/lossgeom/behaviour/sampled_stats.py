@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fsutil import atomic_files, read_parquet_or, write_table
+from ..errors import InputError
+from ..fsutil import atomic_files, read_parquet_or, read_tsv_or, write_table
 from ..labels import Label, mean_pair_difference
 from .estimators import kl_sequence, kl_token, path_gap, per_item_log_ratio, per_item_pass_at_k
 from .paired import (
@@ -46,10 +47,11 @@ from .paired import (
     sign_test,
     spearman_interval,
 )
-from .sampled import kl_draws
+from .sampled import SAMPLES_READ, SAMPLES_WHAT, kl_draws
 from .stats import holm
 
 BASE = "base"
+HELDOUT_READ, HELDOUT_WHAT = ("id", "ce"), "a held-out table of 'lossgeom evaluate --forgetting'"
 KL_MEASURES = [("forward", "sequence"), ("forward", "token"), ("reverse", "sequence"), ("reverse", "token")]
 
 
@@ -75,7 +77,7 @@ def _same_items(frames: dict[str, pd.Index], what: str) -> pd.Index:
     first_model, first = next(iter(frames.items()))
     for model, ids in frames.items():
         if set(ids) != set(first):
-            raise ValueError(f"{what}: model {model!r} has other items than {first_model!r}; rerun its evaluation")
+            raise InputError(f"{what}: model {model!r} has other items than {first_model!r}; rerun its evaluation")
     return first
 
 
@@ -85,8 +87,16 @@ def pass_at_k_tables(samples: dict[str, pd.DataFrame], ks: list[int], temperatur
     for model, s in samples.items():
         own = s[(s["source"] == "self") & (s["temperature"] == temperature)]
         if own.empty:
-            raise ValueError(
+            raise InputError(
                 f"pass@k: model {model!r} has no samples at temperature {temperature}; rerun its evaluation"
+            )
+        if not own["correct"].isin([0, 1]).all():
+            raise InputError(f"pass@k: model {model!r} has a sample graded other than 0 or 1; rerun its evaluation")
+        n = int(own.groupby("id").size().min())
+        if n < max(ks):
+            raise InputError(
+                f"pass@k: model {model!r} has {n} samples of an item at temperature {temperature}, fewer than "
+                f"k = {max(ks)}: lower --k (behaviour.k) to at most behaviour.n, or rerun its evaluation with more"
             )
         per_item[model] = per_item_pass_at_k(own, ks)
     items = _same_items({m: v.index for m, v in per_item.items()}, "pass@k")
@@ -155,15 +165,15 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
         if model == BASE:
             continue
         floor = np.fmax(gaps[model], gaps.get(BASE, np.nan))  # (sequence, token); NaN where no engine has two paths
-        parts = {
-            "forward": per_item_log_ratio(kl_draws(s, "self")),
-            "reverse": per_item_log_ratio(kl_draws(s, "base"), -1.0),
-        }
+        draws = {"forward": kl_draws(s, "self"), "reverse": kl_draws(s, "base")}
+        if any(d[["logp", "logp_base"]].isna().any().any() for d in draws.values()):
+            raise InputError(f"KL: model {model!r} has a sample not scored under both models; rerun its evaluation")
+        parts = {"forward": per_item_log_ratio(draws["forward"]), "reverse": per_item_log_ratio(draws["reverse"], -1.0)}
         for direction, lr in parts.items():
             if lr.empty:
-                raise ValueError(f"KL: model {model!r} has no temperature-1 {direction} samples; rerun its evaluation")
+                raise InputError(f"KL: model {model!r} has no temperature-1 {direction} samples; rerun its evaluation")
             if set(lr.index) != set(items):
-                raise ValueError(
+                raise InputError(
                     f"KL: model {model!r} has {direction} samples of other items than its pass@k samples; "
                     "rerun its evaluation"
                 )
@@ -197,11 +207,13 @@ def kl_tables(samples: dict[str, pd.DataFrame], items: pd.Index, idx, confidence
 def forgetting_table(heldout: dict[str, pd.DataFrame], n_boot: int, seed: int, confidence: float):
     """(forgetting table, per-item cross-entropies of the adapters) from the held-out tables."""
     if BASE not in heldout:
-        raise ValueError("forgetting needs the base's held-out cross-entropies")
+        raise InputError("forgetting needs the base's held-out cross-entropies")
     items = _same_items({m: h["id"] for m, h in heldout.items()}, "forgetting")
+    if len(items) == 0:
+        raise InputError("forgetting: the base's held-out table has no rows; rerun its evaluation")
     ce = pd.DataFrame({m: h.set_index("id").loc[items, "ce"] for m, h in heldout.items()})
     if ce.isna().any().any():
-        raise ValueError(f"forgetting: model {ce.columns[ce.isna().any()][0]!r} has a NaN held-out cross-entropy")
+        raise InputError(f"forgetting: model {ce.columns[ce.isna().any()][0]!r} has a NaN held-out cross-entropy")
     idx = resample_indices(len(items), n_boot, seed)
     rows = []
     for model in [m for m in ce.columns if m != BASE]:
@@ -268,11 +280,15 @@ def behaviour_statistics(
     """Read every model's tables, write the tables of the module docstring into ``out_dir`` (the
     forgetting ones only with ``heldout``). ``samples`` must include ``"base"``."""
     if BASE not in samples:
-        raise ValueError("behaviour statistics need the base's samples (model 'base')")
-    tables = {m: read_parquet_or(Path(p), ValueError) for m, p in samples.items()}
+        raise InputError("behaviour statistics need the base's samples (model 'base')")
+    tables = {
+        m: read_parquet_or(Path(p), InputError, required=SAMPLES_READ, what=SAMPLES_WHAT) for m, p in samples.items()
+    }
     models = [BASE] + [m for m in tables if m != BASE]
     tables = {m: tables[m] for m in models}
     n_items = tables[BASE]["id"].nunique()
+    if n_items == 0:
+        raise InputError(f"{samples[BASE]}: the base's samples table has no rows; rerun its evaluation")
     idx = resample_indices(n_items, n_boot, seed)
     passk, by_k = pass_at_k_tables(tables, ks, temperature, idx, confidence)
     kl, kl_items = kl_tables(tables, by_k[ks[0]].index, idx, confidence)
@@ -281,15 +297,19 @@ def behaviour_statistics(
     outputs = {"pass_at_k": passk, "kl": kl}
     if heldout:
         if BASE not in heldout:
-            raise ValueError("forgetting needs the base's held-out cross-entropies (model 'base')")
-        h = {m: read_parquet_or(Path(p), ValueError) for m, p in heldout.items()}
+            raise InputError("forgetting needs the base's held-out cross-entropies (model 'base')")
+        h = {
+            m: read_parquet_or(Path(p), InputError, required=HELDOUT_READ, what=HELDOUT_WHAT)
+            for m, p in heldout.items()
+        }
         forgetting, ce, hidx = forgetting_table(
             {m: h[m] for m in [BASE] + [m for m in h if m != BASE]}, n_boot, seed, confidence
         )
         pairs.append(paired_tests(ce, hidx, confidence=confidence).assign(measure="forgetting"))
         norms = None
         if adapters_table is not None:
-            norms = pd.read_csv(adapters_table, sep="\t").set_index("label")["norm"]
+            what = "the adapters table of 'lossgeom geometry'"
+            norms = read_tsv_or(adapters_table, InputError, ("label", "norm"), what).set_index("label")["norm"]
         outputs["forgetting"] = forgetting
         outputs["forgetting_vs_kl"] = correlation_table(kl, forgetting, norms, confidence)
     pairwise = pd.concat(pairs, ignore_index=True)

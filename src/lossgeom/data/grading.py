@@ -30,6 +30,8 @@ from abc import ABC, abstractmethod
 from fractions import Fraction
 from typing import Any, NamedTuple
 
+from ..errors import InputError
+
 _HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")  # the answer is on the marker's own line
 # GSM8K's final-answer line at the very end of a completion: "#### 1,234" (a number, nothing after it)
 _FINAL_LINE = re.compile(r"(?:^|\n)[ \t]*####[ \t]*(\$?[ \t]*-?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?)[ \t]*\.?[ \t]*\Z")
@@ -40,7 +42,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 PARSE_TIMEOUT_S, VERIFY_TIMEOUT_S = 5, 5
 
 
-class GoldError(ValueError):
+class GoldError(InputError):
     """A gold answer the grader cannot read: an input error, reported before anything is generated."""
 
 
@@ -219,7 +221,7 @@ def get_grader(name: str) -> Grader:
     try:
         return GRADERS[name]()
     except KeyError:
-        raise ValueError(f"unknown grader {name!r}; expected one of {sorted(GRADERS)}") from None
+        raise InputError(f"unknown grader {name!r}; expected one of {sorted(GRADERS)}") from None
 
 
 def grade_exact(completion: str, gold: str) -> Grade:

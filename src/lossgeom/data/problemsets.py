@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import InputError
 from ..fsutil import read_parquet_or, read_utf8_lines
 from ..settings import ProblemSourceSettings
 from .grading import GoldError, Grader, get_grader
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
 
 
-class ProblemSetError(ValueError):
+class ProblemSetError(InputError):
     """A problem source is missing, empty, or lacks the configured fields."""
 
 
@@ -68,7 +69,12 @@ def read_records(source: str, split: str = "train", subset: str | None = None) -
                 raise ProblemSetError(f"dataset directory {path} has no split {split!r}; it has {sorted(ds)}")
             ds = ds[split]
         return ds.to_pandas()
-    return datasets.load_dataset(source, subset, split=split).to_pandas()
+    try:
+        return datasets.load_dataset(source, subset, split=split).to_pandas()
+    except ValueError as e:  # the hub's errors for an unknown split or configuration
+        raise ProblemSetError(
+            f"problem source {source!r} (split {split!r}): {' '.join(str(e).split())[:300]}"
+        ) from None
 
 
 def load_problems(spec: dict, toy_dir: Path | str | None = None) -> pd.DataFrame:
@@ -126,7 +132,7 @@ def parse_golds(problems: pd.DataFrame, grader: Grader, what: str, on_unparsable
     it) and the count is logged.
     """
     if on_unparsable not in UNPARSABLE_GOLD:
-        raise ValueError(f"unparsable_gold must be one of {UNPARSABLE_GOLD}, got {on_unparsable!r}")
+        raise ProblemSetError(f"unparsable_gold must be one of {UNPARSABLE_GOLD}, got {on_unparsable!r}")
     golds, bad = [], []
     for pid, answer in zip(problems["id"], problems["answer"]):
         try:

@@ -10,11 +10,15 @@ Qwen3 and for the toy tokenizer). ``template`` wraps the question first, e.g.
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 
 def prompt_text(question: str, template: str = "{question}") -> str:
     """The user message for ``question``; ``template`` must contain ``{question}``."""
     if "{question}" not in template:
-        raise ValueError(f"prompt template must contain '{{question}}', got {template!r}")
+        raise InputError(
+            f"prompt template (model.prompt_template, --template) must contain '{{question}}', got {template!r}"
+        )
     return template.replace("{question}", question)
 
 
@@ -28,7 +32,9 @@ def answer_template(template: str = "{question}", answer: str | None = None) -> 
     ``#### <answer>`` line otherwise (the toy world's format)."""
     if answer is not None:
         if "{answer}" not in answer:
-            raise ValueError(f"answer template must contain '{{answer}}', got {answer!r}")
+            raise InputError(
+                f"answer template (model.answer_template, --answer-template) must contain '{{answer}}', got {answer!r}"
+            )
         return answer
     return BOXED_ANSWER if "\\boxed" in template else HASH_ANSWER
 
@@ -41,7 +47,11 @@ def answer_text(final_answer: str, template: str) -> str:
 def prompt_string(tokenizer, question: str, template: str = "{question}") -> str:
     """The chat-formatted prompt as text, ending with the assistant generation prompt."""
     messages = [{"role": "user", "content": prompt_text(question, template)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except ValueError as e:  # transformers' error for a tokenizer without a chat template: the model's fault
+        name = getattr(tokenizer, "name_or_path", None) or "the tokenizer"
+        raise InputError(f"{name}: cannot write a chat prompt ({e}); give a model whose tokenizer has one") from None
 
 
 def prompt_ids(tokenizer, question: str, template: str = "{question}") -> list[int]:
@@ -54,7 +64,9 @@ def completion_ids(tokenizer, completion: str) -> list[int]:
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no eos_token; completions cannot be terminated")
+        raise InputError(
+            "the tokenizer has no eos_token, so completions cannot be terminated: give the model one (tokenizer_config.json)"
+        )
     if not ids or ids[-1] != eos:
         ids = ids + [eos]
     return ids

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..fsutil import read_parquet_or, read_utf8_lines
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ FINISH_REASONS = ("stop", "length")
 REQUIRED_IMPORT = ("prompt_id", "prompt", "completion", "reward")
 
 
-class RolloutError(ValueError):
+class RolloutError(InputError):
     """A rollout file or row does not match the rollout schema; the message names file and line."""
 
 

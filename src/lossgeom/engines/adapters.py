@@ -96,7 +96,7 @@ class LoraPath:
                     self.layers[key] = module
         missing = sorted(set(first.modules) - set(self.layers))
         if missing:
-            raise ValueError(
+            raise AdapterMismatchError(
                 f"the base model has no LoRA target for adapter module(s) {missing[:3]}; is it the adapters' base?"
             )
 

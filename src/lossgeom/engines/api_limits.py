@@ -20,6 +20,8 @@ import logging
 import threading
 import time
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,9 @@ class InFlight:
 
     def __init__(self, ceiling: int, start: int | None = None, cooldown_s: float = 0.0, clock=time.monotonic):
         if ceiling < 1:
-            raise ValueError(f"a ceiling of requests in flight must be at least 1, not {ceiling}")
+            raise InputError(
+                f"generation.openai.max_concurrency (requests in flight) must be at least 1, not {ceiling}"
+            )
         self.ceiling = int(ceiling)
         self.limit = max(1, min(self.ceiling, int(start or ceiling)))
         self.in_flight = 0

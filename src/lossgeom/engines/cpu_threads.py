@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping, MutableMapping, Sequence
 
+from ..errors import InputError
+
 # The variables Snakemake's shell sets to a job's threads (snakemake/shell.py), in its order.
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -94,7 +96,7 @@ def parse_core_list(text: str) -> list[int]:
         elif part:
             out.append(int(part))
     if not out:
-        raise ValueError(f"{BIND_VAR}={text!r} names no core")
+        raise InputError(f"{BIND_VAR}={text!r} names no core")
     return out
 
 
@@ -108,13 +110,13 @@ def plan(environ: Mapping[str, str], cpus: Sequence[LogicalCPU]) -> dict[str, st
         try:
             lists = [parse_core_list(s) for s in bind.split("|")]
         except ValueError as e:
-            raise ValueError(f"{BIND_VAR}={bind!r} is not a core list like '0-3' or '0-3|4-7': {e}") from None
+            raise InputError(f"{BIND_VAR}={bind!r} is not a core list like '0-3' or '0-3|4-7': {e}") from None
         n = min(len(cores) for cores in lists)
         return {k: str(n) for k in THREAD_VARS}
     try:
         reserved = int(environ.get(RESERVED_VAR, "1"))
     except ValueError:
-        raise ValueError(f"{RESERVED_VAR}={environ.get(RESERVED_VAR)!r} is not a whole number") from None
+        raise InputError(f"{RESERVED_VAR}={environ.get(RESERVED_VAR)!r} is not a whole number") from None
     cores = choose_cores(cpus, job_threads(environ, len(cpus)), reserved)
     return {BIND_VAR: ",".join(map(str, cores)), **{k: str(len(cores)) for k in THREAD_VARS}}
 

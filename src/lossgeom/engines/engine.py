@@ -27,6 +27,7 @@ from typing import Mapping, Union
 import numpy as np
 
 from ..data.rollouts import FINISH_REASONS
+from ..errors import InputError
 from ..settings import OpenAISettings, VllmSettings
 
 BACKENDS = ("hf", "vllm", "openai")
@@ -36,7 +37,7 @@ VLLM_DEFAULTS = VllmSettings.defaults()
 OPENAI_DEFAULTS = OpenAISettings.defaults()
 
 
-class GenerationError(ValueError):
+class GenerationError(InputError):
     """A generation backend cannot run as configured (not installed, unreachable, refused, a LoRA rank
     above the engine's maximum, ...); the message says which and what to do, in one line."""
 
@@ -58,9 +59,11 @@ class Sampling:
 
     def __post_init__(self):
         if self.temperature == 0 and self.n != 1:
-            raise ValueError(f"greedy decoding gives one completion per prompt, not n={self.n}")
+            raise InputError(f"greedy decoding gives one completion per prompt, not n={self.n}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.n < 1:
-            raise ValueError(f"invalid sampling settings {self}")
+            raise InputError(
+                f"invalid sampling settings {self}: temperature must be >= 0, top_p in (0, 1], max_new_tokens and n >= 1"
+            )
 
     @property
     def greedy(self) -> bool:

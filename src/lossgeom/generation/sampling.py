@@ -15,6 +15,7 @@ from ..data.grading import get_grader
 from ..data.prompting import prompt_ids, prompt_text
 from ..data.rollouts import ROLLOUT_COLUMNS, ROLLOUT_META
 from ..engines.engine import Completion, Engine, Sampling
+from ..errors import InputError
 
 
 def sample_completions(
@@ -25,7 +26,7 @@ def sample_completions(
         prompts = [prompt_ids(sampler.tokenizer, q, template) for q in problems["question"]]
         return sampler.generate(prompts, sampling, desc=desc)
     if journal is None:
-        raise ValueError("an API teacher needs a journal (where completed requests are kept across restarts)")
+        raise InputError("an API teacher needs a journal (where completed requests are kept across restarts)")
     contents = [prompt_text(q, template) for q in problems["question"]]
     return sampler.sample(contents, sampling, journal, seed_base=sampling.seed or 0, desc=desc)
 

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..fsutil import atomic_swap_dir, check_replaceable, write_table
 from ..lora.adapters import check_compatible, load_adapter
 from .alignment import base_alignment
@@ -110,13 +111,13 @@ def compare_adapter_dirs(
     check_replaceable(out_dir, keep=(cache_dir,))
     dirs = [Path(d) for d in dirs]
     if len(dirs) < 2:
-        raise ValueError("compare_adapter_dirs: give at least two adapter directories")
+        raise InputError(f"the geometry compares at least two adapter directories; given {len(dirs)}")
     labels = list(labels) if labels is not None else [label_for_dir(d) for d in dirs]
     if len(labels) != len(dirs):
         raise ValueError(f"compare_adapter_dirs: {len(labels)} labels for {len(dirs)} directories")
     dup = sorted({l for l in labels if labels.count(l) > 1})
     if dup:
-        raise ValueError(f"compare_adapter_dirs: duplicate labels {dup}; pass labels explicitly")
+        raise InputError(f"duplicate labels {dup}: give each adapter a label of its own (label=adapter_dir)")
     caches: dict[str, FactorCache] = {}
     ref = None
     pairs = list(zip(dirs, labels))

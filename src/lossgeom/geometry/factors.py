@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..errors import InputError
 from ..fsutil import arrays_digest, atomic_path
 from ..lora import lowrank
 from ..lora.adapters import LoraAdapter, ShapeGroup, adapter_fingerprint, load_adapter
@@ -38,7 +39,7 @@ NUMERICAL_RANK_RTOL = 1e-10  # singular values <= rtol * sigma_1 count as zero
 log = logging.getLogger(__name__)
 
 
-class FactorCacheError(ValueError):
+class FactorCacheError(InputError):
     """A factor cache file is unreadable, of another format or version, fails its content digest, or
     is stale (:class:`StaleFactorCacheError`)."""
 

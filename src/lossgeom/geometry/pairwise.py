@@ -33,9 +33,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.linalg.blas import dsyrk
 
+from ..errors import InputError
 from ..lora import lowrank
 from ..lora.adapters import check_compatible
-from .factors import FactorCache
+from .factors import FactorCache, FactorCacheError
 
 log = logging.getLogger(__name__)
 SMALL_ANGLE_SWITCH_RAD = 1e-3  # below: recompute angles with the sine formula on explicit vectors
@@ -229,7 +230,7 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
     labels = list(caches)
     cs = [caches[l] for l in labels]
     if len(cs) < 2:
-        raise ValueError("pairwise_geometry: need at least 2 adapters")
+        raise InputError(f"the geometry compares at least 2 adapters (or saved steps); given {len(cs)}: {labels}")
     check_compatible(cs)
     n = len(cs)
     for c, l in zip(cs, labels):
@@ -242,7 +243,7 @@ def pairwise_geometry(caches: Mapping[str, FactorCache], top_k: int = 10, progre
                 c.source,
             )
         if c.top_k < top_k and any(m.rank > c.top_k for m in c.modules.values()):
-            raise ValueError(
+            raise FactorCacheError(
                 f"factor cache of {l!r} ({c.source}) holds {c.top_k} vectors, {top_k} requested: rebuild it"
             )
     names = list(cs[0].modules)

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse.linalg import LinearOperator, svds
 
+from ..errors import InputError
 from ..fsutil import arrays_digest, atomic_path, atomic_swap_dir, check_replaceable, write_table
 from ..labels import Label, mean_pair_difference
 from ..lora import lowrank
@@ -94,7 +95,7 @@ class BaseSVD:
     V: np.ndarray
 
 
-class BaseSVDCacheError(ValueError):
+class BaseSVDCacheError(InputError):
     """A base-SVD cache file that cannot be trusted (the message says why)."""
 
 

@@ -34,6 +34,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from ..fsutil import atomic_swap_dir, check_replaceable, write_table
 from ..labels import Label, step_dir
 from ..lora.adapters import check_compatible
@@ -56,10 +57,18 @@ def saved_steps(adapter_dir: str | Path) -> dict[int, Path]:
     info_path = adapter_dir / "train_info.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{adapter_dir}: no train_info.json (not an adapter written by 'lossgeom train')")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        save_steps, analysis_step = list(info["save_steps"]), info["analysis_step"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise InputError(
+            f"{info_path}: not the train_info.json of 'lossgeom train' ({type(e).__name__}: {e}); retrain the adapter"
+        ) from None
+    if analysis_step not in save_steps:
+        raise InputError(f"{info_path}: analysis_step {analysis_step} is not one of save_steps {save_steps}")
     out = {}
-    for step in info["save_steps"]:
-        d = adapter_dir if step == info["analysis_step"] else step_dir(adapter_dir, step)
+    for step in save_steps:
+        d = adapter_dir if step == analysis_step else step_dir(adapter_dir, step)
         if not (d / "adapter_model.safetensors").is_file():
             raise FileNotFoundError(
                 f"{adapter_dir}: step {step} is in train_info.json's save_steps, but {d} holds no adapter"

@@ -24,6 +24,7 @@ from typing import Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..fsutil import file_sha256
 
 __all__ = [
@@ -49,7 +50,7 @@ _KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+?)\.lora_(?P<ab>[AB])
 _NUMBERED_BLOCK_RE = re.compile(r"(?:^|\.)(?P<tail>[A-Za-z_][\w]*\.(?P<idx>\d+)\..+)$")
 
 
-class AdapterMismatchError(ValueError):
+class AdapterMismatchError(InputError):
     """An adapter directory is malformed, unsupported, or incompatible with the others."""
 
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from .adapters import AdapterMismatchError
+
 
 def base_weights_of(name_or_path: str, adapter_dir, trust_remote_code: bool = False) -> dict[str, np.ndarray]:
     """``{module path: float64 (d_out, d_in) weight}`` of the 2-D ``{module}.weight`` tensors whose module's
@@ -24,7 +27,11 @@ def base_weights_of(name_or_path: str, adapter_dir, trust_remote_code: bool = Fa
     cache when present). A checkpoint without safetensors files, or none of whose keys names a target's
     weight, is loaded through transformers instead (:func:`lossgeom.modeling.load_model`: its module names;
     one clear error when that fails too)."""
-    targets = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["target_modules"]
+    cfg = Path(adapter_dir) / "adapter_config.json"
+    try:
+        targets = json.loads(cfg.read_text(encoding="utf-8"))["target_modules"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise AdapterMismatchError(f"{cfg}: not a PEFT adapter config ({type(e).__name__}: {e})") from None
     targets = set(targets) if isinstance(targets, list) else None
     out = _from_safetensors(str(name_or_path), targets)
     if out:
@@ -57,19 +64,29 @@ def _checkpoint_dir(name_or_path: str) -> Path | None:
 
 
 def _from_safetensors(name_or_path: str, targets: set[str] | None) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     root = _checkpoint_dir(name_or_path)
     out: dict[str, np.ndarray] = {}
     for path in sorted(root.glob("*.safetensors")) if root is not None else ():
-        with safe_open(str(path), framework="np") as f:
-            keys = [k for k in f.keys() if _wanted(k, targets) and len(f.get_slice(k).get_shape()) == 2]
-            bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in keys)
-        with safe_open(str(path), framework="pt" if bf16 else "np") as f:
-            for key in keys:
-                t = f.get_tensor(key)
-                out[key.removesuffix(".weight")] = t.double().numpy() if bf16 else np.asarray(t, dtype=np.float64)
+        try:
+            _read_weights(path, targets, out)
+        except SafetensorError as e:  # a truncated or damaged download: name the file
+            raise InputError(f"{path}: not a readable safetensors file ({e}); fetch the base model again") from None
     return out
+
+
+def _read_weights(path: Path, targets: set[str] | None, out: dict[str, np.ndarray]) -> None:
+    """Add the wanted 2-D weights of one safetensors file to ``out`` (float64)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        keys = [k for k in f.keys() if _wanted(k, targets) and len(f.get_slice(k).get_shape()) == 2]
+        bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in keys)
+    with safe_open(str(path), framework="pt" if bf16 else "np") as f:
+        for key in keys:
+            t = f.get_tensor(key)
+            out[key.removesuffix(".weight")] = t.double().numpy() if bf16 else np.asarray(t, dtype=np.float64)
 
 
 def _wanted(key: str, targets: set[str] | None) -> bool:

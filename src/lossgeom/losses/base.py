@@ -24,14 +24,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
+from ..errors import InputError
 from ..settings import Settings, setting
 
 
-class ViewError(ValueError):
+class ViewError(InputError):
     """The rollouts give a method nothing to train on; the message has the method and the counts."""
 
 
-class MethodSpecError(ValueError):
+class MethodSpecError(InputError):
     """A method spec is incomplete or inconsistent; the message names the method and the key."""
 
 

@@ -25,7 +25,7 @@ class EvaluationSettings(Settings):
     seed: int = setting(0, {"type": "integer", "minimum": 0}, "the bootstrap's seed (ci: bootstrap)")
 
 
-LABEL_PATTERN = "^[A-Za-z0-9_-]+/seed[0-9]+$"
+LABEL_PATTERN = "^[A-Za-z0-9_-]+/seed[0-9]+(data[0-9]+)?$"  # an adapter, or a data-order replicate
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class LmcSettings(Settings):
         },
         '"first_seed": every pair of methods at the first seed; "reference": the first method against each other '
         'method at the first seed; both plus each method\'s first-vs-second seed pair (the noise floor). "all": '
-        "every pair of adapters. Or a list of [label, label].",
+        "every pair of adapters. Or a list of [label, label] (a data-order replicate, method/seedNdataM, may be one).",
     )
 
 

@@ -75,6 +75,14 @@ class ToySettings(Settings):
         200, POSITIVE_INT, "more held-out problems, never evaluated on: the toy's forgetting text (split heldout)"
     )
     seed: int = setting(0, {"type": "integer", "minimum": 0}, "the problems' seed")
+    models_from: str = setting(
+        "train",
+        {"type": "string", "minLength": 1},
+        '"train": pretrain the base and teacher from scratch; or a directory that lossgeom toy-ship wrote (a relative '
+        "path is the workflow's: beside the Snakefile): the models are copied from it after checking that they were trained for this "
+        "config and that every file has its recorded SHA-256, so that every machine starts from the same models "
+        "(pretraining from scratch gives other models under other CPU kernels: lossgeom.toy.shipped)",
+    )
     min_steps: int = setting(2, POSITIVE_INT, "fewest additions/subtractions per problem")
     max_steps: int = setting(3, POSITIVE_INT, "most additions/subtractions per problem")
     max_start: int = setting(15, {"type": "integer", "minimum": 2}, "the largest starting number")

@@ -24,6 +24,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from ..data.prompting import prompt_completion
 from ..fsutil import atomic_dir
 from ..settings import ToyModelSettings
+from .shipped import write_key
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,16 @@ def solution_dataset(
     return Dataset.from_dict({"input_ids": [i for i, _ in pairs], "completion_mask": [m for _, m in pairs]})
 
 
-def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed: int, threads: int = 1) -> dict:
+def pretrain(
+    spec: dict, tokenizer, problems, template: str, out_dir: Path, seed: int, threads: int = 1, key: dict | None = None
+) -> dict:
     """Train one toy model from scratch and save it (model + tokenizer) to ``out_dir``.
 
     ``spec`` keys: hidden_size, num_layers, num_attention_heads, num_key_value_heads, steps,
     batch_size, learning_rate and the optional keys of :class:`~lossgeom.settings.ToyModelSettings` (head_dim,
     mlp_ratio, warmup_ratio, ``style``: a row kind or a mixture, and ``cue``), at their defaults when missing. Returns the final train loss
-    and parameter count. Deterministic for a fixed seed and thread count on CPU.
+    and parameter count. Deterministic for a fixed seed and thread count on CPU. ``key``: what the model was
+    trained for (:func:`lossgeom.toy.shipped.model_key`), recorded beside it so that it can be shipped.
     """
     from trl import SFTConfig, SFTTrainer
 
@@ -144,6 +148,8 @@ def pretrain(spec: dict, tokenizer, problems, template: str, out_dir: Path, seed
         result = trainer.train()
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        if key is not None:
+            write_key(tmp, key)
         import shutil
 
         shutil.rmtree(tmp / "_trainer", ignore_errors=True)

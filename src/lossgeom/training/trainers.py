@@ -19,11 +19,17 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from ..errors import InputError
+
 ROW_FIELDS = ("row_weight", "row_reward")
+# what a NonFiniteError's line says to do
+NON_FINITE_FIX = "lower the method's learning_rate (or check its loss parameters) and rerun"
 
 
-class NonFiniteError(FloatingPointError):
-    """The loss or a gradient became NaN/inf; the job stops and writes no adapter."""
+class NonFiniteError(InputError, FloatingPointError):
+    """The loss or a gradient became NaN/inf; the job stops and writes no adapter. An input error (the fix is
+    a setting: a lower learning rate, another dtype), so the CLI prints it as one line; still a
+    FloatingPointError for callers that catch that."""
 
 
 class RowFieldsCollator:
@@ -90,7 +96,8 @@ class OfflineLossTrainer(SFTTrainer):
 def check_finite(value: torch.Tensor, what: str) -> None:
     if not torch.isfinite(value).all():
         raise NonFiniteError(
-            f"non-finite {what} ({value.detach().float().cpu().tolist()}); training stopped, no adapter written"
+            f"non-finite {what} ({value.detach().float().cpu().tolist()}); training stopped, no adapter written; "
+            + NON_FINITE_FIX
         )
 
 
@@ -101,7 +108,8 @@ class FiniteGradCallback(TrainerCallback):
         for name, p in model.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 raise NonFiniteError(
-                    f"non-finite gradient in {name} at step {state.global_step + 1}; no adapter written"
+                    f"non-finite gradient in {name} at step {state.global_step + 1}; no adapter written; "
+                    + NON_FINITE_FIX
                 )
 
 

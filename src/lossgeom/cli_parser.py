@@ -1,0 +1,420 @@
+"""The ``lossgeom`` command line's parser (:func:`build_parser`): every subcommand's arguments, their types and
+defaults (the settings classes', their one place). :mod:`lossgeom.cli` runs what it parses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import cli_commands as commands
+from .settings import (
+    DTYPES,
+    BaseSpectrumSettings,
+    BehaviourSettings,
+    CkaSettings,
+    EvaluationSettings,
+    GeometrySettings,
+    LmcSettings,
+    ModelSettings,
+    TrainingSettings,
+)
+
+# flag defaults are the settings classes' (one place per default): the rules pass every value anyway
+EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
+BEHAVIOUR = BehaviourSettings()
+BASE_SPECTRUM = BaseSpectrumSettings()
+MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
+CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
+
+# Subcommands that run a model: they get a device of their own (lossgeom.devices.claim_gpu).
+GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc", "activations"}
+MODEL_COMMANDS = GPU_COMMANDS | {"base-spectrum"}  # and one holding its weights: each logs and records its stack
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text[:80]!r}") from None
+
+
+def _labelled(text: str) -> tuple[str, Path]:
+    """``label=path``, or a bare path labelled ``{method}/seed{seed}`` when it ends in
+    ``.../{method}/seed{seed}`` (the results layout), else by its own name."""
+    if "=" in text:
+        label, path = text.split("=", 1)
+        return label, Path(path)
+    from .geometry import label_for_dir
+
+    return label_for_dir(text), Path(text)
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+
+
+def _adapter(text: str) -> Path | None:
+    """An adapter directory, or 'none' for the base model itself."""
+    return None if text == "none" else Path(text)
+
+
+def _role(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected role=method (e.g. grpo=grpo), got {text!r}")
+    role, method = text.split("=", 1)
+    return role, method
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lossgeom", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = _adder(sub)
+    _toy_commands(add)
+    _rollouts_training_commands(add)
+    _geometry_commands(add)
+    _behaviour_commands(add)
+    _report_commands(add)
+    _tool_commands(add)
+    for name in MODEL_COMMANDS:  # each model job records its stack (in a declared output of its rule)
+        sub.choices[name].add_argument("--versions-out", type=Path, help="JSON record of the versions it ran with")
+    return p
+
+
+def _adder(sub):
+    """``add(name, func, help)``: a subparser of ``sub`` that runs ``func``."""
+
+    def add(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    return add
+
+
+def _model_opts(sp):
+    sp.add_argument("--dtype", default=MODEL["dtype"], choices=DTYPES)
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
+
+
+def _generation_opts(sp):
+    sp.add_argument(
+        "--generation",
+        type=_json,
+        default=None,
+        help='the stage\'s generation spec as JSON, e.g. {"backend": "vllm"} (default: hf)',
+    )
+    sp.add_argument(
+        "--generation-runtime",
+        type=_json,
+        default=None,
+        help="the backend's runtime-only options as JSON (requests in flight, retries, timeouts, prices), merged "
+        "into --generation's",
+    )
+
+
+def _run_opts(sp, batch_size: int, test_set_arg="--test-set"):
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument(
+        test_set_arg,
+        type=_json,
+        required=True,
+        dest=test_set_arg.lstrip("-").replace("-", "_"),
+        help="problem source(s) as JSON",
+    )
+    sp.add_argument("--toy-dir", type=Path, default=None)
+    sp.add_argument("--template", default=MODEL["prompt_template"])
+    sp.add_argument(
+        "--answer-template",
+        default=None,
+        help="how a gold answer is written, with {answer} (default: what --template asks for)",
+    )
+    sp.add_argument("--batch-size", type=int, default=batch_size)
+    sp.add_argument("--out", type=Path, required=True)
+    _model_opts(sp)
+
+
+def _toy_commands(add) -> None:
+    """Subcommands: the toy world, its models (trained or shipped), shipping them."""
+    sp = add("toy-world", commands.cmd_toy_world, "generate the toy problems and tokenizer")
+    sp.add_argument("--spec", type=_json, required=True, help="the config's toy section, as JSON")
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add(
+        "toy-model", commands.cmd_toy_model, "train a toy base or teacher model from scratch (or copy a shipped one)"
+    )
+    sp.add_argument("--spec", type=_json, required=True, help="toy.models.<name> as JSON")
+    sp.add_argument("--world", type=Path, required=True, help="directory written by toy-world")
+    sp.add_argument("--template", default=MODEL["prompt_template"])
+    sp.add_argument("--seed", type=int, required=True, help="the model's init and data seed")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"])
+    sp.add_argument(
+        "--out", type=Path, required=True, help="the model's directory; its name (base, teacher) is the model's"
+    )
+    sp.add_argument(
+        "--shipped", type=Path, default=None, help="toy.models_from: copy the model from this shipped directory instead"
+    )
+
+    sp = add(
+        "toy-ship", commands.cmd_toy_ship, "write a shipped toy-models directory (toy.models_from) from trained ones"
+    )
+    sp.add_argument("--models", type=Path, required=True, help="a study's toy/models (base/ and teacher/, trained)")
+    sp.add_argument("--out", type=Path, required=True, help="the shipped directory (replaced whole)")
+
+
+def _rollouts_training_commands(add) -> None:
+    """Subcommands: rollouts (sampled, imported, summarised) and training."""
+    sp = add("rollouts", commands.cmd_rollouts, "sample and grade K completions per prompt")
+    sp.add_argument("--model", required=True, help="sampler: hub id or local directory (tokenizer included)")
+    sp.add_argument("--problems", type=_json, required=True, help="a problem_source config entry, as JSON")
+    sp.add_argument("--toy-dir", type=Path, default=None)
+    sp.add_argument("--spec", type=_json, required=True, help="the config's rollouts section, as JSON")
+    sp.add_argument("--template", default=MODEL["prompt_template"])
+    sp.add_argument("--out", type=Path, required=True, help="rollouts .parquet")
+    _generation_opts(sp)
+    sp.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="openai backend: JSONL of completed requests, kept across restarts (outside --out)",
+    )
+    _model_opts(sp)
+
+    sp = add("import-rollouts", commands.cmd_import_rollouts, "check and import a JSONL/parquet rollout file")
+    sp.add_argument("--file", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add(
+        "rollouts-summary",
+        commands.cmd_rollouts_summary,
+        "the rollout table in numbers (rows, truncated, grade notes, served models)",
+    )
+    sp.add_argument("--rollouts", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True, help="summary .tsv (quantity, value)")
+
+    sp = add("train", commands.cmd_train, "train one LoRA adapter (one method, one seed)")
+    sp.add_argument("--spec", type=_json, required=True, help="the method's resolved spec, as JSON")
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--rollouts", type=Path, required=True)
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument("--out", type=Path, required=True, help="adapter directory")
+    sp.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints (kept outside --out)")
+    _model_opts(sp)
+
+
+def _geometry_commands(add) -> None:
+    """Subcommands: weight-space geometry and its figures."""
+    sp = add("geometry", commands.cmd_geometry, "compare two or more PEFT LoRA adapters (tables)")
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir (or adapter_dir)")
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=GEOMETRY.top_k, help="singular subspace size for principal angles")
+    sp.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reuse per-adapter factor caches (thin SVDs) from here, keyed by the adapter's content",
+    )
+    sp.add_argument(
+        "--base-model",
+        default=None,
+        help="also measure how much of each delta lies in the base weights' top singular subspaces",
+    )
+    sp.add_argument("--trust-remote-code", action="store_true")
+
+    sp = add("trajectory", commands.cmd_trajectory, "geometry along training: every saved step of every adapter")
+    sp.add_argument(
+        "adapters", nargs="+", type=_labelled, help="label=adapter_dir (its train_info.json lists the steps)"
+    )
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=GEOMETRY.top_k, help="singular subspace size for principal angles")
+    sp.add_argument("--cache-dir", type=Path, default=None, help="reuse per-(adapter, step) factor caches from here")
+
+    sp = add(
+        "base-spectrum",
+        commands.cmd_base_spectrum,
+        "each delta against the base weights' spectrum: intruder dimensions, rotation, top singular values",
+    )
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
+    sp.add_argument("--base-model", required=True, help="the adapters' base model: hub id or local directory")
+    sp.add_argument("--out", type=Path, required=True, help="output directory for the tables")
+    sp.add_argument("--top-k", type=int, default=BASE_SPECTRUM.top_k, help="top singular vectors of W + dW examined")
+    sp.add_argument("--threshold", type=float, default=BASE_SPECTRUM.threshold, help="intruder |cosine| threshold")
+    sp.add_argument("--seed", type=int, default=BASE_SPECTRUM.seed, help="seed of the chance level's random deltas")
+    sp.add_argument("--cache-dir", type=Path, default=None, help="cache of the base weights' SVDs (by content)")
+    sp.add_argument("--trust-remote-code", action="store_true")
+
+    for name, fn, what in (
+        ("trajectory-figures", commands.cmd_trajectory_figures, "cosines along training with their floors"),
+        ("base-spectrum-figures", commands.cmd_base_spectrum_figures, "base-spectrum statistics per method"),
+    ):
+        sp = add(name, fn, what)
+        sp.add_argument("--tables", type=Path, required=True, help=f"directory written by '{name[: -len('-figures')]}'")
+        sp.add_argument("--roles", nargs="+", type=_role, required=True, help="the paper's methods as role=method")
+        sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
+        sp.add_argument("--out", type=Path, required=True, help="figure .png (a .pdf is written beside it)")
+
+    sp = add(
+        "geometry-figures", commands.cmd_geometry_figures, "heatmaps and per-layer profiles of the geometry tables"
+    )
+    sp.add_argument("--tables", type=Path, required=True, help="directory written by 'geometry'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+    sp.add_argument(
+        "--reference", default=None, help="label the per-layer profiles compare against (default: the first)"
+    )
+
+
+def _evaluate_command(add) -> None:
+    """The evaluate subcommand: one model's greedy pass@1, cross-entropies, and optionally its CKA
+    activations, samples (pass@k, KL) and held-out cross-entropies."""
+    sp = add(
+        "evaluate",
+        commands.cmd_evaluate,
+        "greedy pass@1 and cross-entropies of the base or one adapter; optionally its samples (pass@k, KL to the "
+        "base) and its held-out cross-entropy",
+    )
+    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
+    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
+    sp.add_argument(
+        "--activations",
+        type=_json,
+        default=None,
+        help='the CKA probes\' hidden states too, as JSON {"test_set": <problem source>, "n_probe", "pooling", "batch_size"}',
+    )
+    sp.add_argument("--activations-out", type=Path, default=None, help="the activations npz written (--activations)")
+    sp.add_argument("--behaviour", type=_json, default=None, help="the filled behaviour section, as JSON (samples)")
+    sp.add_argument("--base-samples", type=Path, default=None, help="the base's samples table (an adapter's KL)")
+    sp.add_argument("--samples-out", type=Path, default=None, help="the samples table written (with --behaviour)")
+    sp.add_argument("--forgetting", type=_json, default=None, help="the filled forgetting section, as JSON")
+    sp.add_argument("--heldout-out", type=Path, default=None, help="held-out cross-entropies written (--forgetting)")
+    _generation_opts(sp)
+    _run_opts(sp, EVALUATION.batch_size, "--test-sets")
+
+
+def _behaviour_commands(add) -> None:
+    """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
+    _evaluate_command(add)
+
+    sp = add("eval-stats", commands.cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
+    sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
+    sp.add_argument(
+        "--ci",
+        default=EVALUATION.ci,
+        choices=["wilson", "clopper_pearson", "bootstrap"],
+        help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap",
+    )
+    sp.add_argument("--n-boot", type=int, default=EVALUATION.n_boot, help="bootstrap replicates (--ci bootstrap)")
+    sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
+    sp.add_argument("--seed", type=int, default=EVALUATION.seed, help="the bootstrap's seed")
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+
+    sp = add(
+        "behaviour-stats",
+        commands.cmd_behaviour_stats,
+        "pass@k, KL to the base both ways and forgetting per model, paired comparisons, forgetting vs KL",
+    )
+    sp.add_argument("samples", nargs="+", type=_labelled, help="model=samples.parquet (one model named base)")
+    sp.add_argument("--heldout", nargs="+", type=_labelled, default=None, help="model=heldout.parquet (forgetting)")
+    sp.add_argument("--adapters", type=Path, default=None, help="the geometry's adapters.tsv (the deltas' norms)")
+    sp.add_argument("--k", nargs="+", type=int, default=list(BEHAVIOUR.k), help="the k of pass@k")
+    sp.add_argument("--temperature", type=float, default=BEHAVIOUR.temperature, help="the pass@k samples' temperature")
+    sp.add_argument("--n-boot", type=int, default=BEHAVIOUR.n_boot, help="bootstrap resamples of items")
+    sp.add_argument("--ci", type=float, default=BEHAVIOUR.ci, help="interval coverage")
+    sp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+
+    sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
+    sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
+    sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
+    sp.add_argument("--alphas", type=int, default=LMC.alphas, help="grid points in [0, 1]")
+    sp.add_argument("--limit", type=int, default=LMC.limit, help="test items for the cross-entropies")
+    sp.add_argument("--accuracy-subset", type=int, default=LMC.accuracy_subset, help="test items for greedy accuracy")
+    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
+    _generation_opts(sp)
+    _run_opts(sp, EVALUATION.batch_size)
+
+    sp = add("lmc-summary", commands.cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
+    sp.add_argument("sweeps", nargs="+", type=Path)
+    sp.add_argument("--out", type=Path, required=True, help="summary .tsv (curves.tsv is written beside it)")
+
+    sp = add("activations", commands.cmd_activations, "pooled per-layer hidden states of one model on the probe set")
+    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
+    sp.add_argument("--n-probe", type=int, default=CKA.n_probe)
+    sp.add_argument("--pooling", default=CKA.pooling, choices=CKA_POOLINGS)
+    _run_opts(sp, CKA.batch_size)
+
+    sp = add("cka", commands.cmd_cka, "linear and debiased CKA per layer for every model pair")
+    sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
+    sp.add_argument("--out", type=Path, required=True)
+
+
+def _report_commands(add) -> None:
+    """Subcommands: the training, accuracy, connectivity and representation figures, and the claims table."""
+    sp = add("training-figures", commands.cmd_training_figures, "training curves of every adapter from its metrics.tsv")
+    sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
+    sp.add_argument("--analysis-step", type=int, default=None)
+    sp.add_argument("--out", type=Path, required=True, help="figure .png (a .pdf is written beside it)")
+
+    sp = add("claims", commands.cmd_claims, "the paper's claims checked against this run (claims.tsv)")
+    sp.add_argument("--geometry", type=Path, required=True, help="directory written by 'geometry'")
+    sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'eval-stats'")
+    sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
+    sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
+    sp.add_argument("--base-spectrum", type=Path, default=None, help="directory written by 'base-spectrum'")
+    sp.add_argument("--behaviour", type=Path, default=None, help="directory written by 'behaviour-stats'")
+    sp.add_argument(
+        "--roles",
+        nargs="+",
+        type=_role,
+        required=True,
+        help="the paper's methods as role=method: sft= rft= dft= rift= grpo= dpo=",
+    )
+    sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
+    sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
+
+    sp = add("behaviour-figures", commands.cmd_behaviour_figures, "pass@k curves; KL to the base and forgetting")
+    sp.add_argument("--tables", type=Path, required=True, help="directory written by 'behaviour-stats'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+    sp = add(
+        "accuracy-figures", commands.cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set"
+    )
+    sp.add_argument("--accuracy", type=Path, required=True, help="accuracy.tsv written by 'eval-stats'")
+    sp.add_argument("--pairwise", type=Path, required=True, help="pairwise.tsv written by 'eval-stats'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+    sp = add(
+        "connectivity-figures",
+        commands.cmd_connectivity_figures,
+        "LMC curves of every pair, and per pair with its barrier",
+    )
+    sp.add_argument("--summary", type=Path, required=True, help="summary.tsv written by 'lmc-summary'")
+    sp.add_argument("--curves", type=Path, required=True, help="curves.tsv written by 'lmc-summary'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+    sp = add(
+        "representations-figures",
+        commands.cmd_representations_figures,
+        "CKA per layer vs the base, and at the last layer",
+    )
+    sp.add_argument("--cka", type=Path, required=True, help="cka.tsv written by 'cka'")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
+
+
+def _tool_commands(add) -> None:
+    """Subcommands around the study: its GPU-hours, two runs compared, the versions table."""
+    sp = add("cost", commands.cmd_cost, "every stage's GPU-hours and each job's time limit, from the FLOP model")
+    sp.add_argument("--configfile", type=Path, default=Path("config/config.yaml"), help="the study's config")
+
+    sp = add("compare-runs", commands.cmd_compare_runs, "what moved between two runs: verdicts, numbers, weights")
+    sp.add_argument("runs", nargs=2, type=Path, help="two results directories (scripts/compare-kernels.sh)")
+    sp.add_argument("--names", nargs=2, default=("a", "b"), help="what each run was (the summary's headings)")
+    sp.add_argument("--out", type=Path, required=True, help="directory: summary.md, verdicts/tables/weights .tsv")
+
+    sp = add("versions", commands.cmd_versions, "the library versions of every model job in one table")
+    sp.add_argument("records", nargs="+", type=_labelled, help="rule/job=record (a model job's --versions-out)")
+    sp.add_argument("--out", type=Path, required=True, help="versions .tsv")
+    sp.add_argument("--html", type=Path, default=None, help="the table as an HTML page too (the report's)")
