@@ -9,7 +9,8 @@ import pytest
 
 from lossgeom.claims.check import CHECKS, OUTPUT_COLUMNS, write_claims
 from lossgeom.claims.paper import paper_claims
-from lossgeom.claims.verdicts import Judged, replicates_text, verdict
+from lossgeom.claims.verdicts import Judged, ranges_text, replicates_text, verdict
+from lossgeom.errors import InputError
 from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
 from lossgeom.geometry.tables import NOISE_FLOOR_COLUMNS
 from lossgeom.labels import Label
@@ -277,7 +278,7 @@ def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     no_dpo = {k: v for k, v in ROLES.items() if k != "dpo"}
     out = write_claims(geo, ev, None, None, no_dpo, 42, tmp_path / "c2.tsv").set_index("claim_id")
     assert out.loc["dpo_orthogonal", "verdict"] == "not run"
-    with pytest.raises(ValueError, match="unknown role"):
+    with pytest.raises(InputError, match="unknown role"):
         write_claims(geo, ev, None, None, {"ppo": "ppo"}, 42, tmp_path / "c3.tsv")
 
 
@@ -358,7 +359,8 @@ def test_lr10x_and_online_grpo_rows_read_the_geometry_against_sft(
         in out.loc["online_grpo", "this_run"]
     )
     assert (out.drop(["lr10x", "online_grpo"])["verdict"] == "holds").all()  # the six methods' rows are untouched
-    assert "online GRPO 0.2, SFT 1.8" in out.loc["online_rl_forgets_less", "this_run"]
+    # each number as its range over the two seeds (the behaviour fixture's seed 123 is 0.01 higher)
+    assert "online GRPO 0.2 to 0.21, SFT 1.8 to 1.81" in out.loc["online_rl_forgets_less", "this_run"]
 
 
 def _rename_method(tables_dir, old: str, new: str) -> None:
@@ -528,5 +530,47 @@ def test_each_replicate_reads_its_own_adapters(tmp_path):
     assert row["verdict"] == "fragile"
     assert row["replicates"] == "2 of 3 hold"
     assert "seed42 +0.06, seed42data7 +0.06, seed123 -0.01; spread 0.07" in row["margins"]
-    assert "SFT-RFT 0.97" in row["this_run"]  # the texts are the shared-init seed's
+    assert row["this_run"].startswith("SFT-RFT 0.89 to 0.97, SFT-RIFT 0.96,")  # each number's range
     assert out.loc["dft", "verdict"] == "holds"  # DFT's bounds still clear at seed 123 (0.55 < 0.89)
+
+
+@pytest.mark.parametrize(
+    "texts, want",
+    [
+        ({"r0": "cos 0.9, ratio 8.24", "r1": "cos 0.9, ratio 8.24"}, "cos 0.9, ratio 8.24"),
+        (
+            {"r0": "SFT-RFT 0.894 (p 1.2e-09)", "r1": "SFT-RFT 0.86 (p 3e-08)"},
+            "SFT-RFT 0.86 to 0.894 (p 1.2e-09 to 3e-08)",
+        ),
+        ({"r0": "margin -0.5", "r1": "margin 0.25"}, "margin -0.5 to 0.25"),
+        # numbers inside names are words: other labels, or another order, list each replicate
+        (
+            {"seed42": "sft/seed42: 3.04", "seed123": "sft/seed123: 3.1"},
+            "seed42: sft/seed42: 3.04; seed123: sft/seed123: 3.1",
+        ),
+        (
+            {"a": "RIFT 11 < RFT 14 deg", "b": "RFT 12 < RIFT 13 deg"},
+            "a: RIFT 11 < RFT 14 deg; b: RFT 12 < RIFT 13 deg",
+        ),
+        ({}, ""),
+    ],
+)
+def test_a_claim_s_texts_over_replicates_give_each_number_its_range(texts, want):
+    assert ranges_text(texts) == want
+
+
+def test_a_damaged_or_foreign_table_is_one_input_error_naming_it(tmp_path):
+    """Each table the checks read is read with the columns they need: a torn one, or one of another stage,
+    stops with one line naming the file and what it should be; an absent optional one is 'not run'."""
+    geo, ev = _write_run(tmp_path)
+    (tmp_path / "lmc.tsv").write_bytes(b"pair_a\tpair_b\n\xff\xfe\t1\n")
+    with pytest.raises(InputError, match=r"lmc\.tsv: not a summary table of 'lossgeom lmc-summary' \(.*utf-8"):
+        write_claims(geo, ev, tmp_path / "lmc.tsv", None, ROLES, 42, tmp_path / "claims.tsv")
+    pd.DataFrame({"model_a": ["sft/seed42"], "cka": [0.9]}).to_csv(tmp_path / "cka.tsv", sep="\t", index=False)
+    with pytest.raises(
+        InputError, match=r"cka\.tsv: not a CKA table of 'lossgeom cka' \(no column\(s\) \['model_b', 'layer'\]"
+    ):
+        write_claims(geo, ev, None, tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv")
+    (ev / "pairwise.tsv").unlink()  # absent: the claims that need it are not run
+    out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv")
+    assert "not run" in set(out["verdict"])

@@ -250,6 +250,46 @@ def _openai(url, **kw):
     }
 
 
+def _claims(geometry: Path, out: Path, roles=("sft=sft", "grpo=grpo")) -> list[str]:
+    return ["claims", "--geometry", str(geometry), "--roles", *roles, "--seed", "1", "--out", str(out)]
+
+
+def _table_dir(tmp: Path, name: str, tables: dict[str, bytes]) -> Path:
+    """A directory ``name`` holding the files ``tables`` (file name -> bytes)."""
+    d = tmp / name
+    d.mkdir()
+    for file, raw in tables.items():
+        (d / file).write_bytes(raw)
+    return d
+
+
+# a labelled square matrix as 'lossgeom geometry' writes one ({metric}.tsv)
+MATRIX = b"\ta/seed1\ta/seed2\na/seed1\t1\t0.5\na/seed2\t0.5\t1\n"
+
+
+def _toy_model(world: Path, out: Path) -> list[str]:
+    return [
+        "toy-model",
+        "--spec",
+        json.dumps({"batch_size": 2}),
+        "--world",
+        str(world),
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
+
+
+def _damaged_world(w, tmp: Path, raw: bytes) -> Path:
+    """A copy of the toy world whose training problems file holds ``raw`` after its first line."""
+    world = tmp / "world"
+    shutil.copytree(w.world, world)
+    train = world / "problems" / "train.jsonl"
+    train.write_bytes(train.read_bytes().splitlines(keepends=True)[0] + raw)
+    return world
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1054,6 +1094,142 @@ CASES = [
             _out(t, "beh"),
         ),
         r"--ci 1\.5: 1\.5 is greater than or equal to the maximum of 1 \(the config's behaviour\.ci\)",
+    ),
+    # -- the tables 'claims' and the figures commands read, and the toy world's files: a damaged or
+    # foreign file is named where it is read (issue 31) ---------------------------------------------------
+    Case(
+        "claims/unknown-role",
+        lambda w, t, c: (_claims(t, _out(t, "claims.tsv"), roles=("ppo=ppo",)), _out(t, "claims.tsv")),
+        r"claims: unknown role 'ppo'",
+    ),
+    Case(
+        "claims/noise-floor-not-utf8",
+        lambda w, t, c: (
+            _claims(
+                _table_dir(t, "geometry", {"noise_floor.tsv": b"pair_a\tpair_b\n\xff\xfe\t1\n"}),
+                _out(t, "claims.tsv"),
+            ),
+            _out(t, "claims.tsv"),
+        ),
+        r"geometry/noise_floor\.tsv: not a noise_floor\.tsv of 'lossgeom geometry' \(.*utf-8",
+    ),
+    Case(
+        "claims/noise-floor-lacks-columns",
+        lambda w, t, c: (
+            _claims(
+                _table_dir(
+                    t,
+                    "geometry",
+                    {
+                        "noise_floor.tsv": b"pair_a\tpair_b\tvalue\nsft/seed1\tgrpo/seed1\t0.5\n",
+                        "adapters.tsv": b"label\tnorm\teffective_rank_mean\nsft/seed1\t1.0\t2.0\n",
+                    },
+                ),
+                _out(t, "claims.tsv"),
+            ),
+            _out(t, "claims.tsv"),
+        ),
+        r"geometry/noise_floor\.tsv: not a noise_floor\.tsv of 'lossgeom geometry' \(no column\(s\) "
+        r"\['method_a', 'method_b', 'init', 'data_order', 'metric', 'data_floor', 'random'\]\)",
+    ),
+    Case(
+        "claims/adapters-table-lacks-columns",
+        lambda w, t, c: (
+            _claims(
+                _table_dir(
+                    t,
+                    "geometry",
+                    {
+                        "noise_floor.tsv": (
+                            b"pair_a\tpair_b\tmethod_a\tmethod_b\tinit\tdata_order\tmetric\tvalue\tdata_floor\trandom\n"
+                        ),
+                        "adapters.tsv": b"label\tnorm\nsft/seed1\t1.0\n",
+                    },
+                ),
+                _out(t, "claims.tsv"),
+            ),
+            _out(t, "claims.tsv"),
+        ),
+        r"geometry/adapters\.tsv: not an adapters\.tsv of 'lossgeom geometry' \(no column\(s\) \['effective_rank_mean'\]\)",
+    ),
+    Case(
+        "figures/accuracy-table-lacks-column",
+        lambda w, t, c: (
+            [
+                "accuracy-figures",
+                "--accuracy",
+                str(_jsonl(t / "accuracy.tsv", [], raw=b"test_set\tmodel\taccuracy\ntoy\tbase\t0.5\n")),
+                "--pairwise",
+                str(_jsonl(t / "pairwise.tsv", [], raw=b"test_set\tmodel_a\tmodel_b\tp_holm\n")),
+                "--out",
+                str(_out(t, "figures")),
+            ],
+            _out(t, "figures"),
+        ),
+        r"accuracy\.tsv: not an accuracy\.tsv of 'lossgeom eval-stats' \(no column\(s\) \['ci_low', 'ci_high'\]\)",
+    ),
+    Case(
+        "figures/geometry-noise-floor-lacks-column",
+        lambda w, t, c: (
+            [
+                "geometry-figures",
+                "--tables",
+                str(
+                    _table_dir(
+                        t,
+                        "geometry",
+                        {
+                            "cosine_global.tsv": MATRIX,
+                            "top1_angle_left_median.tsv": MATRIX,
+                            "orthogonal_fraction_global.tsv": MATRIX,
+                            "noise_floor.tsv": b"pair_a\tpair_b\tvalue\na/seed1\ta/seed2\t0.5\n",
+                        },
+                    )
+                ),
+                "--out",
+                str(_out(t, "figures")),
+            ],
+            _out(t, "figures") / "cosine_global.png",  # the heatmaps drawn before it: none left
+        ),
+        r"geometry/noise_floor\.tsv: not a noise_floor\.tsv of 'lossgeom geometry' \(no column\(s\) "
+        r"\['method_a', 'method_b', 'init', 'data_order', 'metric', 'random'\]\)",
+    ),
+    Case(
+        "figures/lmc-curves-not-utf8",
+        lambda w, t, c: (
+            [
+                "connectivity-figures",
+                "--summary",
+                str(_jsonl(t / "summary.tsv", [], raw=b"pair_a\tpair_b\tmetric\tbarrier\n")),
+                "--curves",
+                str(_jsonl(t / "curves.tsv", [], raw=b"pair_a\tpair_b\n\xff\xfe\t1\n")),
+                "--out",
+                str(_out(t, "figures")),
+            ],
+            _out(t, "figures"),
+        ),
+        r"curves\.tsv: not a curves table of 'lossgeom lmc-summary' \(.*utf-8",
+    ),
+    Case(
+        "toy/problems-file-torn",
+        lambda w, t, c: (
+            _toy_model(_damaged_world(w, t, b'{"id": "toy-train-1", "question": "1 +'), _out(t, "base")),
+            _out(t, "base"),
+        ),
+        r"world/problems/train\.jsonl:2: not a problems file of 'lossgeom toy-world' \(JSONDecodeError",
+    ),
+    Case(
+        "toy/problems-file-not-utf8",
+        lambda w, t, c: (_toy_model(_damaged_world(w, t, b'{"question": "\xff"}\n'), _out(t, "base")), _out(t, "base")),
+        r"world/problems/train\.jsonl: not a problems file of 'lossgeom toy-world' \(not UTF-8 text",
+    ),
+    Case(
+        "toy/problems-file-foreign-rows",
+        lambda w, t, c: (
+            _toy_model(_damaged_world(w, t, b'{"question": "1 + 1?"}\n'), _out(t, "base")),
+            _out(t, "base"),
+        ),
+        r"world/problems/train\.jsonl:2: not a problems file of 'lossgeom toy-world' \(TypeError: .*missing",
     ),
 ]
 if importlib.util.find_spec("vllm") is None:  # where vLLM is installed, tests/test_vllm_engine.py runs it

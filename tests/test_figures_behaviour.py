@@ -9,6 +9,7 @@ import pytest
 from lossgeom.behaviour.cka import cka_matrix
 from lossgeom.behaviour.stats import accuracy_table, pairwise_tests
 from lossgeom.cli import main
+from lossgeom.errors import InputError
 from lossgeom.figures.accuracy import plot_accuracy, plot_pairwise_pvalues
 from lossgeom.figures.connectivity import plot_lmc
 from lossgeom.figures.representations import plot_cka_heatmap, plot_cka_profiles
@@ -57,19 +58,19 @@ def test_lmc(tmp_path):
     out = plot_lmc(pd.DataFrame(rows), tmp_path / "lmc.png", ylabels={"answer_ce": "answer CE (nats)"})
     _check(out, tmp_path)
     bad = pd.DataFrame(rows).assign(alpha=lambda d: d.alpha * 2)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(InputError, match="alpha"):
         plot_lmc(bad, tmp_path / "bad.png")
 
 
 def test_cka_figures(tmp_path, cka_df):
     _check(plot_cka_profiles(cka_df, "SFT", tmp_path / "prof.png"), tmp_path)
     _check(plot_cka_heatmap(cka_df, 2, tmp_path / "heat.png", column="cka_debiased"), tmp_path)
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="no pair involving reference model 'nobody'"):
         plot_cka_profiles(cka_df, "nobody", tmp_path / "x.png")
 
 
 def test_rejects_non_png_path(tmp_path, cka_df):
-    with pytest.raises(ValueError, match=".png"):
+    with pytest.raises(InputError, match=".png"):
         plot_cka_heatmap(cka_df, 0, tmp_path / "heat.pdf")
 
 
@@ -112,7 +113,7 @@ def test_lmc_pairs_marks_the_barrier(tmp_path):
         ]
     )
     _check(plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "pairs.png"), tmp_path)
-    with pytest.raises(ValueError, match="no metric"):
+    with pytest.raises(InputError, match="no metric"):
         plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "x.png", metric="accuracy")
 
 
@@ -135,7 +136,7 @@ def test_training_curves_and_method_summary(tmp_path):
     _check(plot_training_curves(paths, tmp_path / "curves.png", analysis_step=2), tmp_path)
     bad = tmp_path / "bad.tsv"
     pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, sep="\t", index=False)
-    with pytest.raises(ValueError, match="lacks column"):
+    with pytest.raises(InputError, match="lacks column"):
         plot_training_curves({"sft/seed1": bad}, tmp_path / "bad.png")
     rows = []
     for a, b, init, data, v in (
@@ -412,7 +413,7 @@ def test_behaviour_figures_without_forgetting_and_missing_tables(tmp_path, full_
     pd.read_csv(full_study / "kl.tsv", sep="\t").drop(columns="seed_floor").to_csv(
         tables / "kl.tsv", sep="\t", index=False
     )
-    with pytest.raises(ValueError, match=r"kl.tsv lacks column\(s\) \['seed_floor'\]"):
+    with pytest.raises(InputError, match=r"kl.tsv lacks column\(s\) \['seed_floor'\]"):
         behaviour_figures(tables, tmp_path / "figs")
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lossgeom.errors import InputError
 from lossgeom.figures.spectrum import base_spectrum_figure
 from lossgeom.figures.trajectory import trajectory_figure
 from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
@@ -36,7 +37,7 @@ def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
     trajectory_figure(tmp_path / "one", ROLES, 1, tmp_path / "fig" / "one.png")
     paths = pd.read_csv(tmp_path / "traj" / "paths.tsv", sep="\t").drop(columns="cos_to_analysis")
     paths.to_csv(tmp_path / "traj" / "paths.tsv", sep="\t", index=False)
-    with pytest.raises(ValueError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):
+    with pytest.raises(InputError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):
         trajectory_figure(tmp_path / "traj", ROLES, 1, tmp_path / "fig" / "t3.png")
 
 

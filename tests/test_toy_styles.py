@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from lossgeom.data.grading import grade_exact
+from lossgeom.errors import InputError
 from lossgeom.modeling import load_tokenizer
 from lossgeom.toy.pretrain import cued, solution_dataset, style_mixture
 from lossgeom.toy.problems import STYLES, generate_splits, make_problem
@@ -25,7 +26,7 @@ def test_every_style_grades_as_the_answer():
             text = p.solution_in(style)
             assert grade_exact(text, str(p.answer))[1] == 1.0, (style, text)
     assert p.solution_in("direct") == f"#### {p.answer}"
-    with pytest.raises(ValueError, match="unknown solution style"):
+    with pytest.raises(InputError, match="unknown solution style"):
         p.solution_in("chatty")
 
 
@@ -41,7 +42,7 @@ def test_style_mixture_is_seeded_and_follows_the_weights():
 
 @pytest.mark.parametrize("bad", [{}, {"direct": -1.0, "verbose": 2.0}, {"direct": 0.0}])
 def test_style_mixture_rejects_bad_weights(bad):
-    with pytest.raises(ValueError, match="style mixture"):
+    with pytest.raises(InputError, match="style mixture"):
         style_mixture(bad, 10, seed=0)
 
 
@@ -73,7 +74,7 @@ def test_cue_goes_on_the_cued_rows_only(tmp_path):
         assert completion.strip() == p.solution_in(kind.removesuffix("+cue"))
     # the cue is text the tokenizer round-trips exactly (byte-level BPE, learned with the cue in its corpus)
     assert tok.decode(tok(cued("Q?", CUE))["input_ids"]) == "Q? " + CUE
-    with pytest.raises(ValueError, match="has no cue"):
+    with pytest.raises(InputError, match="has no cue"):
         solution_dataset(tok, problems[:20], "{question}", {"verbose+cue": 1.0}, seed=0, cue=None)
 
 
@@ -86,3 +87,35 @@ def test_small_world_has_no_doubling():
     train, _ = generate_splits(0, 500, 10, max_start=9, max_operand=4, max_double=0)
     assert not any("*" in p.solution for p in train)
     assert max(p.answer for p in train) <= 9 + 3 * 4
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"n_train": 0, "n_test": 5}, "toy problem counts must be >= 1"),
+        ({"n_train": 5, "n_test": 5, "min_steps": 3, "max_steps": 2}, "need 1 <= min_steps <= max_steps"),
+        (  # one step from 2 by 1: a few hundred distinct questions
+            {
+                "n_train": 600,
+                "n_test": 1,
+                "min_steps": 1,
+                "max_steps": 1,
+                "max_start": 2,
+                "max_operand": 1,
+                "max_double": 0,
+            },
+            "could not draw 601 distinct toy problems",
+        ),
+    ],
+)
+def test_a_toy_spec_that_cannot_make_a_world_is_an_input_error(kw, match):
+    with pytest.raises(InputError, match=match):
+        generate_splits(0, **kw)
+
+
+def test_a_toy_model_spec_with_heads_that_do_not_divide_is_an_input_error(toy_world):
+    from lossgeom.toy.pretrain import qwen3_config
+
+    tok = load_tokenizer(toy_world / "tokenizer")
+    with pytest.raises(InputError, match="hidden_size 30 is not divisible by num_attention_heads 4; set head_dim"):
+        qwen3_config({"hidden_size": 30, "num_attention_heads": 4, "num_key_value_heads": 2}, len(tok), tok)

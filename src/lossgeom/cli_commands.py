@@ -99,8 +99,6 @@ def cmd_rollouts(a):
         from .engines.api_journal import Journal, fingerprint
         from .engines.openai_api import ApiTeacher
 
-        if a.journal is None:
-            raise ValueError("the openai backend needs --journal (where completed requests survive a restart)")
         teacher = ApiTeacher(gen.openai)
         sampling = rollout_sampling(**{k: kw[k] for k in ("k", "temperature", "max_new_tokens", "top_p", "seed")})
         journal = Journal(
@@ -379,3 +377,16 @@ def cmd_compare_runs(a):
     from .run_diff import compare_runs
 
     print(compare_runs(*a.runs, a.out, tuple(a.names)), end="")
+
+
+def cmd_worlds(a):
+    from .worlds import write_world_configs
+
+    print(" ".join(write_world_configs(a.file, a.out)))
+
+
+def cmd_worlds_claims(a):
+    from .worlds import write_aggregate
+
+    df = write_aggregate(dict(a.claims), a.out)
+    log.info("claims over %d worlds: %s", len(a.claims), df["verdict"].value_counts().to_dict())

@@ -414,6 +414,14 @@ def _tool_commands(add) -> None:
     sp.add_argument("--names", nargs=2, default=("a", "b"), help="what each run was (the summary's headings)")
     sp.add_argument("--out", type=Path, required=True, help="directory: summary.md, verdicts/tables/weights .tsv")
 
+    sp = add("worlds", commands.cmd_worlds, "write one study config per toy world of a worlds file; print the names")
+    sp.add_argument("--file", type=Path, required=True, help="a worlds file (config/worlds/four.yaml)")
+    sp.add_argument("--out", type=Path, required=True, help="directory: <world>/config.yaml for each world")
+
+    sp = add("worlds-claims", commands.cmd_worlds_claims, "one claims table over the worlds' claims tables")
+    sp.add_argument("claims", nargs="+", type=_labelled, help="world=claims.tsv, two or more")
+    sp.add_argument("--out", type=Path, required=True, help="claims .tsv over the worlds")
+
     sp = add("versions", commands.cmd_versions, "the library versions of every model job in one table")
     sp.add_argument("records", nargs="+", type=_labelled, help="rule/job=record (a model job's --versions-out)")
     sp.add_argument("--out", type=Path, required=True, help="versions .tsv")

@@ -262,13 +262,13 @@ def read_parquet_or(path: Path, error: type[ValueError], columns=None, required=
     return df
 
 
-def read_tsv_or(path: Path, error: type[ValueError], columns=(), what: str = "a readable TSV table"):
-    """``pd.read_csv(path, sep="\t")``; a file that is not a readable table (not UTF-8, torn, empty) or lacks
-    one of ``columns`` stops with one line naming it and what it should be (``what``)."""
+def read_tsv_or(path: Path, error: type[ValueError], columns=(), what: str = "a readable TSV table", **read_kw):
+    """``pd.read_csv(path, sep="\t", **read_kw)``; a file that is not a readable table (not UTF-8, torn, empty)
+    or lacks one of ``columns`` stops with one line naming it and what it should be (``what``)."""
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, sep="\t")
+        df = pd.read_csv(path, sep="\t", **read_kw)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise error(f"{path}: not {what} ({' '.join(str(e).split())[:200]})") from None
     missing = [c for c in columns if c not in df.columns]

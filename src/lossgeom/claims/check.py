@@ -16,9 +16,9 @@ below, never tuned per run, and returns every condition's margin; the verdict ov
 ``holds`` or ``fails`` only when they agree by more than they spread, else ``fragile``, ``inconclusive``
 with one replicate, or ``not run`` when no replicate has the inputs (:mod:`.verdicts`). Numbers are
 rounded to 3 significant digits in text. Output columns: :data:`OUTPUT_COLUMNS` (``this_run``, ``floor``,
-``random``: the first replicate's, the shared-init seed's where it has the inputs; ``random``: the random
-level, or the chance level of a base-spectrum statistic; ``replicates``: how many hold; ``margins``: each
-replicate's margin per condition and their spread).
+``random``: over the replicates, each number as its range, or each replicate's text where their words
+differ; ``random``: the random level, or the chance level of a base-spectrum statistic; ``replicates``: how
+many hold; ``margins``: each replicate's margin per condition and their spread).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from ..config import PAPER_ROLES
+from ..errors import InputError
 from ..fsutil import write_table
 from .anchors import ANCHOR_CHECKS
 from .paper import paper_claims
 from .tables import Missing, RunTables, fmt
-from .verdicts import Judged, replicates_text, verdict
+from .verdicts import Judged, ranges_text, replicates_text, verdict
 
 ROLES = tuple(PAPER_ROLES)  # the paper's six methods, named where the config maps them to losses
 EXTRA_ROLES = ("lr10x", "online_grpo")  # the paper's extra runs: checked against SFT, not part of the six
@@ -345,6 +346,9 @@ OUTPUT_COLUMNS = [
 ]
 
 
+TEXTS = ("this_run", "floor", "random")  # each given as its range over the replicates (verdicts.ranges_text)
+
+
 def judge_claim(fn, tables: RunTables) -> tuple[dict[str, Judged], str]:
     """The claim's check on every replicate of the run that has its inputs (name -> :class:`Judged`), and
     the first replicate's reason for skipping when none has them."""
@@ -358,16 +362,16 @@ def judge_claim(fn, tables: RunTables) -> tuple[dict[str, Judged], str]:
 
 
 def check_claims(tables: RunTables) -> pd.DataFrame:
-    """One row per claim of :func:`.paper.paper_claims`, in its order (columns: :data:`OUTPUT_COLUMNS`):
-    the texts of the first replicate that has the claim's inputs (the shared-init seed's where it has them),
-    the verdict over every replicate (:func:`.verdicts.verdict`) and each replicate's margins."""
+    """One row per claim of :func:`.paper.paper_claims`, in its order (columns: :data:`OUTPUT_COLUMNS`): its
+    texts over every replicate that has the claim's inputs (each number as its range, :func:`.verdicts.ranges_text`),
+    the verdict over them (:func:`.verdicts.verdict`) and each replicate's margins."""
     rows = []
     for claim in paper_claims().itertuples(index=False):
         fn = CHECKS.get(claim.claim_id)
         if fn is None:
             raise ValueError(f"paper_claims.tsv: claim {claim.claim_id!r} has no check in lossgeom.claims.check")
         judged, missing = judge_claim(fn, tables)
-        first = next(iter(judged.values()), Judged(f"({missing})", "", "", {}))
+        texts = {field: ranges_text({r: getattr(j, field) for r, j in judged.items()}) for field in TEXTS}
         counted, margins = replicates_text(judged)
         rows.append(
             {
@@ -376,9 +380,7 @@ def check_claims(tables: RunTables) -> pd.DataFrame:
                 "source": claim.source,
                 "claim": claim.claim,
                 "paper": claim.paper,
-                "this_run": first.this_run,
-                "floor": first.floor,
-                "random": first.random,
+                **(texts if judged else {"this_run": f"({missing})", "floor": "", "random": ""}),
                 "verdict": verdict(judged),
                 "replicates": counted if judged else "",
                 "margins": margins,
@@ -402,7 +404,7 @@ def write_claims(
     """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
     bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
     if bad:
-        raise ValueError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
+        raise InputError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
     df = check_claims(
         RunTables(
             Path(geometry),

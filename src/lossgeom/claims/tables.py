@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 
 
@@ -32,6 +34,24 @@ def pair_row(df: pd.DataFrame, col_a: str, col_b: str, a: str, b: str, missing: 
     raise Missing(missing)
 
 
+# the columns the checks read of each table, and what the table should be (named in the error of one that
+# is not readable or lacks one of them)
+NOISE_FLOOR = tuple("pair_a pair_b method_a method_b init data_order metric value data_floor random".split())
+ADAPTERS = ("label", "norm", "effective_rank_mean")
+PAIRWISE = (("test_set", "model_a", "model_b", "acc_a", "acc_b", "p_holm"), "a pairwise.tsv of 'lossgeom eval-stats'")
+LMC = (("pair_a", "pair_b", "metric", "value_a", "value_b", "barrier"), "a summary table of 'lossgeom lmc-summary'")
+CKA = (("model_a", "model_b", "layer", "cka"), "a CKA table of 'lossgeom cka'")
+SPECTRUM = (("label", "statistic", "value"), "a summary.tsv of 'lossgeom base-spectrum'")
+BEHAVIOUR = {
+    "kl": (("model", "direction", "unit", "value", "seed_floor"), "a kl.tsv of 'lossgeom behaviour-stats'"),
+    "forgetting": (("model", "value", "seed_floor"), "a forgetting.tsv of 'lossgeom behaviour-stats'"),
+    "forgetting_vs_kl": (
+        ("predictor", "n", "rho", "ci_low", "ci_high"),
+        "a forgetting_vs_kl.tsv of 'lossgeom behaviour-stats'",
+    ),
+}
+
+
 class RunTables:
     """The run's tables, with lookups that raise :class:`Missing` when a value is absent."""
 
@@ -48,14 +68,17 @@ class RunTables:
     ):
         self.roles, self.seed = roles, seed
         self.replicate: tuple[int, int | None] = (seed, None)  # (init seed, data seed) of the adapters read
-        self.nf = pd.read_csv(geometry / "noise_floor.tsv", sep="\t")
-        self.adapters = pd.read_csv(geometry / "adapters.tsv", sep="\t")
-        self.pairwise = read_table(eval_dir / "pairwise.tsv") if eval_dir else None
-        self.lmc = read_table(lmc) if lmc else None
-        self.cka = read_table(cka) if cka else None
-        self.spectrum = read_table(base_spectrum / "summary.tsv") if base_spectrum else None
-        names = ("kl", "forgetting", "forgetting_vs_kl")
-        self.behaviour = {n: read_table(behaviour / f"{n}.tsv") for n in names} if behaviour else {}
+        self.nf = read_tsv_or(
+            geometry / "noise_floor.tsv", InputError, NOISE_FLOOR, "a noise_floor.tsv of 'lossgeom geometry'"
+        )
+        self.adapters = read_tsv_or(
+            geometry / "adapters.tsv", InputError, ADAPTERS, "an adapters.tsv of 'lossgeom geometry'"
+        )
+        self.pairwise = read_table(eval_dir / "pairwise.tsv", *PAIRWISE) if eval_dir else None
+        self.lmc = read_table(lmc, *LMC) if lmc else None
+        self.cka = read_table(cka, *CKA) if cka else None
+        self.spectrum = read_table(base_spectrum / "summary.tsv", *SPECTRUM) if base_spectrum else None
+        self.behaviour = {n: read_table(behaviour / f"{n}.tsv", *t) for n, t in BEHAVIOUR.items()} if behaviour else {}
 
     def label(self, role: str, seed: int | None = None) -> str:
         """The label of the adapter of the method playing ``role`` at init ``seed`` (default: this view's
@@ -171,5 +194,9 @@ class RunTables:
         return rows.iloc[0]
 
 
-def read_table(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path, sep="\t") if path is not None and Path(path).exists() else None
+def read_table(path: Path, columns=(), what: str = "a readable TSV table") -> pd.DataFrame | None:
+    """The table at ``path``, None where there is none; one that is not readable or lacks one of ``columns``
+    stops with one :class:`~lossgeom.errors.InputError` line naming it and what it should be (``what``)."""
+    if path is None or not Path(path).exists():
+        return None
+    return read_tsv_or(Path(path), InputError, columns, what)

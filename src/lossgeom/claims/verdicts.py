@@ -25,6 +25,7 @@ margin larger than the whole range is what a reader can trust to survive a rerun
 from __future__ import annotations
 
 import math
+import re
 from typing import Mapping, NamedTuple
 
 HOLDS, FAILS, FRAGILE, INCONCLUSIVE, NOT_RUN = "holds", "fails", "fragile", "inconclusive", "not run"
@@ -94,3 +95,26 @@ def replicates_text(judged: Mapping[str, Judged]) -> tuple[str, str]:
         spread = f"; spread {max(ms) - min(ms):.3g}" if n > 1 and all(map(math.isfinite, ms)) else ""
         parts.append((f"{c}: " if len(conditions) > 1 else "") + each + spread)
     return count, " | ".join(parts)
+
+
+# A number in a claim's text: not part of a name ("seed42", "q_proj", "u1"), with its sign and exponent.
+_NUMBER = re.compile(r"(?<![\w/.])([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)(?![\w.])")
+
+
+def ranges_text(texts: Mapping[str, str]) -> str:
+    """Several replicates' (or runs') texts of one claim (name -> text) as one: where they say the same thing
+    with other numbers, each number becomes its range (``"SFT-RFT 0.86 to 0.894"``); where their words
+    differ (another order, other labels), each text is given after its name (``"seed42: ...; seed123: ..."``)."""
+    unique = dict(zip(dict.fromkeys(texts.values()), texts))  # text -> the first name that has it
+    if len(unique) <= 1:
+        return next(iter(unique), "")
+    split = [_NUMBER.split(t) for t in unique]
+    if len({tuple(parts[::2]) for parts in split}) > 1:
+        return "; ".join(f"{name}: {t}" for name, t in texts.items())
+    out = list(split[0])
+    for k in range(1, len(out), 2):
+        numbers = [parts[k] for parts in split]
+        if len(set(numbers)) > 1:
+            lo, hi = min(numbers, key=float), max(numbers, key=float)
+            out[k] = f"{lo} to {hi}"
+    return "".join(out)

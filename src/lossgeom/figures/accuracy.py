@@ -18,6 +18,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import LogNorm
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from .common import (
     figure,
     method_colour,
@@ -32,6 +34,10 @@ from .common import (
 
 __all__ = ["accuracy_figures", "plot_accuracy", "plot_pairwise_pvalues"]
 
+# the columns accuracy_figures reads of eval-stats' tables
+ACCURACY_COLUMNS = ("test_set", "model", "accuracy", "ci_low", "ci_high")
+PAIRWISE_COLUMNS = ("test_set", "model_a", "model_b", "p_holm")
+
 
 def accuracy_figures(
     accuracy: str | os.PathLike, pairwise: str | os.PathLike, out_dir: str | os.PathLike
@@ -39,8 +45,8 @@ def accuracy_figures(
     """``accuracy_{test_set}.png`` and ``mcnemar_{test_set}.png`` (and their PDFs) in ``out_dir`` for every
     test set of the accuracy table; returns the written paths."""
     out_dir = Path(out_dir)
-    acc = pd.read_csv(accuracy, sep="\t")
-    pairs = pd.read_csv(pairwise, sep="\t")
+    acc = read_tsv_or(Path(accuracy), InputError, ACCURACY_COLUMNS, "an accuracy.tsv of 'lossgeom eval-stats'")
+    pairs = read_tsv_or(Path(pairwise), InputError, PAIRWISE_COLUMNS, "a pairwise.tsv of 'lossgeom eval-stats'")
     written = []
     for t in acc["test_set"].unique():
         written += plot_accuracy(
@@ -95,7 +101,7 @@ def plot_accuracy(
     low = 100.0 * t["ci_low"].to_numpy(dtype=float)
     high = 100.0 * t["ci_high"].to_numpy(dtype=float)
     if np.any(low > acc + 1e-9) or np.any(high < acc - 1e-9):
-        raise ValueError("accuracy table: every CI must contain its accuracy")
+        raise InputError("accuracy table: every CI must contain its accuracy")
     if title is None:
         title = f"error bars: {ci_label}"
         if "n" in t.columns and t["n"].nunique() == 1:
@@ -149,7 +155,7 @@ def plot_pairwise_pvalues(
     """
     require_columns(pairwise, ["model_a", "model_b", column], "pairwise table")
     if pairwise.empty:
-        raise ValueError("pairwise table has no pairs to plot")
+        raise InputError("pairwise table has no pairs to plot")
     models = ordered_models(pairwise)
     mat = symmetric_matrix(pairwise, models, column, diagonal=np.nan)
     floor = 1e-12  # colour floor so p = 0 or astronomically small values stay plottable

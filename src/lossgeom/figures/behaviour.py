@@ -41,6 +41,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 from .common import figure, method_colour, method_name, require_columns, save, style
 
@@ -75,7 +77,7 @@ def _read(tables: Path, name: str, columns: list[str], required: bool = True) ->
         if required:
             raise FileNotFoundError(f"behaviour figures: {path} does not exist (written by 'lossgeom behaviour-stats')")
         return None
-    df = pd.read_csv(path, sep="\t")
+    df = read_tsv_or(path, InputError, what=f"a {name}.tsv of 'lossgeom behaviour-stats'")
     require_columns(df, columns, str(path))
     df["model"] = df["model"].astype(str)
     return df
@@ -393,7 +395,7 @@ def behaviour_figures(tables: str | os.PathLike, out: str | os.PathLike) -> None
     corr_path = tables / "forgetting_vs_kl.tsv"
     corr = None
     if corr_path.is_file():
-        corr = pd.read_csv(corr_path, sep="\t")
+        corr = read_tsv_or(corr_path, InputError, what="a forgetting_vs_kl.tsv of 'lossgeom behaviour-stats'")
         require_columns(corr, CORRELATION_COLUMNS, str(corr_path))
     if (forgetting is None) != (corr is None):
         missing = tables / ("forgetting.tsv" if forgetting is None else "forgetting_vs_kl.tsv")
@@ -401,8 +403,8 @@ def behaviour_figures(tables: str | os.PathLike, out: str | os.PathLike) -> None
             f"behaviour figures: {missing} does not exist, but its partner does (behaviour-stats writes both)"
         )
     if passk.empty:
-        raise ValueError(f"behaviour figures: {tables / 'pass_at_k.tsv'} has no rows")
+        raise InputError(f"behaviour figures: {tables / 'pass_at_k.tsv'} has no rows")
     if kl[kl["unit"] == "token"].empty:
-        raise ValueError(f"behaviour figures: {tables / 'kl.tsv'} has no per-token (unit 'token') rows")
+        raise InputError(f"behaviour figures: {tables / 'kl.tsv'} has no per-token (unit 'token') rows")
     _pass_at_k(passk, out)
     _kl_forgetting(kl, forgetting, corr, out)

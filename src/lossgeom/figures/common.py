@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..errors import InputError
 from ..fsutil import atomic_files
 from ..labels import Label
 
@@ -65,7 +66,7 @@ def save(fig: Figure, out_path: str | os.PathLike) -> tuple[Path, Path]:
     rest of its set); returns both paths."""
     png = Path(out_path)
     if png.suffix.lower() != ".png":
-        raise ValueError(f"output path must end in .png, got {str(png)!r}")
+        raise InputError(f"output path must end in .png, got {str(png)!r}")
     pdf = png.with_suffix(".pdf")
     with ExitStack() as stack:
         stage = _STAGE.get() or stack.enter_context(atomic_files())
@@ -155,7 +156,7 @@ def require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
         raise TypeError(f"{what} must be a pandas DataFrame")
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
+        raise InputError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
 
 
 def ordered_models(df: pd.DataFrame) -> list[str]:

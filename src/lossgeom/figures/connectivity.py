@@ -17,9 +17,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from .common import figure, method_colour, method_name, method_of, pair_legend, require_columns, save, style
 
 __all__ = ["connectivity_figures", "plot_lmc", "plot_lmc_pairs"]
+
+# the columns connectivity_figures reads of lmc-summary's tables
+CURVE_COLUMNS = ("pair_a", "pair_b", "alpha", "metric", "value")
+SUMMARY_COLUMNS = ("pair_a", "pair_b", "metric", "barrier")
 
 YLABELS = {
     "answer_ce": "answer-only CE (nats/token)",
@@ -34,8 +40,9 @@ def connectivity_figures(
     """``lmc_pairs.png`` (one panel per pair, barrier marked) and ``lmc.png`` (every pair, one panel per
     metric), and their PDFs, in ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
-    curves = pd.read_csv(curves, sep="\t")
-    written = list(plot_lmc_pairs(curves, pd.read_csv(summary, sep="\t"), out_dir / "lmc_pairs.png"))
+    curves = read_tsv_or(Path(curves), InputError, CURVE_COLUMNS, "a curves table of 'lossgeom lmc-summary'")
+    summary = read_tsv_or(Path(summary), InputError, SUMMARY_COLUMNS, "a summary table of 'lossgeom lmc-summary'")
+    written = list(plot_lmc_pairs(curves, summary, out_dir / "lmc_pairs.png"))
     curves["pair"] = curves["pair_a"] + " -> " + curves["pair_b"]
     written += plot_lmc(curves[["pair", "alpha", "metric", "value"]], out_dir / "lmc.png", ylabels=YLABELS)
     return written
@@ -64,10 +71,10 @@ def plot_lmc(
     """
     require_columns(curves, ["pair", "alpha", "metric", "value"], "LMC table")
     if curves.empty:
-        raise ValueError("LMC table is empty")
+        raise InputError("LMC table is empty")
     a = curves["alpha"].to_numpy(dtype=float)
     if np.any(~np.isfinite(a)) or np.any(a < 0) or np.any(a > 1):
-        raise ValueError("LMC table: alpha must lie in [0, 1]")
+        raise InputError("LMC table: alpha must lie in [0, 1]")
     ylabels = dict(ylabels or {})
     metrics = list(dict.fromkeys(curves["metric"]))
     pairs = list(dict.fromkeys(curves["pair"].astype(str)))
@@ -122,7 +129,7 @@ def plot_lmc_pairs(
     require_columns(summary, ["pair_a", "pair_b", "metric", "barrier"], "LMC summary")
     sub = curves[curves["metric"] == metric]
     if sub.empty:
-        raise ValueError(f"LMC curves have no metric {metric!r}")
+        raise InputError(f"LMC curves have no metric {metric!r}")
     pairs = list(dict.fromkeys(zip(sub["pair_a"], sub["pair_b"])))
     pairs.sort(key=lambda p: method_of(p[0]) == method_of(p[1]))
     n = len(pairs)

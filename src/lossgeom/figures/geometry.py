@@ -16,6 +16,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 from .common import figure, method_colour, method_name, method_of, save, seed_of, style
 
@@ -69,6 +71,8 @@ HEATMAP_STYLES: dict[str, tuple[str, str, float | None, float | None, str, str]]
 DEFAULT_HEATMAPS = ("cosine_global", "top1_angle_left_median", "orthogonal_fraction_global")
 # noise_floor.tsv metric -> the methods x methods figure of it
 METHOD_SUMMARIES = {"cosine_global": "cosine_methods", "top1_angle_left_median": "top1_angle_methods"}
+# the columns of noise_floor.tsv the summaries read
+NOISE_FLOOR_COLUMNS = ("pair_a", "pair_b", "method_a", "method_b", "init", "data_order", "metric", "value", "random")
 
 
 def geometry_figures(tables: str | os.PathLike, out_dir: str | os.PathLike, reference: str | None = None) -> list[Path]:
@@ -83,15 +87,18 @@ def geometry_figures(tables: str | os.PathLike, out_dir: str | os.PathLike, refe
         written += plot_geometry_heatmap(tables / f"{metric}.tsv", out_dir / f"{metric}.png", metric=metric)
     for metric, name in METHOD_SUMMARIES.items():
         written += plot_method_summary(tables / "noise_floor.tsv", metric, out_dir / f"{name}.png")
-    labels = pd.read_csv(tables / "cosine_global.tsv", sep="\t", index_col=0).index.tolist()
+    labels = _read(tables / "cosine_global.tsv", index=True).index.tolist()
     written += plot_layer_profiles(tables / "per_layer.tsv", reference or labels[0], out_dir / "per_layer_profiles.png")
     return written
 
 
-def _read(table: pd.DataFrame | str | os.PathLike, index: bool) -> pd.DataFrame:
+def _read(table: pd.DataFrame | str | os.PathLike, index: bool, columns=()) -> pd.DataFrame:
+    """``table``, or the table of 'lossgeom geometry' at that path: one that is not readable or lacks one of
+    ``columns`` stops with one line naming it."""
     if isinstance(table, pd.DataFrame):
         return table
-    return pd.read_csv(table, sep="\t", index_col=0 if index else None)
+    what = f"a {Path(table).name} of 'lossgeom geometry'"
+    return read_tsv_or(Path(table), InputError, columns, what, index_col=0 if index else None)
 
 
 def plot_geometry_heatmap(
@@ -173,14 +180,15 @@ def plot_layer_profiles(
         reference: label every other adapter is compared with (e.g. ``"sft/seed42"``).
         out_path: ``.png`` path; a ``.pdf`` is written beside it.
     """
-    df = _read(per_layer, index=False)
-    missing = [c for c in ("pair_a", "pair_b", "layer", "cosine", "orthogonal_fraction") if c not in df.columns]
+    columns = ("pair_a", "pair_b", "layer", "cosine", "orthogonal_fraction")
+    df = _read(per_layer, index=False, columns=columns)
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"per-layer table lacks column(s) {missing}")
+        raise InputError(f"per-layer table lacks column(s) {missing}")
     sel = df[(df["pair_a"] == reference) | (df["pair_b"] == reference)].copy()
     if sel.empty:
         labels = sorted(set(df["pair_a"]) | set(df["pair_b"]))
-        raise ValueError(f"reference {reference!r} not in the per-layer table; labels: {labels}")
+        raise InputError(f"reference {reference!r} not in the per-layer table; labels: {labels}")
     sel["other"] = np.where(sel["pair_a"] == reference, sel["pair_b"], sel["pair_a"])
     sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
     others = list(dict.fromkeys(sel["other"]))
@@ -239,10 +247,10 @@ def plot_method_summary(
 
     Long because it lays out one multi-panel figure; the panels share axes and the legend.
     """
-    nf = _read(noise_floor, index=False)
+    nf = _read(noise_floor, index=False, columns=NOISE_FLOOR_COLUMNS)
     nf = nf[nf["metric"] == metric]
     if nf.empty:
-        raise ValueError(f"noise-floor table has no metric {metric!r}")
+        raise InputError(f"noise-floor table has no metric {metric!r}")
     labels = list(dict.fromkeys(list(nf["pair_a"]) + list(nf["pair_b"])))
     parsed = [Label.parse(l) for l in labels]
     methods = list(dict.fromkeys(p.method for p in parsed))

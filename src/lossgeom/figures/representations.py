@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from .common import (
     figure,
     method_colour,
@@ -36,7 +38,7 @@ def representations_figures(cka: str | os.PathLike, out_dir: str | os.PathLike) 
     """``cka_profiles.png`` (every model vs the base, per layer) and ``cka_last_layer.png`` (all pairs at the
     last layer), and their PDFs, in ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
-    table = pd.read_csv(cka, sep="\t")
+    table = read_tsv_or(Path(cka), InputError, ("model_a", "model_b", "layer", "cka"), "a CKA table of 'lossgeom cka'")
     written = list(plot_cka_profiles(table, "base", out_dir / "cka_profiles.png"))
     written += plot_cka_heatmap(table, int(table["layer"].max()), out_dir / "cka_last_layer.png")
     return written
@@ -63,7 +65,7 @@ def plot_cka_profiles(
     require_columns(cka, ["model_a", "model_b", "layer", column], "CKA table")
     sel = cka[((cka["model_a"] == reference) | (cka["model_b"] == reference)) & (cka["model_a"] != cka["model_b"])]
     if sel.empty:
-        raise ValueError(f"CKA table has no pair involving reference model {reference!r}")
+        raise InputError(f"CKA table has no pair involving reference model {reference!r}")
     other = np.where(sel["model_a"] == reference, sel["model_b"], sel["model_a"])
     data = pd.DataFrame(
         {
@@ -121,7 +123,7 @@ def plot_cka_heatmap(
     require_columns(cka, ["model_a", "model_b", "layer", column], "CKA table")
     sel = cka[cka["layer"] == layer]
     if sel.empty:
-        raise ValueError(f"CKA table has no rows for layer {layer!r}")
+        raise InputError(f"CKA table has no rows for layer {layer!r}")
     models = ordered_models(sel)
     mat = symmetric_matrix(sel, models, column, diagonal=1.0 if column == "cka" else np.nan, overwrite_diagonal=False)
     values = mat.to_numpy(dtype=float)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 from .common import figure, method_colour, method_name, require_columns, save, style
 
@@ -44,7 +45,7 @@ def base_spectrum_figure(
 ) -> tuple[Path, Path]:
     """The figure of the module docstring at ``out_path`` (.png, and its PDF); methods in the order of
     ``roles`` (the paper's methods), then the study's others; ``seed`` is the shared-init seed."""
-    df = pd.read_csv(Path(tables) / "summary.tsv", sep="\t")
+    df = read_tsv_or(Path(tables) / "summary.tsv", InputError, what="a summary.tsv of 'lossgeom base-spectrum'")
     require_columns(df, COLUMNS, f"{Path(tables) / 'summary.tsv'}")
     methods = list(dict.fromkeys([m for m in roles.values() if m in set(df["method"])] + list(df["method"])))
     x = {m: i for i, m in enumerate(methods)}

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-import pandas as pd
-
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 from .common import figure, method_colour, method_name, save, style
 
@@ -39,13 +39,13 @@ def plot_training_curves(
     (``"{method}/seed{seed}"``) to its ``metrics.tsv``. DPO's loss is its own sigmoid loss, not an NLL,
     so its curve is drawn on the same axes but is not comparable in level with the NLL family's."""
     if not metrics:
-        raise ValueError("plot_training_curves: no metrics files")
+        raise InputError("plot_training_curves: no metrics files")
     frames = {}
     for label, path in metrics.items():
-        df = pd.read_csv(path, sep="\t")
+        df = read_tsv_or(Path(path), InputError, what="a metrics.tsv of 'lossgeom train'")
         missing = [c for c, _ in PANELS if c not in df.columns] + ([] if "step" in df.columns else ["step"])
         if missing:
-            raise ValueError(f"{path}: metrics table lacks column(s) {missing}")
+            raise InputError(f"{path}: metrics table lacks column(s) {missing}")
         frames[label] = df
     seeds = sorted({Label.parse(l).seed for l in frames})
     with style("whitegrid"):

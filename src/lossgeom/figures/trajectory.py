@@ -17,6 +17,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
+from ..fsutil import read_tsv_or
 from ..labels import Label
 from .common import figure, method_colour, method_name, require_columns, save, style
 
@@ -25,7 +27,7 @@ OTHERS = ("dft", "grpo", "dpo")
 
 
 def _read(tables: Path, name: str, cols: list[str]) -> pd.DataFrame:
-    df = pd.read_csv(tables / f"{name}.tsv", sep="\t")
+    df = read_tsv_or(tables / f"{name}.tsv", InputError, what=f"a {name}.tsv of 'lossgeom trajectory'")
     require_columns(df, cols, f"{tables / name}.tsv")
     return df
 

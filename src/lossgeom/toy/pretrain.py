@@ -22,6 +22,7 @@ from datasets import Dataset
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from ..data.prompting import prompt_completion
+from ..errors import InputError
 from ..fsutil import atomic_dir
 from ..settings import ToyModelSettings
 from .shipped import write_key
@@ -35,7 +36,7 @@ def qwen3_config(spec: dict, vocab_size: int, tokenizer) -> Qwen3Config:
     spec = ToyModelSettings.filled(spec)
     hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
     if spec["head_dim"] is None and hidden % heads:
-        raise ValueError(
+        raise InputError(
             f"toy model hidden_size {hidden} is not divisible by num_attention_heads {heads}; set head_dim"
         )
     return Qwen3Config(
@@ -73,7 +74,7 @@ def style_mixture(style, n: int, seed: int) -> list[str]:
         return [style] * n
     names, weights = list(style), [float(w) for w in style.values()]
     if not names or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"toy model style mixture needs non-negative weights with a positive sum, got {style}")
+        raise InputError(f"toy model style mixture needs non-negative weights with a positive sum, got {style}")
     return random.Random(seed).choices(names, weights=weights, k=n)
 
 
@@ -86,7 +87,7 @@ def solution_dataset(
     when asked to."""
     kinds = style_mixture(style, len(problems), seed)
     if cue is None and any(k.endswith(CUED) for k in kinds):
-        raise ValueError(f"toy model style mixture {style} has cued rows but the model has no cue")
+        raise InputError(f"toy model style mixture {style} has cued rows but the model has no cue")
     pairs = [
         prompt_completion(
             tokenizer,

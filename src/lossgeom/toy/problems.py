@@ -23,6 +23,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..settings import ToySettings
 
 # the toy section's defaults (lossgeom.settings.ToySettings: their one place)
@@ -56,7 +57,7 @@ class Problem:
     def solution_in(self, style: str) -> str:
         """The worked solution in ``style`` (one of :data:`STYLES`)."""
         if style not in STYLES:
-            raise ValueError(f"unknown solution style {style!r}; expected one of {list(STYLES)}")
+            raise InputError(f"unknown solution style {style!r}; expected one of {list(STYLES)}")
         if style == "direct":
             return f"#### {self.answer}"
         return self.solution if style == "terse" else self.verbose_solution
@@ -122,13 +123,13 @@ def generate_splits(
     """Deterministic train and test problems with disjoint questions.
 
     ``limits`` are passed to ``make_problem`` (max_start, max_operand, max_double).
-    Ids are ``toy-train-{i}`` / ``toy-test-{i}``. Raises ``ValueError`` when the requested number
-    of distinct problems cannot be drawn (the space is large, so this means absurd sizes).
+    Ids are ``toy-train-{i}`` / ``toy-test-{i}``. Raises :class:`~lossgeom.errors.InputError` when the
+    requested number of distinct problems cannot be drawn (the space is large, so this means absurd sizes).
     """
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"toy problem counts must be >= 1, got n_train={n_train}, n_test={n_test}")
+        raise InputError(f"toy problem counts must be >= 1, got n_train={n_train}, n_test={n_test}")
     if not 1 <= min_steps <= max_steps:
-        raise ValueError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+        raise InputError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
     rng = random.Random(seed)
     seen: set[str] = set()
     drawn: list[Problem] = []
@@ -136,7 +137,7 @@ def generate_splits(
     while len(drawn) < n_train + n_test:
         attempts += 1
         if attempts > 50 * (n_train + n_test):
-            raise ValueError(f"could not draw {n_train + n_test} distinct toy problems")
+            raise InputError(f"could not draw {n_train + n_test} distinct toy problems")
         p = make_problem(rng, rng.randint(min_steps, max_steps), **limits)
         if p.question in seen:
             continue

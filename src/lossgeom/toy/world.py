@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..data.prompting import prompt_string
+from ..errors import InputError
 from ..fsutil import atomic_dir
 from ..settings import ToySettings
 from .problems import STYLES, generate_splits
@@ -57,12 +58,26 @@ def build_world(spec: dict, out_dir: Path) -> dict:
 
 
 def read_split(world_dir: Path, split: str):
-    """The toy problems of ``split`` as ``Problem`` objects."""
+    """The toy problems of ``split`` as ``Problem`` objects; a damaged file (not UTF-8, a line that is not a
+    problem's JSON) stops with one :class:`~lossgeom.errors.InputError` line naming it and the line."""
     from dataclasses import fields
 
     from .problems import Problem
 
     path = Path(world_dir) / "problems" / f"{split}.jsonl"
     names = {f.name for f in fields(Problem)}  # the held-out rows' style texts are not Problem fields
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return [Problem(**{k: v for k, v in row.items() if k in names}) for row in rows]
+    what = "not a problems file of 'lossgeom toy-world'"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: {what} (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    problems = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:  # a torn or edited file: one line naming it, not the JSON parser's or the dataclass's traceback
+            row = json.loads(line)
+            problems.append(Problem(**{k: v for k, v in row.items() if k in names}))
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+            raise InputError(f"{path}:{i}: {what} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    return problems
