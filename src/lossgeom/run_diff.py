@@ -70,7 +70,7 @@ def compare_table(pa: Path, pb: Path) -> dict:
     max_abs = max_rel = 0.0
     for col in ta.columns:
         x, y = pd.to_numeric(ta[col], errors="coerce"), pd.to_numeric(tb[col], errors="coerce")
-        numeric = x.notna() & y.notna()
+        numeric = np.isfinite(x) & np.isfinite(y)  # inf and NaN compared as text (their spelling)
         if numeric.any():
             xa, ya = x[numeric].to_numpy(float), y[numeric].to_numpy(float)
             diff = np.abs(xa - ya)
@@ -78,8 +78,9 @@ def compare_table(pa: Path, pb: Path) -> dict:
             moved += int((diff > 0).sum())
             if (diff > 0).any():
                 max_abs = max(max_abs, float(diff.max()))
-                scale = np.maximum(np.abs(xa), np.abs(ya))
-                max_rel = max(max_rel, float(np.max(np.where(diff > 0, diff / scale, 0.0))))
+                scale = np.maximum(np.abs(xa), np.abs(ya))  # > 0 wherever diff > 0
+                rel = np.divide(diff, scale, out=np.zeros_like(diff), where=diff > 0)
+                max_rel = max(max_rel, float(np.nanmax(rel)))
         rest = ~numeric
         text_moved += int((ta[col][rest].astype(str) != tb[col][rest].astype(str)).sum())
     return {
