@@ -543,6 +543,7 @@ def test_each_replicate_reads_its_own_adapters(tmp_path):
             "SFT-RFT 0.86 to 0.894 (p 1.2e-09 to 3e-08)",
         ),
         ({"r0": "margin -0.5", "r1": "margin 0.25"}, "margin -0.5 to 0.25"),
+        ({"r0": "cos 0.635/0.648", "r1": "cos 0.6/0.7"}, "cos 0.6 to 0.635/0.648 to 0.7"),
         # numbers inside names are words: other labels, or another order, list each replicate
         (
             {"seed42": "sft/seed42: 3.04", "seed123": "sft/seed123: 3.1"},
@@ -574,3 +575,15 @@ def test_a_damaged_or_foreign_table_is_one_input_error_naming_it(tmp_path):
     (ev / "pairwise.tsv").unlink()  # absent: the claims that need it are not run
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv")
     assert "not run" in set(out["verdict"])
+
+
+def test_the_report_page_counts_the_verdicts_and_colours_each(tmp_path):
+    geo, ev = _write_run(tmp_path, dpo_acc=0.6)
+    df = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv", html=tmp_path / "claims.html")
+    page = (tmp_path / "claims.html").read_text()
+    counts = df["verdict"].value_counts()
+    assert f"{counts['holds']} holds, {counts['fails']} fails, " in page and f"{counts['not run']} not run" in page
+    assert page.count("<tr>") == len(df) + 1  # the head and one row per claim
+    assert '<td style="background:#f8d7d7"><b>fails</b></td>' in page  # acc_dpo
+    assert "||dW|| SFT 2.8, DPO 0.2: ratio 14" in page  # this run's text, escaped where needed
+    assert 'title="holds if every pair&#x27;s cosine is &gt;= 0.9' in page  # the rule as the row's tooltip

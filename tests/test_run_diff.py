@@ -47,7 +47,7 @@ def test_moved_verdicts_numbers_and_weights_are_counted(tmp_path):
     text = compare_runs(a, b, tmp_path / "out", names=("AVX512", "AVX2"))
     v = pd.read_csv(tmp_path / "out" / "verdicts.tsv", sep="\t").set_index("claim_id")
     assert v["moved"].tolist() == [True, False, False]
-    assert "| cluster | holds | fragile **moved** |" in text and "verdicts moved: 1 of 3" in text
+    assert "| cluster | SFT-RFT 0.9 | holds | fragile **moved** |" in text and "verdicts moved: 1 of 3" in text
     row = pd.read_csv(tmp_path / "out" / "tables.tsv", sep="\t").set_index("table").loc["geometry/cosine.tsv"]
     assert (row["numeric_cells"], row["numeric_moved"]) == (3, 1)
     assert row["max_abs_change"] == pytest.approx(0.02) and row["max_rel_change"] == pytest.approx(0.02 / 0.52)

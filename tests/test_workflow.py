@@ -217,6 +217,7 @@ AGGREGATES = (
         "results/eval/cochran.json",
         "results/cka/cka.tsv",
         "results/claims.tsv",
+        "results/claims.html",
         "results/versions.tsv",
         "results/versions.html",
         "results/versions/base_spectrum.json",  # the base spectrum reads every adapter: its job reruns
@@ -305,6 +306,7 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         assert Path(name).name in html, f"{name} is not in the report"
     for table in (
         "claims.tsv",
+        "claims.html",
         "noise_floor.tsv",
         "accuracy.tsv",
         "pairwise.tsv",

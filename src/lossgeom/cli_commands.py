@@ -351,7 +351,9 @@ def cmd_training_figures(a):
 def cmd_claims(a):
     from .claims.check import write_claims
 
-    df = write_claims(a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum, a.behaviour)
+    df = write_claims(
+        a.geometry, a.eval_dir, a.lmc, a.cka, dict(a.roles), a.seed, a.out, a.base_spectrum, a.behaviour, a.html
+    )
     log.info("claims: %s", df["verdict"].value_counts().to_dict())
 
 

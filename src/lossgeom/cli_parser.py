@@ -374,6 +374,7 @@ def _report_commands(add) -> None:
     )
     sp.add_argument("--seed", type=int, required=True, help="the seed whose adapters share a LoRA init")
     sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
+    sp.add_argument("--html", type=Path, default=None, help="the table as an HTML page too (the report's first)")
 
     sp = add("behaviour-figures", commands.cmd_behaviour_figures, "pass@k curves; KL to the base and forgetting")
     sp.add_argument("--tables", type=Path, required=True, help="directory written by 'behaviour-stats'")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .claims.verdicts import ranges_text
 from .errors import InputError
 from .fsutil import atomic_files, file_sha256, write_table, write_text
 
@@ -32,6 +33,7 @@ VERDICT_COLUMNS = [
     "replicates_b",
     "this_run_a",
     "this_run_b",
+    "this_run_both",  # each number's range over both runs (and so over both runs' replicates)
 ]
 TABLE_COLUMNS = ["table", "rows", "numeric_cells", "numeric_moved", "max_abs_change", "max_rel_change", "text_moved"]
 
@@ -51,6 +53,7 @@ def compare_verdicts(a: Path, b: Path) -> pd.DataFrame:
     ca, cb = (c.reindex(columns=cols, fill_value="") for c in (ca, cb))
     m = ca.merge(cb, on="claim_id", how="outer", suffixes=("_a", "_b"), sort=False).fillna("")
     m["moved"] = m["verdict_a"] != m["verdict_b"]
+    m["this_run_both"] = [ranges_text({"a": x, "b": y}) for x, y in zip(m["this_run_a"], m["this_run_b"])]
     return m[VERDICT_COLUMNS]
 
 
@@ -129,12 +132,18 @@ def summary_markdown(verdicts: pd.DataFrame, tables: pd.DataFrame, weights: pd.D
         f" (largest relative change {numeric['max_rel_change'].max():.3g})",
         f"- weights files identical: {int(weights['identical'].sum())} of {len(weights)}",
         "",
-        f"| claim_id | verdict ({a}) | verdict ({b}) | replicates ({a}) | replicates ({b}) |",
-        "|---|---|---|---|---|",
+        "Each number of a claim as its range over both runs and their replicates (where the two runs' words",
+        "differ, each run's text after a: or b:).",
+        "",
+        f"| claim_id | this study, both runs | verdict ({a}) | verdict ({b}) | replicates ({a}) | replicates ({b}) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in verdicts.itertuples(index=False):
         flag = " **moved**" if r.moved else ""
-        lines.append(f"| {r.claim_id} | {r.verdict_a} | {r.verdict_b}{flag} | {r.replicates_a} | {r.replicates_b} |")
+        both = str(r.this_run_both).replace("|", "/")  # a table cell: "||dW||" would split it
+        lines.append(
+            f"| {r.claim_id} | {both} | {r.verdict_a} | {r.verdict_b}{flag} | {r.replicates_a} | {r.replicates_b} |"
+        )
     return "\n".join(lines) + "\n"
 
 

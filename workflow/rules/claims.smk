@@ -13,6 +13,7 @@ rule claims:
         **({"forgetting_vs_kl": rules.behaviour_stats.output.forgetting_vs_kl} if HAS_FORGETTING else {}),
     output:
         claims=report(f"{RESULTS}/claims.tsv", caption="../report/claims.rst", category="0 Claims"),
+        html=report(f"{RESULTS}/claims.html", caption="../report/claims.rst", category="0 Claims"),
     params:
         roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
         seed=config["seeds"][0],
@@ -30,7 +31,7 @@ rule claims:
         f"{RESULTS}/benchmarks/claims.tsv"
     shell:
         "lossgeom claims --geometry {params.geometry} --eval-dir {params.eval_dir} --lmc {input.lmc} --cka {input.cka}"
-        " --base-spectrum {params.base_spectrum} {params.behaviour} --roles {params.roles} --seed {params.seed} --out {output} > {log} 2>&1"
+        " --base-spectrum {params.base_spectrum} {params.behaviour} --roles {params.roles} --seed {params.seed} --out {output.claims} --html {output.html} > {log} 2>&1"
 
 
 # The library versions every model-running job ran with (each job's versions output, gathered by

@@ -30,8 +30,9 @@ import pandas as pd
 
 from ..config import PAPER_ROLES
 from ..errors import InputError
-from ..fsutil import write_table
+from ..fsutil import atomic_files, write_table, write_text
 from .anchors import ANCHOR_CHECKS
+from .page import claims_html
 from .paper import paper_claims
 from .tables import Missing, RunTables, fmt
 from .verdicts import Judged, ranges_text, replicates_text, verdict
@@ -400,8 +401,10 @@ def write_claims(
     out: Path,
     base_spectrum: Path | None = None,
     behaviour: Path | None = None,
+    html: Path | None = None,
 ) -> pd.DataFrame:
-    """Compute the claims table from the run's tables and write it to ``out`` (tab-separated)."""
+    """Compute the claims table from the run's tables and write it to ``out`` (tab-separated), and as the
+    report's page to ``html`` where given (:func:`.page.claims_html`; both or neither)."""
     bad = sorted(set(roles) - set(ROLES) - set(EXTRA_ROLES))
     if bad:
         raise InputError(f"claims: unknown role {bad[0]!r}; roles are {list(ROLES + EXTRA_ROLES)}")
@@ -417,5 +420,8 @@ def write_claims(
             behaviour and Path(behaviour),
         )
     )
-    write_table(df, out)
+    with atomic_files() as stage:
+        write_table(df, stage(out))
+        if html is not None:
+            write_text(stage(html), claims_html(df))
     return df

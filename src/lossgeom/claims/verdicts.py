@@ -97,8 +97,9 @@ def replicates_text(judged: Mapping[str, Judged]) -> tuple[str, str]:
     return count, " | ".join(parts)
 
 
-# A number in a claim's text: not part of a name ("seed42", "q_proj", "u1"), with its sign and exponent.
-_NUMBER = re.compile(r"(?<![\w/.])([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)(?![\w.])")
+# A number in a claim's text: not part of a name ("seed42", "q_proj", "u1"), with its sign and exponent; a
+# number after "/" is one ("0.635/0.648/0.702"), as a label's seed after its "/" begins with a letter.
+_NUMBER = re.compile(r"(?<![\w.])([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)(?![\w.])")
 
 
 def ranges_text(texts: Mapping[str, str]) -> str:
