@@ -21,7 +21,7 @@ import pandas as pd
 
 from .claims.verdicts import ranges_text
 from .errors import InputError
-from .fsutil import atomic_files, file_sha256, write_table, write_text
+from .fsutil import atomic_files, file_sha256, read_tsv_or, write_table, write_text
 
 SKIPPED = ("logs", "benchmarks", "versions", "cache")  # differ by design (times, hosts) or are caches
 VERDICT_COLUMNS = [
@@ -38,17 +38,23 @@ VERDICT_COLUMNS = [
 TABLE_COLUMNS = ["table", "rows", "numeric_cells", "numeric_moved", "max_abs_change", "max_rel_change", "text_moved"]
 
 
-def _tables(root: Path) -> dict[str, Path]:
+def _files(root: Path, pattern: str) -> dict[str, Path]:
+    """The files of ``root`` matching ``pattern`` (by path relative to it), those below :data:`SKIPPED` left out."""
     return {
         str(p.relative_to(root)): p
-        for p in sorted(Path(root).rglob("*.tsv"))
+        for p in sorted(Path(root).rglob(pattern))
         if not set(p.relative_to(root).parts[:-1]) & set(SKIPPED)
     }
 
 
 def compare_verdicts(a: Path, b: Path) -> pd.DataFrame:
     """The claims of two runs side by side (:data:`VERDICT_COLUMNS`): ``moved`` where the verdicts differ."""
-    ca, cb = (pd.read_csv(Path(r) / "claims.tsv", sep="\t", keep_default_na=False) for r in (a, b))
+    ca, cb = (
+        read_tsv_or(
+            Path(r) / "claims.tsv", InputError, ("claim_id", "verdict"), "a claims table", keep_default_na=False
+        )
+        for r in (a, b)
+    )
     cols = ["claim_id", "verdict", "replicates", "this_run"]
     ca, cb = (c.reindex(columns=cols, fill_value="") for c in (ca, cb))
     m = ca.merge(cb, on="claim_id", how="outer", suffixes=("_a", "_b"), sort=False).fillna("")
@@ -98,7 +104,7 @@ def compare_table(pa: Path, pb: Path) -> dict:
 
 def compare_tables(a: Path, b: Path) -> pd.DataFrame:
     """Every table of either run (:data:`TABLE_COLUMNS`); one only in one run says so in ``rows``."""
-    ta, tb = _tables(a), _tables(b)
+    ta, tb = _files(a, "*.tsv"), _files(b, "*.tsv")
     rows = []
     for name in sorted(set(ta) | set(tb)):
         if name not in ta or name not in tb:
@@ -110,12 +116,10 @@ def compare_tables(a: Path, b: Path) -> pd.DataFrame:
 
 def compare_weights(a: Path, b: Path) -> pd.DataFrame:
     """Each weights file (``*.safetensors``: the toy models, every adapter) of both runs: identical or not."""
-    names = sorted({str(p.relative_to(r)) for r in (a, b) for p in Path(r).rglob("*.safetensors")})
-    names = [n for n in names if not set(Path(n).parts) & set(SKIPPED)]
+    wa, wb = _files(a, "*.safetensors"), _files(b, "*.safetensors")
     rows = []
-    for n in names:
-        pa, pb = Path(a) / n, Path(b) / n
-        same = pa.exists() and pb.exists() and file_sha256(pa) == file_sha256(pb)
+    for n in sorted(set(wa) | set(wb)):
+        same = n in wa and n in wb and file_sha256(wa[n]) == file_sha256(wb[n])
         rows.append({"file": n, "identical": same})
     return pd.DataFrame(rows, columns=["file", "identical"])
 

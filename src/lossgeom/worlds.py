@@ -24,8 +24,9 @@ import pandas as pd
 import yaml
 
 from .errors import InputError
-from .fsutil import write_table, write_text
+from .fsutil import read_tsv_or, write_table, write_text
 
+CLAIMS_COLUMNS = ("claim_id", "group", "claim", "verdict", "rule")  # what it reads of each world's claims.tsv
 WORLD_COLUMNS = ["claim_id", "group", "claim", "verdict", "worlds", "per_world", "rule"]
 
 
@@ -86,12 +87,12 @@ def _world_verdict(verdicts: list[str]) -> str:
 def aggregate_claims(claims: dict[str, Path]) -> pd.DataFrame:
     """One row per claim over the worlds' claims tables (name -> ``claims.tsv``): :data:`WORLD_COLUMNS`, with
     the verdict over worlds (module docstring), how many worlds give each verdict, and each world's verdict."""
-    tables = {}
-    for name, path in claims.items():
-        try:
-            tables[name] = pd.read_csv(path, sep="\t", keep_default_na=False).set_index("claim_id")
-        except (OSError, pd.errors.ParserError, KeyError) as e:
-            raise InputError(f"{path}: not a claims table of world {name!r} ({e})") from e
+    tables = {
+        name: read_tsv_or(
+            path, InputError, CLAIMS_COLUMNS, f"a claims table of world {name!r}", keep_default_na=False
+        ).set_index("claim_id")
+        for name, path in claims.items()
+    }
     first = next(iter(tables.values()))
     rows = []
     for claim_id, row in first.iterrows():
