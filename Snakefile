@@ -30,7 +30,9 @@ include: "workflow/rules/behaviour.smk"
 include: "workflow/rules/claims.smk"
 
 
+# The default target: every rule file's add_targets (the claims and every aggregate table and figure)
 rule all:
     input:
-        all_targets(),
+        TARGETS,
     default_target: True
+    localrule: True

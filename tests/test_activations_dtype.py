@@ -163,8 +163,9 @@ def test_extract_activations_of_a_bf16_base_end_to_end(setting, tmp_path):
     base, world = setting["base"], setting["world"]
     adapter, reference = setting["cases"][1e-4]
     kw = dict(n_probe=N_PROBE, pooling="completion_mean", template="{question}", batch_size=4, dtype="bfloat16")
-    activations.extract_activations(str(base), None, TEST_SET, world, tmp_path / "base.npz", **kw)
-    activations.extract_activations(str(base), adapter, TEST_SET, world, tmp_path / "dpo.npz", **kw)
+    for name, ad in (("base", None), ("dpo", adapter)):
+        arrays = activations.extract_activations(str(base), ad, TEST_SET, world, **kw)
+        activations.write_activations(arrays, tmp_path / f"{name}.npz")
     with np.load(tmp_path / "base.npz") as zb, np.load(tmp_path / "dpo.npz") as zt:
         assert zb["acts"].dtype == np.float32 and zb["acts"].shape == (LAYERS, N_PROBE, HIDDEN)
         assert (zb["ids"] == zt["ids"]).all()

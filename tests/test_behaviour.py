@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from jobs import evaluate
 
 from lossgeom.behaviour import accuracy, activations, cka, connectivity
 from lossgeom.behaviour.interpolation import alpha_grid, barrier
@@ -73,14 +74,12 @@ def test_sweep_endpoints_equal_the_adapters_own_evaluation(tiny_base, two_adapte
     )
     assert sorted(sweep["alpha"].unique()) == [0.0, 0.5, 1.0]
     for alpha, name in ((0.0, "sft"), (1.0, "rift")):
-        own = accuracy.evaluate_model(
-            str(tiny_base),
-            two_adapters[name],
-            {"toy": {**TEST_SET, "limit": 6}},
-            toy_world,
-            tmp_path / f"{name}.parquet",
-            **kw,
-        )
+        own_dir = tmp_path / name
+        own_dir.mkdir()
+        accuracy_settings = {"max_new_tokens": kw["max_new_tokens"], "batch_size": kw["batch_size"]}
+        tables = evaluate(tiny_base, two_adapters[name], {"toy": {**TEST_SET, "limit": 6}}, toy_world, own_dir,
+                          accuracy=accuracy_settings)  # fmt: skip
+        own = pd.read_parquet(tables["accuracy"])
         at = sweep[sweep["alpha"] == alpha].set_index("metric")["value"]
         assert at["answer_ce"] == pytest.approx(own["answer_ce"].mean(), abs=1e-5)
         assert at["solution_ce"] == pytest.approx(own["solution_ce"].mean(), abs=1e-5)
@@ -119,45 +118,20 @@ def test_unparsable_gold_is_counted_not_dropped(tmp_path):
 def test_empty_probe_or_test_set_stops(tiny_base, toy_world, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    probes = {"test_set": "t", "n_probe": 4, "pooling": "last", "batch_size": 2}
     with pytest.raises(ProblemSetError, match="empty"):
-        activations.extract_activations(
-            str(tiny_base),
-            None,
-            {"source": str(empty)},
-            None,
-            tmp_path / "a.npz",
-            n_probe=4,
-            pooling="last",
-            template="{question}",
-            batch_size=2,
-        )
+        evaluate(tiny_base, None, {"t": {"source": str(empty)}}, None, tmp_path, activations=probes)
     with pytest.raises(ProblemSetError, match="empty"):
-        accuracy.evaluate_model(
-            str(tiny_base),
-            None,
-            {"t": {"source": str(empty)}},
-            None,
-            tmp_path / "e.parquet",
-            template="{question}",
-            max_new_tokens=4,
-            batch_size=2,
-        )
-    assert not (tmp_path / "a.npz").exists() and not (tmp_path / "e.parquet").exists()
+        evaluate(tiny_base, None, {"t": {"source": str(empty)}}, None, tmp_path, accuracy={"max_new_tokens": 4})
+    assert not list(tmp_path.glob("a*.*"))  # nothing written but the empty source itself
 
 
 def test_activations_shapes_and_cka_of_a_model_with_itself(tiny_base, toy_world, tmp_path):
     for pooling in ("completion_mean", "last", "mean"):
-        activations.extract_activations(
-            str(tiny_base),
-            None,
-            TEST_SET,
-            toy_world,
-            tmp_path / f"{pooling}.npz",
-            n_probe=6,
-            pooling=pooling,
-            template="{question}",
-            batch_size=4,
+        arrays = activations.extract_activations(
+            str(tiny_base), None, TEST_SET, toy_world, n_probe=6, pooling=pooling, template="{question}", batch_size=4
         )
+        activations.write_activations(arrays, tmp_path / f"{pooling}.npz")
         with np.load(tmp_path / f"{pooling}.npz") as z:
             assert z["acts"].shape == (2, 6, 32)
     table = cka.cka_tables({"x": tmp_path / "last.npz", "y": tmp_path / "last.npz"}, tmp_path / "cka.tsv")

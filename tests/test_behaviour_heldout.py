@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lossgeom.behaviour.heldout import HeldoutTextError, heldout_ce, heldout_sequences, load_heldout
-from lossgeom.settings import ForgettingSettings
+from lossgeom.behaviour.heldout import HeldoutTextError, heldout_ce, heldout_sequences
+from lossgeom.behaviour.heldout import load_heldout as _load_filled
+from lossgeom.measures.heldout import ForgettingSettings
 
 TEMPLATE = "{question}\nAnswer briefly."
 
@@ -493,3 +494,8 @@ def test_heldout_ce_nothing_to_score_names_the_item(tiny_base, tok, toy_world):
         heldout_ce(engine, items, template="{question}", max_length=plen)
     out = heldout_ce(engine, items, template="{question}", max_length=plen + 1)
     assert out["n_tokens"].tolist()[1] == 1
+
+
+def load_heldout(spec: dict, toy_dir=None):
+    """load_heldout on ``spec`` with every other key at its default (the measure passes a filled section)."""
+    return _load_filled(ForgettingSettings.filled(spec), toy_dir)

@@ -19,6 +19,7 @@ from conftest import random_adapter, tiny_qwen3
 
 from lossgeom.behaviour.estimators import kl_sequence, kl_token, per_item_log_ratio
 from lossgeom.behaviour.sampled import KL_TEMPERATURE, SAMPLE_COLUMNS, kl_draws, sample_model
+from lossgeom.errors import InputError
 
 VOCAB = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3, "b": 4, "q": 5}
 EOS = VOCAB["<|im_end|>"]
@@ -262,58 +263,48 @@ def test_an_adapter_needs_the_base_s_samples_of_the_same_items(tiny_space, sampl
 
 
 def test_the_evaluation_job_writes_every_table_and_reads_its_inputs_first(tiny_space, tmp_path, toy_world, tiny_base):
-    """evaluate_model with activations, samples and held-out text: every table written, paired by item."""
-    from lossgeom.behaviour.accuracy import evaluate_model
+    """The evaluation job with activations, samples and held-out text: every table written, paired by item."""
+    from jobs import evaluate
+
     from lossgeom.behaviour.heldout import HeldoutTextError
-    from lossgeom.settings import BehaviourSettings, ForgettingSettings, ProblemSourceSettings
+    from lossgeom.settings import ProblemSourceSettings
 
     test_sets = {"toy": ProblemSourceSettings.filled({"source": "toy", "split": "test", "limit": 6})}
-    behaviour = {**BehaviourSettings.filled({"limit": 4, "n": 3}), "test_set": "toy"}
-    forgetting = ForgettingSettings.filled({"source": "toy", "split": "heldout", "limit": 5})
-    acts = {"test_set": test_sets["toy"], "n_probe": 3, "pooling": "completion_mean", "batch_size": 2}
+    measures = {
+        "accuracy": {"max_new_tokens": 6, "batch_size": 4},
+        "samples": {"limit": 4, "n": 3, "test_set": "toy"},
+        "heldout": {"source": "toy", "split": "heldout", "limit": 5},
+        "activations": {"test_set": "toy", "n_probe": 3, "pooling": "completion_mean", "batch_size": 2},
+    }
     adapter = random_adapter(tiny_base, tmp_path / "adapter", r=2)
-    common = dict(template=TEMPLATE, max_new_tokens=6, batch_size=4, behaviour=behaviour, forgetting=forgetting)
     outs = {}
-    for name, ad, base_samples in (("base", None, None), ("tuned", adapter, tmp_path / "base.samples.parquet")):
-        paths = {k: tmp_path / f"{name}.{k}" for k in ("eval.parquet", "samples.parquet", "heldout.parquet", "npz")}
-        evaluate_model(
-            str(tiny_base),
-            ad,
-            test_sets,
-            toy_world,
-            paths["eval.parquet"],
-            **common,
-            activations=acts,
-            activations_out=paths["npz"],
-            base_samples=base_samples,
-            samples_out=paths["samples.parquet"],
-            heldout_out=paths["heldout.parquet"],
-        )
-        outs[name] = {k: p for k, p in paths.items()}
-        assert all(p.exists() for p in paths.values())
-    s = pd.read_parquet(outs["tuned"]["samples.parquet"])
+    for name, ad in (("base", None), ("tuned", adapter)):
+        (tmp_path / name).mkdir()
+        base_outputs = {"samples": outs["base"]["samples"]} if ad is not None else None
+        outs[name] = evaluate(
+            tiny_base, ad, test_sets, toy_world, tmp_path / name, template=TEMPLATE, base_outputs=base_outputs,
+            **measures,
+        )  # fmt: skip
+        assert all(p.exists() for p in outs[name].values()) and len(outs[name]) == 4
+    s = pd.read_parquet(outs["tuned"]["samples"])
     assert s.groupby("source").size().to_dict() == {"base": 12, "self": 12}
     assert set(s["id"]) == {f"toy-test-{i}" for i in range(4)}
-    h = {m: pd.read_parquet(o["heldout.parquet"]) for m, o in outs.items()}
+    h = {m: pd.read_parquet(o["heldout"]) for m, o in outs.items()}
     assert h["base"]["id"].tolist() == h["tuned"]["id"].tolist() == [f"toy-heldout-{i}" for i in range(5)]
     assert (h["tuned"]["ce"] != h["base"]["ce"]).any() and (h["base"]["n_tokens"] >= 1).all()
-    npz = np.load(outs["tuned"]["npz"])
+    npz = np.load(outs["tuned"]["activations"])
     assert npz["acts"].shape[1] == 3
     # an unreadable held-out source stops the job before anything is written
     bad = tmp_path / "bad"
+    bad.mkdir()
+    missing = {**measures, "heldout": {"source": str(tmp_path / "missing.txt")}}
     with pytest.raises(HeldoutTextError, match="does not exist"):
-        evaluate_model(
-            str(tiny_base),
-            None,
-            test_sets,
-            toy_world,
-            bad / "e.parquet",
-            **{**common, "forgetting": {**forgetting, "source": str(tmp_path / "missing.txt")}},
-            samples_out=bad / "s.parquet",
-            heldout_out=bad / "h.parquet",
-        )
-    assert not bad.exists()
-    json.dumps(behaviour)  # the filled section travels as the job's JSON param
+        evaluate(tiny_base, None, test_sets, toy_world, bad, template=TEMPLATE, **missing)
+    assert not list(bad.iterdir())
+    # an adapter's samples without the base's table: one line, before any model loads
+    with pytest.raises(InputError, match="base's samples table"):
+        evaluate(tiny_base, adapter, test_sets, toy_world, bad, template=TEMPLATE, **measures)
+    json.dumps(measures)  # the settings travel as the job's JSON spec
 
 
 def test_every_completion_of_the_space_is_enumerated_once():

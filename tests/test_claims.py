@@ -235,7 +235,7 @@ def test_paper_claims_file_is_whole_and_every_claim_has_a_check():
     df = paper_claims()
     assert set(df["claim_id"]) == set(CHECKS)
     assert (df["paper"].str.len() > 0).all() and (df["rule"].str.len() > 0).all()
-    assert "0.977" in df.set_index("claim_id").loc["cluster", "paper"]  # the numbers are PAPER.md's
+    assert "0.977" in df.set_index("claim_id").loc["cluster", "paper"]  # the numbers are the paper's
 
 
 def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
@@ -569,7 +569,8 @@ def test_a_damaged_or_foreign_table_is_one_input_error_naming_it(tmp_path):
         write_claims(geo, ev, tmp_path / "lmc.tsv", None, ROLES, 42, tmp_path / "claims.tsv")
     pd.DataFrame({"model_a": ["sft/seed42"], "cka": [0.9]}).to_csv(tmp_path / "cka.tsv", sep="\t", index=False)
     with pytest.raises(
-        InputError, match=r"cka\.tsv: not a CKA table of 'lossgeom cka' \(no column\(s\) \['model_b', 'layer'\]"
+        InputError,
+        match=r"cka\.tsv: not a CKA table of 'lossgeom measure-stats activations' \(no column\(s\) \['model_b', 'layer'\]",
     ):
         write_claims(geo, ev, None, tmp_path / "cka.tsv", ROLES, 42, tmp_path / "claims.tsv")
     (ev / "pairwise.tsv").unlink()  # absent: the claims that need it are not run

@@ -157,43 +157,40 @@ def _geometry(*adapters, out):
     return ["geometry", *map(str, adapters), "--top-k", "2", "--out", str(out)]
 
 
-def _evaluate(w, out, base=None, adapter="none", test_sets=None, generation=None):
-    argv = [
-        "evaluate",
-        "--base",
-        str(base or w.base),
-        "--adapter",
-        str(adapter),
-        "--toy-dir",
-        str(w.world),
-        "--test-sets",
-        json.dumps(test_sets or {"toy": {"source": "toy", "split": "test"}}),
-        "--max-new-tokens",
-        "2",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-    ]
+def _evaluate(w, out, base=None, adapter="none", test_sets=None, generation=None, measures=None):
+    """The evaluate job's argv: the accuracy measure only unless ``measures`` says (name -> settings); its
+    table is ``out`` (the others' beside it, named by measure)."""
+    measures = measures or {"accuracy": {"max_new_tokens": 2, "batch_size": 8}}
+    spec = {
+        "model": {"prompt_template": "{question}", "answer_template": "#### {answer}", "dtype": "float32",
+                  "trust_remote_code": False},
+        "test_sets": test_sets or {"toy": {"source": "toy", "split": "test"}},
+        "measures": measures,
+    }  # fmt: skip
+    outputs = [f"{name}={out if name == 'accuracy' else out.with_name(name)}" for name in measures]
+    argv = ["evaluate", "--spec", json.dumps(spec), "--base", str(base or w.base), "--adapter", str(adapter)]
+    argv += ["--toy-dir", str(w.world), "--outputs", *outputs]
     return argv + (["--generation", json.dumps(generation)] if generation else [])
 
 
 def _activations(w, out, adapter):
-    return [
-        "activations",
-        "--base",
-        str(w.base),
-        "--adapter",
-        str(adapter),
-        "--toy-dir",
-        str(w.world),
-        "--test-set",
-        json.dumps({"source": "toy", "split": "test"}),
-        "--n-probe",
-        "2",
-        "--out",
-        str(out),
-    ]
+    probes = {"test_set": "toy", "n_probe": 2}
+    return _evaluate(w, out.with_name("activations"), adapter=adapter, measures={"activations": probes})
+
+
+def _stats(measure, tables, out, spec=None):
+    """A measure's statistics job over ``tables`` (model -> path) of that measure."""
+    argv = ["measure-stats", measure, "--inputs", json.dumps({measure: {m: str(p) for m, p in tables.items()}})]
+    return argv + (["--spec", json.dumps(spec)] if spec else []) + ["--out", str(out)]
+
+
+def _tables(t, files: dict) -> Path:
+    """A directory holding ``files`` (name -> bytes): a statistics directory handed to a figures command."""
+    d = t / "tables"
+    d.mkdir()
+    for name, raw in files.items():
+        (d / name).write_bytes(raw)
+    return d
 
 
 def _import(path, out):
@@ -813,7 +810,7 @@ CASES = [
     Case(
         "intermediates/eval-stats-not-parquet",
         lambda w, t, c: (
-            ["eval-stats", f"m={_jsonl(t / 'e.parquet', [], raw=b'garbage')}", "--out", str(_out(t, "stats"))],
+            _stats("accuracy", {"m": _jsonl(t / "e.parquet", [], raw=b"garbage")}, _out(t, "stats")),
             _out(t, "stats"),
         ),
         r"e\.parquet.*(Parquet|parquet)",
@@ -821,16 +818,10 @@ CASES = [
     Case(
         "intermediates/cka-not-npz",
         lambda w, t, c: (
-            [
-                "cka",
-                f"a={_jsonl(t / 'a.npz', [], raw=b'garbage')}",
-                f"b={t / 'a.npz'}",
-                "--out",
-                str(_out(t, "cka.tsv")),
-            ],
-            _out(t, "cka.tsv"),
+            _stats("activations", {"a": _jsonl(t / "a.npz", [], raw=b"garbage"), "b": t / "a.npz"}, _out(t, "cka")),
+            _out(t, "cka"),
         ),
-        r"a\.npz: not an activations file of 'lossgeom activations'",
+        r"a\.npz: not an activations file of 'lossgeom evaluate' \(its activations measure\)",
     ),
     Case(
         "intermediates/lmc-sweep-wrong-columns",
@@ -950,10 +941,10 @@ CASES = [
     Case(
         "ranges/behaviour-stats-k-zero",
         lambda w, t, c: (
-            ["behaviour-stats", str(t / "samples.parquet"), "--k", "1", "0", "--out", str(_out(t, "beh"))],
+            _stats("samples", {"base": t / "samples.parquet"}, _out(t, "beh"), spec={"k": [1, 0]}),
             _out(t, "beh"),
         ),
-        r"--k \[1, 0\]: 0 is less than the minimum of 1 \(the config's behaviour\.k\)",
+        r"behaviour\.k\.1: 0 is less than the minimum of 1",
     ),
     Case(
         "ranges/lmc-one-alpha",
@@ -1048,7 +1039,7 @@ CASES = [
     Case(
         "intermediates/eval-stats-wrong-columns",
         lambda w, t, c: (
-            ["eval-stats", f"m={_parquet(t / 'e.parquet', pd.DataFrame({'x': [1]}))}", "--out", str(_out(t, "stats"))],
+            _stats("accuracy", {"m": _parquet(t / "e.parquet", pd.DataFrame({"x": [1]}))}, _out(t, "stats")),
             _out(t, "stats"),
         ),
         r"e\.parquet: not an evaluation table of 'lossgeom evaluate' \(no column\(s\) \['test_set'",
@@ -1090,10 +1081,10 @@ CASES = [
     Case(
         "ranges/behaviour-stats-ci-above-one",
         lambda w, t, c: (
-            ["behaviour-stats", str(t / "samples.parquet"), "--ci", "1.5", "--out", str(_out(t, "beh"))],
+            _stats("samples", {"base": t / "samples.parquet"}, _out(t, "beh"), spec={"ci": 1.5}),
             _out(t, "beh"),
         ),
-        r"--ci 1\.5: 1\.5 is greater than or equal to the maximum of 1 \(the config's behaviour\.ci\)",
+        r"behaviour\.ci: 1\.5 is greater than or equal to the maximum of 1",
     ),
     # -- the tables 'claims' and the figures commands read, and the toy world's files: a damaged or
     # foreign file is named where it is read (issue 31) ---------------------------------------------------
@@ -1156,17 +1147,24 @@ CASES = [
         "figures/accuracy-table-lacks-column",
         lambda w, t, c: (
             [
-                "accuracy-figures",
-                "--accuracy",
-                str(_jsonl(t / "accuracy.tsv", [], raw=b"test_set\tmodel\taccuracy\ntoy\tbase\t0.5\n")),
-                "--pairwise",
-                str(_jsonl(t / "pairwise.tsv", [], raw=b"test_set\tmodel_a\tmodel_b\tp_holm\n")),
+                "measure-figures",
+                "accuracy",
+                "--tables",
+                str(
+                    _tables(
+                        t,
+                        {
+                            "accuracy.tsv": b"test_set\tmodel\taccuracy\ntoy\tbase\t0.5\n",
+                            "pairwise.tsv": b"test_set\tmodel_a\tmodel_b\tp_holm\n",
+                        },
+                    )
+                ),
                 "--out",
                 str(_out(t, "figures")),
             ],
             _out(t, "figures"),
         ),
-        r"accuracy\.tsv: not an accuracy\.tsv of 'lossgeom eval-stats' \(no column\(s\) \['ci_low', 'ci_high'\]\)",
+        r"accuracy\.tsv: not an accuracy\.tsv of 'lossgeom measure-stats accuracy' \(no column\(s\) \['ci_low', 'ci_high'\]\)",
     ),
     Case(
         "figures/geometry-noise-floor-lacks-column",
@@ -1319,7 +1317,7 @@ OOM_CASES = [
     ),
     (
         "evaluate",
-        "lossgeom.behaviour.accuracy.evaluate_model",
+        "lossgeom.behaviour.job.evaluate_model",
         lambda w, out: _evaluate(w, out),
         r"GPU out of memory in evaluate \(lossgeom evaluate\) at batch size 8: lower evaluation\.batch_size",
     ),
@@ -1346,10 +1344,10 @@ OOM_CASES = [
         r"GPU out of memory in lmc \(lossgeom lmc\) at batch size 4: lower evaluation\.batch_size",
     ),
     (
-        "activations",
+        "evaluate",
         "lossgeom.behaviour.activations.extract_activations",
         lambda w, out: _activations(w, out, w.good),
-        r"GPU out of memory in activations .* at batch size 32: lower cka\.batch_size",
+        r"GPU out of memory in evaluate .* at batch size 32: lower evaluation\.batch_size \(or cka\.batch_size, 32, ",
     ),
     (
         "toy-model",
@@ -1575,8 +1573,8 @@ def test_a_dora_adapter_is_not_a_fault_for_evaluation(w, tmp_path):
     )
     model.save_pretrained(str(tmp_path / "dora"))
     out = tmp_path / "eval.parquet"
-    argv = _evaluate(w, out, adapter=tmp_path / "dora")
-    argv[argv.index("--test-sets") + 1] = json.dumps({"toy": {"source": "toy", "split": "test", "limit": 2}})
+    test_sets = {"toy": {"source": "toy", "split": "test", "limit": 2}}
+    argv = _evaluate(w, out, adapter=tmp_path / "dora", test_sets=test_sets)
     assert main(argv) == 0 and len(pd.read_parquet(out)) == 2
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lossgeom.config import ConfigError, adapter_labels, load, parse_label, validate
+from lossgeom.config import ConfigError, adapter_labels, load, validate
+from lossgeom.labels import Label
 from lossgeom.methods import LOSS_DEFAULTS, TRAINING_DEFAULTS, MethodSpec, MethodSpecError
 
 
@@ -271,8 +272,8 @@ def test_adapter_labels(cfg):
         "dpo-lr/seed123",
     ]
     for label in adapter_labels(cfg):
-        method, seed = parse_label(label)
-        assert label == f"{method}/seed{seed}"
+        parsed = Label.parse(label)
+        assert label == f"{parsed.method}/seed{parsed.seed}" and parsed.data_seed is None
 
 
 def test_a_method_may_have_seeds_of_its_own(cfg):
@@ -298,20 +299,6 @@ def test_a_method_may_have_seeds_of_its_own(cfg):
     assert "repeats a seed" in _error(cfg)
     cfg["methods"]["sft_lr10x"]["seeds"] = []
     assert "seeds" in _error(cfg)
-
-
-def test_parse_label():
-    assert parse_label("sft/seed42") == ("sft", 42)
-    assert parse_label("offline_grpo/seed0") == ("offline_grpo", 0)
-    assert parse_label("dpo-lr5e-6/seed123") == ("dpo-lr5e-6", 123)
-
-
-@pytest.mark.parametrize(
-    "label", ["sft", "sft/42", "sft/seed", "sft/seedx", "/seed1", "a/b/seed1", "sft/seed1/x", "sft/seed-1"]
-)
-def test_parse_label_bad(label):
-    with pytest.raises(ValueError, match="label"):
-        parse_label(label)
 
 
 # ---------------------------------------------------------------- MethodSpec

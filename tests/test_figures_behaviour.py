@@ -199,27 +199,14 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
     out = tmp_path / "figures"
     out.mkdir()
     d = str(tmp_path)
-    assert (
-        main(
-            [
-                "accuracy-figures",
-                "--accuracy",
-                f"{d}/accuracy.tsv",
-                "--pairwise",
-                f"{d}/pairwise.tsv",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["measure-figures", "accuracy", "--tables", d, "--out", str(out)]) == 0
     assert (
         main(
             ["connectivity-figures", "--summary", f"{d}/summary.tsv", "--curves", f"{d}/curves.tsv", "--out", str(out)]
         )
         == 0
     )
-    assert main(["representations-figures", "--cka", f"{d}/cka.tsv", "--out", str(out)]) == 0
+    assert main(["measure-figures", "activations", "--tables", d, "--out", str(out)]) == 0
     names = [
         "accuracy_toy",
         "accuracy_gsm8k",
@@ -236,7 +223,7 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
 
 
 def test_a_figure_command_that_fails_part_way_replaces_none_of_its_figures(tmp_path, correct, monkeypatch, capsys):
-    """accuracy-figures writes four figures (eight files); a full disk at the third figure leaves all eight of
+    """The accuracy measure's figures command writes four figures (eight files); a full disk at the third figure leaves all eight of
     the earlier run's files in place (the same inodes: none replaced) and nothing beside them (issue 31)."""
     import errno
 
@@ -249,7 +236,7 @@ def test_a_figure_command_that_fails_part_way_replaces_none_of_its_figures(tmp_p
     pw.to_csv(tmp_path / "pairwise.tsv", sep="\t", index=False)
     out = tmp_path / "figures"
     out.mkdir()
-    argv = ["accuracy-figures", "--accuracy", f"{tmp_path}/accuracy.tsv", "--pairwise", f"{tmp_path}/pairwise.tsv"]
+    argv = ["measure-figures", "accuracy", "--tables", str(tmp_path)]
     assert main([*argv, "--out", str(out)]) == 0
     before = {p.name: p.stat().st_ino for p in out.iterdir()}
     assert len(before) == 8
@@ -386,7 +373,7 @@ def test_behaviour_figures_full_study(tmp_path, full_study):
     corr = pd.read_csv(full_study / "forgetting_vs_kl.tsv", sep="\t").set_index("predictor")
     assert np.isfinite(corr.loc["kl_forward_token", "rho"]) and "delta_norm" in corr.index
     # through the command the rule behaviour_figures runs (workflow/rules/behaviour.smk)
-    assert main(["behaviour-figures", "--tables", str(full_study), "--out", str(tmp_path / "figs")]) == 0
+    assert main(["measure-figures", "samples", "--tables", str(full_study), "--out", str(tmp_path / "figs")]) == 0
     _check_behaviour_figures(tmp_path / "figs")
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
         f"{n}.{e}" for n in ("pass_at_k", "kl_forgetting") for e in ("png", "pdf")

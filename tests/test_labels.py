@@ -108,6 +108,14 @@ def test_try_parse_tolerates_what_is_not_a_label():
     assert Label.try_parse("sft/seed1data5") == Label("sft", 1, 5)
 
 
+def test_method_and_seed_part_of_any_model_name():
+    assert Label.method_of("sft_lr10x/seed42") == "sft_lr10x" and Label.method_of("sft/seed42data7") == "sft"
+    assert Label.dir_name_of("sft/seed42") == "seed42" and Label.dir_name_of("sft/seed42data7") == "seed42data7"
+    # what is not a label (the base, a directory's own name, a saved step's "label@step") is its own method
+    for name in ("base", "my.dir", "sft/seed42@25", "sft/seed042"):
+        assert Label.method_of(name) == name and Label.dir_name_of(name) == ""
+
+
 @pytest.mark.parametrize(
     "fields",
     [

@@ -270,3 +270,73 @@ def test_rift_sequence_and_token_agree_on_positives_only():
     a = rift_loss(_logp(), MASK, rewards, 1.0, -0.2, N, negative_prob="token")
     b = rift_loss(_logp(), MASK, rewards, 1.0, -0.2, N, negative_prob="sequence")
     assert float(a) == pytest.approx(float(b), rel=1e-12)
+
+
+# ---------------------------------------------------------------- the registry's discovery rule
+def test_the_registry_holds_every_module_with_loss_and_nothing_else():
+    import pkgutil
+
+    import lossgeom.losses as package
+    from lossgeom.losses import LOSSES
+
+    with_loss = {
+        importlib.import_module(f"lossgeom.losses.{info.name}").LOSS.name
+        for info in pkgutil.iter_modules(package.__path__)
+        if hasattr(importlib.import_module(f"lossgeom.losses.{info.name}"), "LOSS")
+    }
+    assert set(LOSSES) == with_loss
+    assert list(LOSSES)[:6] == ["sft", "rft", "dft", "rift", "offline_grpo", "dpo"]
+    for shared in ("base", "functions", "rows", "pairwise"):
+        assert not hasattr(importlib.import_module(f"lossgeom.losses.{shared}"), "LOSS")
+
+
+def _package(tmp_path, monkeypatch, modules: dict[str, str], tag: str = "") -> tuple[str, list[str]]:
+    """A throwaway package of loss modules (name -> source) on sys.path: (its name, its __path__)."""
+    name = f"scratch_losses_{tmp_path.name.replace('-', '_')}{tag}"
+    root = tmp_path / name
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name, [str(root)]
+
+
+_HEAD = "from lossgeom.losses.rows import RowsLoss\n\n\n"
+
+
+def test_discovery_registers_loss_modules_and_skips_shared_ones(tmp_path, monkeypatch):
+    from lossgeom.losses import _discover
+
+    package, path = _package(
+        tmp_path,
+        monkeypatch,
+        {
+            "shared": _HEAD + "class Weighted(RowsLoss):\n    pass\n",
+            "mine": _HEAD + "class Mine(RowsLoss):\n    name = 'mine'\n\n\nLOSS = Mine()\n",
+        },
+    )
+    assert list(_discover(package, path)) == ["mine"]
+
+
+def test_discovery_stops_at_a_loss_module_whose_loss_is_misspelt(tmp_path, monkeypatch):
+    from lossgeom.losses import _discover
+
+    package, path = _package(
+        tmp_path, monkeypatch, {"mine": _HEAD + "class Mine(RowsLoss):\n    name = 'mine'\n\n\nLOSSS = Mine()\n"}
+    )
+    with pytest.raises(RuntimeError, match=r"defines the loss class\(es\) \['Mine'\] but no LOSS"):
+        _discover(package, path)
+
+
+def test_discovery_stops_at_a_loss_that_is_not_a_loss_or_is_defined_twice(tmp_path, monkeypatch):
+    from lossgeom.losses import _discover
+
+    package, path = _package(tmp_path, monkeypatch, {"odd": "LOSS = 'sft'\n"})
+    with pytest.raises(RuntimeError, match="not an instance of a Loss subclass"):
+        _discover(package, path)
+
+    source = _HEAD + "class Mine(RowsLoss):\n    name = 'mine'\n\n\nLOSS = Mine()\n"
+    package, path = _package(tmp_path, monkeypatch, {"one": source, "two": source}, tag="_twice")
+    with pytest.raises(RuntimeError, match=r"loss 'mine' is defined twice \(modules one and two\)"):
+        _discover(package, path)

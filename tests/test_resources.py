@@ -1,4 +1,4 @@
-"""Tests of lossgeom.resources: what every rule asks SLURM for, through the command the README gives."""
+"""Tests of lossgeom.resources: what every rule asks SLURM for, through the command docs/CLUSTER.md gives."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from lossgeom.stage_costs import rule_minutes
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = ROOT / "config" / "paper.yaml"
-# the README's cluster command, as written there (a dry run added)
-README_COMMAND = ["snakemake", "--workflow-profile", "profiles/slurm", "--configfile", "config/paper.yaml"]
+# the cluster command of docs/CLUSTER.md ("SLURM", "The paper's protocol"), as written there (a dry run added)
+CLUSTER_COMMAND = ["snakemake", "--workflow-profile", "profiles/slurm", "--configfile", "config/paper.yaml"]
 
 
 def _no_gpu_env() -> dict:
@@ -44,9 +44,9 @@ def _no_gpu_env() -> dict:
 
 
 def _dry_run_jobs(tmp_path, *extra) -> list[dict]:
-    """Every job of a dry run of the README's command: rule, wildcards, resources (ints), shell command."""
+    """Every job of a dry run of the documented command: rule, wildcards, resources (ints), shell command."""
     out = subprocess.run(
-        [*README_COMMAND, "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"), *extra],
+        [*CLUSTER_COMMAND, "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"), *extra],
         cwd=ROOT,
         env=_no_gpu_env(),
         capture_output=True,
@@ -85,7 +85,7 @@ def paper_jobs(tmp_path_factory) -> list[dict]:
 
 
 def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper, paper_jobs):
-    """The README's command on a login node without GPUs: every job that runs a model asks for one GPU
+    """The documented command on a login node without GPUs: every job that runs a model asks for one GPU
     (the API teacher's rollouts for none), a training job for the time its steps need and the memory of
     the paper's table, the rest for the config's sizes."""
     by_rule = {}
@@ -196,7 +196,8 @@ def test_only_the_working_slurm_command_is_documented():
     """`--profile profiles/slurm` also loads profiles/default, whose GPU cap is 0 on a login node, so every
     GPU job would ask for none: no file documents it without `--workflow-profile none`."""
     bad = []
-    for path in [ROOT / "README.md", *ROOT.glob("config/*.yaml"), *ROOT.glob("profiles/**/*"), ROOT / "Snakefile"]:
+    docs = [ROOT / "README.md", ROOT / "CHANGELOG.md", *ROOT.glob("docs/**/*.md")]
+    for path in [*docs, *ROOT.glob("config/*.yaml"), *ROOT.glob("profiles/**/*"), ROOT / "Snakefile"]:
         if path.is_file():
             for line in path.read_text().splitlines():
                 if re.search(r"(^|\s)--profile profiles/slurm", line) and "--workflow-profile none" not in line:

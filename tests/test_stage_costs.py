@@ -105,12 +105,12 @@ def test_the_gpu_hour_table_totals_its_stages_and_an_api_teacher_costs_no_gpu(pa
     assert all(0 < r["expected_gpu_h"] < r["bound_gpu_h"] for r in stages[1:])
 
 
-def test_the_readme_s_gpu_hour_table_is_the_cost_model_s(paper):
-    """The README's table under "GPU-hours" is what `lossgeom cost --configfile config/paper.yaml` prints."""
+def test_the_documented_gpu_hour_table_is_the_cost_model_s(paper):
+    """docs/CLUSTER.md's table under "GPU-hours" is what `lossgeom cost --configfile config/paper.yaml` prints."""
     from lossgeom.stage_costs import gpu_hours_markdown
 
-    readme = (ROOT / "README.md").read_text()
-    assert gpu_hours_markdown(paper) in readme
+    cluster = (ROOT / "docs" / "CLUSTER.md").read_text()
+    assert gpu_hours_markdown(paper) in cluster
 
 
 def test_lossgeom_cost_prints_the_table_and_refuses_a_bad_config_in_one_line(paper, tmp_path, capsys):

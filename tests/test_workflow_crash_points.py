@@ -154,23 +154,14 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_bytes(tiny_base,
 
 def test_evaluation_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base, adapters, tmp_path):
     def argv(out):
-        return [
-            "evaluate",
-            "--base",
-            str(tiny_base),
-            "--adapter",
-            str(adapters[0]),
-            "--toy-dir",
-            str(toy_world),
-            "--test-sets",
-            json.dumps({"toy": {"source": "toy", "split": "test"}}),
-            "--max-new-tokens",
-            "8",
-            "--batch-size",
-            "8",
-            "--out",
-            str(out),
-        ]
+        spec = {
+            "model": {"prompt_template": "{question}", "answer_template": "#### {answer}", "dtype": "float32",
+                      "trust_remote_code": False},
+            "test_sets": {"toy": {"source": "toy", "split": "test"}},
+            "measures": {"accuracy": {"max_new_tokens": 8, "batch_size": 8}},
+        }  # fmt: skip
+        argv = ["evaluate", "--spec", json.dumps(spec), "--base", str(tiny_base), "--adapter", str(adapters[0])]
+        return argv + ["--toy-dir", str(toy_world), "--outputs", f"accuracy={out}"]
 
     full, killed = tmp_path / "full" / "eval.parquet", tmp_path / "killed" / "eval.parquet"
     run(argv(full))

@@ -11,37 +11,22 @@ from __future__ import annotations
 from argparse import Namespace
 
 from .errors import InputError
-from .settings import (
-    BaseSpectrumSettings,
-    BehaviourSettings,
-    CkaSettings,
-    EvaluationSettings,
-    GeometrySettings,
-    LmcSettings,
-)
+from .measures.accuracy import EvaluationSettings
+from .settings import BaseSpectrumSettings, GeometrySettings, LmcSettings
 
-# (command, argparse dest) -> (config section, its settings class, key)
+# (command, argparse dest) -> (config section, its settings class, key). The measures' commands take their
+# settings as one spec, checked against the settings' schema where it is read (lossgeom.measures.check_spec).
 CHECKED = {
     ("geometry", "top_k"): ("geometry", GeometrySettings, "top_k"),
     ("trajectory", "top_k"): ("geometry", GeometrySettings, "top_k"),
     ("base-spectrum", "top_k"): ("base_spectrum", BaseSpectrumSettings, "top_k"),
     ("base-spectrum", "threshold"): ("base_spectrum", BaseSpectrumSettings, "threshold"),
     ("base-spectrum", "seed"): ("base_spectrum", BaseSpectrumSettings, "seed"),
-    ("evaluate", "max_new_tokens"): ("evaluation", EvaluationSettings, "max_new_tokens"),
-    ("evaluate", "batch_size"): ("evaluation", EvaluationSettings, "batch_size"),
-    ("eval-stats", "n_boot"): ("evaluation", EvaluationSettings, "n_boot"),
-    ("eval-stats", "seed"): ("evaluation", EvaluationSettings, "seed"),
     ("lmc", "alphas"): ("lmc", LmcSettings, "alphas"),
     ("lmc", "limit"): ("lmc", LmcSettings, "limit"),
     ("lmc", "accuracy_subset"): ("lmc", LmcSettings, "accuracy_subset"),
     ("lmc", "max_new_tokens"): ("evaluation", EvaluationSettings, "max_new_tokens"),
     ("lmc", "batch_size"): ("evaluation", EvaluationSettings, "batch_size"),
-    ("behaviour-stats", "k"): ("behaviour", BehaviourSettings, "k"),
-    ("behaviour-stats", "n_boot"): ("behaviour", BehaviourSettings, "n_boot"),
-    ("behaviour-stats", "ci"): ("behaviour", BehaviourSettings, "ci"),
-    ("behaviour-stats", "temperature"): ("behaviour", BehaviourSettings, "temperature"),
-    ("activations", "n_probe"): ("cka", CkaSettings, "n_probe"),
-    ("activations", "batch_size"): ("cka", CkaSettings, "batch_size"),
 }
 
 

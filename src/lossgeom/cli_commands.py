@@ -213,35 +213,30 @@ def cmd_geometry_figures(a):
 
 
 def cmd_evaluate(a):
-    from .behaviour.accuracy import evaluate_model
+    from .behaviour.job import evaluate_model
 
     evaluate_model(
+        a.spec,
         a.base,
         a.adapter,
-        a.test_sets,
         a.toy_dir,
-        a.out,
-        template=a.template,
-        max_new_tokens=a.max_new_tokens,
-        batch_size=a.batch_size,
-        dtype=a.dtype,
-        trust_remote_code=a.trust_remote_code,
+        dict(a.outputs),
+        base_outputs=dict(a.base_outputs),
         generation=_generation(a),
-        answer_format=a.answer_template,
-        activations=a.activations,
-        activations_out=a.activations_out,
-        behaviour=a.behaviour,
-        base_samples=a.base_samples,
-        samples_out=a.samples_out,
-        forgetting=a.forgetting,
-        heldout_out=a.heldout_out,
     )
 
 
-def cmd_eval_stats(a):
-    from .behaviour.accuracy import accuracy_statistics
+def cmd_measure_stats(a):
+    from .behaviour.job import measure_statistics
 
-    accuracy_statistics(dict(a.evaluations), a.out, n_boot=a.n_boot, mid_p=a.mid_p, seed=a.seed, ci=a.ci)
+    measure_statistics(a.measure, a.spec, a.inputs, a.out)
+
+
+@figure_set
+def cmd_measure_figures(a):
+    from .behaviour.job import measure_figures
+
+    measure_figures(a.measure, a.tables, a.out)
 
 
 def cmd_lmc(a):
@@ -272,73 +267,11 @@ def cmd_lmc_summary(a):
     connectivity_summary(a.sweeps, a.out)
 
 
-def cmd_activations(a):
-    from .behaviour.activations import extract_activations
-
-    extract_activations(
-        a.base,
-        a.adapter,
-        a.test_set,
-        a.toy_dir,
-        a.out,
-        n_probe=a.n_probe,
-        pooling=a.pooling,
-        template=a.template,
-        batch_size=a.batch_size,
-        dtype=a.dtype,
-        trust_remote_code=a.trust_remote_code,
-        answer_format=a.answer_template,
-    )
-
-
-def cmd_cka(a):
-    from .behaviour.cka import cka_tables
-
-    cka_tables(dict(a.activations), a.out)
-
-
-def cmd_behaviour_stats(a):
-    from .behaviour.sampled_stats import behaviour_statistics
-
-    behaviour_statistics(
-        dict(a.samples),
-        a.out,
-        ks=a.k,
-        temperature=a.temperature,
-        n_boot=a.n_boot,
-        seed=a.seed,
-        confidence=a.ci,
-        heldout=dict(a.heldout) if a.heldout else None,
-        adapters_table=a.adapters,
-    )
-
-
-@figure_set
-def cmd_behaviour_figures(a):
-    from .figures.behaviour import behaviour_figures
-
-    behaviour_figures(a.tables, a.out)
-
-
-@figure_set
-def cmd_accuracy_figures(a):
-    from .figures.accuracy import accuracy_figures
-
-    accuracy_figures(a.accuracy, a.pairwise, a.out)
-
-
 @figure_set
 def cmd_connectivity_figures(a):
     from .figures.connectivity import connectivity_figures
 
     connectivity_figures(a.summary, a.curves, a.out)
-
-
-@figure_set
-def cmd_representations_figures(a):
-    from .figures.representations import representations_figures
-
-    representations_figures(a.cka, a.out)
 
 
 @figure_set

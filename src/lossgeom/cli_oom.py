@@ -8,6 +8,8 @@ import errno
 import shutil
 from pathlib import Path
 
+from .measures.accuracy import EvaluationSettings
+from .measures.activations import CkaSettings
 from .settings import RolloutsSettings
 
 # the OSErrors that are the machine's, not the program's: each named with its path and what to do
@@ -37,11 +39,15 @@ def out_of_memory_line(a) -> str:
             "rollouts.batch_size (with the vllm backend: generation.vllm.gpu_memory_utilization or max_num_seqs)",
             RolloutsSettings.filled(spec)["batch_size"],
         )
-    else:
-        key = {"evaluate": "evaluation.batch_size", "lmc": "evaluation.batch_size", "activations": "cka.batch_size"}[
-            a.command
-        ]
-        batch = a.batch_size
+    elif a.command == "evaluate":  # its spec's measures: the engine's batch, and the activations' own
+        measures = spec.get("measures", {}) if isinstance(spec, dict) else {}
+        batch = (measures.get("accuracy") or {}).get("batch_size", EvaluationSettings().batch_size)
+        key = "evaluation.batch_size"
+        if "activations" in measures:
+            probes = (measures["activations"] or {}).get("batch_size", CkaSettings().batch_size)
+            key += f" (or cka.batch_size, {probes}, where the CKA probes' activations ran out)"
+    else:  # lmc
+        key, batch = "evaluation.batch_size", a.batch_size
     rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
     return (
         f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config and rerun"

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 
 from . import cli_commands as commands
+from .measures import MEASURES, describe_settings
+from .measures.accuracy import EvaluationSettings
 from .settings import (
     DTYPES,
     BaseSpectrumSettings,
-    BehaviourSettings,
-    CkaSettings,
-    EvaluationSettings,
     GeometrySettings,
     LmcSettings,
     ModelSettings,
@@ -21,14 +20,12 @@ from .settings import (
 )
 
 # flag defaults are the settings classes' (one place per default): the rules pass every value anyway
-EVALUATION, LMC, CKA, GEOMETRY = EvaluationSettings(), LmcSettings(), CkaSettings(), GeometrySettings()
-BEHAVIOUR = BehaviourSettings()
+EVALUATION, LMC, GEOMETRY = EvaluationSettings(), LmcSettings(), GeometrySettings()
 BASE_SPECTRUM = BaseSpectrumSettings()
 MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
-CKA_POOLINGS = CkaSettings.schema()["pooling"]["enum"]
 
 # Subcommands that run a model: they get a device of their own (lossgeom.devices.claim_gpu).
-GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc", "activations"}
+GPU_COMMANDS = {"toy-model", "rollouts", "train", "evaluate", "lmc"}
 MODEL_COMMANDS = GPU_COMMANDS | {"base-spectrum"}  # and one holding its weights: each logs and records its stack
 
 
@@ -268,63 +265,57 @@ def _geometry_commands(add) -> None:
 
 
 def _evaluate_command(add) -> None:
-    """The evaluate subcommand: one model's greedy pass@1, cross-entropies, and optionally its CKA
-    activations, samples (pass@k, KL) and held-out cross-entropies."""
+    """The evaluate subcommand: one model measured by the spec's measures (:mod:`lossgeom.measures`)."""
     sp = add(
         "evaluate",
         commands.cmd_evaluate,
-        "greedy pass@1 and cross-entropies of the base or one adapter; optionally its samples (pass@k, KL to the "
-        "base) and its held-out cross-entropy",
+        "measure one model (the base or an adapter) with the spec's measures: " + ", ".join(MEASURES),
     )
-    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
-    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.epilog = "--spec's measures and their settings (defaults filled where left out):\n" + describe_settings()
     sp.add_argument(
-        "--activations",
+        "--spec",
         type=_json,
-        default=None,
-        help='the CKA probes\' hidden states too, as JSON {"test_set": <problem source>, "n_probe", "pooling", "batch_size"}',
+        required=True,
+        help="the job's settings as JSON: {model: {prompt_template, answer_template, dtype, trust_remote_code}, "
+        "test_sets: {name: problem source}, measures: {name: settings}} (the workflow writes it from the config: "
+        "lossgeom.measures.evaluation_spec)",
     )
-    sp.add_argument("--activations-out", type=Path, default=None, help="the activations npz written (--activations)")
-    sp.add_argument("--behaviour", type=_json, default=None, help="the filled behaviour section, as JSON (samples)")
-    sp.add_argument("--base-samples", type=Path, default=None, help="the base's samples table (an adapter's KL)")
-    sp.add_argument("--samples-out", type=Path, default=None, help="the samples table written (with --behaviour)")
-    sp.add_argument("--forgetting", type=_json, default=None, help="the filled forgetting section, as JSON")
-    sp.add_argument("--heldout-out", type=Path, default=None, help="held-out cross-entropies written (--forgetting)")
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
+    sp.add_argument("--toy-dir", type=Path, default=None, help="the toy world (where a problem source is the toy's)")
+    sp.add_argument("--outputs", nargs="+", type=_labelled, required=True, help="measure=path: each measure's table")
+    sp.add_argument(
+        "--base-outputs", nargs="*", type=_labelled, default=[], help="measure=path: the base's tables an adapter reads"
+    )
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
     _generation_opts(sp)
-    _run_opts(sp, EVALUATION.batch_size, "--test-sets")
+
+
+def _measure_commands(add) -> None:
+    """Subcommands: a measure's statistics across models and its figures."""
+    sp = add("measure-stats", commands.cmd_measure_stats, "a measure's statistics across every model's table")
+    sp.add_argument("measure", choices=list(MEASURES))
+    sp.add_argument("--spec", type=_json, default=None, help="the measure's config section as JSON (defaults filled)")
+    sp.add_argument(
+        "--inputs",
+        type=_json,
+        required=True,
+        help='what it reads, as JSON: {measure: {model: path}} (a model named "base"), and "adapters": the '
+        "geometry's adapters.tsv where it reads the deltas' norms",
+    )
+    sp.add_argument("--out", type=Path, required=True, help="output directory")
+
+    sp = add("measure-figures", commands.cmd_measure_figures, "a measure's figures from its statistics")
+    sp.add_argument("measure", choices=[n for n, m in MEASURES.items() if m.figure_module])
+    sp.add_argument("--tables", type=Path, required=True, help="the directory written by its measure-stats")
+    sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
 
 def _behaviour_commands(add) -> None:
-    """Subcommands: evaluation, statistics, connectivity sweeps, activations and CKA."""
+    """Subcommands: evaluation, a measure's statistics and figures, connectivity sweeps."""
     _evaluate_command(add)
-
-    sp = add("eval-stats", commands.cmd_eval_stats, "accuracy CIs, pairwise exact McNemar (Holm), Cochran's Q")
-    sp.add_argument("evaluations", nargs="+", type=_labelled, help="model=evaluation.parquet")
-    sp.add_argument(
-        "--ci",
-        default=EVALUATION.ci,
-        choices=["wilson", "clopper_pearson", "bootstrap"],
-        help="accuracy interval: Wilson (default), exact Clopper-Pearson, or percentile bootstrap",
-    )
-    sp.add_argument("--n-boot", type=int, default=EVALUATION.n_boot, help="bootstrap replicates (--ci bootstrap)")
-    sp.add_argument("--mid-p", action="store_true", help="McNemar mid-p instead of the exact p")
-    sp.add_argument("--seed", type=int, default=EVALUATION.seed, help="the bootstrap's seed")
-    sp.add_argument("--out", type=Path, required=True, help="output directory")
-
-    sp = add(
-        "behaviour-stats",
-        commands.cmd_behaviour_stats,
-        "pass@k, KL to the base both ways and forgetting per model, paired comparisons, forgetting vs KL",
-    )
-    sp.add_argument("samples", nargs="+", type=_labelled, help="model=samples.parquet (one model named base)")
-    sp.add_argument("--heldout", nargs="+", type=_labelled, default=None, help="model=heldout.parquet (forgetting)")
-    sp.add_argument("--adapters", type=Path, default=None, help="the geometry's adapters.tsv (the deltas' norms)")
-    sp.add_argument("--k", nargs="+", type=int, default=list(BEHAVIOUR.k), help="the k of pass@k")
-    sp.add_argument("--temperature", type=float, default=BEHAVIOUR.temperature, help="the pass@k samples' temperature")
-    sp.add_argument("--n-boot", type=int, default=BEHAVIOUR.n_boot, help="bootstrap resamples of items")
-    sp.add_argument("--ci", type=float, default=BEHAVIOUR.ci, help="interval coverage")
-    sp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
-    sp.add_argument("--out", type=Path, required=True, help="output directory")
+    _measure_commands(add)
 
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
     sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
@@ -340,19 +331,9 @@ def _behaviour_commands(add) -> None:
     sp.add_argument("sweeps", nargs="+", type=Path)
     sp.add_argument("--out", type=Path, required=True, help="summary .tsv (curves.tsv is written beside it)")
 
-    sp = add("activations", commands.cmd_activations, "pooled per-layer hidden states of one model on the probe set")
-    sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
-    sp.add_argument("--n-probe", type=int, default=CKA.n_probe)
-    sp.add_argument("--pooling", default=CKA.pooling, choices=CKA_POOLINGS)
-    _run_opts(sp, CKA.batch_size)
-
-    sp = add("cka", commands.cmd_cka, "linear and debiased CKA per layer for every model pair")
-    sp.add_argument("activations", nargs="+", type=_labelled, help="model=activations.npz")
-    sp.add_argument("--out", type=Path, required=True)
-
 
 def _report_commands(add) -> None:
-    """Subcommands: the training, accuracy, connectivity and representation figures, and the claims table."""
+    """Subcommands: the training and connectivity figures, and the claims table."""
     sp = add("training-figures", commands.cmd_training_figures, "training curves of every adapter from its metrics.tsv")
     sp.add_argument("adapters", nargs="+", type=_labelled, help="label=adapter_dir")
     sp.add_argument("--analysis-step", type=int, default=None)
@@ -360,11 +341,11 @@ def _report_commands(add) -> None:
 
     sp = add("claims", commands.cmd_claims, "the paper's claims checked against this run (claims.tsv)")
     sp.add_argument("--geometry", type=Path, required=True, help="directory written by 'geometry'")
-    sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'eval-stats'")
+    sp.add_argument("--eval-dir", type=Path, default=None, help="directory written by 'measure-stats accuracy'")
     sp.add_argument("--lmc", type=Path, default=None, help="summary.tsv written by 'lmc-summary'")
-    sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'cka'")
+    sp.add_argument("--cka", type=Path, default=None, help="cka.tsv written by 'measure-stats activations'")
     sp.add_argument("--base-spectrum", type=Path, default=None, help="directory written by 'base-spectrum'")
-    sp.add_argument("--behaviour", type=Path, default=None, help="directory written by 'behaviour-stats'")
+    sp.add_argument("--behaviour", type=Path, default=None, help="directory written by 'measure-stats samples'")
     sp.add_argument(
         "--roles",
         nargs="+",
@@ -376,17 +357,6 @@ def _report_commands(add) -> None:
     sp.add_argument("--out", type=Path, required=True, help="claims .tsv")
     sp.add_argument("--html", type=Path, default=None, help="the table as an HTML page too (the report's first)")
 
-    sp = add("behaviour-figures", commands.cmd_behaviour_figures, "pass@k curves; KL to the base and forgetting")
-    sp.add_argument("--tables", type=Path, required=True, help="directory written by 'behaviour-stats'")
-    sp.add_argument("--out", type=Path, required=True, help="figure directory")
-
-    sp = add(
-        "accuracy-figures", commands.cmd_accuracy_figures, "accuracy and McNemar figures, one of each per test set"
-    )
-    sp.add_argument("--accuracy", type=Path, required=True, help="accuracy.tsv written by 'eval-stats'")
-    sp.add_argument("--pairwise", type=Path, required=True, help="pairwise.tsv written by 'eval-stats'")
-    sp.add_argument("--out", type=Path, required=True, help="figure directory")
-
     sp = add(
         "connectivity-figures",
         commands.cmd_connectivity_figures,
@@ -394,14 +364,6 @@ def _report_commands(add) -> None:
     )
     sp.add_argument("--summary", type=Path, required=True, help="summary.tsv written by 'lmc-summary'")
     sp.add_argument("--curves", type=Path, required=True, help="curves.tsv written by 'lmc-summary'")
-    sp.add_argument("--out", type=Path, required=True, help="figure directory")
-
-    sp = add(
-        "representations-figures",
-        commands.cmd_representations_figures,
-        "CKA per layer vs the base, and at the last layer",
-    )
-    sp.add_argument("--cka", type=Path, required=True, help="cka.tsv written by 'cka'")
     sp.add_argument("--out", type=Path, required=True, help="figure directory")
 
 

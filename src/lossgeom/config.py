@@ -16,12 +16,13 @@ import yaml
 
 from .errors import InputError
 from .labels import Label
+from .measures import SECTIONS as MEASURE_SECTIONS
+from .measures.samples import BehaviourSettings
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
     GENERATION_BACKENDS,
     SCHEMA_SECTIONS,
     SECTIONS,
-    BehaviourSettings,
     LoraSettings,
     ModelSettings,
     ProblemSourceSettings,
@@ -30,6 +31,9 @@ from .settings import (
     ToySettings,
     TrainingSettings,
 )
+
+# config section -> its settings class: the stages' (lossgeom.settings) and the measures' (lossgeom.measures)
+ALL_SECTIONS = {**SECTIONS, **MEASURE_SECTIONS}
 
 
 class ConfigError(InputError):
@@ -62,13 +66,16 @@ def _describe(error) -> str:
 
 def load_schema(schema_path: Path | str) -> dict:
     """The config's JSON schema: the YAML file (the study's structure), with every section that has a
-    settings class (:data:`lossgeom.settings.SCHEMA_SECTIONS`) and each registered loss's parameters
-    added from their one place of declaration."""
+    settings class (:data:`lossgeom.settings.SCHEMA_SECTIONS`, the measures' :data:`lossgeom.measures.SECTIONS`)
+    and each registered loss's parameters added from their one place of declaration."""
     from .losses import LOSSES, method_schema
     from .methods import OPTIM_KEYS
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    for pointer, cls in SCHEMA_SECTIONS.items():
+    for key in MEASURE_SECTIONS:  # a measure's section is its module's alone: the YAML does not name it
+        schema["properties"].setdefault(key, {})
+    measures = {f"properties/{key}": cls for key, cls in MEASURE_SECTIONS.items()}
+    for pointer, cls in {**SCHEMA_SECTIONS, **measures}.items():
         node = schema
         for part in pointer.split("/"):
             node = node[part]
@@ -218,7 +225,7 @@ def with_defaults(config: dict) -> dict:
     out["rollouts"] = RolloutsSettings.filled(config["rollouts"])
     out["lora"] = LoraSettings.filled(config["lora"])
     out["training"] = TrainingSettings.filled(config["training"])
-    for key in SECTIONS:
+    for key in ALL_SECTIONS:
         out[key] = section(config, key)
     return out
 
@@ -258,9 +265,9 @@ def geometry_labels(config: dict) -> list[str]:
 
 
 def section(config: dict, key: str) -> dict:
-    """The ``evaluation``, ``lmc``, ``cka`` or ``geometry`` section with the defaults of its settings
-    class filled in (:data:`lossgeom.settings.SECTIONS`; ``test_set``: the first test set when unset)."""
-    out = SECTIONS[key].filled(config.get(key))
+    """A section that has a settings class (:data:`ALL_SECTIONS`: a stage's or a measure's) with its defaults
+    filled in (``test_set``: the first test set when unset)."""
+    out = ALL_SECTIONS[key].filled(config.get(key))
     if out.get("test_set", "") is None:
         out["test_set"] = next(iter(config["test_sets"]))
     return out
@@ -332,22 +339,6 @@ def generation_spec(config: dict, stage: str) -> dict:
 def generation_runtime(config: dict, stage: str) -> dict:
     """The runtime-only options of a stage's backend that the config gives (see :func:`generation_spec`)."""
     return _backend_options(config, stage)[2]
-
-
-# Compatibility wrappers over lossgeom.labels.Label (the workflow and the figures call these names).
-
-
-def parse_label(label: str) -> tuple[str, int]:
-    """``"sft/seed42"`` -> ``("sft", 42)``; a data-order replicate ``"sft/seed42data7"`` -> ``("sft", 42)``
-    (its init seed; :func:`data_seed_of` gives the data seed). :meth:`Label.parse`, as a tuple."""
-    label = Label.parse(label)
-    return label.method, label.init_seed
-
-
-def data_seed_of(label: str) -> int:
-    """The data-order seed of an adapter label: ``M`` of ``.../seed<N>data<M>``, else the init seed ``N``
-    (:attr:`Label.data_order_seed`)."""
-    return Label.parse(label).data_order_seed
 
 
 PAPER_ROLES = {"sft": "sft", "rft": "rft", "dft": "dft", "rift": "rift", "grpo": "offline_grpo", "dpo": "dpo"}

@@ -70,7 +70,7 @@ def atomic_files():
     """Yield ``stage``: ``stage(path)`` gives a temporary path beside ``path`` to write instead; when the block
     ends without error every staged file is renamed to its path, and on any error none is (the targets keep
     their old contents, the temporary files are deleted). For a command whose several outputs share a
-    directory with other files (eval-stats beside the models' evaluations), where a directory swap cannot
+    directory with other files (the accuracy statistics beside the models' evaluations), where a directory swap cannot
     serve. The renames are atomic one by one: only a kill between two of them leaves a mix."""
     staged: list[tuple[Path, Path]] = []
 

@@ -82,6 +82,20 @@ class Label:
             return None
 
     @classmethod
+    def method_of(cls, name: str) -> str:
+        """The method of a model name: an adapter label's (``"sft/seed42data7"`` -> ``"sft"``); any other
+        name (the base model ``"base"``, a directory's own name) is its own method."""
+        label = cls.try_parse(name)
+        return name if label is None else label.method
+
+    @classmethod
+    def dir_name_of(cls, name: str) -> str:
+        """The seed part of a model name: an adapter label's :attr:`dir_name` (``"seed42"``,
+        ``"seed42data7"``); ``""`` for any other name (the base model ``"base"``)."""
+        label = cls.try_parse(name)
+        return "" if label is None else label.dir_name
+
+    @classmethod
     def from_dir(cls, path: str | Path) -> Label:
         """The label of an adapter directory ``.../{method}/seed{seed}`` or ``.../{method}/seed{seed}data{d}``
         (its last two path components; the path is made absolute lexically, without following links,

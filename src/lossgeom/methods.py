@@ -40,8 +40,8 @@ OPTIM_KEYS = (
 )
 TRUNCATED_POLICIES = tuple(TrainingSettings.schema()["truncated"]["enum"])
 # Per loss: its own parameters and their built-in defaults, from the loss registry (one module per
-# loss: lossgeom.losses); kept here as names other modules read.
-LOSSES = tuple(LOSS_REGISTRY)
+# loss: lossgeom.losses); the names, in the registry's order, kept here for other modules.
+LOSS_NAMES = tuple(LOSS_REGISTRY)
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {name: loss.Params.defaults() for name, loss in LOSS_REGISTRY.items()}
 LOSS_KEYS = {name: loss.Params.keys() for name, loss in LOSS_REGISTRY.items()}
 ALL_LOSS_KEYS = tuple(dict.fromkeys(k for keys in LOSS_KEYS.values() for k in keys))
@@ -79,7 +79,7 @@ class MethodSpec:
     parameters (``params``, the loss's :class:`~lossgeom.losses.base.LossParams`).
 
     Attributes:
-        method: the config's name for it (``"dpo_lrmatched"``); loss: one of :data:`LOSSES`.
+        method: the config's name for it (``"dpo_lrmatched"``); loss: one of :data:`LOSS_NAMES`.
         lora: the LoRA recipe. prompt_template: ``str.format`` template with ``{question}``.
         steps: optimiser steps; save_steps: sorted steps whose adapters are kept (always holding
             ``analysis_step``, the step every later stage reads); checkpoint_every: steps between
@@ -187,7 +187,7 @@ class MethodSpec:
         entry = config["methods"][method]
         name = entry.get("loss")
         if name not in LOSS_REGISTRY:
-            raise MethodSpecError(f"methods.{method}.loss {name!r} is not one of {list(LOSSES)}")
+            raise MethodSpecError(f"methods.{method}.loss {name!r} is not one of {list(LOSS_NAMES)}")
         loss = LOSS_REGISTRY[name]
         allowed = {"loss", "description", "seeds", *OPTIM_KEYS, *loss.Params.keys()}
         extra = sorted(set(entry) - allowed)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .config import adapter_labels, api_rollouts, lmc_pairs, section
+from .config import adapter_labels, api_rollouts, lmc_pairs, method_seeds, section
 from .cost_model import Shape, decode_bytes, decode_flops, forward_flops, lora_train_flops, model_shape
 from .errors import InputError
 from .losses.pairwise import PairwiseLoss
@@ -245,7 +245,7 @@ def gpu_hours(config: Mapping) -> list[dict]:
     row(f"rollouts ({teacher})", "rollouts", 1)
     labels = adapter_labels(config)
     for method in config["methods"]:
-        jobs = sum(label.split("/")[0] == method for label in labels)
+        jobs = len(method_seeds(config, method))
         if jobs:
             row(f"train {method}", "train", jobs, method)
     row("evaluate (one per model)", "evaluate", 1 + len(labels))

@@ -1,13 +1,13 @@
-# What the deltas do: one evaluation job per model (base and every adapter), one connectivity sweep per
-# pair, and cheap aggregates (statistics, barriers, CKA, pass@k, KL, forgetting) over their outputs.
-# The evaluation job measures everything of one model in one process (the imports and the model load
-# cost more than the toy's measurements): greedy pass@1 and cross-entropies, the CKA probes' hidden
-# states, samples (pass@k, KL to the base) and the held-out text (forgetting). An adapter's job reads
-# the base's samples (KL(base || adapter)), so the base's evaluation runs first.
+# What the deltas do: one evaluation job per model (base and every adapter) running every configured measure
+# (lossgeom.measures: accuracy and cross-entropies, the CKA probes' hidden states, samples for pass@k and the
+# KL to the base, held-out text for forgetting) in one process (the imports and the model load cost more than
+# the toy's measurements); per measure its statistics over all models and its figures; one connectivity
+# sweep per pair. A measure's rules are made from its module: adding a measure adds no rule here.
 
 EVAL = config["evaluation"]
 LMC = config["lmc"]
-CKA = config["cka"]
+MODELS = ["base", *LABELS]
+MEASURES = configured_measures(config)  # the study's, in the evaluation job's order
 
 
 wildcard_constraints:
@@ -17,32 +17,24 @@ wildcard_constraints:
 rule evaluate:
     input:
         unpack(model_adapter),
-        unpack(base_samples_input),
+        unpack(base_outputs_input),
         **model_input("base"),
-        **toy_input(*config["test_sets"].values(), FORGETTING),
-        **heldout_input(),
+        **toy_input(*[s for m in MEASURES for s in m.sources(config[m.section], config["test_sets"])]),
+        **{f"{m.name}_input{i}": f for m in MEASURES for i, f in enumerate(m.input_files(config[m.section]))},
     output:
-        evaluation=f"{RESULTS}/eval/{{model}}.parquet",
-        activations=f"{RESULTS}/activations/{{model}}.npz",
-        samples=f"{RESULTS}/samples/{{model}}.parquet",
-        **({"heldout": f"{RESULTS}/heldout/{{model}}.parquet"} if HAS_FORGETTING else {}),
+        **{m.name: measure_output(m) for m in MEASURES},
         versions=versions_record("evaluate", "{model}"),
     params:
+        spec=verbatim(as_json(evaluation_spec(config))),
         base=model_arg("base"),
         adapter=adapter_arg,
         toy=toy_dir_arg,
-        test_sets=lambda w: as_json(config["test_sets"]),
-        template=lambda w: TEMPLATE,
-        answer_template=lambda w: ANSWER_TEMPLATE,
-        max_new_tokens=EVAL["max_new_tokens"],
-        batch_size=EVAL["batch_size"],
-        generation=lambda w: as_json(cfg.generation_spec(config, "evaluation")),
-        behaviour=behaviour_args,
-        activations=lambda w: as_json({
-            "test_set": config["test_sets"][CKA["test_set"]], **{k: CKA[k] for k in ("n_probe", "pooling", "batch_size")}
-        }),
-        dtype=DTYPE,
-        remote=REMOTE,
+        outputs=lambda w, output: labelled((m.name for m in MEASURES), (output[m.name] for m in MEASURES)),
+        base_outputs=lambda w, input: labelled(
+            (m.name for m in MEASURES if f"base_{m.name}" in input.keys()),
+            (input[f"base_{m.name}"] for m in MEASURES if f"base_{m.name}" in input.keys()),
+        ),
+        generation=verbatim(as_json(cfg.generation_spec(config, "evaluation"))),
     threads: job_threads("evaluate")
     resources:
         **job_resources("evaluate"),
@@ -53,81 +45,72 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{model}}.tsv"
     shell:
-        "lossgeom evaluate --base {params.base} --adapter {params.adapter} --test-sets {params.test_sets:q}"
-        " {params.toy} --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens}"
-        " --batch-size {params.batch_size} --generation {params.generation:q} --dtype {params.dtype} {params.remote}"
-        " --threads {threads} --activations {params.activations:q} --activations-out {output.activations}"
-        " {params.behaviour} --out {output.evaluation} --versions-out {output.versions} > {log} 2>&1"
+        "lossgeom evaluate --spec {params.spec:q} --base {params.base} --adapter {params.adapter} {params.toy}"
+        " --outputs {params.outputs} --base-outputs {params.base_outputs} --generation {params.generation:q}"
+        " --threads {threads} --versions-out {output.versions} > {log} 2>&1"
 
 
-rule eval_stats:
-    input:
-        expand(rules.evaluate.output.evaluation, model=MODELS),
-    output:
-        accuracy=report(f"{RESULTS}/eval/accuracy.tsv", caption="../report/accuracy_table.rst", category="Accuracy"),
-        pairwise=report(f"{RESULTS}/eval/pairwise.tsv", caption="../report/pairwise_table.rst", category="Accuracy"),
-        cochran=f"{RESULTS}/eval/cochran.json",
-    params:
-        evaluations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
-        ci=EVAL["ci"],
-        n_boot=EVAL["n_boot"],
-        mid_p="--mid-p" if EVAL["mid_p"] else "",
-        seed=EVAL["seed"],
-        out=parent_of(0),
-    resources:
-        **job_resources("eval_stats"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/eval_stats.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/eval_stats.tsv"
-    shell:
-        "lossgeom eval-stats {params.evaluations} --ci {params.ci} --n-boot {params.n_boot} {params.mid_p} --seed {params.seed} --out {params.out} > {log} 2>&1"
+# Each measure's statistics over every model's table, and its figures: rules named by the measure
+# (stats_rule, figure_rule: eval_stats, cka, behaviour_stats, and their figures), run in the Snakemake process.
+for _measure in MEASURES:
+    if _measure.stats_rule is None:
+        continue
 
+    rule:
+        name:
+            _measure.stats_rule
+        input:
+            **measure_stats_inputs(_measure),
+        output:
+            **measure_stats_outputs(_measure),
+        params:
+            measure=_measure.name,
+            spec=verbatim(as_json(config[_measure.section])),
+            inputs=measure_stats_args(_measure),
+            out=parent_of(0),
+        localrule: True
+        resources:
+            **job_resources(_measure.stats_rule),
+        conda:
+            ENV
+        log:
+            f"{RESULTS}/logs/{_measure.stats_rule}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{_measure.stats_rule}.tsv"
+        shell:
+            "lossgeom measure-stats {params.measure} --spec {params.spec:q} --inputs {params.inputs:q}"
+            " --out {params.out} > {log} 2>&1"
 
-rule behaviour_stats:
-    input:
-        samples=expand(rules.evaluate.output.samples, model=MODELS),
-        heldout=expand(rules.evaluate.output.heldout, model=MODELS) if HAS_FORGETTING else [],
-        # each delta's norm: the contrast to the KL in forgetting_vs_kl.tsv
-        adapters=rules.geometry.output.adapters if HAS_FORGETTING else [],
-    output:
-        pass_at_k=report(f"{RESULTS}/behaviour/pass_at_k.tsv", caption="../report/pass_at_k_table.rst", category="Accuracy"),
-        kl=report(f"{RESULTS}/behaviour/kl.tsv", caption="../report/kl_table.rst", category="KL and forgetting"),
-        pairwise=f"{RESULTS}/behaviour/pairwise.tsv",
-        **(
-            {
-                "forgetting": report(f"{RESULTS}/behaviour/forgetting.tsv", caption="../report/forgetting_table.rst",
-                                     category="KL and forgetting"),
-                "forgetting_vs_kl": f"{RESULTS}/behaviour/forgetting_vs_kl.tsv",
-            }
-            if HAS_FORGETTING
-            else {}
-        ),
-    params:
-        samples=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input.samples)),
-        heldout=lambda w, input: (
-            "--heldout " + " ".join(f"{m}={p}" for m, p in zip(MODELS, input.heldout)) + f" --adapters {input.adapters}"
-            if HAS_FORGETTING
-            else ""
-        ),
-        k=" ".join(str(k) for k in BEHAVIOUR["k"]),
-        temperature=BEHAVIOUR["temperature"],
-        n_boot=BEHAVIOUR["n_boot"],
-        ci=BEHAVIOUR["ci"],
-        out=parent_of("pass_at_k"),
-    resources:
-        **job_resources("behaviour_stats"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/behaviour_stats.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/behaviour_stats.tsv"
-    shell:
-        "lossgeom behaviour-stats {params.samples} {params.heldout} --k {params.k} --temperature {params.temperature}"
-        " --n-boot {params.n_boot} --ci {params.ci} --out {params.out} > {log} 2>&1"
+    add_targets(getattr(rules, _measure.stats_rule))
+    if _measure.figure_rule is None:
+        continue
+
+    rule:
+        name:
+            _measure.figure_rule
+        input:
+            **named(getattr(rules, _measure.stats_rule).output),
+            code=figure_code(_measure.figure_module),
+        output:
+            **{k: v for names, caption, category in _measure.figure_outputs(config)
+               for k, v in figure_outputs(*names, caption=f"../report/{caption}", category=category).items()},
+        params:
+            measure=_measure.name,
+            tables=parent_of(0, "input"),
+            out=parent_of(0),
+        localrule: True
+        resources:
+            **job_resources(_measure.figure_rule),
+        conda:
+            ENV
+        log:
+            f"{RESULTS}/logs/{_measure.figure_rule}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{_measure.figure_rule}.tsv"
+        shell:
+            "lossgeom measure-figures {params.measure} --tables {params.tables} --out {params.out} > {log} 2>&1"
+
+    add_targets(getattr(rules, _measure.figure_rule))
 
 
 rule lmc:
@@ -147,8 +130,8 @@ rule lmc:
         toy=toy_dir_arg,
         test_set=lambda w: as_json(config["test_sets"][LMC["test_set"]]),
         spec=lambda w: {k: LMC[k] for k in ("alphas", "limit", "accuracy_subset")},
-        template=lambda w: TEMPLATE,
-        answer_template=lambda w: ANSWER_TEMPLATE,
+        template=verbatim(TEMPLATE),
+        answer_template=verbatim(ANSWER_TEMPLATE),
         max_new_tokens=EVAL["max_new_tokens"],
         batch_size=EVAL["batch_size"],
         generation=lambda w: as_json(cfg.generation_spec(config, "lmc")),
@@ -178,6 +161,7 @@ rule lmc_summary:
     output:
         summary=report(f"{RESULTS}/lmc/summary.tsv", caption="../report/lmc_table.rst", category="Connectivity"),
         curves=f"{RESULTS}/lmc/curves.tsv",
+    localrule: True
     resources:
         **job_resources("lmc_summary"),
     conda:
@@ -190,50 +174,7 @@ rule lmc_summary:
         "lossgeom lmc-summary {input} --out {output.summary} > {log} 2>&1"
 
 
-rule cka:
-    input:
-        expand(rules.evaluate.output.activations, model=MODELS),
-    output:
-        cka=f"{RESULTS}/cka/cka.tsv",
-    params:
-        activations=lambda w, input: " ".join(f"{m}={p}" for m, p in zip(MODELS, input)),
-    resources:
-        **job_resources("cka"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/cka.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/cka.tsv"
-    shell:
-        "lossgeom cka {params.activations} --out {output} > {log} 2>&1"
-
-
-# The figures of each analysis: one rule per figure module (lossgeom.figures.<analysis>), reading
-# exactly its tables and tracking exactly its code.
-rule accuracy_figures:
-    input:
-        accuracy=rules.eval_stats.output.accuracy,
-        pairwise=rules.eval_stats.output.pairwise,
-        code=figure_code("accuracy"),
-    output:
-        # one pair of figures per test set: the names follow the config
-        **figure_outputs(*(f"accuracy_{t}" for t in config["test_sets"]), caption="../report/accuracy.rst",
-                         category="Accuracy"),
-        **figure_outputs(*(f"mcnemar_{t}" for t in config["test_sets"]), caption="../report/mcnemar.rst",
-                         category="Accuracy"),
-    params:
-        out=parent_of(0),
-    resources:
-        **job_resources("accuracy_figures"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/accuracy_figures.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/accuracy_figures.tsv"
-    shell:
-        "lossgeom accuracy-figures --accuracy {input.accuracy} --pairwise {input.pairwise} --out {params.out} > {log} 2>&1"
+add_targets(rules.lmc_summary)
 
 
 rule connectivity_figures:
@@ -246,6 +187,7 @@ rule connectivity_figures:
         **figure_outputs("lmc_pairs", caption="../report/lmc_pairs.rst", category="Connectivity"),
     params:
         out=parent_of(0),
+    localrule: True
     resources:
         **job_resources("connectivity_figures"),
     conda:
@@ -258,51 +200,6 @@ rule connectivity_figures:
         "lossgeom connectivity-figures --summary {input.summary} --curves {input.curves} --out {params.out} > {log} 2>&1"
 
 
-rule representations_figures:
-    input:
-        cka=rules.cka.output.cka,
-        code=figure_code("representations"),
-    output:
-        **figure_outputs("cka_profiles", caption="../report/cka.rst", category="Representations"),
-        **figure_outputs("cka_last_layer", caption="../report/cka_last_layer.rst", category="Representations"),
-    params:
-        out=parent_of(0),
-    resources:
-        **job_resources("representations_figures"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/representations_figures.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/representations_figures.tsv"
-    shell:
-        "lossgeom representations-figures --cka {input.cka} --out {params.out} > {log} 2>&1"
+add_targets(rules.connectivity_figures)
 
 
-rule behaviour_figures:
-    input:
-        pass_at_k=rules.behaviour_stats.output.pass_at_k,
-        kl=rules.behaviour_stats.output.kl,
-        **(
-            {"forgetting": rules.behaviour_stats.output.forgetting,
-             "forgetting_vs_kl": rules.behaviour_stats.output.forgetting_vs_kl}
-            if HAS_FORGETTING
-            else {}
-        ),
-        code=figure_code("behaviour"),
-    output:
-        **figure_outputs("pass_at_k", caption="../report/pass_at_k.rst", category="Accuracy"),
-        **figure_outputs("kl_forgetting", caption="../report/kl_forgetting.rst", category="KL and forgetting"),
-    params:
-        tables=parent_of("pass_at_k", "input"),
-        out=parent_of(0),
-    resources:
-        **job_resources("behaviour_figures"),
-    conda:
-        ENV
-    log:
-        f"{RESULTS}/logs/behaviour_figures.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/behaviour_figures.tsv"
-    shell:
-        "lossgeom behaviour-figures --tables {params.tables} --out {params.out} > {log} 2>&1"

@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from lossgeom import config as cfg
+from lossgeom import measures
 from lossgeom.data.prompting import answer_template
 from lossgeom.labels import Label, wildcard_pattern
 from lossgeom.methods import MethodSpec
@@ -82,27 +83,6 @@ def job_env(rule):
 def job_threads(rule):
     """A rule's CPUs (lossgeom.resources.rule_threads: training.threads, more for a job running vLLM)."""
     return lambda wildcards: rule_threads(config, rule, _job_method(rule, wildcards))
-
-
-# Cheap aggregates run in the Snakemake process, never as a SLURM submission of their own.
-localrules:
-    all,
-    toy_world,
-    geometry_figures,
-    trajectory,
-    trajectory_figures,
-    base_spectrum_figures,
-    eval_stats,
-    behaviour_stats,
-    behaviour_figures,
-    lmc_summary,
-    cka,
-    accuracy_figures,
-    connectivity_figures,
-    representations_figures,
-    claims,
-    training_figures,
-    versions,
 
 
 # An adapter label as a wildcard: the study's methods only, seeds canonical (lossgeom.labels)
@@ -228,28 +208,32 @@ def figure_outputs(*names, caption, category):
     return out
 
 
-def all_targets():
-    """The default target: the claims and every aggregate table and figure (named by their rules)."""
-    return [
-        *rules.geometry.output,
-        *rules.eval_stats.output,
-        *rules.behaviour_stats.output,
-        *rules.behaviour_figures.output,
-        *rules.lmc_summary.output,
-        *rules.cka.output,
-        *rules.claims.output,
-        *rules.rollouts_summary.output,
-        *rules.geometry_figures.output,
-        *rules.trajectory.output,
-        *rules.trajectory_figures.output,
-        *rules.base_spectrum.output,
-        *rules.base_spectrum_figures.output,
-        *rules.accuracy_figures.output,
-        *rules.connectivity_figures.output,
-        *rules.representations_figures.output,
-        *rules.training_figures.output,
-        *rules.versions.output,
-    ]
+# The default target's files (rule all): each rule file adds its own rules' with add_targets, so a new rule file
+# registers its outputs where it declares them.
+TARGETS = []
+
+
+def add_targets(*rules_):
+    """Make the rules' outputs part of the default target (``snakemake`` with no target builds them)."""
+    for rule_ in rules_:
+        TARGETS.extend(rule_.output)
+
+
+def labelled(labels, paths):
+    """The CLI's labelled path list: ``label=path`` words, one per (label, path) pair, space-separated."""
+    return " ".join(f"{label}={path}" for label, path in zip(labels, paths, strict=True))
+
+
+def verbatim(value):
+    """A param whose value Snakemake must pass as it is. A plain string param is formatted with the job's
+    wildcards, so braces in it (a prompt template's {question}, JSON) would be read as wildcards and fail;
+    a function's return value is not formatted."""
+    return lambda wildcards: value
+
+
+def named(files):
+    """A rule's input or output files by name, as a dict (to pass a rule's outputs on as named inputs)."""
+    return dict(files.items())
 
 
 def model_adapter(wildcards):
@@ -270,31 +254,63 @@ def lmc_sweep(a, b):
     return rules.lmc.output.sweep.format(first=Label.parse(a), second=Label.parse(b))
 
 
-# The behaviour measures of the evaluation jobs (pass@k, KL to the base, forgetting): lossgeom.behaviour.
-BEHAVIOUR = config["behaviour"]
-FORGETTING = config["forgetting"]
-HAS_FORGETTING = FORGETTING["source"] is not None
-MODELS = ["base", *LABELS]
-# only what changes the samples: editing k, n_boot or ci reruns the statistics, not the evaluations
-SAMPLING = {k: BEHAVIOUR[k] for k in ("test_set", "limit", "n", "temperature", "top_p", "max_new_tokens", "seed")}
+# The measures of the evaluation jobs (lossgeom.measures): what their rules are made of.
 
 
-def base_samples_input(wildcards):
-    """An adapter's evaluation reads the base's samples table (for KL(base || adapter))."""
-    return {} if wildcards.model == "base" else {"base_samples": f"{RESULTS}/samples/base.parquet"}
+def configured_measures(config):
+    return measures.configured(config)
 
 
-def heldout_input():
-    """The forgetting text as a job input when it is a local file or directory (a change reruns the jobs)."""
-    source = FORGETTING["source"]
-    return {"heldout_text": source} if HAS_FORGETTING and source != "toy" and Path(source).exists() else {}
+def evaluation_spec(config):
+    """The evaluation job's --spec: the narrow slice of the config its measures read (lossgeom.measures)."""
+    return measures.evaluation_spec(config)
 
 
-def behaviour_args(wildcards, input, output):
-    """The evaluate job's sampling and held-out options (lossgeom evaluate --behaviour/--forgetting)."""
-    args = f"--behaviour {shlex.quote(as_json(SAMPLING))} --samples-out {output.samples}"
-    if "base_samples" in input.keys():
-        args += f" --base-samples {input.base_samples}"
-    if HAS_FORGETTING:
-        args += f" --forgetting {shlex.quote(as_json(FORGETTING))} --heldout-out {output.heldout}"
-    return args
+def measure_output(measure, model="{model}"):
+    """A measure's table of one model (the evaluate rule's output named by the measure)."""
+    return f"{RESULTS}/{measure.output}".format(model=model)
+
+
+def base_outputs_input(wildcards):
+    """An adapter's evaluation reads the base's tables of the measures that need them (samples: the KL)."""
+    if wildcards.model == "base":
+        return {}
+    return {f"base_{m.name}": measure_output(m, "base") for m in MEASURES if m.needs_base}
+
+
+def _stats_reads(measure):
+    """What a measure's statistics read: measure name -> {model: path}, and "adapters" -> the deltas' norms."""
+    reads = {}
+    for name in measure.stats_reads(config):
+        if name == "adapters":
+            reads[name] = rules.geometry.output.adapters
+        else:
+            reads[name] = {model: measure_output(measures.MEASURES[name], model) for model in MODELS}
+    return reads
+
+
+def measure_stats_inputs(measure):
+    """The stats rule's inputs: every file its statistics read, named ``<measure>_<model>`` or ``adapters``."""
+    out = {}
+    for name, value in _stats_reads(measure).items():
+        if isinstance(value, dict):
+            out |= {f"{name}_{i}": path for i, path in enumerate(value.values())}
+        else:
+            out[name] = value
+    return out
+
+
+def measure_stats_args(measure):
+    """The stats job's --inputs (JSON): measure -> {model: path}, "adapters" -> path. Models in the study's order
+    (base first, then the config's), not sorted: the order of the models is the order of the tables' rows."""
+    return verbatim(json.dumps(_stats_reads(measure), separators=(",", ":")))
+
+
+def measure_stats_outputs(measure):
+    """The stats rule's outputs: each of the measure's statistics files in results/<stats_dir>/, in the report
+    under its caption and category where it has one."""
+    out = {}
+    for key, (name, caption, category) in measure.stats_outputs(config).items():
+        path = f"{RESULTS}/{measure.stats_dir}/{name}"
+        out[key] = report(path, caption=f"../report/{caption}", category=category) if caption else path
+    return out

@@ -22,7 +22,7 @@ rule geometry:
         noise_floor=report(f"{RESULTS}/geometry/noise_floor.tsv", caption="../report/noise_floor.rst", category="Geometry"),
         settings=f"{RESULTS}/geometry/settings.json",
     params:
-        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
+        adapters=labelled(GEOMETRY_LABELS, map(adapter_dir, GEOMETRY_LABELS)),
         top_k=GEOMETRY["top_k"],
         out=parent_of(0),
         base=lambda w, input: f"--base-model {model_arg('base')(w, input)} {REMOTE}" if BASE_ALIGNMENT else "",
@@ -39,6 +39,9 @@ rule geometry:
         f"{RESULTS}/benchmarks/geometry.tsv"
     shell:
         "lossgeom geometry {params.adapters} --top-k {params.top_k} {params.base} --out {params.out} > {log} 2>&1"
+
+
+add_targets(rules.geometry)
 
 
 rule geometry_figures:
@@ -61,6 +64,7 @@ rule geometry_figures:
     params:
         tables=parent_of("cosine_global", "input"),
         out=parent_of(0),
+    localrule: True
     resources:
         **job_resources("geometry_figures"),
     conda:
@@ -73,6 +77,9 @@ rule geometry_figures:
         "lossgeom geometry-figures --tables {params.tables} --out {params.out} > {log} 2>&1"
 
 
+add_targets(rules.geometry_figures)
+
+
 # Every saved step of every adapter (train_info.json lists them), in a rule of its own that only its
 # figure reads: the analysis-step tables and the claims never wait for it or rerun with it. Its factor
 # caches persist in results/cache/factors (keyed by adapter content): a rerun builds only new steps' caches.
@@ -83,10 +90,11 @@ rule trajectory:
         **{name: f"{RESULTS}/trajectory/{name}.tsv" for name in TRAJECTORY_TABLES},
         settings=f"{RESULTS}/trajectory/settings.json",
     params:
-        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
+        adapters=labelled(GEOMETRY_LABELS, map(adapter_dir, GEOMETRY_LABELS)),
         top_k=GEOMETRY["top_k"],
         cache=f"{RESULTS}/cache/factors",
         out=parent_of(0),
+    localrule: True
     resources:
         **job_resources("trajectory"),
     conda:
@@ -100,6 +108,9 @@ rule trajectory:
         " > {log} 2>&1"
 
 
+add_targets(rules.trajectory)
+
+
 rule trajectory_figures:
     input:
         # the tables lossgeom.figures.trajectory reads
@@ -111,8 +122,9 @@ rule trajectory_figures:
         **figure_outputs("trajectory", caption="../report/trajectory.rst", category="Geometry along training"),
     params:
         tables=parent_of("paths", "input"),
-        roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
+        roles=labelled(CLAIM_ROLES, CLAIM_ROLES.values()),
         seed=config["seeds"][0],
+    localrule: True
     resources:
         **job_resources("trajectory_figures"),
     conda:
@@ -124,6 +136,9 @@ rule trajectory_figures:
     shell:
         "lossgeom trajectory-figures --tables {params.tables} --roles {params.roles} --seed {params.seed}"
         " --out {output.trajectory} > {log} 2>&1"
+
+
+add_targets(rules.trajectory_figures)
 
 
 # Each delta against the base weights' own spectrum. The base's SVDs are cached by content in
@@ -140,7 +155,7 @@ rule base_spectrum:
         settings=f"{RESULTS}/base_spectrum/settings.json",
         versions=versions_record("base_spectrum"),
     params:
-        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in GEOMETRY_LABELS),
+        adapters=labelled(GEOMETRY_LABELS, map(adapter_dir, GEOMETRY_LABELS)),
         base=model_arg("base"),
         remote=REMOTE,
         top_k=config["base_spectrum"]["top_k"],
@@ -162,6 +177,9 @@ rule base_spectrum:
         " --versions-out {output.versions} > {log} 2>&1"
 
 
+add_targets(rules.base_spectrum)
+
+
 rule base_spectrum_figures:
     input:
         summary=rules.base_spectrum.output.summary,
@@ -170,8 +188,9 @@ rule base_spectrum_figures:
         **figure_outputs("base_spectrum", caption="../report/base_spectrum.rst", category="Geometry against the base"),
     params:
         tables=parent_of("summary", "input"),
-        roles=" ".join(f"{role}={method}" for role, method in CLAIM_ROLES.items()),
+        roles=labelled(CLAIM_ROLES, CLAIM_ROLES.values()),
         seed=config["seeds"][0],
+    localrule: True
     resources:
         **job_resources("base_spectrum_figures"),
     conda:
@@ -183,3 +202,6 @@ rule base_spectrum_figures:
     shell:
         "lossgeom base-spectrum-figures --tables {params.tables} --roles {params.roles} --seed {params.seed}"
         " --out {output.base_spectrum} > {log} 2>&1"
+
+
+add_targets(rules.base_spectrum_figures)

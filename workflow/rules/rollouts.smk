@@ -3,14 +3,12 @@
 
 if config["rollouts"]["import"]:
 
-    localrules:
-        import_rollouts,
-
     rule import_rollouts:
         input:
             config["rollouts"]["import"],
         output:
             rollouts=f"{RESULTS}/rollouts/rollouts.parquet",
+        localrule: True
         resources:
             **job_resources("import_rollouts"),
         conda:
@@ -29,11 +27,6 @@ else:
     # it runs where Snakemake runs (the login or submit node), for hours or days, mostly waiting.
     ROLLOUT_API = api_rollouts(config)
 
-    if ROLLOUT_API:
-
-        localrules:
-            rollouts,
-
     rule rollouts:
         input:
             **({} if ROLLOUT_API else model_input(config["rollouts"]["sampler"])),
@@ -46,12 +39,13 @@ else:
             problems=as_json(config["prompts"]),
             spec=as_json({k: v for k, v in config["rollouts"].items() if k not in ("import", "sampler")}),
             toy_dir=toy_dir_arg,
-            template=lambda w: TEMPLATE,
+            template=verbatim(TEMPLATE),
             generation=lambda w: as_json(cfg.generation_spec(config, "rollouts")),
             journal=f"--journal {RESULTS}/journals/rollouts.jsonl" if ROLLOUT_API else "",
             dtype=DTYPE,
             remote=REMOTE,
         threads: job_threads("rollouts")
+        localrule: ROLLOUT_API
         resources:
             **job_resources("rollouts"),
             # the backend's runtime-only options (requests in flight, retries, timeouts, prices) travel as a
@@ -78,10 +72,6 @@ ROLLOUTS_RULE = rules.import_rollouts if config["rollouts"]["import"] else rules
 ROLLOUTS = ROLLOUTS_RULE.output.rollouts
 
 
-localrules:
-    rollouts_summary,
-
-
 # What the rollouts are, in numbers (rows, accuracy, truncated, grade notes, the served model): the
 # report's Rollouts page. A rule of its own, so it serves sampled and imported tables alike.
 rule rollouts_summary:
@@ -89,6 +79,7 @@ rule rollouts_summary:
         ROLLOUTS,
     output:
         summary=report(f"{RESULTS}/rollouts/summary.tsv", caption="../report/rollouts.rst", category="Rollouts"),
+    localrule: True
     resources:
         **job_resources("rollouts_summary"),
     conda:
@@ -99,3 +90,6 @@ rule rollouts_summary:
         f"{RESULTS}/benchmarks/rollouts_summary.tsv"
     shell:
         "lossgeom rollouts-summary --rollouts {input} --out {output} > {log} 2>&1"
+
+
+add_targets(rules.rollouts_summary)

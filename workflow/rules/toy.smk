@@ -8,6 +8,7 @@ rule toy_world:
         directory(f"{TOY}/world"),
     params:
         spec=lambda w: as_json(config["toy"]),
+    localrule: True
     resources:
         **job_resources("toy_world"),
     conda:
@@ -32,7 +33,7 @@ rule toy_model:
     params:
         spec=lambda w: as_json(config["toy"]["models"][w.name]),
         seed=lambda w: config["toy"]["seed"] + (0 if w.name == "base" else 1),
-        template=lambda w: TEMPLATE,
+        template=verbatim(TEMPLATE),
         shipped=toy_shipped_arg,
     threads: job_threads("toy_model")
     resources:

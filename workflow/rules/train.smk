@@ -40,8 +40,9 @@ rule training_figures:
     output:
         **figure_outputs("training_curves", caption="../report/training_curves.rst", category="Training"),
     params:
-        adapters=" ".join(f"{label}={adapter_dir(label)}" for label in LABELS),
+        adapters=labelled(LABELS, map(adapter_dir, LABELS)),
         analysis_step=config["training"]["analysis_step"],
+    localrule: True
     resources:
         **job_resources("training_figures"),
     conda:
@@ -53,3 +54,6 @@ rule training_figures:
     shell:
         "lossgeom training-figures {params.adapters} --analysis-step {params.analysis_step}"
         " --out {output.training_curves} > {log} 2>&1"
+
+
+add_targets(rules.training_figures)

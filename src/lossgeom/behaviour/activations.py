@@ -156,7 +156,6 @@ def extract_activations(
     adapter: Path | None,
     test_set: dict,
     toy_dir: Path | None,
-    out: Path,
     *,
     n_probe: int,
     pooling: str,
@@ -165,11 +164,11 @@ def extract_activations(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     answer_format: str | None = None,
-) -> None:
+) -> dict[str, np.ndarray]:
     """Pooled per-layer hidden states of one model (the base, or ``adapter`` merged into it) on the
-    probe set; writes the npz (``acts`` float32 (n_layers, n_probe, hidden), ``ids``, ``pooling``).
-    ``dtype`` is the dtype the base weights are loaded in; the forward is float32 whatever it is
-    (:func:`activation_model`)."""
+    probe set: ``acts`` float32 (n_layers, n_probe, hidden), ``ids`` (str, n_probe), ``pooling`` (0-d str),
+    the arrays :func:`write_activations` writes. ``dtype`` is the dtype the base weights are loaded in; the
+    forward is float32 whatever it is (:func:`activation_model`)."""
     problems = load_problems({**test_set, "limit": n_probe}, toy_dir)
     model = activation_model(base, adapter, dtype=dtype, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(base, trust_remote_code)
@@ -183,6 +182,11 @@ def extract_activations(
             batch_size=batch_size,
             answer_format=answer_format,
         )
+    return {"acts": acts, "ids": problems["id"].to_numpy(dtype=str), "pooling": np.array(pooling)}
+
+
+def write_activations(arrays: dict[str, np.ndarray], out: Path) -> None:
+    """The activations npz (:func:`extract_activations`' arrays), written whole or not at all."""
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, acts=acts, ids=problems["id"].to_numpy(dtype=str), pooling=np.array(pooling))
+            np.savez(f, **arrays)

@@ -1,4 +1,4 @@
-"""Linear centred kernel alignment (CKA) between representations (analysis 5 of PAPER.md).
+"""Linear centred kernel alignment (CKA) between representations (the paper's representation analysis).
 
 Conventions
 -----------
@@ -236,7 +236,7 @@ def cka_tables(activations: dict[str, Path], out: Path) -> pd.DataFrame:
                 z_ids, z_acts = z["ids"], z["acts"]
         except (OSError, ValueError, KeyError, EOFError) as e:  # not an npz, truncated, or another layout
             raise InputError(
-                f"{path}: not an activations file of 'lossgeom activations' ({type(e).__name__}: "
+                f"{path}: not an activations file of 'lossgeom evaluate' (its activations measure) ({type(e).__name__}: "
                 f"{' '.join(str(e).split())[:160]})"
             ) from None
         if ids is not None and not np.array_equal(ids, z_ids):

@@ -1,5 +1,5 @@
 """Held-out text for the forgetting measure: what a model's cross-entropy is on text the study never
-trains on, read from the ``forgetting`` config section (:class:`~lossgeom.settings.ForgettingSettings`).
+trains on, read from the ``forgetting`` config section (:class:`lossgeom.measures.heldout.ForgettingSettings`).
 
 Items are (id, prompt, text). A plain-text item (prompt None: a paragraph of a .txt file, a row of
 WikiText) is scored on its own tokens, the first excepted (nothing predicts it); an item with a
@@ -24,7 +24,6 @@ from ..data.prompting import prompt_completion
 from ..engines.engine import Adapter, Engine
 from ..errors import InputError
 from ..fsutil import read_utf8_lines
-from ..settings import ForgettingSettings
 
 
 class HeldoutTextError(InputError):
@@ -76,12 +75,11 @@ def _items(source: str, split: str, subset: str | None, text_field: str, prompt_
 
 
 def load_heldout(spec: dict, toy_dir: Path | None = None) -> pd.DataFrame:
-    """The held-out items of a ``forgetting`` section as a DataFrame (id, prompt, text), in source
+    """The held-out items of a filled ``forgetting`` section (every key given) as a DataFrame (id, prompt, text), in source
     order, texts shorter than ``min_chars`` skipped, the first ``limit`` kept. The toy's source is its
     world's ``problems/{split}.jsonl``, read as any such file (text: the ``style`` field; prompt: the
     question). Raises :class:`HeldoutTextError` naming the source and the key when it is missing, empty
     or lacks a field."""
-    spec = ForgettingSettings.filled(spec)
     source, text_field, prompt_field = spec["source"], spec["text_field"], spec["prompt_field"]
     split = spec["split"] or ("heldout" if source == "toy" else "test")
     if source is None:

@@ -56,6 +56,8 @@ KL_MEASURES = [("forward", "sequence"), ("forward", "token"), ("reverse", "seque
 
 
 def _method_seed(model: str) -> tuple[str, float]:
+    """The ``method`` and ``seed`` columns of ``model``'s rows: the base's own name and no seed (NaN); an
+    adapter label's method and init seed (:meth:`Label.parse`: any other name stops)."""
     if model == BASE:
         return BASE, np.nan
     label = Label.parse(model)

@@ -1,4 +1,4 @@
-"""Paired significance tests and intervals for per-item correctness (analysis 6 of PAPER.md).
+"""Paired significance tests and intervals for per-item correctness (the paper's accuracy analysis).
 
 Every model is graded on the *same* benchmark items, so comparisons between models are paired:
 the right tool is the exact McNemar test on the discordant items of two models, Cochran's Q for

@@ -38,16 +38,19 @@ def pair_row(df: pd.DataFrame, col_a: str, col_b: str, a: str, b: str, missing: 
 # is not readable or lacks one of them)
 NOISE_FLOOR = tuple("pair_a pair_b method_a method_b init data_order metric value data_floor random".split())
 ADAPTERS = ("label", "norm", "effective_rank_mean")
-PAIRWISE = (("test_set", "model_a", "model_b", "acc_a", "acc_b", "p_holm"), "a pairwise.tsv of 'lossgeom eval-stats'")
+PAIRWISE = (
+    ("test_set", "model_a", "model_b", "acc_a", "acc_b", "p_holm"),
+    "a pairwise.tsv of 'lossgeom measure-stats accuracy'",
+)
 LMC = (("pair_a", "pair_b", "metric", "value_a", "value_b", "barrier"), "a summary table of 'lossgeom lmc-summary'")
-CKA = (("model_a", "model_b", "layer", "cka"), "a CKA table of 'lossgeom cka'")
+CKA = (("model_a", "model_b", "layer", "cka"), "a CKA table of 'lossgeom measure-stats activations'")
 SPECTRUM = (("label", "statistic", "value"), "a summary.tsv of 'lossgeom base-spectrum'")
 BEHAVIOUR = {
-    "kl": (("model", "direction", "unit", "value", "seed_floor"), "a kl.tsv of 'lossgeom behaviour-stats'"),
-    "forgetting": (("model", "value", "seed_floor"), "a forgetting.tsv of 'lossgeom behaviour-stats'"),
+    "kl": (("model", "direction", "unit", "value", "seed_floor"), "a kl.tsv of 'lossgeom measure-stats samples'"),
+    "forgetting": (("model", "value", "seed_floor"), "a forgetting.tsv of 'lossgeom measure-stats samples'"),
     "forgetting_vs_kl": (
         ("predictor", "n", "rho", "ci_low", "ci_high"),
-        "a forgetting_vs_kl.tsv of 'lossgeom behaviour-stats'",
+        "a forgetting_vs_kl.tsv of 'lossgeom measure-stats samples'",
     ),
 }
 

@@ -1,5 +1,5 @@
-"""Accuracy figures (analysis 6 of PAPER.md; rule ``accuracy_figures``): greedy pass@1 per model with
-its confidence interval, and the pairwise McNemar p-values, one pair of figures per test set, from the
+"""Accuracy figures (the paper's accuracy analysis; rule ``accuracy_figures``): greedy pass@1 per model
+with its confidence interval, and the pairwise McNemar p-values, one pair of figures per test set, from the
 tables of :func:`lossgeom.behaviour.accuracy.accuracy_statistics` (``eval/accuracy.tsv``,
 ``eval/pairwise.tsv``).
 
@@ -20,11 +20,11 @@ from matplotlib.colors import LogNorm
 
 from ..errors import InputError
 from ..fsutil import read_tsv_or
+from ..labels import Label
 from .common import (
     figure,
     method_colour,
-    method_name,
-    method_of,
+    model_name,
     ordered_models,
     require_columns,
     save,
@@ -34,7 +34,7 @@ from .common import (
 
 __all__ = ["accuracy_figures", "plot_accuracy", "plot_pairwise_pvalues"]
 
-# the columns accuracy_figures reads of eval-stats' tables
+# the columns accuracy_figures reads of the accuracy statistics' tables
 ACCURACY_COLUMNS = ("test_set", "model", "accuracy", "ci_low", "ci_high")
 PAIRWISE_COLUMNS = ("test_set", "model_a", "model_b", "p_holm")
 
@@ -45,8 +45,12 @@ def accuracy_figures(
     """``accuracy_{test_set}.png`` and ``mcnemar_{test_set}.png`` (and their PDFs) in ``out_dir`` for every
     test set of the accuracy table; returns the written paths."""
     out_dir = Path(out_dir)
-    acc = read_tsv_or(Path(accuracy), InputError, ACCURACY_COLUMNS, "an accuracy.tsv of 'lossgeom eval-stats'")
-    pairs = read_tsv_or(Path(pairwise), InputError, PAIRWISE_COLUMNS, "a pairwise.tsv of 'lossgeom eval-stats'")
+    acc = read_tsv_or(
+        Path(accuracy), InputError, ACCURACY_COLUMNS, "an accuracy.tsv of 'lossgeom measure-stats accuracy'"
+    )
+    pairs = read_tsv_or(
+        Path(pairwise), InputError, PAIRWISE_COLUMNS, "a pairwise.tsv of 'lossgeom measure-stats accuracy'"
+    )
     written = []
     for t in acc["test_set"].unique():
         written += plot_accuracy(
@@ -93,7 +97,7 @@ def plot_accuracy(
         ci_label = f"95% {t['ci_method'].iloc[0].replace('_', '-')} interval" if "ci_method" in t.columns else "95% CI"
     base_row = t[t["model"].astype(str) == "base"]
     t = t[t["model"].astype(str) != "base"] if len(t) > len(base_row) else t
-    t = t.assign(_method=[method_of(str(m)) for m in t["model"]])
+    t = t.assign(_method=[Label.method_of(str(m)) for m in t["model"]])
     order = list(dict.fromkeys(t["_method"]))
     t = t.sort_values("_method", key=lambda c: c.map(order.index), kind="stable")
     models = t["model"].astype(str).tolist()
@@ -123,7 +127,7 @@ def plot_accuracy(
             ax.annotate(
                 f"{a:.1f}", (xi, h), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7
             )
-        names = [f"{method_name(m.split('/')[0])} {m.split('/', 1)[1]}" if "/" in m else m for m in models]
+        names = [model_name(m) for m in models]
         ax.set_xticks(x, names, rotation=30 if len(models) > 4 else 0, ha="right" if len(models) > 4 else "center")
         ax.set_xlabel("model")
         ax.set_ylabel(ylabel)

@@ -75,9 +75,11 @@ def _read(tables: Path, name: str, columns: list[str], required: bool = True) ->
     path = tables / f"{name}.tsv"
     if not path.is_file():
         if required:
-            raise FileNotFoundError(f"behaviour figures: {path} does not exist (written by 'lossgeom behaviour-stats')")
+            raise FileNotFoundError(
+                f"behaviour figures: {path} does not exist (written by 'lossgeom measure-stats samples')"
+            )
         return None
-    df = read_tsv_or(path, InputError, what=f"a {name}.tsv of 'lossgeom behaviour-stats'")
+    df = read_tsv_or(path, InputError, what=f"a {name}.tsv of 'lossgeom measure-stats samples'")
     require_columns(df, columns, str(path))
     df["model"] = df["model"].astype(str)
     return df
@@ -395,12 +397,12 @@ def behaviour_figures(tables: str | os.PathLike, out: str | os.PathLike) -> None
     corr_path = tables / "forgetting_vs_kl.tsv"
     corr = None
     if corr_path.is_file():
-        corr = read_tsv_or(corr_path, InputError, what="a forgetting_vs_kl.tsv of 'lossgeom behaviour-stats'")
+        corr = read_tsv_or(corr_path, InputError, what="a forgetting_vs_kl.tsv of 'lossgeom measure-stats samples'")
         require_columns(corr, CORRELATION_COLUMNS, str(corr_path))
     if (forgetting is None) != (corr is None):
         missing = tables / ("forgetting.tsv" if forgetting is None else "forgetting_vs_kl.tsv")
         raise FileNotFoundError(
-            f"behaviour figures: {missing} does not exist, but its partner does (behaviour-stats writes both)"
+            f"behaviour figures: {missing} does not exist, but its partner does (the samples measure's statistics write both)"
         )
     if passk.empty:
         raise InputError(f"behaviour figures: {tables / 'pass_at_k.tsv'} has no rows")

@@ -117,18 +117,6 @@ METHOD_NAMES = {
 _SPARE = ["#637939", "#843c39", "#7b4173", "#e7ba52", "#5254a3", "#6b6ecf"]
 
 
-def method_of(model: str) -> str:
-    """The method of an adapter label (``"sft/seed42"`` -> ``"sft"``); any other model name (``"base"``) as it is."""
-    label = Label.try_parse(model)
-    return label.method if label else model
-
-
-def seed_of(model: str) -> str:
-    """The seed part of an adapter label (``"seed42"``, ``"seed42data7"``); ``""`` for any other model name."""
-    label = Label.try_parse(model)
-    return label.dir_name if label else ""
-
-
 def method_colour(method: str) -> str:
     """The colour of ``method`` (a config name); the same in every process."""
     if method in METHOD_COLOURS:
@@ -139,6 +127,13 @@ def method_colour(method: str) -> str:
 def method_name(method: str) -> str:
     """A readable name for a config method name (``grpo`` -> ``Offline GRPO``)."""
     return METHOD_NAMES.get(method, method)
+
+
+def model_name(model: str) -> str:
+    """A readable name for a model: an adapter label's method name and seed part (``"sft/seed42"`` ->
+    ``"SFT seed42"``); any other model name (``"base"``) as it is."""
+    label = Label.try_parse(model)
+    return model if label is None else f"{method_name(label.method)} {label.dir_name}"
 
 
 # Tables of model pairs (model_a, model_b, ...) and the legends of the per-model figures.

@@ -1,5 +1,6 @@
-"""Linear-mode-connectivity figures (analysis 4 of PAPER.md; rule ``connectivity_figures``): the curves
-of every swept pair along alpha, and one panel per pair with its barrier, from the tables of
+"""Linear-mode-connectivity figures (the paper's linear-mode-connectivity analysis; rule
+``connectivity_figures``): the curves of every swept pair along alpha, and one panel per pair with its
+barrier, from the tables of
 :func:`lossgeom.behaviour.connectivity.connectivity_summary` (``lmc/summary.tsv``, ``lmc/curves.tsv``).
 
 Every public ``plot_*`` function takes tidy DataFrames and an output path ending in ``.png``; it writes
@@ -19,7 +20,8 @@ import seaborn as sns
 
 from ..errors import InputError
 from ..fsutil import read_tsv_or
-from .common import figure, method_colour, method_name, method_of, pair_legend, require_columns, save, style
+from ..labels import Label
+from .common import figure, method_colour, model_name, pair_legend, require_columns, save, style
 
 __all__ = ["connectivity_figures", "plot_lmc", "plot_lmc_pairs"]
 
@@ -131,7 +133,7 @@ def plot_lmc_pairs(
     if sub.empty:
         raise InputError(f"LMC curves have no metric {metric!r}")
     pairs = list(dict.fromkeys(zip(sub["pair_a"], sub["pair_b"])))
-    pairs.sort(key=lambda p: method_of(p[0]) == method_of(p[1]))
+    pairs.sort(key=lambda p: Label.method_of(p[0]) == Label.method_of(p[1]))
     n = len(pairs)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
@@ -142,7 +144,7 @@ def plot_lmc_pairs(
             g = sub[(sub["pair_a"] == a) & (sub["pair_b"] == b)].groupby("alpha")["value"].mean().sort_index()
             al, v = g.index.to_numpy(float), g.to_numpy(float)
             line = (1 - al) * v[0] + al * v[-1]
-            ax.plot(al, v, "o-", color=method_colour(method_of(b)), ms=3, lw=1.3)
+            ax.plot(al, v, "o-", color=method_colour(Label.method_of(b)), ms=3, lw=1.3)
             ax.plot(al, line, "--", color="0.4", lw=1)
             row = summary[(summary["pair_a"] == a) & (summary["pair_b"] == b) & (summary["metric"] == metric)]
             bar = float(row["barrier"].iloc[0]) if len(row) else float(np.nanmax(v - line))
@@ -150,7 +152,7 @@ def plot_lmc_pairs(
             if bar > 0:
                 ax.vlines(al[k], line[k], v[k], color="k", lw=1.5)
             rel = 100 * bar / ((v[0] + v[-1]) / 2)
-            ax.set_title(f"{_short(a)} → {_short(b)}\nbarrier {bar:.3g} ({rel:.0f}% of endpoints)", fontsize=8)
+            ax.set_title(f"{model_name(a)} → {model_name(b)}\nbarrier {bar:.3g} ({rel:.0f}% of endpoints)", fontsize=8)
             ax.set_xlim(0, 1)
             ax.set_xlabel("α (0 = first, 1 = second)", fontsize=7)
             ax.set_ylabel(ylabel, fontsize=7)
@@ -161,8 +163,3 @@ def plot_lmc_pairs(
             fontsize=9,
         )
         return save(fig, out_path)
-
-
-def _short(label: str) -> str:
-    method, _, seed = label.partition("/")
-    return f"{method_name(method)} {seed}"

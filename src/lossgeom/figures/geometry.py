@@ -1,4 +1,5 @@
-"""Figures for the weight-space geometry (analyses 1-3 of PAPER.md; rule ``geometry_figures``).
+"""Figures for the weight-space geometry (the paper's weight-space analyses: cosines, principal angles
+and spectra of the deltas; rule ``geometry_figures``).
 
 Inputs are the tables written by :func:`lossgeom.geometry.write_geometry` (a path to a ``.tsv``
 or the DataFrame itself); every function writes a PNG at ``out_path`` (must end in ``.png``) and a
@@ -19,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from ..errors import InputError
 from ..fsutil import read_tsv_or
 from ..labels import Label
-from .common import figure, method_colour, method_name, method_of, save, seed_of, style
+from .common import figure, method_colour, method_name, model_name, save, style
 
 __all__ = [
     "geometry_figures",
@@ -192,15 +193,15 @@ def plot_layer_profiles(
     sel["other"] = np.where(sel["pair_a"] == reference, sel["pair_b"], sel["pair_a"])
     sel = sel[sel["layer"] >= 0].sort_values(["other", "layer"])
     others = list(dict.fromkeys(sel["other"]))
-    palette = {o: method_colour(method_of(o)) for o in others}
-    seeds = list(dict.fromkeys(seed_of(o) for o in others))
+    palette = {o: method_colour(Label.method_of(o)) for o in others}
+    seeds = list(dict.fromkeys(Label.dir_name_of(o) for o in others))
     dashes = {sd: ("-", "--", ":", "-.")[i % 4] for i, sd in enumerate(seeds)}
     with style():
         fig, (ax1, ax2) = figure(width=7.0, height=5.2, nrows=2)
         for o in others:
             s = sel[sel["other"] == o]
-            ls = dashes[seed_of(o)]
-            name = f"{method_name(method_of(o))} {seed_of(o)}" if seed_of(o) else o
+            ls = dashes[Label.dir_name_of(o)]
+            name = model_name(o)
             ax1.plot(s["layer"], s["cosine"], marker="o", markersize=3, color=palette[o], ls=ls, label=name)
             ax2.plot(
                 s["layer"], s["orthogonal_fraction"], marker="o", markersize=3, color=palette[o], ls=ls, label=name

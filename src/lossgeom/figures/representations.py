@@ -1,5 +1,5 @@
-"""Representation figures (analysis 5 of PAPER.md; rule ``representations_figures``): per-layer CKA of
-every model against the base, and the model x model CKA at the last layer, from the table of
+"""Representation figures (the paper's representation analysis; rule ``representations_figures``): per-layer
+CKA of every model against the base, and the model x model CKA at the last layer, from the table of
 :func:`lossgeom.behaviour.cka.cka_tables` (``cka/cka.tsv``).
 
 Every public ``plot_*`` function takes tidy DataFrames and an output path ending in ``.png``; it writes
@@ -18,15 +18,14 @@ import seaborn as sns
 
 from ..errors import InputError
 from ..fsutil import read_tsv_or
+from ..labels import Label
 from .common import (
     figure,
     method_colour,
-    method_of,
     ordered_models,
     pair_legend,
     require_columns,
     save,
-    seed_of,
     style,
     symmetric_matrix,
 )
@@ -38,7 +37,12 @@ def representations_figures(cka: str | os.PathLike, out_dir: str | os.PathLike) 
     """``cka_profiles.png`` (every model vs the base, per layer) and ``cka_last_layer.png`` (all pairs at the
     last layer), and their PDFs, in ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
-    table = read_tsv_or(Path(cka), InputError, ("model_a", "model_b", "layer", "cka"), "a CKA table of 'lossgeom cka'")
+    table = read_tsv_or(
+        Path(cka),
+        InputError,
+        ("model_a", "model_b", "layer", "cka"),
+        "a CKA table of 'lossgeom measure-stats activations'",
+    )
     written = list(plot_cka_profiles(table, "base", out_dir / "cka_profiles.png"))
     written += plot_cka_heatmap(table, int(table["layer"].max()), out_dir / "cka_last_layer.png")
     return written
@@ -75,7 +79,9 @@ def plot_cka_profiles(
         }
     )
     models = list(dict.fromkeys(data["model"]))
-    palette = {m: method_colour(method_of(m)) for m in models}
+    palette = {m: method_colour(Label.method_of(m)) for m in models}
+    seeds = {m: Label.dir_name_of(m) for m in models}
+    first_seed = min((s for s in seeds.values() if s), default="")  # solid; other seeds dashed
     what = "debiased linear CKA" if column == "cka_debiased" else "linear CKA"
     # 1 - CKA on a log scale: values of 0.96-1.00 (typical between fine-tunes of one base) differ here
     data["distance"] = np.clip(1.0 - data["value"], 1e-6, None)
@@ -84,14 +90,13 @@ def plot_cka_profiles(
         fig, ax = figure(width=5.5, height=3.2)
         for m in models:
             d = data[data["model"] == m].groupby("layer")["distance"].mean()
-            seed = seed_of(m)
             ax.plot(
                 d.index,
                 d.to_numpy(),
                 marker="o",
                 ms=3,
                 color=palette[m],
-                ls="--" if seed and seed != sorted({seed_of(x) for x in models if seed_of(x)})[0] else "-",
+                ls="--" if seeds[m] and seeds[m] != first_seed else "-",
             )
         ax.set_yscale("log")
         ax.set_xlabel("layer index")

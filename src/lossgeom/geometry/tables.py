@@ -33,15 +33,6 @@ from .reductions import naniqr0, nanmean0, nanmedian0
 from .reference import random_reference
 
 
-def _method_seeds(label: str) -> tuple[str, int | None, int | None]:
-    """``(method, init seed, data-order seed)`` of a label; one that does not parse is its own
-    method with unknown seeds: ``"foo"`` -> ``("foo", None, None)``."""
-    parsed = Label.try_parse(label)
-    if parsed is None:
-        return label, None, None
-    return parsed.method, parsed.init_seed, parsed.data_order_seed
-
-
 def label_for_dir(path: str | Path) -> str:
     """The label of an adapter directory (:meth:`Label.from_dir`: ``.../{method}/seed{seed}`` and
     ``.../{method}/seed{seed}data{d}``); otherwise the directory's own name."""
@@ -283,10 +274,11 @@ def noise_floor_table(geo: PairGeometry) -> pd.DataFrame:
     """
     vals = pair_values(geo)
     ref = random_reference(geo)
-    parsed = [_method_seeds(l) for l in geo.labels]
-    meth = np.array([p[0] for p in parsed], dtype=object)
-    seed = [p[1] for p in parsed]
-    data = [p[2] for p in parsed]
+    # a label that does not parse is its own method (Label.method_of), with unknown seeds (None)
+    parsed = [Label.try_parse(l) for l in geo.labels]
+    meth = np.array([Label.method_of(l) for l in geo.labels], dtype=object)
+    seed = [None if p is None else p.init_seed for p in parsed]
+    data = [None if p is None else p.data_order_seed for p in parsed]
     i, j = geo.pairs[:, 0], geo.pairs[:, 1]
     same = meth[i] == meth[j]
     known = np.array([seed[a] is not None and seed[b] is not None for a, b in zip(i, j)], dtype=bool)
@@ -355,12 +347,12 @@ def adapters_table(caches: Mapping[str, FactorCache]) -> pd.DataFrame:
     mean effective rank, mean stable rank (over modules), Householder fallbacks, fingerprint."""
     rows = []
     for label, c in caches.items():
-        method, seed, _ = _method_seeds(label)
+        parsed = Label.try_parse(label)
         rows.append(
             {
                 "label": label,
-                "method": method,
-                "seed": seed if seed is not None else "",
+                "method": Label.method_of(label),
+                "seed": "" if parsed is None else parsed.init_seed,
                 "source": c.source,
                 "base_model": c.base_model_name_or_path,
                 **c.summary(),

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .base import LossParams, ViewError, param
 from .functions import offline_grpo_loss
-from .nll import RowsLoss
+from .rows import RowsLoss
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import ViewError
-from .nll import RowsLoss
+from .rows import RowsLoss
 
 
 class RFT(RowsLoss):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .base import LossParams, param
 from .functions import rift_loss
-from .nll import RowsLoss
+from .rows import RowsLoss
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .nll import RowsLoss
+from .rows import RowsLoss
 
 
 class SFT(RowsLoss):

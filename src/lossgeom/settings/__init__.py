@@ -8,8 +8,8 @@ loss registry declares each loss's parameters the same way (:class:`lossgeom.los
 So a default is one line, and the schema, the rules and the code cannot disagree about it.
 
 Modules: :mod:`.base` (the base class), :mod:`.inputs` (model, problem sources, rollouts, LoRA,
-training), :mod:`.toy`, :mod:`.generation` (the backends' options), :mod:`.stages` (evaluation, lmc,
-cka, geometry, base spectrum, behaviour, forgetting, resources). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
+training), :mod:`.toy`, :mod:`.generation` (the backends' options), :mod:`.stages` (lmc, geometry, base
+spectrum, resources); the measures' settings are in their modules (:data:`lossgeom.measures.SECTIONS`). :data:`SCHEMA_SECTIONS` says where each goes in the config's schema.
 """
 
 from .base import POSITIVE_INT, REQUIRED, Settings, setting
@@ -27,10 +27,6 @@ from .stages import (
     LABEL_PATTERN,
     SECTIONS,
     BaseSpectrumSettings,
-    BehaviourSettings,
-    CkaSettings,
-    EvaluationSettings,
-    ForgettingSettings,
     GeometrySettings,
     LmcSettings,
     ResourcesSettings,
@@ -45,7 +41,7 @@ SCHEMA_SECTIONS: dict[str, type[Settings]] = {
     "properties/rollouts": RolloutsSettings,
     "properties/lora": LoraSettings,
     "properties/training": TrainingSettings,
-    **{f"properties/{key}": cls for key, cls in SECTIONS.items()},
+    **{f"properties/{key}": cls for key, cls in SECTIONS.items()},  # + the measures' (lossgeom.config)
     **{f"properties/generation/properties/{key}": cls for key, cls in GENERATION_BACKENDS.items()},
 }
 
@@ -59,10 +55,6 @@ __all__ = [
     "SCHEMA_SECTIONS",
     "SECTIONS",
     "BaseSpectrumSettings",
-    "BehaviourSettings",
-    "CkaSettings",
-    "EvaluationSettings",
-    "ForgettingSettings",
     "GeometrySettings",
     "LmcSettings",
     "LoraSettings",

@@ -12,12 +12,14 @@ POSITIVE_INT = {"type": "integer", "minimum": 1}
 REQUIRED = dataclasses.MISSING  # a setting the config must give (listed in the schema's ``required``)
 
 
-def setting(default, schema: Mapping, doc: str, key: str | None = None, runtime: bool = False):
+def setting(default, schema: Mapping, doc: str, key: str | None = None, runtime: bool = False, stats: bool = False):
     """A field of a settings class: its default (or :data:`REQUIRED`), its JSON-schema and its doc (the
     schema's description). ``key``: the config's name for it where that is not a Python name (``import``).
     ``runtime``: it changes how a job runs, never what it writes (requests in flight, a timeout), so it is
-    kept out of the job's params and changing it reruns nothing (:func:`lossgeom.config.generation_spec`)."""
-    meta = {"schema": dict(schema), "doc": doc, "key": key, "runtime": runtime}
+    kept out of the job's params and changing it reruns nothing (:func:`lossgeom.config.generation_spec`).
+    ``stats``: a measure's setting read only by its statistics across models (an interval's coverage), so
+    changing it reruns the statistics and not the evaluations (:func:`lossgeom.measures.job_settings`)."""
+    meta = {"schema": dict(schema), "doc": doc, "key": key, "runtime": runtime, "stats": stats}
     if default is REQUIRED:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

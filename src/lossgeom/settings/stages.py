@@ -1,5 +1,6 @@
-"""The analysis stages' settings: evaluation, lmc, cka, geometry, the base spectrum, behaviour (pass@k, KL),
-forgetting, and the jobs' resources."""
+"""The analysis stages' settings: lmc, geometry, the base spectrum, and the jobs' resources. The measures of the
+evaluation jobs (evaluation, cka, behaviour, forgetting) declare theirs in their own modules
+(:data:`lossgeom.measures.SECTIONS`)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import POSITIVE_INT, Settings, setting
-
-
-@dataclass(frozen=True)
-class EvaluationSettings(Settings):
-    """``evaluation``: greedy pass@1 of the base and every adapter on every test set, with paired statistics."""
-
-    max_new_tokens: int = setting(256, POSITIVE_INT, "tokens generated per test item (greedy)")
-    batch_size: int = setting(32, POSITIVE_INT, "prompts per generation batch")
-    ci: str = setting(
-        "wilson",
-        {"enum": ["wilson", "clopper_pearson", "bootstrap"]},
-        "accuracy interval (default wilson; bootstrap gives [0, 0] for 0/n)",
-    )
-    n_boot: int = setting(10_000, POSITIVE_INT, "bootstrap replicates (ci: bootstrap)")
-    mid_p: bool = setting(False, {"type": "boolean"}, "McNemar mid-p instead of the exact p")
-    seed: int = setting(0, {"type": "integer", "minimum": 0}, "the bootstrap's seed (ci: bootstrap)")
-
 
 LABEL_PATTERN = "^[A-Za-z0-9_-]+/seed[0-9]+(data[0-9]+)?$"  # an adapter, or a data-order replicate
 
@@ -56,20 +40,6 @@ class LmcSettings(Settings):
         'method at the first seed; both plus each method\'s first-vs-second seed pair (the noise floor). "all": '
         "every pair of adapters. Or a list of [label, label] (a data-order replicate, method/seedNdataM, may be one).",
     )
-
-
-@dataclass(frozen=True)
-class CkaSettings(Settings):
-    """``cka``: per-layer hidden states of the base and every adapter on a probe set, compared by CKA."""
-
-    test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
-    n_probe: int = setting(100, POSITIVE_INT, "probes (test items with their worked solutions)")
-    pooling: str = setting(
-        "completion_mean",
-        {"enum": ["completion_mean", "last", "mean"]},
-        "one vector per probe: the mean over the solution's tokens, the last token, or every position but the first",
-    )
-    batch_size: int = setting(32, POSITIVE_INT, "probes per forward pass")
 
 
 @dataclass(frozen=True)
@@ -107,68 +77,6 @@ class BaseSpectrumSettings(Settings):
         "W is below this (PEFT's default)",
     )
     seed: int = setting(0, {"type": "integer", "minimum": 0}, "seed of the random deltas of the chance level")
-
-
-@dataclass(frozen=True)
-class BehaviourSettings(Settings):
-    """``behaviour``: what each delta costs and buys, from sampled completions of every model on one test
-    set (measured in each model's evaluation job): pass@k (Chen et al., 2021) and the KL to the base
-    in both directions (lossgeom.behaviour.estimators), compared pairwise by item."""
-
-    test_set: str | None = setting(None, {"type": ["string", "null"]}, "a key of test_sets (default: the first)")
-    limit: int = setting(200, POSITIVE_INT, "its first items are sampled")
-    n: int = setting(16, POSITIVE_INT, "samples per item at `temperature` (pass@k for every k <= n)")
-    k: tuple = setting(
-        (1, 2, 4, 8, 16),
-        {"type": "array", "minItems": 1, "items": POSITIVE_INT},
-        "the k of pass@k reported (each at most n)",
-    )
-    temperature: float = setting(
-        1.0,
-        {"type": "number", "exclusiveMinimum": 0},
-        "the pass@k samples' temperature. The KL is between the models' own distributions (temperature 1, "
-        "no top-p): these samples serve it at temperature 1 and top_p 1, else n more are drawn for it",
-    )
-    top_p: float = setting(
-        1.0, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "the pass@k samples' nucleus mass"
-    )
-    max_new_tokens: int | None = setting(
-        None, {"type": ["integer", "null"], "minimum": 1}, "tokens per sample (null: evaluation.max_new_tokens)"
-    )
-    seed: int = setting(0, {"type": "integer", "minimum": 0}, "the sampling seed (the same for every model)")
-    n_boot: int = setting(2000, POSITIVE_INT, "bootstrap resamples of items for every interval")
-    ci: float = setting(0.95, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "interval coverage")
-
-
-@dataclass(frozen=True)
-class ForgettingSettings(Settings):
-    """``forgetting``: cross-entropy on held-out text the study never trains on, each model minus the base,
-    per item (measured in each model's evaluation job; lossgeom.behaviour.heldout)."""
-
-    source: str | None = setting(
-        None,
-        {"type": ["string", "null"]},
-        '"toy" (a held-out split of the toy world in `style`), a local .txt (paragraphs) / .jsonl / .json / '
-        ".parquet / .csv file, a saved dataset directory, or a Hugging Face dataset name; null: not measured",
-    )
-    subset: str | None = setting(
-        None, {"type": ["string", "null"]}, "the dataset's configuration (e.g. wikitext-2-raw-v1)"
-    )
-    split: str | None = setting(
-        None, {"type": ["string", "null"]}, "the split read (null: heldout for the toy, else test)"
-    )
-    text_field: str = setting("text", {"type": "string"}, "the text column (scored)")
-    prompt_field: str | None = setting(
-        None,
-        {"type": ["string", "null"]},
-        "a prompt column: the text is then scored after the chat-formatted prompt, as a completion; null: plain text",
-    )
-    style: str = setting(
-        "direct", {"enum": ["terse", "verbose", "direct"]}, "toy: the solution style of the held-out text"
-    )
-    min_chars: int = setting(1, POSITIVE_INT, "shorter texts (headings, blank lines) are skipped")
-    limit: int = setting(200, POSITIVE_INT, "the first items kept")
-    max_length: int = setting(512, {"type": "integer", "minimum": 2}, "tokens per item scored (longer are cut)")
 
 
 @dataclass(frozen=True)
@@ -289,14 +197,10 @@ class ResourcesSettings(Settings):
     )
 
 
-# config section -> its settings class
+# config section -> its settings class (the measures' sections: lossgeom.measures.SECTIONS)
 SECTIONS: dict[str, type[Settings]] = {
-    "evaluation": EvaluationSettings,
     "lmc": LmcSettings,
-    "cka": CkaSettings,
     "geometry": GeometrySettings,
     "base_spectrum": BaseSpectrumSettings,
-    "behaviour": BehaviourSettings,
-    "forgetting": ForgettingSettings,
     "resources": ResourcesSettings,
 }

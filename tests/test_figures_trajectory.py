@@ -1,5 +1,5 @@
-"""Tests of the geometry-along-training and base-spectrum figures (lossgeom.figures.trajectory, .spectrum):
-drawn from the tables their stages write, and a table without its columns named."""
+"""Tests of the geometry-along-training figure (lossgeom.figures.trajectory): drawn from the tables its
+stage writes, and a table without its columns named."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import pandas as pd
 import pytest
 
 from lossgeom.errors import InputError
-from lossgeom.figures.spectrum import base_spectrum_figure
 from lossgeom.figures.trajectory import trajectory_figure
-from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
 from lossgeom.geometry.trajectory import write_trajectory
 
 ROLES = {"sft": "a", "rft": "b", "rift": "c", "lr10x": "a_fast"}
@@ -39,15 +37,3 @@ def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
     paths.to_csv(tmp_path / "traj" / "paths.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match=r"paths.tsv lacks column\(s\) \['cos_to_analysis'\]"):
         trajectory_figure(tmp_path / "traj", ROLES, 1, tmp_path / "fig" / "t3.png")
-
-
-def test_base_spectrum_figure_from_a_summary(tmp_path):
-    rows = []
-    for label in ("a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1"):
-        for module in ("q", "k"):
-            stats = {s: float(len(label) + len(module)) for s in MODULE_STATS}
-            rows.append({"label": label, "module": module, **stats, **{f"chance_{s}": 9.0 for s in MODULE_STATS}})
-    (tmp_path / "bs").mkdir()
-    spectrum_summary(pd.DataFrame(rows)).to_csv(tmp_path / "bs" / "summary.tsv", sep="\t", index=False)
-    png, pdf = base_spectrum_figure(tmp_path / "bs", ROLES, 1, tmp_path / "fig" / "base_spectrum.png")
-    assert png.stat().st_size > 10_000 and pdf.is_file()

@@ -1,0 +1,137 @@
+"""The measure registry: one module per measure (its settings, what it computes of one model in the evaluation
+job, its statistics across models, its figures; see :mod:`.base`), found here by name. Adding a measure is
+adding a module that defines ``MEASURE`` (and its test): the config schema (:data:`SECTIONS`), the evaluation
+job (:mod:`lossgeom.behaviour.job`), the rules (workflow/rules/behaviour.smk) and the CLI read it from here.
+
+The measures, in the order the evaluation job runs them: activations (the CKA probes' hidden states, on a
+model of their own), accuracy (greedy pass@1 and cross-entropies), heldout (forgetting), samples (pass@k, KL to
+the base).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Mapping
+
+from ..errors import InputError
+from ..settings import Settings
+from .base import Measure, ModelJob, stats_keys
+
+
+def _discover() -> dict[str, Measure]:
+    """Every module of this package that defines ``MEASURE``, by the job's order then name."""
+    found: dict[str, Measure] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        measure = getattr(module, "MEASURE", None)
+        if measure is None:
+            continue
+        if measure.name in found:
+            raise RuntimeError(f"measure {measure.name!r} is defined twice (module {info.name})")
+        found[measure.name] = measure
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+MEASURES: dict[str, Measure] = _discover()
+# config section -> its settings class (the config's schema and defaults take them from here)
+SECTIONS: dict[str, type[Settings]] = {m.section: m.Settings for m in MEASURES.values()}
+
+
+def configured(config: Mapping[str, Any]) -> list[Measure]:
+    """The measures the (filled) study runs, in the job's order."""
+    return [m for m in MEASURES.values() if m.enabled(config[m.section])]
+
+
+def job_settings(measure: Measure, config: Mapping[str, Any]) -> dict:
+    """What of a measure's filled section its evaluation jobs read: everything but the statistics' keys."""
+    skip = set(stats_keys(measure.Settings))
+    return {k: v for k, v in config[measure.section].items() if k not in skip}
+
+
+def evaluation_spec(config: Mapping[str, Any]) -> dict:
+    """The evaluation job's spec (``lossgeom evaluate --spec``): the narrow slice of the filled config its
+    measures read, so that a job reruns only when what it computes changes. Keys: ``model``
+    (prompt_template, answer_template resolved, dtype, trust_remote_code), ``test_sets``, ``measures`` (name ->
+    :func:`job_settings`; the accuracy measure's, the evaluation section's max_new_tokens and batch_size, are
+    every engine measure's defaults). The generation spec travels apart (``--generation``), as in every
+    model-running job."""
+    from ..data.prompting import answer_template
+
+    model = config["model"]
+    return {
+        "model": {
+            "prompt_template": model["prompt_template"],
+            "answer_template": answer_template(model["prompt_template"], model["answer_template"]),
+            "dtype": model["dtype"],
+            "trust_remote_code": model["trust_remote_code"],
+        },
+        "test_sets": config["test_sets"],
+        "measures": {m.name: job_settings(m, config) for m in configured(config)},
+    }
+
+
+def check_section(measure: Measure, given: Any, where: str | None = None) -> dict:
+    """A measure's settings as given in a job's spec, checked against its settings' schema and filled with
+    their defaults; :class:`~lossgeom.errors.InputError` names the key otherwise."""
+    import jsonschema
+
+    where = where or measure.section
+    try:
+        jsonschema.validate(given if given is not None else {}, measure.Settings.object_schema())
+    except jsonschema.ValidationError as e:
+        key = ".".join(str(p) for p in e.absolute_path)
+        raise InputError(f"{where}{'.' + key if key else ''}: {e.message}") from None
+    return measure.Settings.filled(given)
+
+
+def check_spec(spec: Any) -> dict:
+    """An evaluation job's spec (:func:`evaluation_spec`'s form) checked, its measures' settings filled:
+    one :class:`~lossgeom.errors.InputError` naming the key otherwise."""
+    if not isinstance(spec, dict) or set(spec) != {"model", "test_sets", "measures"}:
+        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise InputError(f"--spec: expected the keys measures, model, test_sets; got {got}")
+    unknown = sorted(set(spec["measures"]) - set(MEASURES))
+    if unknown:
+        raise InputError(f"--spec measures: unknown measure {unknown[0]!r}; expected some of {list(MEASURES)}")
+    model_keys = ("prompt_template", "answer_template", "dtype", "trust_remote_code")
+    missing = [k for k in model_keys if k not in spec["model"]]
+    if missing:
+        raise InputError(f"--spec model: {missing[0]!r} is missing")
+    measures = {n: check_section(MEASURES[n], s, f"--spec measures.{n}") for n, s in spec["measures"].items()}
+    first = next(iter(spec["test_sets"]), None)
+    for name, settings in measures.items():  # a measure's test_set: a key of test_sets, the first when unset
+        if "test_set" not in settings:
+            continue
+        settings["test_set"] = settings["test_set"] or first
+        if settings["test_set"] not in spec["test_sets"]:
+            raise InputError(
+                f"{MEASURES[name].section}.test_set {settings['test_set']!r} is not one of the test sets "
+                f"{sorted(spec['test_sets'])}"
+            )
+    return {**spec, "measures": measures}
+
+
+def describe_settings() -> str:
+    """Every measure's settings, a line per key with its doc: the ``evaluate --spec`` help."""
+    lines = []
+    for m in MEASURES.values():
+        lines.append(f"measures.{m.name} (config section {m.section!r}):")
+        stats = set(stats_keys(m.Settings))
+        for key, prop in m.Settings.schema().items():
+            lines.append(f"  {key}: {prop['description']}{' (its statistics only)' if key in stats else ''}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "MEASURES",
+    "SECTIONS",
+    "Measure",
+    "ModelJob",
+    "check_section",
+    "check_spec",
+    "configured",
+    "describe_settings",
+    "evaluation_spec",
+    "job_settings",
+]
