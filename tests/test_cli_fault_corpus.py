@@ -22,7 +22,7 @@ Inputs that do not end in exactly this shape, and why:
 - A bad config run through Snakemake exits 1 (not 2) and Snakemake frames the one-line message with
   its own location lines (``WorkflowError in file ...``); the Snakefile can only raise WorkflowError.
 - A SIGKILL of Snakemake itself leaves a lock that only ``snakemake --unlock`` removes: the lock does not
-  record its owner, so no profile setting can tell a stale lock from a live run (README, Reruns).
+  record its owner, so no profile setting can tell a stale lock from a live run (docs/CLUSTER.md, Reruns).
 - Out of memory in the vllm backend: vLLM reports it (at engine start, in its own words; not a
   torch.OutOfMemoryError), so the line names no batch key; untested here (no vLLM in this env).
 - The math_verify grader's unparsable gold answers are found when graded (after generation), still
@@ -176,6 +176,19 @@ def _evaluate(w, out, base=None, adapter="none", test_sets=None, generation=None
 def _activations(w, out, adapter):
     probes = {"test_set": "toy", "n_probe": 2}
     return _evaluate(w, out.with_name("activations"), adapter=adapter, measures={"activations": probes})
+
+
+def _lmc(w, first, second, out, lmc=None, evaluation=None):
+    """The lmc job's argv: a sweep between ``first`` and ``second`` on the toy's test set."""
+    spec = {
+        "model": {"prompt_template": "{question}", "answer_template": "#### {answer}", "dtype": "float32",
+                  "trust_remote_code": False},
+        "test_set": {"source": "toy", "split": "test"},
+        "lmc": lmc or {},
+        "evaluation": evaluation or {},
+    }  # fmt: skip
+    argv = ["lmc", "--spec", json.dumps(spec), "--base", str(w.base), "--first", f"a={first}", "--second"]
+    return argv + [f"b={second}", "--toy-dir", str(w.world), "--out", str(out)]
 
 
 def _stats(measure, tables, out, spec=None):
@@ -642,29 +655,14 @@ CASES = [
     Case(
         "lmc/adapter-of-another-base",
         lambda w, t, c: (
-            [
-                "lmc",
-                "--base",
-                str(w.base),
-                "--first",
-                f"a={w.other_base}",
-                "--second",
-                f"b={_edit_adapter_config(_copy_adapter(w.other_base, t), base_model_name_or_path='some/other-model')}",
-                "--toy-dir",
-                str(w.world),
-                "--test-set",
-                json.dumps({"source": "toy", "split": "test"}),
-                "--alphas",
-                "2",
-                "--limit",
-                "2",
-                "--accuracy-subset",
-                "1",
-                "--max-new-tokens",
-                "2",
-                "--out",
-                str(_out(t, "sweep.tsv")),
-            ],
+            _lmc(
+                w,
+                w.other_base,
+                _edit_adapter_config(_copy_adapter(w.other_base, t), base_model_name_or_path="some/other-model"),
+                _out(t, "sweep.tsv"),
+                lmc={"alphas": 2, "limit": 2, "accuracy_subset": 1},
+                evaluation={"max_new_tokens": 2},
+            ),
             _out(t, "sweep.tsv"),
         ),
         r"other_base: adapter of base model 'some/other-model' does not fit",
@@ -948,27 +946,8 @@ CASES = [
     ),
     Case(
         "ranges/lmc-one-alpha",
-        lambda w, t, c: (
-            [
-                "lmc",
-                "--base",
-                str(w.base),
-                "--first",
-                f"a={w.good}",
-                "--second",
-                f"b={w.good2}",
-                "--toy-dir",
-                str(w.world),
-                "--test-set",
-                json.dumps({"source": "toy", "split": "test"}),
-                "--alphas",
-                "1",
-                "--out",
-                str(_out(t, "lmc.tsv")),
-            ],
-            _out(t, "lmc.tsv"),
-        ),
-        r"--alphas 1: 1 is less than the minimum of 2 \(the config's lmc\.alphas\)",
+        lambda w, t, c: (_lmc(w, w.good, w.good2, _out(t, "lmc.tsv"), lmc={"alphas": 1}), _out(t, "lmc.tsv")),
+        r"--spec lmc\.alphas: 1 is less than the minimum of 2",
     ),
     # -- adapters that cannot be measured (issue 31): named by file and module -------------------------------
     Case(
@@ -1324,23 +1303,7 @@ OOM_CASES = [
     (
         "lmc",
         "lossgeom.behaviour.connectivity.connectivity_sweep",
-        lambda w, out: [
-            "lmc",
-            "--base",
-            str(w.base),
-            "--first",
-            f"a={w.good}",
-            "--second",
-            f"b={w.good2}",
-            "--toy-dir",
-            str(w.world),
-            "--test-set",
-            json.dumps({"source": "toy", "split": "test"}),
-            "--batch-size",
-            "4",
-            "--out",
-            str(out),
-        ],
+        lambda w, out: _lmc(w, w.good, w.good2, out, evaluation={"batch_size": 4}),
         r"GPU out of memory in lmc \(lossgeom lmc\) at batch size 4: lower evaluation\.batch_size",
     ),
     (

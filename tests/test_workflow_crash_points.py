@@ -11,7 +11,7 @@ run:
 - API-teacher rollouts (killed with 3 of 6 requests answered): the rerun asks the endpoint only for the
   3 requests not in the journal, and the table is byte-identical.
 
-A SIGKILL of Snakemake itself leaves its lock behind; README ("Reruns: what is stale") says what to do.
+A SIGKILL of Snakemake itself leaves its lock behind; docs/CLUSTER.md ("Reruns: what is stale") says what to do.
 """
 
 from __future__ import annotations
@@ -173,29 +173,15 @@ def test_evaluation_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base
 
 def test_lmc_sweep_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base, adapters, tmp_path):
     def argv(out):
-        return [
-            "lmc",
-            "--base",
-            str(tiny_base),
-            "--first",
-            f"a={adapters[0]}",
-            "--second",
-            f"b={adapters[1]}",
-            "--toy-dir",
-            str(toy_world),
-            "--test-set",
-            json.dumps({"source": "toy", "split": "test"}),
-            "--alphas",
-            "3",
-            "--limit",
-            "6",
-            "--accuracy-subset",
-            "4",
-            "--max-new-tokens",
-            "6",
-            "--out",
-            str(out),
-        ]
+        spec = {
+            "model": {"prompt_template": "{question}", "answer_template": "#### {answer}", "dtype": "float32",
+                      "trust_remote_code": False},
+            "test_set": {"source": "toy", "split": "test"},
+            "lmc": {"alphas": 3, "limit": 6, "accuracy_subset": 4},
+            "evaluation": {"max_new_tokens": 6},
+        }  # fmt: skip
+        argv = ["lmc", "--spec", json.dumps(spec), "--base", str(tiny_base), "--first", f"a={adapters[0]}"]
+        return argv + ["--second", f"b={adapters[1]}", "--toy-dir", str(toy_world), "--out", str(out)]
 
     full, killed = tmp_path / "full" / "sweep.tsv", tmp_path / "killed" / "sweep.tsv"
     run(argv(full))

@@ -11,22 +11,17 @@ from __future__ import annotations
 from argparse import Namespace
 
 from .errors import InputError
-from .measures.accuracy import EvaluationSettings
-from .settings import BaseSpectrumSettings, GeometrySettings, LmcSettings
+from .settings import BaseSpectrumSettings, GeometrySettings
 
-# (command, argparse dest) -> (config section, its settings class, key). The measures' commands take their
-# settings as one spec, checked against the settings' schema where it is read (lossgeom.measures.check_spec).
+# (command, argparse dest) -> (config section, its settings class, key). The model-running commands take
+# their settings as one spec instead, checked against the settings' schemas where it is read (lossgeom.behaviour.job,
+# lossgeom.measures.check_spec).
 CHECKED = {
     ("geometry", "top_k"): ("geometry", GeometrySettings, "top_k"),
     ("trajectory", "top_k"): ("geometry", GeometrySettings, "top_k"),
     ("base-spectrum", "top_k"): ("base_spectrum", BaseSpectrumSettings, "top_k"),
     ("base-spectrum", "threshold"): ("base_spectrum", BaseSpectrumSettings, "threshold"),
     ("base-spectrum", "seed"): ("base_spectrum", BaseSpectrumSettings, "seed"),
-    ("lmc", "alphas"): ("lmc", LmcSettings, "alphas"),
-    ("lmc", "limit"): ("lmc", LmcSettings, "limit"),
-    ("lmc", "accuracy_subset"): ("lmc", LmcSettings, "accuracy_subset"),
-    ("lmc", "max_new_tokens"): ("evaluation", EvaluationSettings, "max_new_tokens"),
-    ("lmc", "batch_size"): ("evaluation", EvaluationSettings, "batch_size"),
 }
 
 

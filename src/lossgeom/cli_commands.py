@@ -240,25 +240,9 @@ def cmd_measure_figures(a):
 
 
 def cmd_lmc(a):
-    from .behaviour.connectivity import connectivity_sweep
+    from .behaviour.job import lmc_job
 
-    connectivity_sweep(
-        a.base,
-        (a.first, a.second),
-        a.test_set,
-        a.toy_dir,
-        a.out,
-        alphas=a.alphas,
-        limit=a.limit,
-        accuracy_subset=a.accuracy_subset,
-        template=a.template,
-        max_new_tokens=a.max_new_tokens,
-        batch_size=a.batch_size,
-        dtype=a.dtype,
-        trust_remote_code=a.trust_remote_code,
-        generation=_generation(a),
-        answer_format=a.answer_template,
-    )
+    lmc_job(a.spec, a.base, (a.first, a.second), a.toy_dir, a.out, generation=_generation(a))
 
 
 def cmd_lmc_summary(a):

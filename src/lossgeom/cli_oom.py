@@ -47,7 +47,8 @@ def out_of_memory_line(a) -> str:
             probes = (measures["activations"] or {}).get("batch_size", CkaSettings().batch_size)
             key += f" (or cka.batch_size, {probes}, where the CKA probes' activations ran out)"
     else:  # lmc
-        key, batch = "evaluation.batch_size", a.batch_size
+        evaluation = spec.get("evaluation", {}) if isinstance(spec, dict) else {}
+        key, batch = "evaluation.batch_size", (evaluation or {}).get("batch_size", EvaluationSettings().batch_size)
     rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
     return (
         f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config and rerun"

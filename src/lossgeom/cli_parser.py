@@ -9,18 +9,16 @@ from pathlib import Path
 
 from . import cli_commands as commands
 from .measures import MEASURES, describe_settings
-from .measures.accuracy import EvaluationSettings
 from .settings import (
     DTYPES,
     BaseSpectrumSettings,
     GeometrySettings,
-    LmcSettings,
     ModelSettings,
     TrainingSettings,
 )
 
 # flag defaults are the settings classes' (one place per default): the rules pass every value anyway
-EVALUATION, LMC, GEOMETRY = EvaluationSettings(), LmcSettings(), GeometrySettings()
+GEOMETRY = GeometrySettings()
 BASE_SPECTRUM = BaseSpectrumSettings()
 MODEL, TRAINING = ModelSettings.defaults(), TrainingSettings.defaults()
 
@@ -112,27 +110,6 @@ def _generation_opts(sp):
         help="the backend's runtime-only options as JSON (requests in flight, retries, timeouts, prices), merged "
         "into --generation's",
     )
-
-
-def _run_opts(sp, batch_size: int, test_set_arg="--test-set"):
-    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
-    sp.add_argument(
-        test_set_arg,
-        type=_json,
-        required=True,
-        dest=test_set_arg.lstrip("-").replace("-", "_"),
-        help="problem source(s) as JSON",
-    )
-    sp.add_argument("--toy-dir", type=Path, default=None)
-    sp.add_argument("--template", default=MODEL["prompt_template"])
-    sp.add_argument(
-        "--answer-template",
-        default=None,
-        help="how a gold answer is written, with {answer} (default: what --template asks for)",
-    )
-    sp.add_argument("--batch-size", type=int, default=batch_size)
-    sp.add_argument("--out", type=Path, required=True)
-    _model_opts(sp)
 
 
 def _toy_commands(add) -> None:
@@ -318,14 +295,21 @@ def _behaviour_commands(add) -> None:
     _measure_commands(add)
 
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
+    sp.add_argument(
+        "--spec",
+        type=_json,
+        required=True,
+        help="the sweep's settings as JSON: {model: {prompt_template, answer_template, dtype, trust_remote_code}, "
+        "test_set: a problem source, lmc: {alphas, limit, accuracy_subset}, evaluation: {max_new_tokens, "
+        "batch_size}} (the workflow writes it from the config: lossgeom.config.lmc_spec)",
+    )
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
     sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
     sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
-    sp.add_argument("--alphas", type=int, default=LMC.alphas, help="grid points in [0, 1]")
-    sp.add_argument("--limit", type=int, default=LMC.limit, help="test items for the cross-entropies")
-    sp.add_argument("--accuracy-subset", type=int, default=LMC.accuracy_subset, help="test items for greedy accuracy")
-    sp.add_argument("--max-new-tokens", type=int, default=EVALUATION.max_new_tokens)
+    sp.add_argument("--toy-dir", type=Path, default=None, help="the toy world (where the test set is the toy's)")
+    sp.add_argument("--out", type=Path, required=True, help="the sweep's .tsv")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
     _generation_opts(sp)
-    _run_opts(sp, EVALUATION.batch_size)
 
     sp = add("lmc-summary", commands.cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
     sp.add_argument("sweeps", nargs="+", type=Path)

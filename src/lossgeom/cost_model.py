@@ -1,6 +1,6 @@
 """The compute of every model-running stage, in FLOPs and device seconds, from the model's shape and the config:
 one model for the time limits the jobs ask for (:mod:`lossgeom.resources`) and for the GPU-hour table
-(``lossgeom cost``, the README's).
+(``lossgeom cost``, the table in docs/CLUSTER.md).
 
 FLOPs count matrix products only (a multiply-add = 2 FLOPs; norms, activations, softmax and rotary are left
 out: under 1% at these shapes). With ``P`` the weights of every linear map a token passes through (attention

@@ -264,7 +264,7 @@ def gpu_hours(config: Mapping) -> list[dict]:
 
 def gpu_hours_markdown(config: Mapping) -> str:
     """:func:`gpu_hours` as a markdown table, under a line stating the rates and lengths it assumes (the
-    README's table is this, for config/paper.yaml)."""
+    table in docs/CLUSTER.md is this, for config/paper.yaml)."""
     res = config["resources"]
     measured = res.get("train_tokens_per_second")
     train = (

@@ -4,7 +4,6 @@
 # the toy's measurements); per measure its statistics over all models and its figures; one connectivity
 # sweep per pair. A measure's rules are made from its module: adding a measure adds no rule here.
 
-EVAL = config["evaluation"]
 LMC = config["lmc"]
 MODELS = ["base", *LABELS]
 MEASURES = configured_measures(config)  # the study's, in the evaluation job's order
@@ -126,17 +125,10 @@ rule lmc:
         first=wildcard_pattern(config["methods"]),
         second=wildcard_pattern(config["methods"]),
     params:
+        spec=verbatim(as_json(cfg.lmc_spec(config))),
         base=model_arg("base"),
         toy=toy_dir_arg,
-        test_set=lambda w: as_json(config["test_sets"][LMC["test_set"]]),
-        spec=lambda w: {k: LMC[k] for k in ("alphas", "limit", "accuracy_subset")},
-        template=verbatim(TEMPLATE),
-        answer_template=verbatim(ANSWER_TEMPLATE),
-        max_new_tokens=EVAL["max_new_tokens"],
-        batch_size=EVAL["batch_size"],
-        generation=lambda w: as_json(cfg.generation_spec(config, "lmc")),
-        dtype=DTYPE,
-        remote=REMOTE,
+        generation=verbatim(as_json(cfg.generation_spec(config, "lmc"))),
     threads: job_threads("lmc")
     resources:
         **job_resources("lmc"),
@@ -147,11 +139,9 @@ rule lmc:
     benchmark:
         f"{RESULTS}/benchmarks/lmc/{{first}}/{{second}}.tsv"
     shell:
-        "lossgeom lmc --base {params.base} --first {wildcards.first}={input.first}"
-        " --second {wildcards.second}={input.second} --test-set {params.test_set:q} {params.toy}"
-        " --alphas {params.spec[alphas]} --limit {params.spec[limit]} --accuracy-subset {params.spec[accuracy_subset]}"
-        " --template {params.template:q} --answer-template {params.answer_template:q} --max-new-tokens {params.max_new_tokens} --batch-size {params.batch_size}"
-        " --generation {params.generation:q} --dtype {params.dtype} {params.remote} --threads {threads} --out {output.sweep}"
+        "lossgeom lmc --spec {params.spec:q} --base {params.base} --first {wildcards.first}={input.first}"
+        " --second {wildcards.second}={input.second} {params.toy} --generation {params.generation:q}"
+        " --threads {threads} --out {output.sweep}"
         " --versions-out {output.versions} > {log} 2>&1"
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from lossgeom import config as cfg
 from lossgeom import measures
-from lossgeom.data.prompting import answer_template
 from lossgeom.labels import Label, wildcard_pattern
 from lossgeom.methods import MethodSpec
 from lossgeom.resources import (
@@ -32,7 +31,7 @@ config.update(cfg.with_defaults(config))
 
 RESULTS = "results"
 # Figure code is tracked as an input of the figure rules, so editing it reruns the figures (cheap);
-# edits to compute code are not tracked: rerun those stages with --forcerun (see the README). Relative
+# edits to compute code are not tracked: rerun those stages with --forcerun (docs/CLUSTER.md, "Reruns"). Relative
 # to the working directory, like every input path Snakemake records, so a study copied or moved with
 # its workflow (the repository root) does not rerun its figures.
 FIGURE_CODE = Path(os.path.relpath(Path(workflow.basedir) / "src" / "lossgeom" / "figures"))
@@ -41,8 +40,6 @@ LABELS = cfg.adapter_labels(config)
 GEOMETRY_LABELS = cfg.geometry_labels(config)  # LABELS and the data-order replicates (geometry only)
 CLAIM_ROLES = cfg.claim_roles(config)  # the paper's methods (sft, rft, ...) -> this study's method names
 TEMPLATE = config["model"]["prompt_template"]
-# How a bare gold answer is written after the prompt (answer cross-entropy, probes): as the prompt asks
-ANSWER_TEMPLATE = answer_template(TEMPLATE, config["model"]["answer_template"])
 ENV = f"../../{CONDA_ENV}"  # relative to this file; the jobs that run vLLM get their own (job_env)
 DTYPE = config["model"]["dtype"]
 REMOTE = "--trust-remote-code" if config["model"]["trust_remote_code"] else ""
@@ -208,7 +205,7 @@ def figure_outputs(*names, caption, category):
     return out
 
 
-# The default target's files (rule all): each rule file adds its own rules' with add_targets, so a new rule file
+# The default target's files (the all rule's inputs); each rule file adds its own rules' with add_targets, so a new rule file
 # registers its outputs where it declares them.
 TARGETS = []
 

