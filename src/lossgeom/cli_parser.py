@@ -9,11 +9,16 @@ from pathlib import Path
 
 from . import cli_commands as commands
 from .measures import MEASURES, describe_settings
+from .measures.accuracy import EvaluationSettings
 from .settings import (
     DTYPES,
     BaseSpectrumSettings,
     GeometrySettings,
+    LmcSettings,
     ModelSettings,
+    RolloutsSettings,
+    ToyModelSettings,
+    ToySettings,
     TrainingSettings,
 )
 
@@ -90,6 +95,22 @@ def _adder(sub):
     return add
 
 
+def _spec_help(sp, *sections: str) -> None:
+    """A spec-taking subcommand's --help ends with the fields of its settings and their docs."""
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.epilog = "--spec's settings (defaults filled where left out):\n" + "\n".join(sections)
+
+
+def _model_job_opts(sp, spec_form: str) -> None:
+    """What every spec-taking model job has: --spec (its settings, of the form ``spec_form``), the base, the toy
+    world, torch's threads and the generation backend."""
+    sp.add_argument("--spec", type=_json, required=True, help="the job's settings as JSON: " + spec_form)
+    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    sp.add_argument("--toy-dir", type=Path, default=None, help="the toy world (where a problem source is the toy's)")
+    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
+    _generation_opts(sp)
+
+
 def _model_opts(sp):
     sp.add_argument("--dtype", default=MODEL["dtype"], choices=DTYPES)
     sp.add_argument("--trust-remote-code", action="store_true")
@@ -115,12 +136,14 @@ def _generation_opts(sp):
 def _toy_commands(add) -> None:
     """Subcommands: the toy world, its models (trained or shipped), shipping them."""
     sp = add("toy-world", commands.cmd_toy_world, "generate the toy problems and tokenizer")
+    _spec_help(sp, ToySettings.describe("toy (config section 'toy'; models: toy.models.<name>, see toy-model)"))
     sp.add_argument("--spec", type=_json, required=True, help="the config's toy section, as JSON")
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add(
         "toy-model", commands.cmd_toy_model, "train a toy base or teacher model from scratch (or copy a shipped one)"
     )
+    _spec_help(sp, ToyModelSettings.describe("toy.models.<name> (config section 'toy.models')"))
     sp.add_argument("--spec", type=_json, required=True, help="toy.models.<name> as JSON")
     sp.add_argument("--world", type=Path, required=True, help="directory written by toy-world")
     sp.add_argument("--template", default=MODEL["prompt_template"])
@@ -143,6 +166,9 @@ def _toy_commands(add) -> None:
 def _rollouts_training_commands(add) -> None:
     """Subcommands: rollouts (sampled, imported, summarised) and training."""
     sp = add("rollouts", commands.cmd_rollouts, "sample and grade K completions per prompt")
+    _spec_help(
+        sp, RolloutsSettings.describe("rollouts (config section 'rollouts'; import and sampler are the workflow's)")
+    )
     sp.add_argument("--model", required=True, help="sampler: hub id or local directory (tokenizer included)")
     sp.add_argument("--problems", type=_json, required=True, help="a problem_source config entry, as JSON")
     sp.add_argument("--toy-dir", type=Path, default=None)
@@ -248,25 +274,17 @@ def _evaluate_command(add) -> None:
         commands.cmd_evaluate,
         "measure one model (the base or an adapter) with the spec's measures: " + ", ".join(MEASURES),
     )
-    sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    sp.epilog = "--spec's measures and their settings (defaults filled where left out):\n" + describe_settings()
-    sp.add_argument(
-        "--spec",
-        type=_json,
-        required=True,
-        help="the job's settings as JSON: {model: {prompt_template, answer_template, dtype, trust_remote_code}, "
-        "test_sets: {name: problem source}, measures: {name: settings}} (the workflow writes it from the config: "
-        "lossgeom.measures.evaluation_spec)",
+    _spec_help(sp, describe_settings())
+    _model_job_opts(
+        sp,
+        "{model: {prompt_template, answer_template, dtype, trust_remote_code}, test_sets: {name: problem source}, "
+        "measures: {name: settings}} (the workflow writes it from the config: lossgeom.measures.evaluation_spec)",
     )
-    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
     sp.add_argument("--adapter", type=_adapter, default=None, help="adapter directory, or 'none' for the base")
-    sp.add_argument("--toy-dir", type=Path, default=None, help="the toy world (where a problem source is the toy's)")
     sp.add_argument("--outputs", nargs="+", type=_labelled, required=True, help="measure=path: each measure's table")
     sp.add_argument(
         "--base-outputs", nargs="*", type=_labelled, default=[], help="measure=path: the base's tables an adapter reads"
     )
-    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
-    _generation_opts(sp)
 
 
 def _measure_commands(add) -> None:
@@ -295,21 +313,20 @@ def _behaviour_commands(add) -> None:
     _measure_commands(add)
 
     sp = add("lmc", commands.cmd_lmc, "linear-mode-connectivity sweep between two adapters")
-    sp.add_argument(
-        "--spec",
-        type=_json,
-        required=True,
-        help="the sweep's settings as JSON: {model: {prompt_template, answer_template, dtype, trust_remote_code}, "
-        "test_set: a problem source, lmc: {alphas, limit, accuracy_subset}, evaluation: {max_new_tokens, "
-        "batch_size}} (the workflow writes it from the config: lossgeom.config.lmc_spec)",
+    _spec_help(
+        sp,
+        LmcSettings.describe("lmc (config section 'lmc'; pairs and test_set are the workflow's)"),
+        EvaluationSettings.describe("evaluation (max_new_tokens and batch_size are read)"),
     )
-    sp.add_argument("--base", required=True, help="base model: hub id or local directory")
+    _model_job_opts(
+        sp,
+        "{model: {prompt_template, answer_template, dtype, trust_remote_code}, test_set: a problem source, lmc: "
+        "{alphas, limit, accuracy_subset}, evaluation: {max_new_tokens, batch_size}} (the workflow writes it from "
+        "the config: lossgeom.config.lmc_spec)",
+    )
     sp.add_argument("--first", type=_labelled, required=True, help="label=adapter_dir (alpha = 0)")
     sp.add_argument("--second", type=_labelled, required=True, help="label=adapter_dir (alpha = 1)")
-    sp.add_argument("--toy-dir", type=Path, default=None, help="the toy world (where the test set is the toy's)")
     sp.add_argument("--out", type=Path, required=True, help="the sweep's .tsv")
-    sp.add_argument("--threads", type=int, default=TRAINING["threads"], help="CPU threads for torch")
-    _generation_opts(sp)
 
     sp = add("lmc-summary", commands.cmd_lmc_summary, "barriers of all sweeps, and the curves in one table")
     sp.add_argument("sweeps", nargs="+", type=Path)

@@ -17,6 +17,7 @@ import yaml
 from .errors import InputError
 from .labels import Label
 from .measures import SECTIONS as MEASURE_SECTIONS
+from .measures.base import model_spec
 from .measures.samples import BehaviourSettings
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
@@ -300,23 +301,6 @@ def lmc_pairs(config: dict) -> list[tuple[str, str]]:
     return out
 
 
-MODEL_SPEC_KEYS = ("prompt_template", "answer_template", "dtype", "trust_remote_code")
-
-
-def model_spec(config: dict) -> dict:
-    """What a model-running job's spec says of the model (its ``model`` block): the prompt template, the
-    answer template resolved (how a bare gold answer is written after it), the dtype, trust_remote_code."""
-    from .data.prompting import answer_template
-
-    model = config["model"]
-    return {
-        "prompt_template": model["prompt_template"],
-        "answer_template": answer_template(model["prompt_template"], model["answer_template"]),
-        "dtype": model["dtype"],
-        "trust_remote_code": model["trust_remote_code"],
-    }
-
-
 LMC_JOB_KEYS = ("alphas", "limit", "accuracy_subset")  # what of the lmc section a sweep reads (pairs: the rules)
 
 
@@ -330,25 +314,6 @@ def lmc_spec(config: dict) -> dict:
         "lmc": {k: lmc[k] for k in LMC_JOB_KEYS},
         "evaluation": {k: config["evaluation"][k] for k in ("max_new_tokens", "batch_size")},
     }
-
-
-def check_model_spec(given, where: str = "--spec model") -> dict:
-    """A spec's ``model`` block (:func:`model_spec`'s keys, each as the model section's schema has it)
-    checked: one :class:`ConfigError` naming the key otherwise."""
-    import jsonschema
-
-    props = ModelSettings.schema()
-    schema = {
-        "type": "object",
-        "properties": {k: props[k] for k in MODEL_SPEC_KEYS},
-        "required": list(MODEL_SPEC_KEYS),
-        "additionalProperties": False,
-    }
-    try:
-        jsonschema.validate(given, schema)
-    except jsonschema.ValidationError as e:
-        raise ConfigError(f"{where}{''.join('.' + str(p) for p in e.absolute_path)}: {e.message}") from None
-    return dict(given)
 
 
 def api_rollouts(config: dict) -> bool:

@@ -16,7 +16,7 @@ from typing import Mapping
 from ..engines.engine import GenerationSpec
 from ..errors import InputError
 from ..fsutil import atomic_files
-from ..measures import MEASURES, ModelJob, check_section, check_spec
+from ..measures import MEASURES, ModelJob, check_model_spec, check_section, check_spec
 
 
 def evaluate_model(
@@ -45,14 +45,11 @@ def evaluate_model(
         adapter=Path(adapter) if adapter is not None else None,
         toy_dir=toy_dir,
         test_sets=spec["test_sets"],
-        template=model["prompt_template"],
-        answer_format=model["answer_template"],
         max_new_tokens=accuracy["max_new_tokens"],
         batch_size=accuracy["batch_size"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
         settings=spec["measures"],
         base_outputs=dict(base_outputs or {}),
+        **_model_kwargs(model),
     )
     measures = [MEASURES[n] for n in MEASURES if n in names]  # the registry's order
     prepared = {m.name: m.prepare(job) for m in measures}  # every input read before a model loads
@@ -83,7 +80,6 @@ def lmc_job(
 ) -> None:
     """One connectivity sweep (:func:`.connectivity.connectivity_sweep`) from its spec
     (:func:`lossgeom.config.lmc_spec`'s form), checked first: one line naming a wrong key."""
-    from ..config import check_model_spec
     from ..measures.accuracy import EvaluationSettings
     from ..settings import LmcSettings
     from .connectivity import connectivity_sweep
@@ -103,13 +99,10 @@ def lmc_job(
         alphas=lmc["alphas"],
         limit=lmc["limit"],
         accuracy_subset=lmc["accuracy_subset"],
-        template=model["prompt_template"],
         max_new_tokens=evaluation["max_new_tokens"],
         batch_size=evaluation["batch_size"],
-        dtype=model["dtype"],
-        trust_remote_code=model["trust_remote_code"],
         generation=generation,
-        answer_format=model["answer_template"],
+        **_model_kwargs(model),
     )
 
 
@@ -130,6 +123,16 @@ def measure_figures(name: str, tables: Path, out: Path) -> None:
     if measure.figure_module is None:
         raise InputError(f"measure {name!r} draws no figures")
     measure.draw(Path(tables), Path(out))
+
+
+def _model_kwargs(model: dict) -> dict:
+    """A spec's model block as the keyword arguments of the jobs' functions."""
+    return {
+        "template": model["prompt_template"],
+        "answer_format": model["answer_template"],
+        "dtype": model["dtype"],
+        "trust_remote_code": model["trust_remote_code"],
+    }
 
 
 def _measure(name: str):

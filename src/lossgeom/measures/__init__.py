@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from ..settings import Settings
-from .base import Measure, ModelJob, stats_keys
+from .base import Measure, ModelJob, check_model_spec, model_spec, stats_keys
 
 
 def _discover() -> dict[str, Measure]:
@@ -56,8 +56,6 @@ def evaluation_spec(config: Mapping[str, Any]) -> dict:
     :func:`job_settings`; the accuracy measure's, the evaluation section's max_new_tokens and batch_size, are
     every engine measure's defaults). The generation spec travels apart (``--generation``), as in every
     model-running job."""
-    from ..config import model_spec
-
     return {
         "model": model_spec(config),
         "test_sets": config["test_sets"],
@@ -80,8 +78,6 @@ def check_spec(spec: Any) -> dict:
     unknown = sorted(set(spec["measures"]) - set(MEASURES))
     if unknown:
         raise InputError(f"--spec measures: unknown measure {unknown[0]!r}; expected some of {list(MEASURES)}")
-    from ..config import check_model_spec
-
     model = check_model_spec(spec["model"])
     measures = {n: check_section(MEASURES[n], s, f"--spec measures.{n}") for n, s in spec["measures"].items()}
     first = next(iter(spec["test_sets"]), None)
@@ -99,13 +95,10 @@ def check_spec(spec: Any) -> dict:
 
 def describe_settings() -> str:
     """Every measure's settings, a line per key with its doc: the ``evaluate --spec`` help."""
-    lines = []
-    for m in MEASURES.values():
-        lines.append(f"measures.{m.name} (config section {m.section!r}):")
-        stats = set(stats_keys(m.Settings))
-        for key, prop in m.Settings.schema().items():
-            lines.append(f"  {key}: {prop['description']}{' (its statistics only)' if key in stats else ''}")
-    return "\n".join(lines)
+    return "\n".join(
+        m.Settings.describe(f"measures.{m.name} (config section {m.section!r})", stats_keys(m.Settings))
+        for m in MEASURES.values()
+    )
 
 
 __all__ = [

@@ -27,7 +27,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from ..settings import Settings
+from ..errors import InputError
+from ..settings import ModelSettings, Settings
+
+MODEL_SPEC_KEYS = ("prompt_template", "answer_template", "dtype", "trust_remote_code")
+
+
+def model_spec(config: dict) -> dict:
+    """What a model-running job's spec says of the model (its ``model`` block): the prompt template, the
+    answer template resolved (how a bare gold answer is written after it), the dtype, trust_remote_code."""
+    from ..data.prompting import answer_template
+
+    model = config["model"]
+    return {
+        "prompt_template": model["prompt_template"],
+        "answer_template": answer_template(model["prompt_template"], model["answer_template"]),
+        "dtype": model["dtype"],
+        "trust_remote_code": model["trust_remote_code"],
+    }
+
+
+def check_model_spec(given, where: str = "--spec model") -> dict:
+    """A spec's ``model`` block (:func:`model_spec`'s keys, each as the model section's schema has it)
+    checked: one :class:`~lossgeom.errors.InputError` naming the key otherwise."""
+    import jsonschema
+
+    props = ModelSettings.schema()
+    schema = {
+        "type": "object",
+        "properties": {k: props[k] for k in MODEL_SPEC_KEYS},
+        "required": list(MODEL_SPEC_KEYS),
+        "additionalProperties": False,
+    }
+    try:
+        jsonschema.validate(given, schema)
+    except jsonschema.ValidationError as e:
+        raise InputError(f"{where}{''.join('.' + str(p) for p in e.absolute_path)}: {e.message}") from None
+    return dict(given)
 
 
 def stats_keys(cls: type[Settings]) -> tuple[str, ...]:

@@ -69,6 +69,15 @@ class Settings:
         return out
 
     @classmethod
+    def describe(cls, title: str, stats: tuple[str, ...] = ()) -> str:
+        """``title:`` then a line per key with its doc (a command's ``--help`` for a spec it takes); keys in
+        ``stats`` are marked as read by the statistics only."""
+        lines = [f"{title}:"]
+        for key, prop in cls.schema().items():
+            lines.append(f"  {key}: {prop['description']}{' (its statistics only)' if key in stats else ''}")
+        return "\n".join(lines)
+
+    @classmethod
     def checked(cls, given: Any, where: str) -> dict[str, Any]:
         """``given`` (a section as a job's spec carries it) checked against :meth:`object_schema` and filled
         with the defaults; :class:`~lossgeom.errors.InputError` names ``where`` and the key otherwise."""
