@@ -6,7 +6,7 @@
 
 LMC = config["lmc"]
 MODELS = ["base", *LABELS]
-MEASURES = configured_measures(config)  # the study's, in the evaluation job's order
+MEASURES = measures.configured(config)  # the study's, in the evaluation job's order
 
 
 wildcard_constraints:
@@ -18,21 +18,17 @@ rule evaluate:
         unpack(model_adapter),
         unpack(base_outputs_input),
         **model_input("base"),
-        **toy_input(*[s for m in MEASURES for s in m.sources(config[m.section], config["test_sets"])]),
-        **{f"{m.name}_input{i}": f for m in MEASURES for i, f in enumerate(m.input_files(config[m.section]))},
+        **measure_inputs(),
     output:
         **{m.name: measure_output(m) for m in MEASURES},
         versions=versions_record("evaluate", "{model}"),
     params:
-        spec=verbatim(as_json(evaluation_spec(config))),
+        spec=verbatim(as_json(measures.evaluation_spec(config))),
         base=model_arg("base"),
         adapter=adapter_arg,
         toy=toy_dir_arg,
-        outputs=lambda w, output: labelled((m.name for m in MEASURES), (output[m.name] for m in MEASURES)),
-        base_outputs=lambda w, input: labelled(
-            (m.name for m in MEASURES if f"base_{m.name}" in input.keys()),
-            (input[f"base_{m.name}"] for m in MEASURES if f"base_{m.name}" in input.keys()),
-        ),
+        outputs=measure_outputs_arg,
+        base_outputs=base_outputs_arg,
         generation=verbatim(as_json(cfg.generation_spec(config, "evaluation"))),
     threads: job_threads("evaluate")
     resources:

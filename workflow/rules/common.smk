@@ -254,13 +254,12 @@ def lmc_sweep(a, b):
 # The measures of the evaluation jobs (lossgeom.measures): what their rules are made of.
 
 
-def configured_measures(config):
-    return measures.configured(config)
-
-
-def evaluation_spec(config):
-    """The evaluation job's --spec: the narrow slice of the config its measures read (lossgeom.measures)."""
-    return measures.evaluation_spec(config)
+def measure_inputs():
+    """What the study's measures read besides the model: the toy world where a problem source is the toy's,
+    and their local files (a change reruns the evaluations)."""
+    sources = [s for m in MEASURES for s in m.sources(config[m.section], config["test_sets"])]
+    files = {f"{m.name}_input{i}": f for m in MEASURES for i, f in enumerate(m.input_files(config[m.section]))}
+    return toy_input(*sources) | files
 
 
 def measure_output(measure, model="{model}"):
@@ -273,6 +272,17 @@ def base_outputs_input(wildcards):
     if wildcards.model == "base":
         return {}
     return {f"base_{m.name}": measure_output(m, "base") for m in MEASURES if m.needs_base}
+
+
+def measure_outputs_arg(wildcards, output):
+    """The evaluate job's --outputs: measure=path for each of its tables."""
+    return labelled((m.name for m in MEASURES), (output[m.name] for m in MEASURES))
+
+
+def base_outputs_arg(wildcards, input):
+    """The evaluate job's --base-outputs: measure=path for the base's tables an adapter reads (none for the base)."""
+    given = [m.name for m in MEASURES if f"base_{m.name}" in input.keys()]
+    return labelled(given, (input[f"base_{name}"] for name in given))
 
 
 def _stats_reads(measure):

@@ -1,5 +1,6 @@
-"""What a measure is: :class:`Measure` (one per module of :mod:`lossgeom.measures`), and :class:`ModelJob`, what
-the evaluation job hands it.
+"""What a measure is: :class:`Measure` (one per module of :mod:`lossgeom.measures`), :class:`ModelJob`, what
+the evaluation job hands it, and the model block every model job's spec carries (:func:`model_spec`,
+:func:`check_model_spec`).
 
 A measure answers one question of every model of the study (the base and each adapter) in that model's
 evaluation job, then once across all models in its statistics job, and may draw its figures from those
