@@ -7,8 +7,37 @@
 # runs.
 # The vLLM environment needs torch 2.13.0+cpu: on a machine whose pip cannot find it, first
 #   export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+#
+# The fast loop, to run after every change: `scripts/test.sh --fast` (under 2 minutes on 2 cores).
+# No install and no vLLM environment: the same two ruff checks, then the tests not marked slow, heavy,
+# slurm or vllm, the 15 slowest listed (--durations=15), and a last line with the wall time and the
+# load average before and after. Arguments after --fast go to pytest: `scripts/test.sh --fast
+# tests/test_stats.py -x`, `--lf`, or `-m heavy` for the heavy tests alone (the last -m wins).
+# A test that trains with TRL, starts a subprocess or Snakemake, or takes over ~0.5 s on 2 cores (with
+# the fixtures only it uses) is marked `@pytest.mark.heavy` (pyproject.toml), unless it is the loop's
+# one test of its module (a comment says so); when the slowest listed show another such test, mark it.
+# BLAS and OpenMP run one thread there unless OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS
+# is set: on 2 cores busy with other work, two-thread BLAS made single tests 10-30x slower.
+# CI runs everything (no --fast).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    cpus=$(nproc)  # before the exports below: nproc reads OMP_NUM_THREADS
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" \
+        MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+    load_before=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
+    start=$(date +%s)
+    python -m ruff check .
+    python -m ruff format --check .
+    rc=0
+    python -m pytest -m "not slow and not heavy and not slurm and not vllm" --durations=15 "$@" || rc=$?
+    took=$(($(date +%s) - start))
+    echo "test.sh --fast: $((took / 60)) min $((took % 60)) s in all (ruff and pytest; pytest exit $rc;" \
+        "$cpus CPUs, load average $load_before before, $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?") after)"
+    exit "$rc"
+fi
 
 # the versions the suite is known to pass with (envs/lock/main.txt: one lock per environment)
 python -m pip install -e ".[test]" -c envs/lock/main.txt

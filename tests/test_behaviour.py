@@ -36,6 +36,7 @@ def test_barrier_by_hand():
     assert list(alpha_grid(3)) == [0, 0.5, 1]
 
 
+@pytest.mark.heavy
 def test_path_endpoints_are_the_adapters_and_midpoints_the_dense_merge(tiny_base, two_adapters):
     from peft import PeftModel
 
@@ -59,6 +60,7 @@ def test_path_endpoints_are_the_adapters_and_midpoints_the_dense_merge(tiny_base
     assert path.rank == 8  # r1 + r2 = 4 + 4
 
 
+@pytest.mark.heavy
 def test_sweep_endpoints_equal_the_adapters_own_evaluation(tiny_base, two_adapters, toy_world, tmp_path):
     kw = dict(template="{question}", max_new_tokens=8, batch_size=4)
     sweep = connectivity.connectivity_sweep(

@@ -592,6 +592,7 @@ def test_spearman_interval_fisher_z_bonett_wright_by_hand():
     assert abs(res["ci_high"] - math.tanh(math.atanh(rho) + 1.6448536269514722 / math.sqrt(n - 3))) > 1e-3
 
 
+@pytest.mark.heavy
 def test_spearman_interval_coverage_bivariate_normal():
     rho = 0.6
     true_spearman = 6 / math.pi * math.asin(rho / 2)

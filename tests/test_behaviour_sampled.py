@@ -262,6 +262,7 @@ def test_an_adapter_needs_the_base_s_samples_of_the_same_items(tiny_space, sampl
         _sample(engine, AdapterDir(adapter), 2, base_samples=other)
 
 
+@pytest.mark.heavy
 def test_the_evaluation_job_writes_every_table_and_reads_its_inputs_first(tiny_space, tmp_path, toy_world, tiny_base):
     """The evaluation job with activations, samples and held-out text: every table written, paired by item."""
     from jobs import evaluate

@@ -260,6 +260,7 @@ def test_a_paper_shaped_run_holds_everywhere_it_can(tmp_path):
     assert pd.read_csv(tmp_path / "claims.tsv", sep="\t").shape == out.shape
 
 
+@pytest.mark.heavy
 def test_verdicts_follow_the_numbers_and_missing_inputs_are_not_run(tmp_path):
     geo, ev = _write_run(tmp_path, dpo_acc=0.6, barrier_rift_dpo=0.0)
     out = write_claims(geo, ev, None, None, ROLES, 42, tmp_path / "claims.tsv").set_index("claim_id")
@@ -324,6 +325,7 @@ def _extra_rows(cos_lr, ratio_lr, cos_online, ratio_online) -> pd.DataFrame:
     return pd.DataFrame(rows).reindex(columns=NOISE_FLOOR_COLUMNS)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "cos_lr, ratio_lr, cos_on, ratio_on, verdicts",
     [
@@ -377,6 +379,7 @@ def _rename_method(tables_dir, old: str, new: str) -> None:
         df.map(rename).to_csv(path, sep="\t", index=False)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["sft_data", "sft_seedmix", "seed", "dataset-sft"])
 def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
     """The seed sweep's labels were split on the text "seed" and screened for "data": a method named
@@ -403,6 +406,7 @@ def test_verdicts_do_not_depend_on_the_method_names(tmp_path, name):
     assert f"{name}/seed42 -> {name}/seed123" in got.set_index("claim_id").loc["seed_lmc", "this_run"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "grpo, verdicts",
     [
@@ -430,6 +434,7 @@ def test_the_intruder_claim_fails_without_intruders(tmp_path):
     assert out.loc["intruders", "verdict"] == "fails"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "forget, verdict",
     [
@@ -449,6 +454,7 @@ def test_forgetting_tracks_kl_reads_the_rank_correlation_s_interval(tmp_path, fo
     assert out.loc["forgetting_tracks_kl", "source"].startswith("Shenfeld et al. 2025")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "online_forget, online_kl, verdict",
     [

@@ -6,10 +6,12 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 
 from lossgeom.cli import main
 
 
+@pytest.mark.heavy
 def test_geometry_of_any_adapters_with_base_alignment(two_adapters, tiny_base, tmp_path, capsys):
     out = tmp_path / "geo"
     rc = main(
@@ -33,6 +35,7 @@ def test_geometry_of_any_adapters_with_base_alignment(two_adapters, tiny_base, t
     assert (align["random"] == 2 / 32).all() or set(align["random"]) <= {2 / 32, 2 / 16}
 
 
+@pytest.mark.heavy
 def test_adapters_of_another_base_model_stop_with_one_line(two_adapters, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(two_adapters["rift"], other)

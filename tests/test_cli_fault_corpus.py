@@ -1489,6 +1489,7 @@ def test_the_default_configs_are_not_faults():
         load(path, SCHEMA)
 
 
+@pytest.mark.heavy
 def test_snakemake_stops_on_a_bad_config(tmp_path):
     """The same line through Snakemake itself, before any job (its exit status is 1, not 2)."""
     config = _tiny()

@@ -37,6 +37,7 @@ def two_gpus(monkeypatch, tmp_path):
     return tmp_path / "locks"
 
 
+@pytest.mark.heavy
 def test_two_processes_get_different_gpus_and_a_third_waits(two_gpus):
     lock_dir = str(two_gpus)
     report = CTX.Queue()
@@ -72,6 +73,7 @@ def test_two_processes_get_different_gpus_and_a_third_waits(two_gpus):
     assert all(p.exitcode == 0 for p in procs)
 
 
+@pytest.mark.heavy
 def test_lock_is_released_when_the_holder_is_killed(two_gpus):
     lock_dir = str(two_gpus)
     report = CTX.Queue()
@@ -111,6 +113,7 @@ def _hold(path):
     return f
 
 
+@pytest.mark.heavy
 def test_sets_and_restores_env_and_is_reentrant(two_gpus):
     with claim_gpu(lock_dir=two_gpus) as a:
         assert a == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
@@ -170,6 +173,7 @@ def test_preset_visible_devices_restrict_the_choice(two_gpus, monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5,7"
 
 
+@pytest.mark.heavy
 def test_command_wrapper_holds_the_gpu_while_the_command_runs(two_gpus):
     cmd = [sys.executable, "-m", "lossgeom.devices", "--"]
     show = "echo $CUDA_VISIBLE_DEVICES"
@@ -206,6 +210,7 @@ def test_what_says_a_gpu_was_granted(env, granted):
     assert granted_gpus(env) == granted
 
 
+@pytest.mark.heavy
 def test_a_gpu_job_on_a_cpu_build_stops_in_one_line_before_any_work(tmp_path):
     """`lossgeom train` given a GPU (SLURM's CUDA_VISIBLE_DEVICES) with this CPU-only torch: one line naming
     the grant, the build and the fix, exit 2, before it reads its (missing) inputs; LOSSGEOM_DEVICE=cpu runs on."""

@@ -42,6 +42,7 @@ def _check(paths, tmp_path):
     assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.heavy
 def test_accuracy_and_pvalues(tmp_path, correct):
     _check(plot_accuracy(accuracy_table(correct, n_boot=200), tmp_path / "acc.png"), tmp_path)
     _check(plot_pairwise_pvalues(pairwise_tests(correct), tmp_path / "sub" / "p.png"), tmp_path)
@@ -62,6 +63,7 @@ def test_lmc(tmp_path):
         plot_lmc(bad, tmp_path / "bad.png")
 
 
+@pytest.mark.heavy
 def test_cka_figures(tmp_path, cka_df):
     _check(plot_cka_profiles(cka_df, "SFT", tmp_path / "prof.png"), tmp_path)
     _check(plot_cka_heatmap(cka_df, 2, tmp_path / "heat.png", column="cka_debiased"), tmp_path)
@@ -117,6 +119,7 @@ def test_lmc_pairs_marks_the_barrier(tmp_path):
         plot_lmc_pairs(pd.DataFrame(rows), summary, tmp_path / "x.png", metric="accuracy")
 
 
+# over ~0.5 s but not heavy: the fast loop's one test of lossgeom/figures/training.py (scripts/test.sh)
 def test_training_curves_and_method_summary(tmp_path):
     from lossgeom.figures.geometry import plot_method_summary
     from lossgeom.figures.training import plot_training_curves
@@ -162,6 +165,7 @@ def test_training_curves_and_method_summary(tmp_path):
     _check(plot_method_summary(pd.DataFrame(rows), "cosine_global", tmp_path / "summary.png"), tmp_path)
 
 
+@pytest.mark.heavy
 def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
     """accuracy-, connectivity- and representations-figures, from the tables their rules read, write
     exactly the PNGs and PDFs those rules declare (workflow/rules/behaviour.smk)."""
@@ -222,6 +226,7 @@ def test_figure_commands_write_the_files_their_rules_declare(tmp_path, correct):
         _check((out / f"{n}.png", out / f"{n}.pdf"), out)
 
 
+@pytest.mark.heavy
 def test_a_figure_command_that_fails_part_way_replaces_none_of_its_figures(tmp_path, correct, monkeypatch, capsys):
     """The accuracy measure's figures command writes four figures (eight files); a full disk at the third figure leaves all eight of
     the earlier run's files in place (the same inodes: none replaced) and nothing beside them (issue 31)."""
@@ -367,6 +372,7 @@ def _check_behaviour_figures(out):
         assert png.stat().st_size > 50_000
 
 
+@pytest.mark.heavy
 def test_behaviour_figures_full_study(tmp_path, full_study):
     kl = pd.read_csv(full_study / "kl.tsv", sep="\t")
     assert kl["model"].nunique() == 14 and (kl[kl["unit"] == "token"]["value"] < 0.01).any()
@@ -380,6 +386,7 @@ def test_behaviour_figures_full_study(tmp_path, full_study):
     )
 
 
+@pytest.mark.heavy
 def test_behaviour_figures_without_forgetting_and_missing_tables(tmp_path, full_study):
     import shutil
 
@@ -404,6 +411,7 @@ def test_behaviour_figures_without_forgetting_and_missing_tables(tmp_path, full_
         behaviour_figures(tables, tmp_path / "figs")
 
 
+# over ~0.5 s but not heavy: the fast loop's one test of lossgeom/figures/behaviour.py (scripts/test.sh)
 def test_behaviour_figures_single_adapter_nan_rho(tmp_path):
     from lossgeom.figures.behaviour import behaviour_figures
 

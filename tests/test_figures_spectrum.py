@@ -11,6 +11,7 @@ from lossgeom.geometry.spectrum import MODULE_STATS, spectrum_summary
 ROLES = {"sft": "a", "rft": "b", "rift": "c", "lr10x": "a_fast"}
 
 
+# over ~0.5 s but not heavy: the fast loop's one test of lossgeom/figures/spectrum.py (scripts/test.sh)
 def test_base_spectrum_figure_from_a_summary(tmp_path):
     rows = []
     for label in ("a/seed1", "a/seed2", "a/seed1data7", "b/seed1", "c/seed1"):

@@ -14,6 +14,7 @@ from lossgeom.geometry.trajectory import write_trajectory
 ROLES = {"sft": "a", "rft": "b", "rift": "c", "lr10x": "a_fast"}
 
 
+# over ~0.5 s but not heavy: the fast loop's one test of lossgeom/figures/trajectory.py (scripts/test.sh)
 def test_trajectory_figure_from_the_trajectory_tables(tmp_path):
     from test_geometry_trajectory import _study
 

@@ -260,6 +260,7 @@ def test_base_alignment(world, tmp_path):
         G.base_alignment({"a/seed1": cache}, {"layers.0.self_attn.q_proj": np.zeros((3, 3))})
 
 
+@pytest.mark.heavy
 def test_figures_written(world, tmp_path):
     from lossgeom.figures.geometry import plot_geometry_heatmaps, plot_layer_profiles
 

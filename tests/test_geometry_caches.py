@@ -297,6 +297,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_a_damaged_base_svd_cache_is_recomputed(spectrum_world, tmp_path, caplog, kind):
     damage, reason = DAMAGE[kind]
@@ -320,6 +321,7 @@ def test_a_damaged_base_svd_cache_is_recomputed(spectrum_world, tmp_path, caplog
     assert not _warnings(caplog, SPECTRUM_LOG) and path.stat().st_mtime_ns == stamp  # replaced by a good file
 
 
+@pytest.mark.heavy
 def test_intruders_from_well_formed_files_of_other_vectors_are_not_read(spectrum_world, tmp_path, caplog):
     """The issue's trial: every base-SVD file rewritten well-formed (its meta entry kept) with other,
     orthonormal left vectors; read as they are, they would turn the count of intruders into another. Each

@@ -105,6 +105,7 @@ def test_a_failure_part_way_leaves_the_previous_outputs_byte_for_byte(inputs, tm
     assert os.listdir(tmp_path) == ["out"]  # no temporary directory beside it
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_file_size_limit_leaves_the_previous_outputs_byte_for_byte(inputs, tmp_path, command):
     # the second run's file sizes, from a run of its own: the limit stops its largest file, not its first

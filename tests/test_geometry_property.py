@@ -26,6 +26,7 @@ from lossgeom.lora.adapters import load_adapter
 
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 N_CASES = 40
+N_FAST = 8  # the first cases run in the fast loop (scripts/test.sh --fast); the rest are marked heavy
 COS_TOL = 1e-9
 ANGLE_TOL = 1e-7  # radians; subspaces of a dense SVD are themselves accurate to ~eps / gap
 
@@ -169,7 +170,9 @@ def check_against_dense(geo, dense, top_k):
                 assert geo.agreement[side][mi, p] == pytest.approx(agree, abs=ANGLE_TOL), (side, key, i, j)
 
 
-@pytest.mark.parametrize("case", range(N_CASES))
+@pytest.mark.parametrize(
+    "case", [c if c < N_FAST else pytest.param(c, marks=pytest.mark.heavy) for c in range(N_CASES)]
+)
 def test_pairwise_geometry_matches_dense(tmp_path, case):
     rng = np.random.default_rng(1000 + case)
     spec = draw_case(rng, case)

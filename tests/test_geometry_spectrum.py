@@ -181,6 +181,7 @@ def test_intruders_agree_with_peft_reduce_intruder_dimension(tmp_path, b_scale):
         assert sum(peft_counts.values()) > 0  # the comparison covers modules with intruders
 
 
+@pytest.mark.heavy
 def test_base_spectrum_writes_tables_with_floors_and_chance(tmp_path):
     dirs = {}
     for label, seed in (("m/seed1", 1), ("m/seed2", 2), ("m/seed1data7", 3)):

@@ -69,6 +69,7 @@ def _dense(d):
     return np.concatenate([(m.scale * m.B @ m.A).ravel() for _, m in sorted(ad.modules.items())])
 
 
+@pytest.mark.heavy
 def test_each_step_equals_the_single_step_suite_on_that_step(study, tmp_path):
     write_trajectory(study, tmp_path / "traj", top_k=2, cache_dir=tmp_path / "cache")
     steps = pd.read_csv(tmp_path / "traj" / "steps.tsv", sep="\t")

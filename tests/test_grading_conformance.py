@@ -46,6 +46,7 @@ def _wrong(number: str) -> str:
     return f"{value:,}" if "," in number else str(value)
 
 
+@pytest.mark.heavy
 def test_gsm8k_every_gold_parses_once_and_grades_its_own_solution(gsm8k, grader):
     golds = parse_golds(gsm8k, grader, "gsm8k test", "stop")  # stops on the first unreadable gold
     assert len(golds) == len(gsm8k) == 1319
@@ -78,6 +79,7 @@ def test_gsm8k_exact_grader_reads_the_same_golds(gsm8k):
 DEEPSCALER = Path(__file__).parent / "data" / "deepscaler"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["math", "aime", "amc"])
 def test_deepscaler_golds_parse_and_grade_as_math_verify_on_delimited_text(grader, name):
     """MATH-500, AIME 2024 and AMC 2023 as DeepScaleR ships them (the grader before this one credited a

@@ -142,6 +142,7 @@ def test_random_references_exact_values():
     assert np.mean(np.sqrt(1 - c**2)) == pytest.approx(lr.expected_sine_random(20), abs=0.005)
 
 
+@pytest.mark.heavy
 def test_random_principal_angles_monte_carlo():
     k, n = 3, 30
     mean, sem = lr.random_principal_angles(k, k, n, n_samples=4000, seed=1)

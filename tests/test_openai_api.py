@@ -246,6 +246,7 @@ def run(url, journal_path, **kw):
     ), journal
 
 
+@pytest.mark.heavy
 def test_rollouts_from_an_endpoint(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     df, _ = run(server.url, tmp_path / "j.jsonl", logprobs=True)  # off by default: asked for here
@@ -260,6 +261,7 @@ def test_rollouts_from_an_endpoint(server, tmp_path, monkeypatch):
     assert sent == [(i, [{"role": "user", "content": q}]) for i, q in enumerate(np.repeat(PROBLEMS["question"], 2))]
 
 
+@pytest.mark.heavy
 def test_retries_429_and_5xx_then_succeeds(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.plan = [429, 503, 500]
@@ -267,6 +269,7 @@ def test_retries_429_and_5xx_then_succeeds(server, tmp_path, monkeypatch):
     assert len(df) == 6 and len(server.requests) == 6 + 3
 
 
+@pytest.mark.heavy
 def test_gives_up_after_max_retries_with_one_line(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.plan = [500] * 10
@@ -276,6 +279,7 @@ def test_gives_up_after_max_retries_with_one_line(server, tmp_path, monkeypatch)
     assert "500" in msg and "after 2 retries" in msg and "\n" not in msg and KEY not in msg
 
 
+@pytest.mark.heavy
 def test_401_names_the_variable_not_the_key(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", "sk-wrong-key")
     with pytest.raises(GenerationError, match=r"refused the API key in \$LOSSGEOM_TEST_KEY \(401") as info:
@@ -283,6 +287,7 @@ def test_401_names_the_variable_not_the_key(server, tmp_path, monkeypatch):
     assert "sk-wrong-key" not in str(info.value)
 
 
+@pytest.mark.heavy
 def test_unreachable_endpoint(tmp_path, monkeypatch):
     import socket
 
@@ -300,6 +305,7 @@ def test_missing_key_variable(tmp_path, monkeypatch):
         ApiTeacher(options("http://127.0.0.1:9/v1"))
 
 
+@pytest.mark.heavy
 def test_a_rerun_requests_only_what_the_journal_lacks(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.fail_after = 4  # the endpoint breaks after four answers
@@ -330,6 +336,7 @@ def test_a_journal_of_other_requests_is_discarded(tmp_path):
     assert Journal(path, "bbbb").done == {}
 
 
+@pytest.mark.heavy
 def test_endpoint_without_logprobs_gives_null_column(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.logprobs = False
@@ -339,6 +346,7 @@ def test_endpoint_without_logprobs_gives_null_column(server, tmp_path, monkeypat
     assert pd.read_parquet(tmp_path / "r.parquet")["logprobs"].isna().all()
 
 
+@pytest.mark.heavy
 def test_cli_writes_the_key_nowhere(server, tmp_path, monkeypatch, capsys, caplog):
     import logging
 
@@ -432,6 +440,7 @@ def sample_direct(url, journal_path, problems=PROBLEMS, sampling=SAMPLING, **kw)
 BASE_BODY = {"model": "teacher", "n": 1, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "settings, fields",
     [
@@ -468,6 +477,7 @@ def deepseek(server, **kw):
         setattr(server, k, v)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["reasoning+answer", "answer"])
 def test_a_thinking_response_keeps_reasoning_and_answer_apart(server, tmp_path, monkeypatch, mode):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -491,6 +501,7 @@ def test_a_thinking_response_keeps_reasoning_and_answer_apart(server, tmp_path, 
     assert all("logprobs" not in r["body"] for r in server.requests)
 
 
+@pytest.mark.heavy
 def test_a_reasoning_cut_by_the_limit_is_length_with_the_reasoning_kept(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     deepseek(server, content="", finish_reason="length")  # the budget ran out inside the reasoning
@@ -502,6 +513,7 @@ def test_a_reasoning_cut_by_the_limit_is_length_with_the_reasoning_kept(server, 
     assert (df["reward"] == 0).all()
 
 
+@pytest.mark.heavy
 def test_an_openai_response_records_its_served_model_and_usage(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.style, server.served_model = "openai", "gpt-4o-mini-2024-07-18"
@@ -520,6 +532,7 @@ def test_an_openai_response_records_its_served_model_and_usage(server, tmp_path,
     }
 
 
+@pytest.mark.heavy
 def test_a_plain_response_leaves_what_it_does_not_say_null(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     comps, _, _ = sample_direct(server.url, tmp_path / "j.jsonl")
@@ -528,6 +541,7 @@ def test_a_plain_response_leaves_what_it_does_not_say_null(server, tmp_path, mon
     assert meta["reasoning"] is None and meta["reasoning_tokens"] is None and meta["prompt_tokens"] == 1
 
 
+@pytest.mark.heavy
 def test_recent_vllm_reasoning_field_is_read(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     deepseek(server, reasoning_field="reasoning")  # vLLM renamed reasoning_content to reasoning
@@ -536,6 +550,7 @@ def test_recent_vllm_reasoning_field_is_read(server, tmp_path, monkeypatch):
     assert comps[0][0].text.startswith("<think>\nThe user asks")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("raw", ["content_filter", "insufficient_system_resource"])
 def test_an_answer_the_model_did_not_end_is_length_and_says_why(server, tmp_path, monkeypatch, caplog, raw):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
@@ -572,6 +587,7 @@ def test_response_meta_names_the_rollout_meta_columns():
 # ---- log-probs refused ---------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_an_endpoint_refusing_logprobs_stops_with_one_line(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     deepseek(server, refuse="logprobs")
@@ -587,6 +603,7 @@ def test_an_endpoint_refusing_logprobs_stops_with_one_line(server, tmp_path, mon
     assert len(df) == 6 and all("logprobs" not in r["body"] for r in server.requests)
 
 
+@pytest.mark.heavy
 def test_an_endpoint_refusing_thinking_names_the_setting(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.refuse = "thinking"  # an OpenAI endpoint does not take DeepSeek's switch
@@ -594,6 +611,7 @@ def test_an_endpoint_refusing_thinking_names_the_setting(server, tmp_path, monke
         sample_direct(server.url, tmp_path / "j.jsonl", thinking=False, max_concurrency=1)
 
 
+@pytest.mark.heavy
 def test_another_400_is_one_line_without_retries(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.refuse = "seed"  # a field no setting controls: the message says what the endpoint said
@@ -608,6 +626,7 @@ def test_another_400_is_one_line_without_retries(server, tmp_path, monkeypatch):
 # ---- journal -------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_the_journal_restores_the_meta(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     deepseek(server, finish_reason="length", content="")
@@ -645,6 +664,7 @@ def test_the_fingerprint_changes_with_each_request_setting(setting, value):
     assert fingerprint(spec(max_concurrency=1, timeout_s=5, max_retries=0), SAMPLING, "{question}", problems) == base
 
 
+@pytest.mark.heavy
 def test_a_changed_setting_re_requests(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     deepseek(server)
@@ -738,6 +758,7 @@ def test_runtime_options_are_not_params_and_reach_the_job():
 SEED0 = 5 * 1_000_003  # the seed of request "0:0" in run(); "i:j" has SEED0 + 2 * i + j
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("broken", ["null", "no_choices", "html"])
 def test_a_request_that_fails_for_good_leaves_its_prompt_out_whole_and_the_job_goes_on(
     server, tmp_path, monkeypatch, caplog, broken
@@ -754,6 +775,7 @@ def test_a_request_that_fails_for_good_leaves_its_prompt_out_whole_and_the_job_g
     assert "1 of 6 requests failed for good" in caplog.text and "left out whole" in caplog.text
 
 
+@pytest.mark.heavy
 def test_a_failure_at_first_is_asked_again_at_the_end(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.plan = [503]  # the first request fails past its (zero) retries; the endpoint then recovers
@@ -761,6 +783,7 @@ def test_a_failure_at_first_is_asked_again_at_the_end(server, tmp_path, monkeypa
     assert len(df) == 6 and len(server.requests) == 7
 
 
+@pytest.mark.heavy
 def test_past_the_allowed_fraction_the_job_stops_with_a_summary(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.broken = {SEED0 + 1: "null", SEED0 + 4: "no_choices"}  # 2 of 6; 0.2 allows 1
@@ -771,6 +794,7 @@ def test_past_the_allowed_fraction_the_job_stops_with_a_summary(server, tmp_path
     assert "answered no content" in msg and "without choices" in msg and "\n" not in msg
 
 
+@pytest.mark.heavy
 def test_an_html_page_with_status_200_is_named_as_such(server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOSSGEOM_TEST_KEY", KEY)
     server.broken = {SEED0: "html"}
@@ -778,6 +802,7 @@ def test_an_html_page_with_status_200_is_named_as_such(server, tmp_path, monkeyp
         run(server.url, tmp_path / "j.jsonl", max_concurrency=1, max_retries=0)
 
 
+@pytest.mark.heavy
 def test_a_concurrency_capped_endpoint_gets_fewer_requests_in_flight(server, tmp_path, monkeypatch):
     """An endpoint that answers 429 past 4 concurrent requests (DeepSeek's way): the teacher, allowed 16, halves
     its requests in flight on the 429s and every request is answered (before, 16 went on hitting the cap)."""

@@ -84,6 +84,7 @@ def paper_jobs(tmp_path_factory) -> list[dict]:
     return _dry_run_jobs(tmp_path_factory.mktemp("paper"))
 
 
+@pytest.mark.heavy
 def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper, paper_jobs):
     """The documented command on a login node without GPUs: every job that runs a model asks for one GPU
     (the API teacher's rollouts for none), a training job for the time its steps need and the memory of
@@ -121,6 +122,7 @@ def test_every_gpu_rule_of_the_paper_asks_for_a_gpu_and_paper_sized_limits(paper
         assert job["resources"].get("gpu", 0) == 0 and job["resources"]["mem_mb"] == res["cpu_job_mem_mb"]
 
 
+@pytest.mark.heavy
 def test_the_gpu_hour_table_counts_the_jobs_of_the_dag(paper, paper_jobs):
     """lossgeom cost's jobs per stage are the dry run's (the paper's 36 connectivity sweeps, 17 evaluations...)."""
     from lossgeom.stage_costs import gpu_hours
@@ -136,6 +138,7 @@ def test_the_gpu_hour_table_counts_the_jobs_of_the_dag(paper, paper_jobs):
     assert table["lmc"] == 36 and table["evaluate"] == 17
 
 
+@pytest.mark.heavy
 def test_geometry_from_the_factors_alone_stays_a_small_aggregate(tmp_path):
     override = tmp_path / "no_base_alignment.yaml"
     override.write_text("geometry:\n  base_alignment: false\n")
@@ -144,6 +147,7 @@ def test_geometry_from_the_factors_alone_stays_a_small_aggregate(tmp_path):
     assert geometry["resources"]["mem_mb"] == 4000 and geometry["resources"]["runtime"] == 30
 
 
+@pytest.mark.heavy
 def test_the_paper_s_vllm_jobs_get_several_cpus(paper, tmp_path):
     """A dry run caps threads at its one core (Snakemake's cli.py); with cores to spare, the vLLM jobs
     ask for vllm_threads and training for training.threads (SLURM's --cpus-per-task)."""
@@ -158,6 +162,7 @@ def test_the_paper_s_vllm_jobs_get_several_cpus(paper, tmp_path):
     assert threads["train"] == {4}
 
 
+@pytest.mark.heavy
 def test_a_profile_overrides_one_rule_s_resources(tmp_path):
     """As the SLURM plugin documents: set-resources (here on the command line) wins over the rule's."""
     jobs = _dry_run_jobs(tmp_path, "--set-resources", "train:runtime=2880", "train:mem_mb=120000")

@@ -502,6 +502,7 @@ def test_written_files(study, tmp_path):
     pd.testing.assert_frame_equal(without["kl.tsv"], tables["kl.tsv"])
 
 
+@pytest.mark.heavy
 def test_deterministic_and_base_position_free(study, tmp_path):
     s, _ = study
     run_stats(s, tmp_path / "a")

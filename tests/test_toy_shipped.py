@@ -88,6 +88,7 @@ def test_the_cli_stops_in_one_line_on_a_damaged_shipped_model(shipped, toy_world
     assert "Traceback" not in "\n".join(err) and not (tmp_path / "base").exists()
 
 
+@pytest.mark.heavy
 def test_the_repository_s_shipped_models_are_what_the_default_config_trains(tmp_path):
     """config/config.yaml's toy section, template and seeds give the keys of workflow/resources/toy-models, on a
     world built from it here, and every shipped file has its recorded SHA-256."""

@@ -28,6 +28,7 @@ def _tensors(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_and_writes_the_results_contract(tmp_path, tiny_base, tiny_rollouts, loss):
     spec = method_spec(loss)
@@ -47,6 +48,7 @@ def test_every_loss_trains_and_writes_the_results_contract(tmp_path, tiny_base, 
     assert ("pairs" in info["counts"]) == (loss == "dpo")
 
 
+@pytest.mark.heavy
 def test_same_seed_same_adapter_and_seed_matters(tmp_path, tiny_base, tiny_rollouts):
     spec = method_spec("sft")
     a, _ = _train(tmp_path, spec, tiny_base, tiny_rollouts, seed=1, name="a")
@@ -70,6 +72,7 @@ def test_lora_init_depends_only_on_the_seed(tiny_base):
     assert not any(torch.equal(sft[k], other[k]) for k in sft)
 
 
+@pytest.mark.heavy
 def test_killed_job_resumes_to_the_same_adapter(tmp_path, tiny_base, tiny_rollouts, monkeypatch):
     spec = method_spec("rift")
     full, _ = _train(tmp_path, spec, tiny_base, tiny_rollouts, name="full")
@@ -84,6 +87,7 @@ def test_killed_job_resumes_to_the_same_adapter(tmp_path, tiny_base, tiny_rollou
     assert not ckpt.exists()
 
 
+@pytest.mark.heavy
 def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_base, tiny_rollouts, monkeypatch):
     original = trainers.SaveAdapterCallback.on_step_end
 
@@ -100,6 +104,7 @@ def test_stale_checkpoints_of_another_config_are_not_resumed(tmp_path, tiny_base
     assert info["resumed_from"] is None
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "bad, what",
     [
@@ -130,6 +135,7 @@ def test_empty_view_stops_with_method_and_counts(tmp_path, tiny_base, tiny_rollo
         train_adapter(method_spec("rft"), 1, path, str(tiny_base), tmp_path / "o", tmp_path / "c")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", ["rift", "dpo"])
 def test_bf16_path_of_the_paper_config_trains(tmp_path, tiny_base, tiny_rollouts, loss):
     """config/paper.yaml trains in bf16 with bfloat16 weights; the same path runs on a CPU."""

@@ -66,6 +66,7 @@ def test_padding_free_loss_and_gradients_equal_the_padded_ones(loss, params, tin
     assert any(float(g.abs().max()) > 0 for g in g_padded.values())  # not a comparison of zeros
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", ["sft", "rift", "offline_grpo"])
 def test_a_padding_free_run_ends_in_the_padded_run_s_adapter(loss, tiny_base, tiny_rollouts, tmp_path):
     """Six optimiser steps of the tiny study's recipe, padded and padding-free, in float32: the same

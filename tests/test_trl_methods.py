@@ -60,6 +60,7 @@ def _trainer(tmp_path, base, rollouts, loss, seed=1, **overrides):
     return spec, trl_methods.trl_trainer(spec, model, _common_args(spec, seed, tmp_path / "ckpt"), view, tok, []), tok
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", NEW)
 def test_every_new_loss_trains_and_writes_the_results_contract(tmp_path, tiny_base, tiny_rollouts, loss):
     out = tmp_path / "adapter"
@@ -80,6 +81,7 @@ def test_every_new_loss_trains_and_writes_the_results_contract(tmp_path, tiny_ba
         assert any(v.abs().sum() > 0 for k, v in tensors.items() if k.endswith("lora_B.weight"))
 
 
+@pytest.mark.heavy
 def test_shared_init_holds_across_the_new_methods(tmp_path, tiny_base, tiny_rollouts):
     """Same seed -> identical LoRA A before training, after each TRL trainer has been built around the
     model (a trainer seeds its RNG and may add a reference adapter: neither may touch the init)."""
@@ -237,6 +239,7 @@ def test_online_grpo_rewards_are_the_project_graders(tmp_path, tiny_base, tiny_r
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
 
 
+@pytest.mark.heavy
 def test_online_grpo_is_deterministic_and_resumes_after_a_kill(tmp_path, numeric_base, tiny_rollouts, monkeypatch):
     """Same seed -> the same samples and adapter; a job killed after its step-4 checkpoint resumes to the
     same samples (metrics per step) and the same adapter, so the sampling RNG is restored too.
@@ -269,6 +272,7 @@ def test_online_grpo_is_deterministic_and_resumes_after_a_kill(tmp_path, numeric
             assert torch.equal(ta[k], tc[k])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", ["simpo", "dpo", "kto"])
 def test_a_contrastive_method_resumes_after_a_kill(tmp_path, tiny_base, tiny_rollouts, monkeypatch, loss):
     """Killed after checkpoint 4 and resumed, the run ends in the uninterrupted run's adapters, the last step's

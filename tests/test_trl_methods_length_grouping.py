@@ -94,6 +94,7 @@ def _expected_lengths(trainer, max_length: int) -> list[int]:
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("loss", PAIRWISE)
 def test_a_pairwise_trainer_batches_pairs_of_similar_length(tmp_path, tiny_base, skewed_rollouts, loss):
     """By default the built trainer samples with a length-grouped sampler on each pair's padded length (the
@@ -116,6 +117,7 @@ def test_a_pairwise_trainer_batches_pairs_of_similar_length(tmp_path, tiny_base,
     assert padded > 0.2 and grouped < 0.5 * padded, (grouped, padded)
 
 
+@pytest.mark.heavy
 def test_group_by_length_off_leaves_the_trainer_s_random_sampler(tmp_path, tiny_base, skewed_rollouts):
     for loss in PAIRWISE:
         _, trainer = _trainer(tmp_path, tiny_base, skewed_rollouts, loss, group_by_length=False)
@@ -132,6 +134,7 @@ def test_kto_keeps_its_sequential_order(tmp_path, tiny_base, tiny_rollouts):
     assert trl_methods.pair_lengths(trainer.train_dataset, 128) is None
 
 
+@pytest.mark.heavy
 def test_the_grouped_order_is_the_data_order_seed_s(tmp_path, tiny_base, skewed_rollouts):
     """The same data-order seed gives the same batches whatever the init seed; another data-order seed or
     another epoch gives other batches (transformers' own sampler would draw from the global RNG instead)."""
@@ -149,6 +152,7 @@ def test_the_grouped_order_is_the_data_order_seed_s(tmp_path, tiny_base, skewed_
     assert order(1, 5, epoch=1) != first
 
 
+@pytest.mark.heavy
 def test_a_length_grouped_run_resumes_mid_epoch_to_the_same_adapter(tmp_path, tiny_base, tiny_rollouts, monkeypatch):
     """Killed after step 5 with checkpoints every 3 steps, the job resumes from step 3, in the middle of its
     second epoch (8 pairs, 4 a batch): that epoch's grouped order replays and step 6's adapter is the

@@ -332,6 +332,7 @@ def test_report_holds_every_figure_and_the_claims_table(study):
         assert category in html
 
 
+@pytest.mark.heavy
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
     bad = yaml.safe_load(TINY.read_text())
     bad["training"]["lr"] = 0.1
@@ -343,6 +344,7 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.heavy
 def test_unknown_method_loss_is_a_config_error(tmp_path):
     bad = yaml.safe_load(TINY.read_text())
     bad["methods"]["ppo"] = {"loss": "ppo"}
@@ -356,6 +358,7 @@ def test_unknown_method_loss_is_a_config_error(tmp_path):
 EXTENDED = REPO / "config" / "extended.yaml"
 
 
+@pytest.mark.heavy
 def test_extended_config_dry_runs_with_every_method(tmp_path):
     """CI: the extended study (contrastive family, online GRPO, LR variants) plans every adapter and the
     same downstream stages as the default, with no special cases."""

@@ -249,6 +249,7 @@ def test_env_file_mirrors_pyproject_dependencies():
             assert have[name] == specifier, f"{name}: {have[name]} here, {pyname}{specifier} in pyproject"
 
 
+@pytest.mark.heavy
 def test_snakemake_builds_env_from_its_copy_with_package_from_checkout(tmp_path, deploy):
     from snakemake.deployment.conda import get_env_setup_done_flag_file
 
@@ -268,6 +269,7 @@ def test_snakemake_builds_env_from_its_copy_with_package_from_checkout(tmp_path,
     assert (Path(env_path) / "bin" / "lossgeom").exists()
 
 
+@pytest.mark.heavy
 def test_directory_outside_checkout_needs_lossgeom_checkout(tmp_path, deploy, monkeypatch):
     """`snakemake --directory elsewhere`: the script cannot find the checkout alone, and says so."""
     from snakemake.exceptions import CreateCondaEnvironmentException
@@ -288,6 +290,7 @@ def test_directory_outside_checkout_needs_lossgeom_checkout(tmp_path, deploy, mo
     assert _imported_from(env_path) == checkout / "src" / "lossgeom" / "__init__.py"
 
 
+@pytest.mark.heavy
 def test_harness_reproduces_issue_15(tmp_path, deploy):
     """The old env file (`pip: [--editable ../]`, no post-deploy script) fails as in the issue."""
     from snakemake.exceptions import CreateCondaEnvironmentException

@@ -214,6 +214,7 @@ def test_figure_rules_track_exactly_the_figure_modules_they_run():
     assert re.search(r'def figure_code\(module\):.*?for name in \(module, "common"\)', common, re.S)
 
 
+@pytest.mark.heavy
 def test_functions_stay_short_or_say_why():
     """No function runs over 60 lines unless its docstring says why ("Long because ...")."""
     long = []

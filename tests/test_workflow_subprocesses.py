@@ -12,6 +12,8 @@ import time
 import pytest
 from subprocesses import run_snakemake
 
+pytestmark = pytest.mark.heavy  # every test here starts processes
+
 SNAKEFILE = """
 rule all:
     input: "fast.txt", "slow.txt"

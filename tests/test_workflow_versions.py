@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 from lossgeom.resources import GPU_RULES, MODEL_CPU_RULES
+
+pytestmark = pytest.mark.heavy  # a Snakemake dry run in a subprocess
 
 MODEL_RULES = (*GPU_RULES, *MODEL_CPU_RULES)  # the rules that run a model or hold its weights
 
