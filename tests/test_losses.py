@@ -325,7 +325,7 @@ def test_discovery_stops_at_a_loss_module_whose_loss_is_misspelt(tmp_path, monke
     package, path = _package(
         tmp_path, monkeypatch, {"mine": _HEAD + "class Mine(RowsLoss):\n    name = 'mine'\n\n\nLOSSS = Mine()\n"}
     )
-    with pytest.raises(RuntimeError, match=r"defines the loss class\(es\) \['Mine'\] but no LOSS"):
+    with pytest.raises(RuntimeError, match=r"defines the loss class\(es\) \[.Mine.\] but no LOSS"):
         _discover(package, path)
 
 

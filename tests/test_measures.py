@@ -86,3 +86,31 @@ def test_evaluate_help_lists_every_measure_s_settings_with_their_docs():
         for key, prop in m.Settings.schema().items():
             assert f"  {key}: {prop['description']}" in text
     assert "  k: the k of pass@k reported (each at most n) (its statistics only)" in text
+
+
+def test_a_measure_module_is_found_by_its_measure_and_a_misspelt_one_stops(tmp_path, monkeypatch):
+    """The registry's rule (lossgeom.registry): MEASURE makes a module a measure; a named Measure subclass
+    without it (a misspelt MEASURE) and one name in two modules stop the import."""
+    from lossgeom.measures import _discover
+
+    head = "from lossgeom.measures.base import Measure\n\n\nclass Mine(Measure):\n    name = 'mine'\n    order = 5\n"
+    shared = "from lossgeom.measures.base import Measure\n\n\nclass Base(Measure):\n    pass\n"
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def package(name, modules):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+        for module, source in modules.items():
+            (tmp_path / name / f"{module}.py").write_text(source)
+        return name, [str(tmp_path / name)]
+
+    good = package("scratch_measures_good", {"shared": shared, "mine": head + "\n\nMEASURE = Mine()\n"})
+    assert list(_discover(*good)) == ["mine"]
+    misspelt = package("scratch_measures_misspelt", {"mine": head + "\n\nMEASURES = Mine()\n"})
+    with pytest.raises(RuntimeError, match=r"defines the measure class\(es\) \['Mine'\] but no MEASURE"):
+        _discover(*misspelt)
+    twice = package(
+        "scratch_measures_twice", {"one": head + "\n\nMEASURE = Mine()\n", "two": head + "\n\nMEASURE = Mine()\n"}
+    )
+    with pytest.raises(RuntimeError, match=r"measure 'mine' is defined twice \(modules one and two\)"):
+        _discover(*twice)

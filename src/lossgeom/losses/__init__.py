@@ -3,11 +3,12 @@ found here by name. Adding a loss is adding a module that defines ``LOSS`` (and 
 registry, the config schema's method parameters (:func:`method_schema`), the method spec and the
 trainers all read it from here.
 
-The rule: a module of this package is a loss exactly when it defines ``LOSS``, an instance of a
-:class:`Loss` subclass with a ``name``. Every module is imported; one without ``LOSS`` holds what
-losses share (:mod:`.base`, :mod:`.functions`, :class:`.rows.RowsLoss`, :class:`.pairwise.PairwiseLoss`).
-A module that defines a named ``Loss`` subclass but no ``LOSS`` (a loss whose ``LOSS`` is misspelt) and
-a ``LOSS`` that is not a named loss stop the import, as does one name in two modules.
+The rule (:mod:`lossgeom.registry`, shared with the measures): a module of this package is a loss exactly
+when it defines ``LOSS``, an instance of a :class:`Loss` subclass with a ``name``. Every module is imported;
+one without ``LOSS`` holds what losses share (:mod:`.base`, :mod:`.functions`, :class:`.rows.RowsLoss`,
+:class:`.pairwise.PairwiseLoss`). A module that defines a named ``Loss`` subclass but no ``LOSS`` (a loss
+whose ``LOSS`` is misspelt) and a ``LOSS`` that is not a named loss stop the import, as does one name in two
+modules.
 
 The pure loss functions of the losses this project computes itself are in :mod:`.functions`
 (re-exported here).
@@ -15,9 +16,7 @@ The pure loss functions of the losses this project computes itself are in :mod:`
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ..registry import discover
 from .base import Loss, LossParams, MethodSpecError
 from .functions import kl_k3, offline_grpo_loss, rift_loss, weighted_nll
 
@@ -25,37 +24,10 @@ from .functions import kl_k3, offline_grpo_loss, rift_loss, weighted_nll
 _ORDER = ("sft", "rft", "dft", "rift", "offline_grpo", "dpo", "ipo", "simpo", "kto", "online_grpo")
 
 
-def _named_losses(module) -> list[str]:
-    """The :class:`Loss` subclasses ``module`` defines itself that have a ``name`` (classes meant to be
-    instantiated as a loss, not bases such as ``RowsLoss``)."""
-    return [
-        obj.__name__
-        for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Loss) and obj.__module__ == module.__name__ and "name" in vars(obj)
-    ]
-
-
 def _discover(package: str, path) -> dict[str, Loss]:
-    """The losses of ``package`` (its ``__path__``: ``path``) by the rule of the module docstring, in
-    :data:`_ORDER`."""
-    found: dict[str, Loss] = {}
-    where: dict[str, str] = {}  # loss name -> its module
-    for info in pkgutil.iter_modules(path):
-        module = importlib.import_module(f"{package}.{info.name}")
-        loss = getattr(module, "LOSS", None)
-        if loss is None:
-            named = _named_losses(module)
-            if named:
-                raise RuntimeError(
-                    f"module {module.__name__} defines the loss class(es) {named} but no LOSS: "
-                    "a loss module sets LOSS = TheLoss()"
-                )
-            continue
-        if not isinstance(loss, Loss) or not isinstance(getattr(loss, "name", None), str):
-            raise RuntimeError(f"{module.__name__}.LOSS is {loss!r}, not an instance of a Loss subclass with a name")
-        if loss.name in found:
-            raise RuntimeError(f"loss {loss.name!r} is defined twice (modules {where[loss.name]} and {info.name})")
-        found[loss.name], where[loss.name] = loss, info.name
+    """The losses of ``package`` (its ``__path__``: ``path``) by the rule of the module docstring
+    (:func:`lossgeom.registry.discover`), in :data:`_ORDER`."""
+    found = discover(package, path, "LOSS", Loss)
     rank = {name: i for i, name in enumerate(_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 

@@ -10,30 +10,22 @@ the base).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any, Mapping
 
 from ..errors import InputError
+from ..registry import discover
 from ..settings import Settings
 from .base import Measure, ModelJob, check_model_spec, model_spec, stats_keys
 
 
-def _discover() -> dict[str, Measure]:
-    """Every module of this package that defines ``MEASURE``, by the job's order then name."""
-    found: dict[str, Measure] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        measure = getattr(module, "MEASURE", None)
-        if measure is None:
-            continue
-        if measure.name in found:
-            raise RuntimeError(f"measure {measure.name!r} is defined twice (module {info.name})")
-        found[measure.name] = measure
+def _discover(package: str, path) -> dict[str, Measure]:
+    """The measures of ``package`` (its ``__path__``: ``path``) by :func:`lossgeom.registry.discover`'s rule
+    (a module is a measure exactly when it defines ``MEASURE``), in the job's order, then by name."""
+    found = discover(package, path, "MEASURE", Measure)
     return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
 
 
-MEASURES: dict[str, Measure] = _discover()
+MEASURES: dict[str, Measure] = _discover(__name__, __path__)
 # config section -> its settings class (the config's schema and defaults take them from here)
 SECTIONS: dict[str, type[Settings]] = {m.section: m.Settings for m in MEASURES.values()}
 
