@@ -205,8 +205,8 @@ def figure_outputs(*names, caption, category):
     return out
 
 
-# The default target's files (the all rule's inputs); each rule file adds its own rules' with add_targets, so a new rule file
-# registers its outputs where it declares them.
+# The default target's files (the all rule's inputs); each rule file adds its own rules' with add_targets,
+# so a new rule file registers its outputs where it declares them.
 TARGETS = []
 
 
@@ -251,7 +251,8 @@ def lmc_sweep(a, b):
     return rules.lmc.output.sweep.format(first=Label.parse(a), second=Label.parse(b))
 
 
-# The measures of the evaluation jobs (lossgeom.measures): what their rules are made of.
+# The measures of the evaluation jobs (lossgeom.measures; MEASURES and MODELS: behaviour.smk): what their
+# rules are made of.
 
 
 def measure_inputs():
@@ -297,7 +298,8 @@ def _stats_reads(measure):
 
 
 def measure_stats_inputs(measure):
-    """The stats rule's inputs: every file its statistics read, named ``<measure>_<model>`` or ``adapters``."""
+    """The stats rule's inputs: every file its statistics read, named ``<measure>_<i>`` (the i-th model) or
+    ``adapters``."""
     out = {}
     for name, value in _stats_reads(measure).items():
         if isinstance(value, dict):
