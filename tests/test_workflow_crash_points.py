@@ -165,7 +165,7 @@ def test_evaluation_killed_mid_way_reruns_to_the_same_bytes(toy_world, tiny_base
 
     full, killed = tmp_path / "full" / "eval.parquet", tmp_path / "killed" / "eval.parquet"
     run(argv(full))
-    kill_at(argv(killed), "lossgeom.behaviour.accuracy:cross_entropies", 1, tmp_path)
+    kill_at(argv(killed), "lossgeom.behaviour.evaluation:cross_entropies", 1, tmp_path)
     assert not leftovers(killed)
     run(argv(killed))
     assert killed.read_bytes() == full.read_bytes()
