@@ -16,9 +16,9 @@ import yaml
 
 from .errors import InputError
 from .labels import Label
+from .measures import MEASURES
 from .measures import SECTIONS as MEASURE_SECTIONS
 from .measures.base import model_spec
-from .measures.samples import BehaviourSettings
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
     GENERATION_BACKENDS,
@@ -138,14 +138,12 @@ def _check_consistency(config: dict) -> None:
             f"config error: data_order_replicate.data_seed {rep['data_seed']} equals its seed; "
             "a data-order replicate needs another data order"
         )
-    behaviour = config.get("behaviour") or {}
-    n, ks = behaviour.get("n", BehaviourSettings.defaults()["n"]), behaviour.get("k", BehaviourSettings.defaults()["k"])
-    if max(ks) > n:
-        raise ConfigError(
-            f"config error: behaviour.k {list(ks)} asks for pass@{max(ks)} from behaviour.n {n} samples per item; "
-            f"raise behaviour.n to at least {max(ks)} or drop the larger k"
-        )
-    for key in ("lmc", "cka", "behaviour"):
+    for measure in MEASURES.values():  # a rule across a measure's keys that its schema cannot state
+        error = measure.config_error(measure.Settings.filled(config.get(measure.section)))
+        if error:
+            raise ConfigError(f"config error: {error}")
+    with_test_set = [key for key, cls in ALL_SECTIONS.items() if "test_set" in cls.keys()]
+    for key in with_test_set:
         name = config.get(key, {}).get("test_set")
         if name is not None and name not in config["test_sets"]:
             raise ConfigError(

@@ -134,6 +134,11 @@ class Measure:
         """Whether the study measures it (its filled section); most measures always run."""
         return True
 
+    def config_error(self, settings: Mapping[str, Any]) -> str | None:
+        """What is wrong with its filled section by a rule across keys that the schema cannot state (one line
+        naming the keys, for the config's error), or None."""
+        return None
+
     def sources(self, settings: Mapping[str, Any], test_sets: Mapping[str, dict]) -> list[dict]:
         """The problem sources it reads (the evaluation job needs the toy world when one is the toy's)."""
         return []

@@ -65,6 +65,15 @@ class Samples(Measure):
     figure_rule = "behaviour_figures"
     figure_module = "behaviour"
 
+    def config_error(self, settings):
+        n, ks = settings["n"], settings["k"]
+        if max(ks) > n:
+            return (
+                f"behaviour.k {list(ks)} asks for pass@{max(ks)} from behaviour.n {n} samples per item; "
+                f"raise behaviour.n to at least {max(ks)} or drop the larger k"
+            )
+        return None
+
     def sources(self, settings, test_sets):
         return [test_sets[settings["test_set"]]]
 
