@@ -41,14 +41,14 @@ def out_of_memory_line(a) -> str:
         )
     elif a.command == "evaluate":  # its spec's measures: the engine's batch, and the activations' own
         measures = spec.get("measures", {}) if isinstance(spec, dict) else {}
-        batch = (measures.get("accuracy") or {}).get("batch_size", EvaluationSettings().batch_size)
+        batch = EvaluationSettings.filled(measures.get("accuracy"))["batch_size"]
         key = "evaluation.batch_size"
         if "activations" in measures:
-            probes = (measures["activations"] or {}).get("batch_size", CkaSettings().batch_size)
+            probes = CkaSettings.filled(measures["activations"])["batch_size"]
             key += f" (or cka.batch_size, {probes}, where the CKA probes' activations ran out)"
     else:  # lmc
         evaluation = spec.get("evaluation", {}) if isinstance(spec, dict) else {}
-        key, batch = "evaluation.batch_size", (evaluation or {}).get("batch_size", EvaluationSettings().batch_size)
+        key, batch = "evaluation.batch_size", EvaluationSettings.filled(evaluation)["batch_size"]
     rule = a.command.replace("-", "_")  # the Snakemake rule that runs this subcommand
     return (
         f"GPU out of memory in {rule} (lossgeom {a.command}) at batch size {batch}: lower {key} in the config and rerun"

@@ -18,7 +18,7 @@ from .errors import InputError
 from .labels import Label
 from .measures import MEASURES
 from .measures import SECTIONS as MEASURE_SECTIONS
-from .measures.base import model_spec
+from .measures.base import model_spec, with_test_set
 from .methods import MethodSpec, MethodSpecError
 from .settings import (
     GENERATION_BACKENDS,
@@ -266,10 +266,7 @@ def geometry_labels(config: dict) -> list[str]:
 def section(config: dict, key: str) -> dict:
     """A section that has a settings class (:data:`ALL_SECTIONS`: a stage's or a measure's) with its defaults
     filled in (``test_set``: the first test set when unset)."""
-    out = ALL_SECTIONS[key].filled(config.get(key))
-    if out.get("test_set", "") is None:
-        out["test_set"] = next(iter(config["test_sets"]))
-    return out
+    return with_test_set(ALL_SECTIONS[key].filled(config.get(key)), config["test_sets"])
 
 
 def lmc_pairs(config: dict) -> list[tuple[str, str]]:

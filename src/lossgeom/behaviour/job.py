@@ -16,7 +16,7 @@ from typing import Mapping
 from ..engines.engine import GenerationSpec
 from ..errors import InputError
 from ..fsutil import atomic_files
-from ..measures import MEASURES, ModelJob, check_model_spec, check_section, check_spec
+from ..measures import MEASURES, ModelJob, check_model_spec, check_spec, check_spec_keys
 
 
 def evaluate_model(
@@ -84,9 +84,7 @@ def lmc_job(
     from ..settings import LmcSettings
     from .connectivity import connectivity_sweep
 
-    if not isinstance(spec, dict) or set(spec) != {"model", "test_set", "lmc", "evaluation"}:
-        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-        raise InputError(f"--spec: expected the keys evaluation, lmc, model, test_set; got {got}")
+    check_spec_keys(spec, ("model", "test_set", "lmc", "evaluation"))
     model = check_model_spec(spec["model"])
     lmc = LmcSettings.checked(spec["lmc"], "--spec lmc")
     evaluation = EvaluationSettings.checked(spec["evaluation"], "--spec evaluation")
@@ -111,7 +109,7 @@ def measure_statistics(name: str, settings: dict, inputs: Mapping, out_dir: Path
     what :meth:`~lossgeom.measures.Measure.stats_reads` names (a measure -> ``{model: path}``; ``"adapters"``
     -> a path)."""
     measure = _measure(name)
-    settings = check_section(measure, settings)
+    settings = measure.Settings.checked(settings, measure.section)
     if not isinstance(inputs.get(name), Mapping) or not inputs[name]:
         raise InputError(f"the statistics of {name!r} read every model's {name} table: give them in --inputs")
     measure.statistics(settings, inputs, Path(out_dir))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ..errors import InputError
 from ..registry import discover
 from ..settings import Settings
-from .base import Measure, ModelJob, check_model_spec, model_spec, stats_keys
+from .base import Measure, ModelJob, check_model_spec, check_spec_keys, model_spec, stats_keys, with_test_set
 
 
 def _discover(package: str, path) -> dict[str, Measure]:
@@ -55,29 +55,20 @@ def evaluation_spec(config: Mapping[str, Any]) -> dict:
     }
 
 
-def check_section(measure: Measure, given: Any, where: str | None = None) -> dict:
-    """A measure's settings as given in a job's spec, checked against its settings' schema and filled with
-    their defaults; :class:`~lossgeom.errors.InputError` names the key otherwise."""
-    return measure.Settings.checked(given, where or measure.section)
-
-
 def check_spec(spec: Any) -> dict:
     """An evaluation job's spec (:func:`evaluation_spec`'s form) checked, its measures' settings filled:
     one :class:`~lossgeom.errors.InputError` naming the key otherwise."""
-    if not isinstance(spec, dict) or set(spec) != {"model", "test_sets", "measures"}:
-        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-        raise InputError(f"--spec: expected the keys measures, model, test_sets; got {got}")
+    check_spec_keys(spec, ("model", "test_sets", "measures"))
     unknown = sorted(set(spec["measures"]) - set(MEASURES))
     if unknown:
         raise InputError(f"--spec measures: unknown measure {unknown[0]!r}; expected some of {list(MEASURES)}")
     model = check_model_spec(spec["model"])
-    measures = {n: check_section(MEASURES[n], s, f"--spec measures.{n}") for n, s in spec["measures"].items()}
-    first = next(iter(spec["test_sets"]), None)
-    for name, settings in measures.items():  # a measure's test_set: a key of test_sets, the first when unset
-        if "test_set" not in settings:
-            continue
-        settings["test_set"] = settings["test_set"] or first
-        if settings["test_set"] not in spec["test_sets"]:
+    measures = {
+        n: with_test_set(MEASURES[n].Settings.checked(s, f"--spec measures.{n}"), spec["test_sets"])
+        for n, s in spec["measures"].items()
+    }
+    for name, settings in measures.items():  # a measure's test_set: a key of test_sets
+        if "test_set" in settings and settings["test_set"] not in spec["test_sets"]:
             raise InputError(
                 f"{MEASURES[name].section}.test_set {settings['test_set']!r} is not one of the test sets "
                 f"{sorted(spec['test_sets'])}"
@@ -98,7 +89,7 @@ __all__ = [
     "SECTIONS",
     "Measure",
     "ModelJob",
-    "check_section",
+    "check_spec_keys",
     "check_spec",
     "configured",
     "describe_settings",

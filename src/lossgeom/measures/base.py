@@ -67,6 +67,22 @@ def check_model_spec(given, where: str = "--spec model") -> dict:
     return dict(given)
 
 
+def check_spec_keys(spec: Any, keys: tuple[str, ...]) -> None:
+    """A job's spec is an object with exactly ``keys`` at its top: one :class:`~lossgeom.errors.InputError`
+    naming what it has otherwise."""
+    if not isinstance(spec, dict) or set(spec) != set(keys):
+        got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise InputError(f"--spec: expected the keys {', '.join(sorted(keys))}; got {got}")
+
+
+def with_test_set(settings: dict, test_sets: Mapping[str, Any]) -> dict:
+    """A filled section whose ``test_set`` is unset (None) reads the first of ``test_sets``: the one place of that
+    rule, for the config (:func:`lossgeom.config.section`) and a job's spec alike."""
+    if settings.get("test_set", "") is None:
+        settings["test_set"] = next(iter(test_sets), None)
+    return settings
+
+
 def stats_keys(cls: type[Settings]) -> tuple[str, ...]:
     """The keys of a measure's settings read only by its statistics (declared ``setting(..., stats=True)``)."""
     return tuple(f.metadata.get("key") or f.name for f in dataclasses.fields(cls) if f.metadata.get("stats"))
